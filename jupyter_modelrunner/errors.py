@@ -1,0 +1,76 @@
+"""The exceptions of the core library, each carrying the sentence a user should read.
+
+Front ends (CLI, magics, HTTP handlers) map these to exit codes, one-line messages and HTTP status
+codes in one place each; nothing below them formats errors for display.
+"""
+
+from __future__ import annotations
+
+
+class ModelRunnerError(Exception):
+    """Base of every error the library raises on purpose; `str(err)` is the user-facing message."""
+
+    #: HTTP status the API layer answers with; subclasses refine it.
+    http_status = 500
+
+
+class InvalidReference(ModelRunnerError, ValueError):
+    """A model reference that cannot be parsed (bad characters, empty name, malformed digest)."""
+
+    http_status = 400
+
+
+class ModelNotFound(ModelRunnerError, LookupError):
+    """The model (or tag) exists neither in the local store nor, when asked, in the registry."""
+
+    http_status = 404
+
+
+class RegistryError(ModelRunnerError):
+    """The registry answered, but not with what we need (unexpected status, bad manifest)."""
+
+    http_status = 502
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry cannot be reached at all (refused, DNS, TLS, timeout)."""
+
+    http_status = 503
+
+
+class AuthenticationFailed(RegistryError):
+    """The registry wants credentials we do not have, or refused the ones we sent."""
+
+    http_status = 401
+
+
+class UnsupportedArtifact(ModelRunnerError):
+    """The artifact is not a model we know how to store and run (config or layer media type)."""
+
+    http_status = 422
+
+
+class ArtifactTooLarge(UnsupportedArtifact):
+    """A manifest or config larger than any real model's; refused before it is parsed."""
+
+
+class UnsafePath(UnsupportedArtifact):
+    """A file path inside an artifact that would escape the store (absolute, `..`, link, device)."""
+
+
+class DigestMismatch(ModelRunnerError):
+    """Downloaded bytes whose sha256 differs from the digest the manifest promised."""
+
+    http_status = 502
+
+
+class StoreError(ModelRunnerError):
+    """The local store cannot complete an operation (conflicting tags, corrupt index)."""
+
+    http_status = 409
+
+
+class InsufficientStorage(StoreError):
+    """The disk under the store is full; the partial download is kept for resuming."""
+
+    http_status = 507

@@ -1,0 +1,35 @@
+"""Default locations, in one place.
+
+The store lives under Jupyter's data directory by default so that the server, its kernels and the CLI
+agree without configuration. The directory is computed here rather than by importing `jupyter_core`,
+because the core library must stay importable without Jupyter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ENV_STORE = "MODEL_RUNNER_STORE"
+
+
+def jupyter_data_dir() -> Path:
+    """Jupyter's per-user data directory, by the same rules as `jupyter --data-dir`."""
+    if os.environ.get("JUPYTER_DATA_DIR"):
+        return Path(os.environ["JUPYTER_DATA_DIR"]).expanduser()
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Jupyter"
+    if os.name == "nt":
+        appdata = os.environ.get("APPDATA")
+        return Path(appdata) / "jupyter" if appdata else home / ".jupyter" / "data"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else home / ".local" / "share") / "jupyter"
+
+
+def default_store_path() -> Path:
+    """`$MODEL_RUNNER_STORE`, else `<jupyter data dir>/modelrunner/store`."""
+    if os.environ.get(ENV_STORE):
+        return Path(os.environ[ENV_STORE]).expanduser()
+    return jupyter_data_dir() / "modelrunner" / "store"
