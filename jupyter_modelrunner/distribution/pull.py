@@ -1,0 +1,281 @@
+"""Pull a model: resolve, verify, download missing blobs in parallel with resume, then hand to the store.
+
+Downloads stream into `<hex>.incomplete` under a per-blob file lock (so two processes pulling the same
+model share the work instead of corrupting it), are hashed while written, resumed with `Range` after an
+interruption, and renamed into place only once the sha256 matches the manifest.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+from .. import mediatypes as mt
+from ..errors import DigestMismatch, InsufficientStorage, ModelRunnerError, RegistryUnavailable
+from ..reference import Reference, parse_reference
+from .artifact import MAX_CONFIG_BYTES, Layer, Manifest, parse_config, parse_manifest, sha256_digest
+from .progress import ProgressCallback, ProgressEvent, ProgressTracker, format_bytes
+from .registry import RegistryClient
+from .sink import BlobStore
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 4 * 1024 * 1024
+RESUME_ATTEMPTS = 3
+KNOWN_LAYER_TYPES = frozenset(
+    {mt.GGUF, mt.SAFETENSORS, mt.VLLM_CONFIG_TAR, mt.DIR_TAR, mt.MODEL_FILE, mt.MMPROJ, mt.MMPROJ_SPEC,
+     mt.LICENSE, mt.CHAT_TEMPLATE}
+)
+_TRANSPORT_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, RegistryUnavailable)
+
+
+class PullCancelled(ModelRunnerError):
+    """The caller cancelled the pull; partial downloads are kept for the next attempt."""
+
+    http_status = 499
+
+
+@dataclass(frozen=True)
+class PullResult:
+    reference: Reference
+    digest: str
+    downloaded_bytes: int
+    reused_bytes: int
+    model: Any
+
+
+def pull(
+    reference: Reference | str,
+    store: BlobStore,
+    *,
+    on_progress: ProgressCallback | None = None,
+    registry: str | None = None,
+    max_workers: int = 4,
+    cancel: threading.Event | None = None,
+) -> PullResult:
+    """Pull `reference` into `store` and return what was done; raises a `ModelRunnerError` subclass."""
+    ref = reference if isinstance(reference, Reference) else parse_reference(reference, registry=registry)
+    client = RegistryClient(ref)
+    raw, advertised = client.fetch_manifest()
+    actual = sha256_digest(raw)
+    expected = ref.digest or advertised
+    if expected and expected != actual:
+        raise DigestMismatch(
+            f"The manifest of {ref.familiar} is corrupt: the registry promised {expected} but sent bytes "
+            f"hashing to {actual}."
+        )
+    manifest = parse_manifest(raw)
+    for layer in manifest.layers:
+        if layer.media_type not in KNOWN_LAYER_TYPES and on_progress:
+            on_progress(ProgressEvent("warning", f"Ignoring a layer of unknown type {layer.media_type}."))
+
+    missing = [blob for blob in _unique(manifest.blobs) if not store.has_blob(blob.digest)]
+    _check_space(ref, store, missing)
+    tracker = ProgressTracker(on_progress, manifest.total_size)
+    present = [blob for blob in _unique(manifest.blobs) if blob not in missing]
+    for blob in present:
+        tracker.start_layer(blob.digest, blob.size, blob.size)
+    reused = sum(blob.size for blob in present)
+    if present and missing:
+        tracker.emit(ProgressEvent("progress", f"{len(present)} of {len(present) + len(missing)} blobs already "
+                                   "present", total=tracker.total, pulled=reused))
+
+    cancel = cancel or threading.Event()
+    downloaded = _download_all(client, store, manifest, missing, tracker, cancel, max_workers)
+    # Reading the config proves it is a model config we can parse before the model becomes visible.
+    parse_config(store.blob_path(manifest.config.digest).read_bytes()[: MAX_CONFIG_BYTES + 1])
+    try:
+        model = store.add_model(ref, raw)
+    except ModelRunnerError:
+        store.discard_unreferenced([blob.digest for blob in missing])
+        raise
+    tracker.emit(ProgressEvent("success", f"Model {ref.familiar} pulled successfully ({manifest.digest[:19]})",
+                               total=tracker.total, pulled=tracker.total))
+    return PullResult(ref, manifest.digest, downloaded, reused, model)
+
+
+def _unique(blobs: tuple[Layer, ...]) -> list[Layer]:
+    seen: dict[str, Layer] = {}
+    for blob in blobs:
+        seen.setdefault(blob.digest, blob)
+    return list(seen.values())
+
+
+def _check_space(ref: Reference, store: BlobStore, missing: list[Layer]) -> None:
+    needed = 0
+    for blob in missing:
+        part = store.incomplete_path(blob.digest)
+        have = part.stat().st_size if part.exists() else 0
+        needed += max(0, blob.size - have)
+    free = store.free_bytes()
+    if needed > free:
+        raise InsufficientStorage(
+            f"Not enough disk space to pull {ref.familiar}: it needs {format_bytes(needed)} more but only "
+            f"{format_bytes(free)} is free in the model store. Remove unused models (`rm`) or set "
+            f"MODEL_RUNNER_STORE to a larger disk, then pull again; finished layers are kept."
+        )
+
+
+def _download_all(
+    client: RegistryClient, store: BlobStore, manifest: Manifest, missing: list[Layer],
+    tracker: ProgressTracker, cancel: threading.Event, max_workers: int,
+) -> int:
+    if not missing:
+        return 0
+    counter = _Counter()
+    workers = max(1, min(max_workers, len(missing)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelrunner-pull") as pool:
+        futures = [pool.submit(_download_blob, client, store, blob, tracker, cancel, counter) for blob in missing]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            cancel.set()  # the other downloads stop at their next chunk and keep their partial files
+            wait(futures)
+            raise failed[0].exception()  # type: ignore[misc]
+    return counter.value
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
+def _download_blob(
+    client: RegistryClient, store: BlobStore, blob: Layer, tracker: ProgressTracker,
+    cancel: threading.Event, counter: _Counter,
+) -> None:
+    short = blob.digest[7:19]
+    with store.blob_lock(blob.digest):
+        if store.has_blob(blob.digest):  # another process finished it while we waited for the lock
+            tracker.start_layer(blob.digest, blob.size, blob.size)
+            tracker.set_layer(blob.digest, blob.size)
+            return
+        part = store.incomplete_path(blob.digest)
+        attempt = 0
+        while True:
+            if cancel.is_set():
+                raise PullCancelled("The pull was cancelled; run it again to resume.")
+            hasher, offset = _resume_state(part, blob.size)
+            tracker.start_layer(blob.digest, blob.size)
+            tracker.set_layer(blob.digest, offset)
+            try:
+                offset, hasher = _stream_into(client, blob, part, hasher, offset, tracker, cancel, counter)
+            except _TRANSPORT_ERRORS as exc:
+                attempt += 1
+                have = part.stat().st_size if part.exists() else 0
+                if attempt > RESUME_ATTEMPTS:
+                    raise RegistryUnavailable(
+                        f"Downloading layer {short} from {client.reference.registry} kept failing after "
+                        f"{format_bytes(have)} of {format_bytes(blob.size)} ({_describe(exc)}). The partial "
+                        f"download is kept: run the pull again to resume."
+                    ) from exc
+                log.info("layer %s interrupted at %d bytes (%s); resuming", short, have, exc)
+                time.sleep(0.25 * 2**attempt)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientStorage(
+                        f"The disk under the model store filled up while downloading layer {short}. The "
+                        f"partial download is kept: free some space and pull again to resume."
+                    ) from exc
+                raise
+            if offset < blob.size:
+                attempt += 1  # the server closed the body early: treat as an interruption
+                if attempt > RESUME_ATTEMPTS:
+                    raise RegistryUnavailable(
+                        f"Registry {client.reference.registry} keeps ending layer {short} early "
+                        f"({format_bytes(offset)} of {format_bytes(blob.size)}); run the pull again to resume."
+                    )
+                continue
+            break
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != blob.digest or offset != blob.size:
+            part.unlink(missing_ok=True)
+            raise DigestMismatch(
+                f"Layer {short} of {client.reference.familiar} is corrupt: expected {blob.digest} "
+                f"({blob.size:,} bytes) but the registry sent {offset:,} bytes hashing to {actual}. Nothing "
+                f"was added to the store; the registry's copy is damaged (ask its publisher to push it again)."
+            )
+        store.commit_blob(blob.digest, part)
+
+
+def _resume_state(part: Path, size: int) -> tuple[Any, int]:
+    """Hash what an earlier attempt left in `part`, so the download continues where it stopped."""
+    hasher = hashlib.sha256()
+    if not part.exists():
+        return hasher, 0
+    have = part.stat().st_size
+    if have > size:
+        part.unlink()
+        return hasher, 0
+    with part.open("rb") as handle:
+        while chunk := handle.read(READ_CHUNK_BYTES):
+            hasher.update(chunk)
+    return hasher, have
+
+
+def _stream_into(
+    client: RegistryClient, blob: Layer, part: Path, hasher: Any, offset: int,
+    tracker: ProgressTracker, cancel: threading.Event, counter: _Counter,
+) -> tuple[int, Any]:
+    """Append the rest of the blob to `part`; returns the new size and the running hash."""
+    if offset == blob.size and blob.size > 0:
+        return offset, hasher
+    with client.open_blob(blob.digest, offset) as (response, start):
+        if start != offset:  # the server ignored Range: start over
+            hasher, offset = hashlib.sha256(), 0
+            tracker.set_layer(blob.digest, 0)
+        with part.open("ab" if offset else "wb") as handle:
+            # read1 hands over whatever has arrived, so bytes received before a dropped connection are
+            # kept (a plain read(n) discards a partly filled chunk when the connection breaks).
+            raw = response.raw
+            read = getattr(raw, "read1", raw.read)
+            pending = bytearray()
+
+            def flush() -> None:
+                nonlocal offset
+                if not pending:
+                    return
+                if offset + len(pending) > blob.size:
+                    raise DigestMismatch(
+                        f"Layer {blob.digest[7:19]} is larger than the {blob.size:,} bytes its manifest declares."
+                    )
+                handle.write(pending)
+                hasher.update(pending)
+                offset += len(pending)
+                counter.add(len(pending))
+                tracker.advance(blob.digest, len(pending))
+                pending.clear()
+
+            try:
+                while chunk := read(READ_CHUNK_BYTES):
+                    pending += chunk
+                    if len(pending) >= READ_CHUNK_BYTES:
+                        flush()
+                        if cancel.is_set():
+                            raise PullCancelled("The pull was cancelled; run it again to resume.")
+            finally:
+                flush()
+    return offset, hasher
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "IncompleteRead" in text or "Connection broken" in text:
+        return "the connection was cut"
+    return text[:160]

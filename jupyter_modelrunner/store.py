@@ -1,0 +1,630 @@
+"""The local model store: content-addressed blobs, manifests, an index of tags, and runnable bundles.
+
+Layout (Docker Model Runner's, see FORMAT.md §3)::
+
+    blobs/sha256/<hex>                 immutable, read-only; `<hex>.incomplete` while downloading
+    manifests/sha256/<hex>             the exact manifest bytes (their sha256 is the model id)
+    bundles/sha256/<hex>/model/...     what an engine opens: hard links to the blobs, no copies
+    models.json                        {"models": [{"id", "tags", "files"}]}
+
+The Jupyter server, kernels and the CLI may use one store at the same time: every index change happens
+under a file lock and is written atomically, downloads take a per-blob lock, and bundles are built in a
+private folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from . import mediatypes as mt
+from .distribution.artifact import (
+    Layer,
+    Manifest,
+    ModelConfig,
+    digest_hex,
+    parse_config,
+    parse_manifest,
+    safe_relative_path,
+    sha256_digest,
+)
+from .errors import (
+    InsufficientStorage,
+    InvalidReference,
+    ModelNotFound,
+    StoreError,
+    UnsafePath,
+    UnsupportedArtifact,
+)
+from .paths import default_store_path
+from .reference import Reference, parse_reference
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "models.json"
+COPY_CHUNK_BYTES = 4 * 1024 * 1024
+SHORT_ID_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model in the store, as `ls` and `inspect` show it."""
+
+    id: str
+    tags: tuple[str, ...]
+    files: tuple[str, ...]
+    manifest: Manifest
+    config: ModelConfig
+    bundle: Path
+    size: int
+
+    @property
+    def short_id(self) -> str:
+        return self.id.removeprefix("sha256:")[:SHORT_ID_LENGTH]
+
+    @property
+    def format(self) -> str | None:
+        return self.config.format or self.manifest.format
+
+    @property
+    def created(self) -> int:
+        """Unix time of the artifact's creation (what DMR's API reports), 0 when unknown."""
+        if not self.config.created:
+            return 0
+        try:
+            return int(datetime.fromisoformat(self.config.created.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            return 0
+
+    def to_json(self) -> dict[str, Any]:
+        """DMR's model object: `{id, tags, created, config}` plus our `size` and `bundle`."""
+        config = self.config.summary()
+        config["format"] = self.format
+        return {
+            "id": self.id,
+            "tags": [_familiar(tag) for tag in self.tags],
+            "created": self.created,
+            "config": config,
+            "size": self.size,
+            "bundle": str(self.bundle),
+        }
+
+    def gguf_files(self) -> list[Path]:
+        return sorted(self.bundle.glob("model*.gguf"))
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    untagged: tuple[str, ...] = ()
+    deleted: str | None = None
+    freed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """Bytes under `blobs/`, split so the parts add up to `total`."""
+
+    models: int = 0
+    orphans: int = 0
+    incomplete: int = 0
+    manifests: int = 0
+    total: int = 0
+    model_count: int = 0
+    detail: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, int]:
+        return {"models": self.models, "orphans": self.orphans, "incomplete": self.incomplete,
+                "manifests": self.manifests, "total": self.total, "model_count": self.model_count}
+
+
+class Store:
+    """A model store rooted at `root` (default: `$MODEL_RUNNER_STORE` or under Jupyter's data dir).
+
+    `registry` is the default registry used to resolve short names (`smollm2`) to tags.
+    """
+
+    def __init__(self, root: Path | str | None = None, *, registry: str | None = None) -> None:
+        self.root = Path(root).expanduser() if root else default_store_path()
+        self.registry = registry
+        for sub in ("blobs/sha256", "manifests/sha256", "bundles/sha256", "locks", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._index_lock_path = self.root / "locks" / "index.lock"
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- blobs ----------------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / digest_hex(digest)
+
+    def incomplete_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / f"{digest_hex(digest)}.incomplete"
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_lock(self, digest: str) -> FileLock:
+        """Held while a process downloads or writes one blob; others wait, then find it present."""
+        return FileLock(self.root / "locks" / f"{digest_hex(digest)}.lock")
+
+    def commit_blob(self, digest: str, incomplete: Path) -> Path:
+        """Move a verified download into place, read-only so engines cannot change what we hashed."""
+        target = self.blob_path(digest)
+        incomplete.chmod(0o444)
+        os.replace(incomplete, target)
+        return target
+
+    def add_blob_bytes(self, data: bytes) -> str:
+        digest = sha256_digest(data)
+        if not self.has_blob(digest):
+            with self._temp_file() as (tmp, handle):
+                handle.write(data)
+                handle.close()
+                self.commit_blob(digest, tmp)
+        return digest
+
+    def add_blob_from_file(self, source: Path) -> tuple[str, int]:
+        """Copy `source` into the store, hashing as it is copied; returns `(digest, size)`."""
+        hasher, size = hashlib.sha256(), 0
+        with self._temp_file() as (tmp, handle), Path(source).open("rb") as src:
+            try:
+                while chunk := src.read(COPY_CHUNK_BYTES):
+                    handle.write(chunk)
+                    hasher.update(chunk)
+                    size += len(chunk)
+                handle.close()
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientStorage(f"The disk under the model store is full while adding {source}.") from exc
+                raise
+            digest = "sha256:" + hasher.hexdigest()
+            with self.blob_lock(digest):
+                if not self.has_blob(digest):
+                    self.commit_blob(digest, tmp)
+        return digest, size
+
+    @contextlib.contextmanager
+    def _temp_file(self) -> Iterator[tuple[Path, Any]]:
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="blob-")
+        path = Path(name)
+        handle = os.fdopen(fd, "wb")
+        try:
+            yield path, handle
+        finally:
+            handle.close()
+            path.unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    # -- index ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked_index(self) -> Iterator[list[dict[str, Any]]]:
+        """Yield the index for modification under the store-wide lock; written back atomically."""
+        with FileLock(self._index_lock_path):
+            entries = self._read_index()
+            yield entries
+            self._write_index(entries)
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        path = self.root / INDEX_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"The store index {path} is unreadable ({exc}); move it aside to rebuild.") from exc
+        models = doc.get("models") if isinstance(doc, dict) else None
+        if not isinstance(models, list):
+            raise StoreError(f"The store index {path} is not a model index; move it aside to rebuild.")
+        return models
+
+    def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        path = self.root / INDEX_FILE
+        tmp = path.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"models": entries}, indent=2))
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    # -- models ---------------------------------------------------------------------------------------
+
+    def add_model(self, reference: Reference, manifest: bytes) -> Model:
+        """Record a model whose blobs are all present: write its manifest, build its bundle, tag it."""
+        parsed = parse_manifest(manifest)
+        missing = [b.digest for b in parsed.blobs if not self.has_blob(b.digest)]
+        if missing:
+            raise StoreError(f"Cannot add {reference.familiar}: blob {missing[0]} is missing; pull it again.")
+        hexid = digest_hex(parsed.digest)
+        manifest_path = self.root / "manifests" / "sha256" / hexid
+        if not manifest_path.exists():
+            tmp = manifest_path.with_name(f".{hexid}.{os.getpid()}.tmp")
+            tmp.write_bytes(manifest)
+            os.replace(tmp, manifest_path)
+        self._build_bundle(parsed)
+        tag = reference.full
+        files = [b.digest for b in parsed.blobs]
+        with self._locked_index() as entries:
+            dropped = self._take_tag(entries, tag, keep=parsed.digest)
+            entry = next((e for e in entries if e.get("id") == parsed.digest), None)
+            if entry is None:
+                entries.append({"id": parsed.digest, "tags": [tag], "files": files})
+            elif tag not in entry["tags"]:
+                entry["tags"].append(tag)
+            self._delete_entries(entries, dropped)
+        return self._model(parsed.digest, entries)
+
+    def models(self) -> list[Model]:
+        entries = self._read_index()
+        return [self._model(e["id"], entries) for e in entries]
+
+    def resolve(self, name: str) -> Model:
+        """Find a model by full reference, short name (`smollm2`), digest or 12-character id."""
+        entries = self._read_index()
+        entry = self._find(entries, name)
+        if entry is None:
+            raise ModelNotFound(
+                f"Model {name!r} is not in the local store. Pull it first: `jupyter modelrunner pull {name}` "
+                f"(or `%model pull {name}` in a notebook)."
+            )
+        return self._model(entry["id"], entries)
+
+    def manifest_bytes(self, name: str) -> tuple[bytes, Reference | None]:
+        """The stored manifest of `name` and the reference `name` stands for (None for an id)."""
+        model = self.resolve(name)
+        ref = self._as_reference(name, model)
+        return self._manifest_path(model.id).read_bytes(), ref
+
+    def tag(self, source: str, target: str) -> Model:
+        """Give the model `source` the additional tag `target` (moving it off any other model)."""
+        model = self.resolve(source)
+        ref = parse_reference(target, registry=self.registry)
+        with self._locked_index() as entries:
+            dropped = self._take_tag(entries, ref.full, keep=model.id)
+            entry = next(e for e in entries if e["id"] == model.id)
+            if ref.full not in entry["tags"]:
+                entry["tags"].append(ref.full)
+            self._delete_entries(entries, dropped)
+        return self._model(model.id, entries)
+
+    def untag(self, name: str) -> RemoveResult:
+        ref = parse_reference(name, registry=self.registry)
+        with self._locked_index() as entries:
+            entry = self._find_by_tag(entries, ref)
+            if entry is None:
+                raise ModelNotFound(f"No model is tagged {ref.familiar!r}.")
+            tag = self._matching_tag(entry, ref)
+            entry["tags"].remove(tag)
+            deleted, freed = (None, 0)
+            if not entry["tags"]:
+                deleted, freed = entry["id"], self._delete_entries(entries, [entry])
+        return RemoveResult(untagged=(_familiar(tag),), deleted=deleted, freed_bytes=freed)
+
+    def remove(self, name: str, *, force: bool = False) -> RemoveResult:
+        """Remove a tag, or the model when it was the last tag (or when named by id with `force`).
+
+        Named by a tag the model shares with others, only that tag goes. Named by id while several tags
+        point at it, the model is kept unless `force` is given, because the other names would vanish too.
+        """
+        entries = self._read_index()
+        by_tag = self._find_by_tag(entries, self._try_parse(name))
+        if by_tag is not None and len(by_tag["tags"]) > 1:
+            return self.untag(name)
+        model = self.resolve(name)
+        with self._locked_index() as entries:
+            entry = next((e for e in entries if e["id"] == model.id), None)
+            if entry is None:
+                raise ModelNotFound(f"Model {name!r} was removed meanwhile.")
+            if by_tag is None and len(entry["tags"]) > 1 and not force:
+                raise StoreError(
+                    f"Model {model.short_id} is tagged {', '.join(_familiar(t) for t in entry['tags'])}; "
+                    f"remove one tag at a time, or use --force to remove the model and all its tags."
+                )
+            tags = tuple(_familiar(t) for t in entry["tags"])
+            freed = self._delete_entries(entries, [entry])
+        return RemoveResult(untagged=tags, deleted=model.id, freed_bytes=freed)
+
+    def discard_unreferenced(self, digests: list[str]) -> None:
+        """Delete blobs of a failed pull that no model uses, so a refused artifact leaves nothing behind."""
+        with FileLock(self._index_lock_path):
+            referenced = self._referenced(self._read_index())
+            for digest in digests:
+                if digest not in referenced:
+                    self.blob_path(digest).unlink(missing_ok=True)
+
+    # -- disk -----------------------------------------------------------------------------------------
+
+    def df(self) -> DiskUsage:
+        entries = self._read_index()
+        referenced = self._referenced(entries)
+        models = orphans = incomplete = 0
+        for path in (self.root / "blobs" / "sha256").iterdir():
+            size = path.stat().st_size
+            if path.name.endswith(".incomplete"):
+                incomplete += size
+            elif f"sha256:{path.name}" in referenced:
+                models += size
+            else:
+                orphans += size
+        manifests = sum(p.stat().st_size for p in (self.root / "manifests" / "sha256").iterdir())
+        return DiskUsage(models, orphans, incomplete, manifests, models + orphans + incomplete + manifests,
+                         len(entries))
+
+    def gc(self, *, min_age_seconds: float = 3600.0) -> DiskUsage:
+        """Delete blobs no model references and abandoned `.incomplete` files; returns what was freed.
+
+        Files younger than `min_age_seconds` are kept: a pull in another process commits its blobs before
+        it adds the model to the index, and its partial downloads must survive until it resumes.
+        """
+        now = time.time()
+        orphans = incomplete = 0
+        with FileLock(self._index_lock_path):
+            entries = self._read_index()
+            referenced = self._referenced(entries)
+            for path in list((self.root / "blobs" / "sha256").iterdir()):
+                stat = path.stat()
+                if now - stat.st_mtime < min_age_seconds:
+                    continue
+                name = path.name.removesuffix(".incomplete")
+                if path.name.endswith(".incomplete"):
+                    lock = FileLock(self.root / "locks" / f"{name}.lock")
+                    try:
+                        with lock.acquire(timeout=0):
+                            path.unlink(missing_ok=True)
+                            incomplete += stat.st_size
+                    except Timeout:
+                        continue  # a download is in progress
+                elif f"sha256:{name}" not in referenced:
+                    path.unlink(missing_ok=True)
+                    orphans += stat.st_size
+            live = {digest_hex(e["id"]) for e in entries}
+            for path in list((self.root / "bundles" / "sha256").iterdir()):
+                if path.name.split(".", 1)[0] not in live and now - path.stat().st_mtime >= min_age_seconds:
+                    shutil.rmtree(path, ignore_errors=True)
+            for path in list((self.root / "manifests" / "sha256").iterdir()):
+                if path.name not in live and now - path.stat().st_mtime >= min_age_seconds:
+                    path.unlink(missing_ok=True)
+        return DiskUsage(orphans=orphans, incomplete=incomplete, total=orphans + incomplete)
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _manifest_path(self, model_id: str) -> Path:
+        return self.root / "manifests" / "sha256" / digest_hex(model_id)
+
+    def bundle_path(self, model_id: str) -> Path:
+        return self.root / "bundles" / "sha256" / digest_hex(model_id) / "model"
+
+    def _model(self, model_id: str, entries: list[dict[str, Any]]) -> Model:
+        entry = next(e for e in entries if e["id"] == model_id)
+        try:
+            raw = self._manifest_path(model_id).read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(f"The manifest of model {model_id[:19]} is missing; pull the model again.") from exc
+        manifest = parse_manifest(raw)
+        try:
+            config = parse_config(self.blob_path(manifest.config.digest).read_bytes())
+        except FileNotFoundError:
+            config = ModelConfig()
+        return Model(
+            id=model_id, tags=tuple(entry.get("tags", [])), files=tuple(entry.get("files", [])),
+            manifest=manifest, config=config, bundle=self.bundle_path(model_id),
+            size=sum(layer.size for layer in manifest.layers),
+        )
+
+    def _try_parse(self, name: str) -> Reference | None:
+        try:
+            return parse_reference(name, registry=self.registry)
+        except InvalidReference:
+            return None
+
+    def _find(self, entries: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+        name = name.strip()
+        ref = self._try_parse(name)
+        entry = self._find_by_tag(entries, ref)
+        if entry is not None:
+            return entry
+        if ref is not None and ref.digest:
+            entry = next((e for e in entries if e["id"] == ref.digest), None)
+            if entry is not None:
+                return entry
+        prefix = name.removeprefix("sha256:").lower()
+        if len(prefix) >= SHORT_ID_LENGTH and all(c in "0123456789abcdef" for c in prefix):
+            hits = [e for e in entries if e["id"].removeprefix("sha256:").startswith(prefix)]
+            if len(hits) == 1:
+                return hits[0]
+        return None
+
+    def _find_by_tag(self, entries: list[dict[str, Any]], ref: Reference | None) -> dict[str, Any] | None:
+        if ref is None:
+            return None
+        for entry in entries:
+            if ref.full in entry.get("tags", []):
+                return entry
+        # A short name typed while the default registry was elsewhere: match repository:tag if unique.
+        hits = [e for e in entries if any(self._same_name(t, ref) for t in e.get("tags", []))]
+        return hits[0] if len(hits) == 1 else None
+
+    def _matching_tag(self, entry: dict[str, Any], ref: Reference) -> str:
+        if ref.full in entry["tags"]:
+            return ref.full
+        return next(t for t in entry["tags"] if self._same_name(t, ref))
+
+    def _same_name(self, tag: str, ref: Reference) -> bool:
+        other = self._try_parse(tag)
+        if other is None:
+            return False
+        return (other.repository, other.tag, other.digest) == (ref.repository, ref.tag, ref.digest)
+
+    def _as_reference(self, name: str, model: Model) -> Reference | None:
+        ref = self._try_parse(name)
+        if ref is not None:
+            for tag in model.tags:
+                if tag == ref.full or self._same_name(tag, ref):
+                    return parse_reference(tag)
+        return parse_reference(model.tags[0]) if model.tags else None
+
+    @staticmethod
+    def _take_tag(entries: list[dict[str, Any]], tag: str, keep: str) -> list[dict[str, Any]]:
+        """Remove `tag` from every model but `keep`; return the models left with no tag at all."""
+        dropped = []
+        for entry in entries:
+            if entry["id"] != keep and tag in entry.get("tags", []):
+                entry["tags"].remove(tag)
+                if not entry["tags"]:
+                    dropped.append(entry)
+        return dropped
+
+    @staticmethod
+    def _referenced(entries: Iterable[dict[str, Any]]) -> set[str]:
+        return {digest for e in entries for digest in e.get("files", [])}
+
+    def _delete_entries(self, entries: list[dict[str, Any]], doomed: list[dict[str, Any]]) -> int:
+        """Drop models from `entries` (caller holds the lock) and delete what nothing else references."""
+        if not doomed:
+            return 0
+        for entry in doomed:
+            entries.remove(entry)
+        referenced = self._referenced(entries)
+        freed = 0
+        for entry in doomed:
+            shutil.rmtree(self.bundle_path(entry["id"]).parent, ignore_errors=True)
+            self._manifest_path(entry["id"]).unlink(missing_ok=True)
+            for digest in entry.get("files", []):
+                if digest in referenced:
+                    continue
+                path = self.blob_path(digest)
+                with contextlib.suppress(FileNotFoundError):
+                    freed += path.stat().st_size
+                    path.unlink()
+        return freed
+
+    # -- bundles --------------------------------------------------------------------------------------
+
+    def _build_bundle(self, manifest: Manifest) -> Path:
+        """Lay out the runnable folder an engine opens, from hard links to the verified blobs."""
+        final = self.bundle_path(manifest.digest)
+        if final.is_dir():
+            return final
+        staging = Path(tempfile.mkdtemp(dir=final.parent.parent, prefix=f"{digest_hex(manifest.digest)}.tmp-"))
+        try:
+            model_dir = staging / "model"
+            model_dir.mkdir()
+            for layer, relative in _bundle_plan(manifest):
+                if layer.media_type in mt.TAR_LAYERS:
+                    into = _inside(model_dir, relative) if relative else model_dir
+                    _extract_tar(self.blob_path(layer.digest), into, model_dir)
+                else:
+                    self._link(self.blob_path(layer.digest), _inside(model_dir, relative))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(model_dir, final)
+            except OSError as exc:
+                if not final.is_dir():  # anything but "another process built it first"
+                    raise StoreError(f"Cannot create the model folder {final}: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def _link(blob: Path, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            raise UnsupportedArtifact(f"The artifact names the file {dest.name!r} twice.")
+        try:
+            os.link(blob, dest)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(blob, dest)  # hard links impossible here (another filesystem): copy
+
+
+def _bundle_plan(manifest: Manifest) -> list[tuple[Layer, str]]:
+    """Which file each layer becomes inside `model/` (DMR's names: `model.gguf`, `template.jinja`, …)."""
+    ggufs = [layer for layer in manifest.layers if layer.media_type == mt.GGUF]
+    weights = [layer for layer in manifest.layers if layer.media_type == mt.SAFETENSORS]
+    plan: list[tuple[Layer, str]] = []
+    for layer in manifest.layers:
+        kind = layer.media_type
+        if kind == mt.GGUF:
+            n = len(ggufs)
+            plan.append((layer, "model.gguf" if n == 1 else f"model-{ggufs.index(layer) + 1:05d}-of-{n:05d}.gguf"))
+        elif kind in (mt.MMPROJ, mt.MMPROJ_SPEC):
+            plan.append((layer, "model.mmproj"))
+        elif kind == mt.CHAT_TEMPLATE:
+            plan.append((layer, "template.jinja"))
+        elif kind == mt.SAFETENSORS:
+            n = len(weights)
+            default = "model.safetensors" if n == 1 else f"model-{weights.index(layer) + 1:05d}-of-{n:05d}.safetensors"
+            plan.append((layer, layer.filepath or layer.title or default))
+        elif kind == mt.MODEL_FILE:
+            name = layer.filepath or layer.title
+            if not name:
+                raise UnsupportedArtifact(f"Layer {layer.digest[:19]} is a model file without a file path annotation.")
+            plan.append((layer, name))
+        elif kind in mt.TAR_LAYERS:
+            plan.append((layer, layer.filepath or ""))
+    return plan
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """`root/relative`, proven not to escape `root` even through existing symlinks."""
+    relative = safe_relative_path(relative)
+    dest = root / relative
+    resolved_root = root.resolve()
+    if not dest.parent.resolve().is_relative_to(resolved_root) and dest.parent != root:
+        raise UnsafePath(f"Refusing file path {relative!r}: it resolves outside the model folder.")
+    return dest
+
+
+def _extract_tar(blob: Path, into: Path, model_dir: Path) -> None:
+    """Unpack a config/dir tar layer, allowing only regular files and folders with safe relative names."""
+    base = model_dir.resolve()
+    into.mkdir(parents=True, exist_ok=True)
+    if not into.resolve().is_relative_to(base):
+        raise UnsafePath(f"Refusing to unpack a tar layer outside the model folder ({into}).")
+    try:
+        with tarfile.open(blob, "r:*") as tar:
+            for member in tar:
+                name = safe_relative_path(member.name, what="tar entry")
+                dest = into / name
+                if not dest.parent.resolve().is_relative_to(base) and dest.parent != into:
+                    raise UnsafePath(f"Refusing tar entry {member.name!r}: it resolves outside the model folder.")
+                if member.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isreg():
+                    kind = "link" if member.issym() or member.islnk() else "device or special file"
+                    raise UnsafePath(f"Refusing tar entry {member.name!r}: a {kind} is not allowed in a model.")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                if source is None:
+                    continue
+                with source, dest.open("wb") as out:
+                    shutil.copyfileobj(source, out, COPY_CHUNK_BYTES)
+                dest.chmod(0o644)
+    except tarfile.TarError as exc:
+        raise UnsupportedArtifact(f"A tar layer of the model is not a valid tar archive ({exc}).") from exc
+
+
+def _familiar(tag: str) -> str:
+    try:
+        return parse_reference(tag).familiar
+    except InvalidReference:
+        return tag
