@@ -1,0 +1,311 @@
+"""`jupyter modelrunner …`: the terminal front end, with verbs named like `docker model`.
+
+A thin layer: it parses arguments, calls the library, draws progress on a terminal and turns library
+errors into one line and a non-zero exit code. Later the same verbs talk to a running server through
+`client.py`; the store-level verbs here already work with no server at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from ._version import __version__
+from .errors import ModelRunnerError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class TerminalProgress:
+    """One self-rewriting line on a terminal (`\\r`), or a line every few seconds in a log file."""
+
+    def __init__(self, stream: TextIO, verb: str) -> None:
+        self.stream = stream
+        self.verb = verb
+        self.tty = stream.isatty()
+        self._last = 0.0
+        self._width = 0
+
+    def __call__(self, event: object) -> None:
+        from .distribution.progress import format_bytes
+
+        kind = getattr(event, "type", "")
+        if kind == "warning":
+            self._newline()
+            self.stream.write(f"Warning: {event.message}\n")  # type: ignore[attr-defined]
+            return
+        if kind != "progress" or not getattr(event, "total", 0):
+            return
+        now = time.monotonic()
+        done, total = event.pulled, event.total  # type: ignore[attr-defined]
+        if not self.tty and now - self._last < 5 and done < total:
+            return
+        self._last = now
+        fraction = done / total if total else 1.0
+        bar = "#" * int(fraction * 30)
+        line = f"{self.verb} [{bar:<30}] {fraction:6.1%}  {format_bytes(done)} / {format_bytes(total)}"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _newline(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self._width = 0
+
+    def close(self) -> None:
+        self._newline()
+        self.stream.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jupyter modelrunner",
+        description="Pull, package and manage AI models stored as OCI artifacts (Docker Model Runner's format).",
+    )
+    parser.add_argument("--version", action="version", version=f"jupyter-modelrunner {__version__}")
+    parser.add_argument("--store", metavar="DIR", help="model store folder (default: $MODEL_RUNNER_STORE or "
+                        "<jupyter data dir>/modelrunner/store)")
+    parser.add_argument("--registry", metavar="HOST", help="registry for bare names like `smollm2` (default: "
+                        "$MODEL_RUNNER_DEFAULT_REGISTRY or Docker Hub)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+
+    p = verbs.add_parser("pull", help="download a model from a registry")
+    p.add_argument("model", help="reference, e.g. ai/smollm2 or 127.0.0.1:5000/ai/smollm2:latest")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    p = verbs.add_parser("push", help="upload a stored model to its registry")
+    p.add_argument("model", help="stored model (its tag says where it goes)")
+    p.add_argument("--to", metavar="REF", help="push under another reference instead")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+    p = verbs.add_parser("package", help="make a model artifact from a GGUF file or a safetensors folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gguf", metavar="FILE", type=Path, action="append",
+                        help="GGUF weights (repeat for the shards of one model, in order)")
+    source.add_argument("--safetensors-dir", metavar="DIR", type=Path, help="folder with *.safetensors and side files")
+    p.add_argument("--license", metavar="FILE", type=Path, action="append", default=[], help="license file to include")
+    p.add_argument("--chat-template", metavar="FILE", type=Path, help="Jinja chat template to include")
+    p.add_argument("--context-size", metavar="N", type=int, help="default context size recorded in the config")
+    p.add_argument("--push", action="store_true", help="push to the registry after packaging")
+    p.add_argument("tag", help="reference to store (and push) it as")
+
+    p = verbs.add_parser("tag", help="give a stored model another name")
+    p.add_argument("source")
+    p.add_argument("target")
+
+    for name in ("ls", "list"):
+        p = verbs.add_parser(name, help="list stored models" if name == "ls" else "alias of ls")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--quiet", "-q", action="store_true", help="only ids")
+
+    p = verbs.add_parser("inspect", help="show a stored model as JSON")
+    p.add_argument("model")
+
+    p = verbs.add_parser("rm", help="remove a model (or one of its tags)")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--force", "-f", action="store_true",
+                   help="remove a model named by id even if several tags share it")
+
+    p = verbs.add_parser("df", help="disk used by the store")
+    p.add_argument("--json", action="store_true")
+
+    p = verbs.add_parser("gc", help="delete blobs no model uses and abandoned partial downloads")
+    p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
+                   help="keep files younger than this (default 3600)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verb:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return _dispatch(args) or 0
+    except ModelRunnerError as exc:
+        if args.debug:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\nInterrupted. Finished layers and partial downloads are kept; run the command again to resume.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"Error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _dispatch(args: argparse.Namespace) -> int | None:
+    from .store import Store
+
+    store = Store(args.store, registry=args.registry)
+    verb = "ls" if args.verb == "list" else args.verb
+    return globals()[f"_cmd_{verb}"](store, args)
+
+
+def _cmd_pull(store, args) -> int:
+    from .distribution import pull
+    from .distribution.progress import format_bytes
+
+    progress = None if args.quiet else TerminalProgress(sys.stderr, "Pulling")
+    try:
+        result = pull(args.model, store, on_progress=progress, registry=args.registry)
+    finally:
+        if progress:
+            progress.close()
+    model = result.model
+    how = "already up to date" if not result.downloaded_bytes else f"downloaded {format_bytes(result.downloaded_bytes)}"
+    print(f"Pulled {result.reference.familiar} ({model.short_id}): {model.format}, {format_bytes(model.size)}, {how}")
+    return 0
+
+
+def _cmd_push(store, args) -> int:
+    from .distribution import push
+    from .distribution.progress import format_bytes
+
+    progress = None if args.quiet else TerminalProgress(sys.stderr, "Pushing")
+    try:
+        result = push(store, args.model, target=args.to, on_progress=progress, registry=args.registry)
+    finally:
+        if progress:
+            progress.close()
+    print(f"Pushed {result.reference.familiar} ({result.digest[:19]}): uploaded {format_bytes(result.uploaded_bytes)}, "
+          f"{format_bytes(result.skipped_bytes)} already there")
+    return 0
+
+
+def _cmd_package(store, args) -> int:
+    from .distribution import package_gguf, package_safetensors, push
+    from .reference import parse_reference
+
+    ref = parse_reference(args.tag, registry=args.registry)
+    options = {"license_files": args.license, "chat_template": args.chat_template, "context_size": args.context_size}
+    if args.gguf:
+        model = package_gguf(store, args.gguf, ref, **options)
+    else:
+        model = package_safetensors(store, args.safetensors_dir, ref, **options)
+    print(f"Packaged {ref.familiar} ({model.short_id}): {model.format}, {model.config.parameters} parameters")
+    if args.push:
+        progress = TerminalProgress(sys.stderr, "Pushing")
+        try:
+            push(store, ref.full, on_progress=progress)
+        finally:
+            progress.close()
+        print(f"Pushed {ref.familiar}")
+    return 0
+
+
+def _cmd_tag(store, args) -> int:
+    model = store.tag(args.source, args.target)
+    print(f"Tagged {model.short_id} as {args.target}")
+    return 0
+
+
+def _cmd_ls(store, args) -> int:
+    from .distribution.progress import format_bytes
+
+    models = store.models()
+    if args.json:
+        print(json.dumps([m.to_json() for m in models], indent=2))
+        return 0
+    if args.quiet:
+        for model in models:
+            print(model.short_id)
+        return 0
+    rows = [("MODEL NAME", "FORMAT", "PARAMETERS", "QUANTIZATION", "ARCHITECTURE", "MODEL ID", "CREATED", "SIZE")]
+    for model in models:
+        names = [t for t in model.to_json()["tags"]] or ["<none>"]
+        for name in names:
+            config = model.config
+            rows.append((name, model.format or "", config.parameters or "", config.quantization or "",
+                         config.architecture or "", model.short_id, _ago(model.created), format_bytes(model.size)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cmd_inspect(store, args) -> int:
+    model = store.resolve(args.model)
+    doc = model.to_json()
+    doc["config"] = {**doc["config"], **{k: v for k, v in (model.config.raw.get("config") or {}).items()
+                                         if k not in doc["config"]}}
+    doc["manifest"] = json.loads(model.manifest.raw)
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _cmd_rm(store, args) -> int:
+    from .distribution.progress import format_bytes
+
+    failed = False
+    for name in args.models:
+        try:
+            result = store.remove(name, force=args.force)
+        except ModelRunnerError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        for tag in result.untagged:
+            print(f"Untagged: {tag}")
+        if result.deleted:
+            print(f"Deleted: {result.deleted} (freed {format_bytes(result.freed_bytes)})")
+    return EXIT_ERROR if failed else 0
+
+
+def _cmd_df(store, args) -> int:
+    from .distribution.progress import format_bytes
+
+    usage = store.df()
+    if args.json:
+        print(json.dumps({**usage.to_json(), "store": str(store.root)}, indent=2))
+        return 0
+    print(f"Store: {store.root}")
+    for label, value in (("Models", usage.models), ("Unused blobs", usage.orphans),
+                         ("Partial downloads", usage.incomplete), ("Manifests", usage.manifests),
+                         ("Total", usage.total)):
+        print(f"{label + ':':<19}{format_bytes(value):>12}")
+    print(f"{'Model count:':<19}{usage.model_count:>12}")
+    return 0
+
+
+def _cmd_gc(store, args) -> int:
+    from .distribution.progress import format_bytes
+
+    freed = store.gc(min_age_seconds=args.min_age)
+    print(f"Freed {format_bytes(freed.total)} ({format_bytes(freed.orphans)} unused blobs, "
+          f"{format_bytes(freed.incomplete)} partial downloads)")
+    return 0
+
+
+def _ago(timestamp: int) -> str:
+    if not timestamp:
+        return ""
+    seconds = max(0, int(time.time()) - timestamp)
+    for unit, size in (("year", 31536000), ("month", 2592000), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "just now"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
