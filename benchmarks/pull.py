@@ -23,15 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.models import smollm2_gguf  # noqa: E402
-from tests.support.registry import LocalRegistry  # noqa: E402
-
 from jupyter_modelrunner import mediatypes as mt  # noqa: E402
 from jupyter_modelrunner.distribution import pull  # noqa: E402
 from jupyter_modelrunner.distribution.registry import RegistryClient  # noqa: E402
 from jupyter_modelrunner.reference import parse_reference  # noqa: E402
 from jupyter_modelrunner.store import Store  # noqa: E402
+from tests.support.models import smollm2_gguf  # noqa: E402
 from tests.support.publish import gguf_config, publish_gguf, publish_raw  # noqa: E402
+from tests.support.registry import LocalRegistry  # noqa: E402
 
 
 def write_random(path: Path, size: int) -> None:
