@@ -1,0 +1,1 @@
+"""Inference engines: one module per engine, the hardware probe, and the selection table."""

@@ -1,0 +1,205 @@
+"""The contract every inference engine fulfils, so the scheduler can run any of them the same way.
+
+An engine knows how to start its server process for a model bundle on a Unix socket (or a loopback
+port with a per-engine API key), which extra flags a user may pass it, and how to tell it is ready. It
+does not know about other runners, memory budgets or HTTP routes: that is the scheduler's job.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import ModelRunnerError
+from .hardware import Hardware
+
+if TYPE_CHECKING:
+    from ..store import Model
+
+MODE_COMPLETION = "completion"
+MODE_EMBEDDING = "embedding"
+MODES = (MODE_COMPLETION, MODE_EMBEDDING)
+
+
+class EngineUnavailable(ModelRunnerError):
+    """No installed engine can run this model here; the message names the fix."""
+
+    http_status = 501
+
+
+class EngineFlagRefused(ModelRunnerError):
+    """A runtime flag outside the engine's allowlist."""
+
+    http_status = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether an engine can be used on this machine (installed, a device it can use), and why not."""
+
+    ok: bool
+    reason: str
+    device: str = "cpu"
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start one engine process and reach it once it is up."""
+
+    argv: list[str]
+    env: dict[str, str]
+    socket: Path | None = None
+    port: int | None = None
+    api_key: str | None = None
+    health_path: str = "/v1/models"
+
+    @property
+    def base_url(self) -> str:
+        """The URL prefix of the engine's OpenAI API (a placeholder host when on a Unix socket)."""
+        return "http://engine" if self.socket else f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Per-model settings the user chose (`configure`), applied when the engine starts."""
+
+    context_size: int | None = None
+    runtime_flags: tuple[str, ...] = ()
+    keep_alive: float | None = None  # seconds; -1 never unload; None: the scheduler's default
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    takes_value: bool = True
+    help: str = ""
+
+
+@dataclass
+class ModelFacts:
+    """What an engine and the memory estimate need to know about a model, read from its bundle."""
+
+    format: str | None
+    weights_bytes: int
+    context_length: int | None = None
+    layers: int | None = None
+    kv_heads: int | None = None
+    head_dim: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: Model) -> ModelFacts:
+        gguf = (model.config.raw.get("config") or {}).get("gguf") or {}
+        arch = gguf.get("general.architecture") or model.config.architecture or ""
+
+        def number(key: str) -> int | None:
+            value = gguf.get(f"{arch}.{key}")
+            return int(value) if isinstance(value, str) and value.isdigit() else None
+
+        facts = cls(format=model.format, weights_bytes=model.size)
+        if gguf:
+            heads, embed = number("attention.head_count"), number("embedding_length")
+            facts.context_length = number("context_length")
+            facts.layers = number("block_count")
+            facts.kv_heads = number("attention.head_count_kv") or heads
+            facts.head_dim = number("attention.key_length") or (embed // heads if heads and embed else None)
+        else:
+            config_path = model.bundle / "config.json"
+            try:
+                hf = json.loads(config_path.read_text())
+            except (OSError, ValueError):
+                hf = {}
+            heads = hf.get("num_attention_heads")
+            facts.context_length = hf.get("max_position_embeddings")
+            facts.layers = hf.get("num_hidden_layers")
+            facts.kv_heads = hf.get("num_key_value_heads") or heads
+            hidden = hf.get("hidden_size")
+            facts.head_dim = hf.get("head_dim") or (hidden // heads if heads and hidden else None)
+        return facts
+
+    def kv_cache_bytes(self, context: int, bytes_per_value: int = 2) -> int:
+        """Keys and values for `context` tokens in every layer (f16 unless told otherwise)."""
+        if not (self.layers and self.kv_heads and self.head_dim):
+            return 0
+        return 2 * self.layers * context * self.kv_heads * self.head_dim * bytes_per_value
+
+
+class Engine(ABC):
+    """An inference engine: one subclass per engine, stateless, safe to share."""
+
+    name: ClassVar[str]
+    formats: ClassVar[frozenset[str]]
+    allowed_flags: ClassVar[Mapping[str, FlagSpec]]
+    #: Seconds to wait for a new process to answer its health check.
+    load_timeout: ClassVar[float] = 120.0
+    #: Memory the engine's process needs beyond weights and KV cache (runtime, buffers).
+    overhead_bytes: ClassVar[int] = 256 * 1024**2
+
+    @abstractmethod
+    def availability(self, hardware: Hardware) -> Availability:
+        """Is the engine installed and usable here (cheap; cached by callers)?"""
+
+    @abstractmethod
+    def launch(self, model: Model, *, workdir: Path, config: RunConfig, hardware: Hardware, mode: str) -> Launch:
+        """The command, environment and address for serving `model` from its bundle."""
+
+    def default_context(self, facts: ModelFacts) -> int:
+        """The context size used when the user set none: the model's own, capped to keep memory sane."""
+        return min(facts.context_length or 4096, 8192)
+
+    def estimate_memory(self, model: Model, config: RunConfig) -> int:
+        facts = ModelFacts.of(model)
+        context = config.context_size or self.default_context(facts)
+        return self.overhead_bytes + facts.weights_bytes + facts.kv_cache_bytes(context)
+
+    def check_flags(self, flags: Sequence[str]) -> tuple[str, ...]:
+        """Return `flags` if every one is allowlisted (with a value where one is needed), else refuse."""
+        allowed = ", ".join(sorted(self.allowed_flags))
+        out: list[str] = []
+        items = list(flags)
+        i = 0
+        while i < len(items):
+            token = items[i]
+            name, eq, inline = token.partition("=")
+            spec = self.allowed_flags.get(name)
+            if spec is None:
+                raise EngineFlagRefused(f"{self.name} does not allow the flag {name!r}. Allowed: {allowed}.")
+            if spec.takes_value:
+                if eq:
+                    value = inline
+                else:
+                    i += 1
+                    if i >= len(items):
+                        raise EngineFlagRefused(f"The {self.name} flag {name} needs a value.")
+                    value = items[i]
+                if not value or (value.startswith("-") and not _is_number(value)) or "\n" in value:
+                    raise EngineFlagRefused(f"Invalid value {value!r} for the {self.name} flag {name}.")
+                out += [name, value]
+            else:
+                if eq:
+                    raise EngineFlagRefused(f"The {self.name} flag {name} takes no value.")
+                out.append(name)
+            i += 1
+        return tuple(out)
+
+
+def new_api_key() -> str:
+    """A random key for an engine that must listen on TCP: other local users cannot guess it."""
+    return secrets.token_urlsafe(32)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
