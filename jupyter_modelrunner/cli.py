@@ -122,6 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("df", help="disk used by the store")
     p.add_argument("--json", action="store_true")
 
+    p = verbs.add_parser("run", help="chat with a model (pulls and loads it first if needed)")
+    p.add_argument("model")
+    p.add_argument("prompt", nargs="*", help="one prompt; without it, read prompts interactively (or all of stdin)")
+    p.add_argument("-d", "--detach", action="store_true", help="only load the model (check that it starts)")
+    p.add_argument("--engine", help="force an engine (llama.cpp or vllm)")
+    p.add_argument("--temperature", type=float, help="sampling temperature")
+    p.add_argument("--max-tokens", type=int, help="longest answer, in tokens")
+
+    p = verbs.add_parser("configure", help="per-model settings: context size, keep_alive, engine flags")
+    p.add_argument("model")
+    p.add_argument("--context-size", type=int, metavar="N")
+    p.add_argument("--keep-alive", metavar="DURATION", help="how long an idle model stays loaded (10m, 1h, -1 never)")
+    p.add_argument("--engine", help="the engine the flags are for (default: the one that runs the model)")
+    p.add_argument("runtime_flags", nargs=argparse.REMAINDER, metavar="-- FLAGS",
+                   help="engine flags after `--`, checked against the engine's allowlist")
+
+    p = verbs.add_parser("logs", help="the last lines an engine printed for a model")
+    p.add_argument("model")
+    p.add_argument("-n", "--lines", type=int, default=200)
+
+    p = verbs.add_parser("status", help="which engines can run here, and why or why not")
+    p.add_argument("--json", action="store_true")
+
     p = verbs.add_parser("gc", help="delete blobs no model uses and abandoned partial downloads")
     p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                    help="keep files younger than this (default 3600)")
@@ -293,6 +316,115 @@ def _cmd_gc(store, args) -> int:
     freed = store.gc(min_age_seconds=args.min_age)
     print(f"Freed {format_bytes(freed.total)} ({format_bytes(freed.orphans)} unused blobs, "
           f"{format_bytes(freed.incomplete)} partial downloads)")
+    return 0
+
+
+def _scheduler(store):
+    from .scheduler import Scheduler
+
+    return Scheduler(store)
+
+
+def _cmd_run(store, args) -> int:
+    import asyncio
+
+    from .errors import ModelNotFound
+
+    try:
+        store.resolve(args.model)
+    except ModelNotFound:
+        print(f"Model {args.model} is not here yet; pulling it.", file=sys.stderr)
+        _cmd_pull(store, argparse.Namespace(model=args.model, quiet=False, registry=args.registry))
+    scheduler = _scheduler(store)
+    _, choice = scheduler.choose(args.model, args.engine)
+    print(f"Engine: {choice.engine.name} on {choice.device} ({choice.reason})", file=sys.stderr)
+    if args.prompt:
+        prompts = [" ".join(args.prompt)]
+    elif sys.stdin.isatty():
+        prompts = None
+    else:
+        prompts = [sys.stdin.read()]
+    return asyncio.run(_run_chat(scheduler, args, prompts))
+
+
+async def _run_chat(scheduler, args, prompts) -> int:
+    from .scheduler import sse_events
+
+    try:
+        started = time.perf_counter()
+        await scheduler.load(args.model, engine=args.engine)
+        print(f"Loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        if args.detach:
+            return 0
+        history: list[dict] = []
+        interactive = prompts is None
+        while True:
+            if interactive:
+                try:
+                    prompt = input("> ")
+                except EOFError:
+                    print()
+                    return 0
+                if prompt.strip() in ("/bye", "/exit", "/quit"):
+                    return 0
+            elif prompts:
+                prompt = prompts.pop(0)
+            else:
+                return 0
+            history.append({"role": "user", "content": prompt})
+            body = {"model": "model", "messages": history, "stream": True}
+            if args.temperature is not None:
+                body["temperature"] = args.temperature
+            if args.max_tokens is not None:
+                body["max_tokens"] = args.max_tokens
+            answer = []
+            async with scheduler.use(args.model, engine=args.engine) as runner, runner.stream(
+                "POST", "/v1/chat/completions", json=body
+            ) as chunks:
+                async for event in sse_events(chunks):
+                    if "error" in event:
+                        raise ModelRunnerError(str(event["error"].get("message", event["error"])))
+                    delta = (event.get("choices") or [{}])[0].get("delta", {}).get("content")
+                    if delta:
+                        answer.append(delta)
+                        sys.stdout.write(delta)
+                        sys.stdout.flush()
+            print()
+            history.append({"role": "assistant", "content": "".join(answer)})
+    finally:
+        await scheduler.shutdown()
+
+
+def _cmd_configure(store, args) -> int:
+    flags = list(args.runtime_flags)
+    if flags and flags[0] == "--":
+        flags = flags[1:]
+    config = _scheduler(store).configure(
+        args.model, context_size=args.context_size, keep_alive=args.keep_alive,
+        runtime_flags=flags if flags else None, engine=args.engine,
+    )
+    from .runner_config import format_keep_alive
+
+    print(f"{args.model}: context size {config.context_size or 'default'}, keep_alive "
+          f"{format_keep_alive(config.keep_alive)}, flags {' '.join(config.runtime_flags) or 'none'}")
+    return 0
+
+
+def _cmd_logs(store, args) -> int:
+    text = _scheduler(store).logs(args.model, args.lines)
+    print(text if text else f"No engine has run {args.model} yet.")
+    return 0
+
+
+def _cmd_status(store, args) -> int:
+    status = _scheduler(store).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"Machine: {status['hardware']}")
+    for engine in status["engines"]:
+        mark = "available" if engine["available"] else "not available"
+        print(f"{engine['engine']:<10} {mark:<14} {engine['reason']}")
     return 0
 
 

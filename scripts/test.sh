@@ -20,6 +20,8 @@ fi
 
 # The project and its test dependencies, in a virtual environment of its own.
 bash scripts/install.sh test
+# llama.cpp (built once portably and cached; a cold machine compiles it, ~10 minutes on 2 cores).
+bash scripts/install-engines.sh llamacpp
 
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,515 @@
+"""Runners: engine processes started on demand, shared, kept warm, evicted, and cleaned up.
+
+One process per (engine, model digest, mode): two tags of one model share it. The first request for a
+model loads it while concurrent requests wait for that one load; idle runners unload after their
+keep_alive; a new model that would not fit the memory budget first evicts idle runners, least
+recently used first, and is refused with the numbers when it cannot fit at all. A crashed engine is
+noticed the moment it exits: in-flight requests fail with its last log lines, the next request starts
+it again. Engines run in their own process group and die with their owner (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .distribution.progress import format_bytes
+from .engines import hardware as hw
+from .engines.base import MODE_COMPLETION, MODES, Engine, Launch, RunConfig
+from .engines.select import EngineChoice, default_engines, select_engine
+from .errors import ModelRunnerError
+from .runner_config import RunConfigFile, format_keep_alive, parse_keep_alive
+from .store import Model, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEP_ALIVE = 300.0
+LOG_LINES = 2000
+HEALTH_POLL_SECONDS = 0.05
+STOP_GRACE_SECONDS = 10.0
+
+
+class NotEnoughMemory(ModelRunnerError):
+    http_status = 507
+
+
+class EngineFailed(ModelRunnerError):
+    """The engine process could not start, or stopped while serving; carries its last log lines."""
+
+    http_status = 502
+
+
+class RunnerState(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class RunnerKey:
+    engine: str
+    model_id: str
+    mode: str
+
+
+@dataclass
+class Runner:
+    """One engine process serving one model; what `ps` shows and what requests are sent through."""
+
+    key: RunnerKey
+    model: Model
+    choice: EngineChoice
+    launch: Launch
+    workdir: Path
+    process: asyncio.subprocess.Process
+    memory: int
+    keep_alive: float
+    state: RunnerState = RunnerState.LOADING
+    in_use: int = 0
+    started: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    exit_code: int | None = None
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    client: httpx.AsyncClient | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    _idle_timer: asyncio.TimerHandle | None = None
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.model.to_json()["tags"][0] if self.model.tags else self.model.short_id
+
+    def status(self) -> dict[str, Any]:
+        """DMR's `ps` entry plus what we add: device, memory, the reason for the engine."""
+        return {
+            "backend_name": self.key.engine,
+            "model_name": self.name,
+            "model_id": self.key.model_id,
+            "mode": self.key.mode,
+            "device": self.choice.device,
+            "reason": self.choice.reason,
+            "state": self.state.value,
+            "loading": self.state == RunnerState.LOADING,
+            "in_use": self.in_use > 0,
+            "requests": self.in_use,
+            "last_used": int(self.last_used),
+            "keep_alive": format_keep_alive(self.keep_alive),
+            "memory": self.memory,
+            "pid": self.process.pid,
+        }
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(list(self.log)[-lines:])
+
+    def failure(self, what: str) -> EngineFailed:
+        code = self.exit_code if self.exit_code is not None else self.process.returncode
+        how = f"exit code {code}" if code is not None and code >= 0 else f"killed by signal {-(code or 0)}"
+        tail = self.log_tail(15) or "(no output)"
+        return EngineFailed(f"{self.key.engine} {what} for {self.name} ({how}). Last lines of its log:\n{tail}")
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send one request to the engine; an engine that dies meanwhile becomes an `EngineFailed`."""
+        assert self.client is not None
+        try:
+            return await self.client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise await self._crash_or(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream a response body chunk by chunk as the engine produces it."""
+        assert self.client is not None
+        try:
+            async with self.client.stream(method, path, **kwargs) as response:
+                yield self._chunks(response)
+        except httpx.TransportError as exc:
+            raise await self._crash_or(exc) from exc
+
+    async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.TransportError as exc:
+            raise await self._crash_or(exc) from exc
+
+    async def _crash_or(self, exc: Exception) -> Exception:
+        # A broken connection usually means the process is gone; give it a moment to be reaped.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.exited.wait(), 1.0)
+        if self.exited.is_set():
+            return self.failure("stopped while answering")
+        return EngineFailed(f"Lost the connection to {self.key.engine} for {self.name}: {exc}")
+
+
+class Scheduler:
+    """Owns the engine processes for one store. Create one per server (or CLI run), in its event loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        engines: Sequence[Engine] | None = None,
+        hardware: hw.Hardware | None = None,
+        memory_budget: int | None = None,
+        keep_alive: float = DEFAULT_KEEP_ALIVE,
+        runtime_dir: Path | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.engines = list(engines or default_engines())
+        self.hardware = hardware or hw.probe()
+        self.memory_budget = memory_budget or int(self.hardware.memory_total * 0.8)
+        self.keep_alive = keep_alive
+        self.settings = RunConfigFile(store.root)
+        self.runners: dict[RunnerKey, Runner] = {}
+        self._loads: dict[RunnerKey, asyncio.Task[Runner]] = {}
+        self._admission = asyncio.Lock()
+        self._on_event = on_event or (lambda kind, data: None)
+        self._runtime_parent = runtime_dir
+        self._runtime: Path | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.stats = {"loads": 0, "load_failures": 0, "evictions": 0, "crashes": 0}
+
+    # -- choosing ------------------------------------------------------------------------------------
+
+    def choose(self, name: str, engine: str | None = None) -> tuple[Model, EngineChoice]:
+        """The model `name` resolves to and the engine that would run it, with the reason."""
+        model = self.store.resolve(name)
+        return model, select_engine(model, self.hardware, self.engines, forced=engine)
+
+    # -- using ----------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def use(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None) -> AsyncIterator[Runner]:
+        """Hold a ready runner for `name` for the duration of one request, loading it if needed."""
+        if mode not in MODES:
+            raise ModelRunnerError(f"Unknown mode {mode!r}; expected one of {', '.join(MODES)}.")
+        model, choice = self.choose(name, engine)
+        runner = await self._ensure(model, choice, mode)
+        runner.in_use += 1
+        if runner._idle_timer:
+            runner._idle_timer.cancel()
+            runner._idle_timer = None
+        try:
+            yield runner
+        finally:
+            runner.in_use -= 1
+            runner.last_used = time.time()
+            if runner.in_use == 0 and runner.state == RunnerState.READY:
+                self._schedule_idle(runner)
+
+    async def load(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None) -> Runner:
+        """Load without a request (`run -d`): the runner then idles out after its keep_alive."""
+        async with self.use(name, mode=mode, engine=engine) as runner:
+            return runner
+
+    async def _ensure(self, model: Model, choice: EngineChoice, mode: str) -> Runner:
+        key = RunnerKey(choice.engine.name, model.id, mode)
+        runner = self.runners.get(key)
+        if runner is not None and runner.state == RunnerState.READY:
+            return runner
+        task = self._loads.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(key, model, choice))
+            self._loads[key] = task
+            task.add_done_callback(lambda _t, k=key: self._loads.pop(k, None))
+        # shield: one caller giving up (a closed browser tab) must not cancel the load others wait for.
+        return await asyncio.shield(task)
+
+    async def _load(self, key: RunnerKey, model: Model, choice: EngineChoice) -> Runner:
+        engine = choice.engine
+        config = self.settings.get(model.id)
+        config = RunConfig(config.context_size, engine.check_flags(config.runtime_flags), config.keep_alive)
+        memory = engine.estimate_memory(model, config)
+        async with self._admission:
+            await self._make_room(memory, model, engine)
+            workdir = Path(tempfile.mkdtemp(prefix=f"{engine.name.replace('.', '')}-", dir=self.runtime_dir))
+            launch = engine.launch(model, workdir=workdir, config=config, hardware=self.hardware, mode=key.mode)
+            self._on_event("loading", {"model": model.short_id, "engine": engine.name, "reason": choice.reason})
+            log.info("starting %s for %s: %s", engine.name, model.short_id, " ".join(launch.argv))
+            process = await asyncio.create_subprocess_exec(
+                *launch.argv, env=launch.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                limit=1024 * 1024,
+            )
+            keep_alive = config.keep_alive if config.keep_alive is not None else self.keep_alive
+            runner = Runner(key, model, choice, launch, workdir, process, memory, keep_alive)
+            runner.client = _client_for(launch, engine)
+            self.runners[key] = runner
+        loop = asyncio.get_running_loop()
+        runner._tasks = [loop.create_task(self._pump_log(runner)), loop.create_task(self._watch(runner))]
+        try:
+            await self._wait_ready(runner, engine.load_timeout)
+        except BaseException:
+            self.stats["load_failures"] += 1
+            await self._stop(runner, "failed to start")
+            raise
+        runner.state = RunnerState.READY
+        self.stats["loads"] += 1
+        self._on_event("ready", runner.status())
+        return runner
+
+    async def _wait_ready(self, runner: Runner, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        assert runner.client is not None
+        while time.monotonic() < deadline:
+            if runner.exited.is_set():
+                raise runner.failure("could not start")
+            try:
+                response = await runner.client.get(runner.launch.health_path, timeout=2.0)
+                if response.status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.exited.wait(), HEALTH_POLL_SECONDS)
+        raise EngineFailed(
+            f"{runner.key.engine} did not become ready for {runner.name} within {timeout:.0f} s. "
+            f"Last lines of its log:\n{runner.log_tail(15)}"
+        )
+
+    # -- memory ---------------------------------------------------------------------------------------
+
+    async def _make_room(self, needed: int, model: Model, engine: Engine) -> None:
+        """Evict idle runners (LRU first) until `needed` bytes fit; refuse with numbers if they cannot."""
+        label = model.to_json()["tags"][0] if model.tags else model.short_id
+        if needed > self.memory_budget:
+            raise NotEnoughMemory(
+                f"{label} needs about {format_bytes(needed)} with {engine.name} (weights, KV cache and runtime), "
+                f"more than the memory budget of {format_bytes(self.memory_budget)}. Use a smaller context size "
+                f"(`configure {label} --context-size N`), a smaller quantization, or raise the budget."
+            )
+        while True:
+            live = [r for r in self.runners.values() if r.state != RunnerState.STOPPED]
+            used = sum(r.memory for r in live)
+            free_now = hw.memory_available() + used  # memory our own runners hold comes back when they stop
+            if used + needed <= min(self.memory_budget, free_now):
+                return
+            idle = sorted((r for r in live if r.in_use == 0 and r.state == RunnerState.READY),
+                          key=lambda r: r.last_used)
+            if not idle:
+                busy = ", ".join(f"{r.name} ({format_bytes(r.memory)})" for r in live) or "other programs"
+                raise NotEnoughMemory(
+                    f"Not enough memory to load {label} (needs about {format_bytes(needed)}; budget "
+                    f"{format_bytes(self.memory_budget)}, {format_bytes(max(0, free_now - used))} available). "
+                    f"In use: {busy}. Try again when they finish, or unload them."
+                )
+            victim = idle[0]
+            self.stats["evictions"] += 1
+            log.info("evicting %s to make room for %s", victim.name, label)
+            await self._stop(victim, f"evicted to make room for {label}")
+
+    # -- idle, unload, shutdown -----------------------------------------------------------------------
+
+    def _schedule_idle(self, runner: Runner) -> None:
+        if runner.keep_alive < 0:
+            return
+        if runner.keep_alive == 0:
+            self._background(self._stop(runner, "keep_alive 0"))
+            return
+        loop = asyncio.get_running_loop()
+        runner._idle_timer = loop.call_later(runner.keep_alive, lambda: self._background(self._expire(runner)))
+
+    def _background(self, coro: Any) -> None:
+        """Run `coro` detached, keeping a reference so it is not garbage-collected mid-flight."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, runner: Runner) -> None:
+        if runner.in_use == 0 and runner.state == RunnerState.READY:
+            await self._stop(runner, f"idle for {format_keep_alive(runner.keep_alive)}")
+
+    async def unload(self, names: Sequence[str] = (), *, all: bool = False, engine: str | None = None) -> list[str]:
+        """Stop the runners of `names` (any tag, digest or id), or every runner; returns what stopped."""
+        targets: list[Runner] = []
+        if all:
+            targets = list(self.runners.values())
+        else:
+            ids = {self.store.resolve(name).id for name in names}
+            targets = [r for r in self.runners.values() if r.key.model_id in ids]
+        if engine:
+            targets = [r for r in targets if r.key.engine == engine]
+        await asyncio.gather(*(self._stop(r, "unloaded") for r in targets))
+        return [r.name for r in targets]
+
+    async def shutdown(self) -> None:
+        for task in list(self._loads.values()):
+            task.cancel()
+        await asyncio.gather(*(self._stop(r, "shutting down") for r in list(self.runners.values())),
+                             return_exceptions=True)
+        if self._runtime is not None:
+            shutil.rmtree(self._runtime, ignore_errors=True)
+            self._runtime = None
+
+    async def _stop(self, runner: Runner, why: str) -> None:
+        if runner.state in (RunnerState.STOPPING, RunnerState.STOPPED):
+            await runner.exited.wait()
+            return
+        runner.state = RunnerState.STOPPING
+        if runner._idle_timer:
+            runner._idle_timer.cancel()
+        log.info("stopping %s for %s: %s", runner.key.engine, runner.name, why)
+        _signal_group(runner.process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(runner.exited.wait(), STOP_GRACE_SECONDS)
+        except TimeoutError:
+            _signal_group(runner.process.pid, signal.SIGKILL)
+            await runner.exited.wait()
+        _signal_group(runner.process.pid, signal.SIGKILL)  # stragglers the engine forked
+        self._on_event("unloaded", {"model": runner.model.short_id, "engine": runner.key.engine, "why": why})
+
+    async def _watch(self, runner: Runner) -> None:
+        runner.exit_code = await runner.process.wait()
+        crashed = runner.state not in (RunnerState.STOPPING, RunnerState.STOPPED)
+        if crashed:
+            self.stats["crashes"] += 1
+            log.warning("%s for %s exited unexpectedly (%s)", runner.key.engine, runner.name, runner.exit_code)
+            _signal_group(runner.process.pid, signal.SIGKILL)
+        runner.state = RunnerState.STOPPED
+        if self.runners.get(runner.key) is runner:
+            del self.runners[runner.key]
+        if runner.client is not None:
+            await runner.client.aclose()
+        shutil.rmtree(runner.workdir, ignore_errors=True)
+        runner.exited.set()
+        if crashed:
+            self._on_event("crashed", {"model": runner.model.short_id, "engine": runner.key.engine,
+                                       "exit_code": runner.exit_code})
+
+    async def _pump_log(self, runner: Runner) -> None:
+        stream = runner.process.stdout
+        assert stream is not None
+        log_file = self.store.root / "logs" / f"{runner.key.engine.replace('.', '')}-{runner.model.short_id}.log"
+        log_file.parent.mkdir(exist_ok=True)
+        if log_file.exists() and log_file.stat().st_size > 8 * 1024**2:
+            log_file.replace(log_file.with_suffix(".log.1"))
+        with log_file.open("a", encoding="utf-8", errors="replace") as sink:
+            sink.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(runner.launch.argv)}\n")
+            while True:
+                try:
+                    line = await stream.readline()
+                except ValueError:  # a line longer than the buffer: keep going
+                    continue
+                if not line:
+                    break
+                text = line.decode("utf-8", "replace").rstrip()
+                runner.log.append(text)
+                sink.write(text + "\n")
+                sink.flush()
+
+    # -- status and settings --------------------------------------------------------------------------
+
+    def ps(self) -> list[dict[str, Any]]:
+        return [r.status() for r in sorted(self.runners.values(), key=lambda r: r.started)]
+
+    def logs(self, name: str, lines: int = 200) -> str:
+        """The runner's recent output, or the last run's log file when it is not loaded."""
+        model = self.store.resolve(name)
+        live = [r for r in self.runners.values() if r.key.model_id == model.id]
+        if live:
+            return live[0].log_tail(lines)
+        files = sorted((self.store.root / "logs").glob(f"*-{model.short_id}.log"), key=lambda p: p.stat().st_mtime)
+        if not files:
+            return ""
+        return "\n".join(files[-1].read_text(errors="replace").splitlines()[-lines:])
+
+    def configure(self, name: str, *, context_size: int | None = None, keep_alive: str | float | None = None,
+                  runtime_flags: Sequence[str] | None = None, engine: str | None = None) -> RunConfig:
+        """Persist settings for a model; flags are checked against the allowlist of the engine that runs it."""
+        model, choice = self.choose(name, engine)
+        if context_size is not None and context_size <= 0:
+            raise ModelRunnerError("The context size must be a positive number of tokens.")
+        flags = choice.engine.check_flags(runtime_flags) if runtime_flags is not None else None
+        seconds = parse_keep_alive(keep_alive) if keep_alive is not None else None
+        config = self.settings.update(model.id, context_size=context_size, keep_alive=seconds, runtime_flags=flags)
+        for runner in self.runners.values():
+            if runner.key.model_id == model.id and seconds is not None:
+                runner.keep_alive = seconds
+        return config
+
+    def status(self) -> dict[str, Any]:
+        """Engines on this machine: installed or not, the device, and why."""
+        engines = []
+        for engine in self.engines:
+            availability = engine.availability(self.hardware)
+            engines.append({"engine": engine.name, "available": availability.ok, "device": availability.device,
+                            "version": availability.version, "reason": availability.reason,
+                            "formats": sorted(engine.formats)})
+        return {"hardware": self.hardware.describe(), "memory_budget": self.memory_budget, "engines": engines}
+
+    @property
+    def runtime_dir(self) -> Path:
+        """A user-only folder for engine sockets (short path: Unix sockets allow ~100 characters)."""
+        if self._runtime is None:
+            base = self._runtime_parent or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+            self._runtime = Path(tempfile.mkdtemp(prefix="modelrunner-", dir=base))
+            self._runtime.chmod(0o700)
+        return self._runtime
+
+    def kill_all_now(self) -> None:
+        """Synchronous last resort (atexit, signal handlers): SIGKILL every engine process group."""
+        for runner in list(self.runners.values()):
+            _signal_group(runner.process.pid, signal.SIGKILL)
+
+
+def _client_for(launch: Launch, engine: Engine) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=str(launch.socket)) if launch.socket else None
+    return httpx.AsyncClient(
+        base_url=launch.base_url, transport=transport, headers=launch.headers,
+        timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
+    )
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the engine if its owner dies, even by SIGKILL: no orphaned engines."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """Parse an OpenAI server-sent event stream into JSON objects (ends at `data: [DONE]`)."""
+
+    async def parse() -> AsyncIterator[dict[str, Any]]:
+        buffer = b""
+        async for chunk in chunks:
+            buffer = (buffer + chunk).replace(b"\r\n", b"\n")
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                for line in event.splitlines():
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    with contextlib.suppress(ValueError):
+                        yield json.loads(data)
+
+    return parse()
