@@ -135,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-size", type=int, metavar="N")
     p.add_argument("--keep-alive", metavar="DURATION", help="how long an idle model stays loaded (10m, 1h, -1 never)")
     p.add_argument("--engine", help="the engine the flags are for (default: the one that runs the model)")
-    p.add_argument("runtime_flags", nargs=argparse.REMAINDER, metavar="-- FLAGS",
-                   help="engine flags after `--`, checked against the engine's allowlist")
+    p.epilog = "Engine flags go after `--` (e.g. `-- --n_threads 4`) and must be on the engine's allowlist."
 
     p = verbs.add_parser("logs", help="the last lines an engine printed for a model")
     p.add_argument("model")
@@ -153,7 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` is passed through (engine flags for `configure`), never parsed as ours.
+    passthrough: list[str] = []
+    if "--" in argv:
+        index = argv.index("--")
+        argv, passthrough = argv[:index], argv[index + 1 :]
     args = parser.parse_args(argv)
+    args.runtime_flags = passthrough
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verb:
         parser.print_help()
@@ -397,8 +403,6 @@ async def _run_chat(scheduler, args, prompts) -> int:
 
 def _cmd_configure(store, args) -> int:
     flags = list(args.runtime_flags)
-    if flags and flags[0] == "--":
-        flags = flags[1:]
     config = _scheduler(store).configure(
         args.model, context_size=args.context_size, keep_alive=args.keep_alive,
         runtime_flags=flags if flags else None, engine=args.engine,
