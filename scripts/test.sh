@@ -20,8 +20,9 @@ fi
 
 # The project and its test dependencies, in a virtual environment of its own.
 bash scripts/install.sh test
-# llama.cpp (built once portably and cached; a cold machine compiles it, ~10 minutes on 2 cores).
-bash scripts/install-engines.sh llamacpp
+# Engines: llama.cpp (built once portably and cached; a cold machine compiles it in ~10 minutes on 2 cores)
+# and vLLM's CPU build in its own environment (~3 minutes), so both engine paths are tested for real.
+bash scripts/install-engines.sh llamacpp vllm
 
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -4,8 +4,10 @@ an isolated store and environment for every test."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +89,27 @@ def seeded(registry, tiny_gguf, tiny_safetensors) -> dict[str, str]:
         "ai/tiny-st-tar": publish_safetensors(host, "ai/tiny-st-tar", tiny_safetensors, packaging="config-tar"),
         "ai/tiny-st-dir": publish_safetensors(host, "ai/tiny-st-dir", tiny_safetensors, packaging="dir-tar"),
     }
+
+
+ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_server", "vllm.entrypoints")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """No engine process may outlive the test session: any survivor fails the run (and is killed)."""
+    survivors = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(marker in cmdline for marker in ENGINE_MARKERS):
+            survivors.append((int(proc.name), cmdline[:160]))
+    for pid, _ in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if survivors:
+        lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in survivors)
+        print(f"\nEngine processes survived the test session (killed now):\n{lines}")
+        session.exitstatus = 1

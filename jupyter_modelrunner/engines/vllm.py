@@ -114,7 +114,6 @@ class VllmEngine(Engine):
             "--served-model-name", "model",
             "--uds", str(socket),
             "--max-model-len", str(config.context_size or self.default_context(facts)),
-            "--disable-log-requests",
         ]
         if availability.device == "cpu":
             argv += ["--dtype", "float32" if facts.weights_bytes < 64 * 1024**2 else "bfloat16", "--enforce-eager",
@@ -122,7 +121,7 @@ class VllmEngine(Engine):
         else:
             argv += ["--gpu-memory-utilization", "0.9"]
         if mode == MODE_EMBEDDING:
-            argv += ["--task", "embed"]
+            argv += ["--runner", "pooling", "--convert", "embed"]
         argv += list(config.runtime_flags)
         cache = workdir / "cache"
         env = {
