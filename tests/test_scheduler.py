@@ -250,3 +250,52 @@ def test_shutdown_stops_every_engine(local_store):
 
     pids, remaining = run(scenario())
     assert remaining == [] and not any(alive(pid) for pid in pids)
+
+
+def test_concurrent_streams_on_one_engine_all_complete(local_store):
+    async def scenario():
+        scheduler = Scheduler(local_store, keep_alive=60)
+        try:
+            return await asyncio.gather(*(stream_text(scheduler, max_tokens=24) for _ in range(4)))
+        finally:
+            await scheduler.shutdown()
+
+    results = run(scenario())
+    # llama-cpp-python cancels a stream when a new request arrives unless told otherwise; ours queue.
+    assert len({"".join(pieces) for pieces in results}) == 1 and all(results)
+
+
+def test_embedding_mode_runs_its_own_runner(local_store):
+    async def scenario():
+        scheduler = Scheduler(local_store, keep_alive=60)
+        try:
+            async with scheduler.use("ai/tiny", mode="embedding") as runner:
+                response = await runner.request("POST", "/v1/embeddings", json={"model": "model", "input": "hello"})
+            await chat(scheduler)
+            return response.json(), sorted(r["mode"] for r in scheduler.ps())
+        finally:
+            await scheduler.shutdown()
+
+    body, modes = run(scenario())
+    assert len(body["data"][0]["embedding"]) == 64
+    assert modes == ["completion", "embedding"]
+
+
+def test_a_chat_template_layer_replaces_the_gguf_template(tmp_path, tiny_gguf):
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    package_gguf(store, tiny_gguf, parse_reference("127.0.0.1:1/ai/plain"), chat_template=template)
+    package_gguf(store, tiny_gguf, parse_reference("127.0.0.1:1/ai/tiny"))
+
+    async def scenario():
+        scheduler = Scheduler(store, keep_alive=60)
+        try:
+            plain = await chat(scheduler, "ai/plain")
+            chatml = await chat(scheduler, "ai/tiny")
+            return plain["usage"]["prompt_tokens"], chatml["usage"]["prompt_tokens"]
+        finally:
+            await scheduler.shutdown()
+
+    plain_tokens, chatml_tokens = run(scenario())
+    assert plain_tokens < chatml_tokens  # no <|im_start|>user … <|im_end|> wrapping

@@ -112,6 +112,8 @@ class ModelFacts:
             facts.layers = number("block_count")
             facts.kv_heads = number("attention.head_count_kv") or heads
             facts.head_dim = number("attention.key_length") or (embed // heads if heads and embed else None)
+            if gguf.get(f"{arch}.pooling_type"):
+                facts.extra["pooling_type"] = gguf[f"{arch}.pooling_type"]
         else:
             config_path = model.bundle / "config.json"
             try:

@@ -88,6 +88,8 @@ class LlamaCppEngine(Engine):
             argv += ["--chat_template_file", str(template)]
         if mode == MODE_EMBEDDING:
             argv += ["--embedding", "true"]
+            if not facts.extra.get("pooling_type"):
+                argv += ["--pooling_type", "mean"]  # a generative model: one vector per input, not per token
         argv += list(config.runtime_flags)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_RUNNER_", "JPY_"))}
         return Launch(argv=argv, env=env, socket=socket, health_path="/v1/models")

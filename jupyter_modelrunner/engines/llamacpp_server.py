@@ -35,6 +35,26 @@ def _use_chat_template(template: str) -> None:
     server_model.LlamaProxy.load_llama_from_model_settings = staticmethod(load)
 
 
+def _default_pooling(pooling: str) -> None:
+    """Pool token embeddings into one vector per input for models whose GGUF names no pooling.
+
+    Generative models (no pooling in their metadata) would otherwise answer `/v1/embeddings` with one
+    vector per token, which no OpenAI client expects. The server has no setting for it, so the `Llama`
+    constructor gets a default.
+    """
+    import llama_cpp
+
+    kind = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
+            "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}[pooling]
+    original = llama_cpp.Llama.__init__
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("pooling_type", kind)
+        original(self, *args, **kwargs)
+
+    llama_cpp.Llama.__init__ = init
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
     from llama_cpp.server.app import create_app
@@ -44,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llamacpp_server", description=__doc__.splitlines()[0])
     parser.add_argument("--uds", required=True, help="Unix socket to listen on")
     parser.add_argument("--chat_template_file", help="Jinja chat template to use instead of the GGUF's")
+    parser.add_argument("--pooling_type", choices=["mean", "cls", "last"], help="embedding pooling default")
     add_args_from_model(parser, ModelSettings)
     args = parser.parse_args(argv)
     if args.chat_template_file:
         _use_chat_template(Path(args.chat_template_file).read_text())
+    if args.pooling_type:
+        _default_pooling(args.pooling_type)
     model_settings = parse_model_from_args(ModelSettings, args)
     # The socket lives in a user-only directory, so no API key is needed; TCP is never opened.
     # interrupt_requests=False: by default a new request cancels the stream in progress; we queue instead.
