@@ -268,9 +268,16 @@ class Scheduler:
         return runner
 
     async def _wait_ready(self, runner: Runner, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        next_report = started + 1.0
         assert runner.client is not None
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_report:  # vLLM takes half a minute or more: say it is still coming
+                next_report += 1.0
+                self._on_event("loading", {"model": runner.model.short_id, "engine": runner.key.engine,
+                                           "elapsed": round(time.monotonic() - started, 1),
+                                           "log": runner.log[-1] if runner.log else ""})
             if runner.exited.is_set():
                 raise runner.failure("could not start")
             try:

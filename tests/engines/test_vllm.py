@@ -32,10 +32,12 @@ def test_selection_reports_vllm_on_the_cpu_with_its_reason(store, seeded, vllm_p
 
 def test_tiny_safetensors_model_answers_streaming_and_not(store, seeded, vllm_python):
     pull("ai/tiny-st", store)
+    events: list[tuple[str, dict]] = []
     body = {"model": "model", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
 
     async def scenario():
-        scheduler = Scheduler(store, keep_alive=-1, engines=[VllmEngine(vllm_python)])
+        scheduler = Scheduler(store, keep_alive=-1, engines=[VllmEngine(vllm_python)],
+                              on_event=lambda kind, data: events.append((kind, data)))
         try:
             async with scheduler.use("ai/tiny-st") as runner:
                 whole = (await runner.request("POST", "/v1/chat/completions", json=body)).json()
@@ -54,3 +56,6 @@ def test_tiny_safetensors_model_answers_streaming_and_not(store, seeded, vllm_py
     assert whole["usage"]["completion_tokens"] > 0
     assert pieces and "".join(pieces) == whole["choices"][0]["message"]["content"]
     assert ps[0]["backend_name"] == "vllm" and ps[0]["device"] == "cpu"
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "loading" and "ready" in kinds and kinds[-1] == "unloaded"
+    assert any("elapsed" in data for kind, data in events if kind == "loading")  # progress while it loads
