@@ -172,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("\nInterrupted. Finished layers and partial downloads are kept; run the command again to resume.",
-              file=sys.stderr)
+        hint = " Finished layers and partial downloads are kept; run it again to resume." if args.verb in (
+            "pull", "push", "run") else ""
+        print(f"\nInterrupted.{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
         if args.debug:

@@ -24,7 +24,7 @@ import urllib3.exceptions
 from .. import mediatypes as mt
 from ..errors import DigestMismatch, InsufficientStorage, ModelRunnerError, RegistryUnavailable
 from ..reference import Reference, parse_reference
-from .artifact import MAX_CONFIG_BYTES, Layer, Manifest, parse_config, parse_manifest, sha256_digest
+from .artifact import Layer, Manifest, parse_config, parse_manifest, sha256_digest
 from .progress import ProgressCallback, ProgressEvent, ProgressTracker, format_bytes
 from .registry import RegistryClient
 from .sink import BlobStore
@@ -94,7 +94,7 @@ def pull(
     cancel = cancel or threading.Event()
     downloaded = _download_all(client, store, manifest, missing, tracker, cancel, max_workers)
     # Reading the config proves it is a model config we can parse before the model becomes visible.
-    parse_config(store.blob_path(manifest.config.digest).read_bytes()[: MAX_CONFIG_BYTES + 1])
+    parse_config(store.blob_path(manifest.config.digest).read_bytes())
     try:
         model = store.add_model(ref, raw)
     except ModelRunnerError:
