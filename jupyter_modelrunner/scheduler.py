@@ -242,7 +242,8 @@ class Scheduler:
         async with self._admission:
             await self._make_room(memory, model, engine)
             workdir = Path(tempfile.mkdtemp(prefix=f"{engine.name.replace('.', '')}-", dir=self.runtime_dir))
-            launch = engine.launch(model, workdir=workdir, config=config, hardware=self.hardware, mode=key.mode)
+            launch = engine.launch(model, workdir=workdir, config=config, hardware=self.hardware, mode=key.mode,
+                                   cache_dir=self.store.root / "cache" / engine.name.replace(".", ""))
             self._on_event("loading", {"model": model.short_id, "engine": engine.name, "reason": choice.reason})
             log.info("starting %s for %s: %s", engine.name, model.short_id, " ".join(launch.argv))
             process = await asyncio.create_subprocess_exec(

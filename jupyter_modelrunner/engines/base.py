@@ -151,8 +151,15 @@ class Engine(ABC):
         """Is the engine installed and usable here (cheap; cached by callers)?"""
 
     @abstractmethod
-    def launch(self, model: Model, *, workdir: Path, config: RunConfig, hardware: Hardware, mode: str) -> Launch:
-        """The command, environment and address for serving `model` from its bundle."""
+    def launch(
+        self, model: Model, *, workdir: Path, config: RunConfig, hardware: Hardware, mode: str,
+        cache_dir: Path | None = None,
+    ) -> Launch:
+        """The command, environment and address for serving `model` from its bundle.
+
+        `workdir` is private to this one process (its socket); `cache_dir` survives it, for engines that
+        compile or profile on start and can reuse the result next time.
+        """
 
     def default_context(self, facts: ModelFacts) -> int:
         """The context size used when the user set none: the model's own, capped to keep memory sane."""

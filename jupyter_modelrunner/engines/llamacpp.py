@@ -69,7 +69,10 @@ class LlamaCppEngine(Engine):
         return Availability(True, f"llama.cpp {version or ''} runs GGUF models {where}".replace("  ", " "),
                             device=device, version=version)
 
-    def launch(self, model: Model, *, workdir: Path, config: RunConfig, hardware: Hardware, mode: str) -> Launch:
+    def launch(
+        self, model: Model, *, workdir: Path, config: RunConfig, hardware: Hardware, mode: str,
+        cache_dir: Path | None = None,
+    ) -> Launch:
         ggufs = model.gguf_files()
         if not ggufs:
             raise FileNotFoundError(f"The bundle of {model.short_id} has no GGUF file")
