@@ -202,7 +202,9 @@ class Scheduler:
         """Hold a ready runner for `name` for the duration of one request, loading it if needed."""
         if mode not in MODES:
             raise ModelRunnerError(f"Unknown mode {mode!r}; expected one of {', '.join(MODES)}.")
-        model, choice = self.choose(name, engine)
+        # Resolving reads the index, manifest and config, and the first availability check of an engine
+        # runs a probe: off the event loop, which may be the notebook server's.
+        model, choice = await asyncio.to_thread(self.choose, name, engine)
         runner = await self._ensure(model, choice, mode)
         runner.in_use += 1
         if runner._idle_timer:
