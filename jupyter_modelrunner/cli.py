@@ -144,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("status", help="which engines can run here, and why or why not")
     p.add_argument("--json", action="store_true")
 
+    p = verbs.add_parser("serve", help="serve the API on its own (Docker Model Runner's port 12434), token auth on")
+    p.add_argument("--port", type=int, default=12434, help="TCP port (default 12434, like Docker Model Runner)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--token", help="token clients must send (default: $MODEL_RUNNER_TOKEN, else a random one)")
+
+    p = verbs.add_parser("ps", help="models loaded by the running server (JupyterLab or `serve`)")
+    p.add_argument("--json", action="store_true")
+
+    p = verbs.add_parser("unload", help="stop the engines of some models, or of all (`--all`), in the running server")
+    p.add_argument("models", nargs="*")
+    p.add_argument("--all", action="store_true", help="unload every model")
+
     p = verbs.add_parser("gc", help="delete blobs no model uses and abandoned partial downloads")
     p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                    help="keep files younger than this (default 3600)")
@@ -430,6 +442,60 @@ def _cmd_status(store, args) -> int:
     for engine in status["engines"]:
         mark = "available" if engine["available"] else "not available"
         print(f"{engine['engine']:<10} {mark:<14} {engine['reason']}")
+    return 0
+
+
+def _cmd_serve(store, args) -> int:
+    import os
+    import secrets
+
+    from .serverext import ModelRunner
+
+    token = args.token or os.environ.get("MODEL_RUNNER_TOKEN") or secrets.token_urlsafe(32)
+    ModelRunner.load_other_extensions = False  # this process serves the model runner and nothing else
+    argv = [
+        f"--ServerApp.port={args.port}", f"--ServerApp.ip={args.host}", "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False", f"--IdentityProvider.token={token}",
+        "--ModelRunner.mount_at_root=True", "--ModelRunner.set_kernel_env=False",
+        f"--ModelRunner.store_path={store.root}",
+    ]
+    if args.registry:
+        argv.append(f"--ModelRunner.default_registry={args.registry}")
+    ModelRunner.launch_instance(argv=argv)
+    return 0
+
+
+def _remote(args):
+    from .client import RunnerClient
+
+    return RunnerClient()
+
+
+def _cmd_ps(store, args) -> int:
+    from .distribution.progress import format_bytes
+
+    runners = _remote(args).get("engines/ps")
+    if args.json:
+        print(json.dumps(runners, indent=2))
+        return 0
+    rows = [("MODEL NAME", "ENGINE", "MODE", "DEVICE", "STATE", "IN USE", "MEMORY", "KEEP ALIVE", "LAST USED")]
+    for r in runners:
+        rows.append((r["model_name"], r["backend_name"], r["mode"], r.get("device", ""), r.get("state", ""),
+                     "yes" if r["in_use"] else "no", format_bytes(r.get("memory", 0)), str(r["keep_alive"]),
+                     _ago(r["last_used"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cmd_unload(store, args) -> int:
+    if not args.all and not args.models:
+        print("Error: name the models to unload, or use --all.", file=sys.stderr)
+        return EXIT_USAGE
+    result = _remote(args).post("engines/unload", {"all": args.all, "models": args.models})
+    names = result.get("models") or []
+    print(f"Unloaded {len(names)} model{'s' if len(names) != 1 else ''}{': ' + ', '.join(names) if names else ''}")
     return 0
 
 

@@ -33,3 +33,15 @@ def default_store_path() -> Path:
     if os.environ.get(ENV_STORE):
         return Path(os.environ[ENV_STORE]).expanduser()
     return jupyter_data_dir() / "modelrunner" / "store"
+
+
+def jupyter_runtime_dir() -> Path:
+    """Jupyter's runtime directory (`jupyter --runtime-dir`): where servers leave their connection files."""
+    if os.environ.get("JUPYTER_RUNTIME_DIR"):
+        return Path(os.environ["JUPYTER_RUNTIME_DIR"]).expanduser()
+    return jupyter_data_dir() / "runtime"
+
+
+def standalone_server_file() -> Path:
+    """Where `jupyter modelrunner serve` writes its URL and token (user-only), for clients on the machine."""
+    return jupyter_runtime_dir() / "modelrunner-serve.json"

@@ -134,12 +134,16 @@ class Runner:
             raise await self._crash_or(exc) from exc
 
     @contextlib.asynccontextmanager
-    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Stream a response body chunk by chunk as the engine produces it."""
+    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[EngineStream]:
+        """Stream a response body chunk by chunk as the engine produces it.
+
+        Leaving the block closes the engine connection, which is how an abandoned request (the client
+        went away) stops the engine's generation.
+        """
         assert self.client is not None
         try:
             async with self.client.stream(method, path, **kwargs) as response:
-                yield self._chunks(response)
+                yield EngineStream(response, self._chunks(response))
         except httpx.TransportError as exc:
             raise await self._crash_or(exc) from exc
 
@@ -157,6 +161,25 @@ class Runner:
         if self.exited.is_set():
             return self.failure("stopped while answering")
         return EngineFailed(f"Lost the connection to {self.key.engine} for {self.name}: {exc}")
+
+
+@dataclass
+class EngineStream:
+    """An engine's streamed response: iterate it for the body's chunks; status and headers as sent."""
+
+    response: httpx.Response
+    chunks: AsyncIterator[bytes]
+
+    @property
+    def status_code(self) -> int:
+        return self.response.status_code
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self.response.headers
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks
 
 
 class Scheduler:

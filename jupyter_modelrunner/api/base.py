@@ -1,0 +1,85 @@
+"""What every model runner handler shares: authentication, the service, and one error mapping.
+
+Each route is a jupyter_server `APIHandler`, so the notebook server's token, cookies, XSRF and
+authorizer protect it exactly like `/api/kernels`. Library exceptions carry the message a user should
+read and an HTTP status (`errors.ModelRunnerError.http_status`); `write_error` turns them into a JSON
+body that both OpenAI clients (`{"error": {...}}`) and Jupyter clients (`{"message": ...}`) understand.
+"""
+
+from __future__ import annotations
+
+import json
+from http.client import responses
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from ..errors import ModelRunnerError
+from ..service import ModelRunnerService
+
+#: The authorizer's resource for every route: `c.ServerApp.authorizer_class` may grant or deny it as a whole.
+AUTH_RESOURCE = "modelrunner"
+#: Key of the service in the tornado application's settings.
+SERVICE_SETTING = "modelrunner_service"
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 409: "conflict_error", 422: "invalid_request_error",
+               499: "cancelled", 502: "engine_error", 503: "service_unavailable", 507: "insufficient_storage"}
+
+
+def error_status(exc: BaseException | None, default: int) -> tuple[int, str]:
+    """The status and message to answer with for `exc`: the single place exceptions become HTTP."""
+    if isinstance(exc, ModelRunnerError):
+        return exc.http_status, str(exc)
+    if isinstance(exc, web.HTTPError):
+        return exc.status_code, exc.log_message or exc.reason or responses.get(exc.status_code, "Error")
+    if isinstance(exc, OSError):
+        return 500, f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
+    return default, responses.get(default, "Error")
+
+
+def openai_error(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's error object; `message` at the top level too, where Jupyter clients look for it."""
+    return {"message": message, "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"),
+                                          "code": status}}
+
+
+class ModelRunnerHandler(APIHandler):
+    """Base of all model runner routes."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def service(self) -> ModelRunnerService:
+        return self.settings[SERVICE_SETTING]
+
+    def json_body(self) -> dict[str, Any]:
+        """The request's JSON object (an empty one when there is no body); 400 on anything else."""
+        body = self.get_json_body() or {}
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "The request body must be a JSON object.")
+        return body
+
+    def send_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        """The JSON sent for an error; the Ollama routes override it with Ollama's shape."""
+        return openai_error(status, message)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs["exc_info"][1] if kwargs.get("exc_info") else None
+        status, message = error_status(exc, status_code)
+        if status != status_code:
+            self.set_status(status, responses.get(status, "Model runner error"))
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.error_body(status, message)))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Expected failures (a model not pulled, an engine that cannot start) are logged as one line."""
+        if isinstance(value, ModelRunnerError):
+            self.log.warning("%s %s: %s", self.request.method, self.request.path, value)
+            return
+        super().log_exception(typ, value, tb)

@@ -1,0 +1,292 @@
+"""Ollama-compatible routes (`api/tags`, `api/chat`, `api/generate`, …) on the same scheduler and store.
+
+Tools built for Ollama (its Python client, Open WebUI, LangChain's ChatOllama) then work against the
+notebook server. The reshaping of bodies lives in `ollama_translate` (pure, tested on its own); these
+handlers only move bytes: Ollama streams newline-delimited JSON, one object per token, and reports
+errors as `{"error": "..."}` — also as the last line of a stream that has started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
+from ..errors import ModelRunnerError
+from ..scheduler import sse_events
+from . import ollama_translate as translate
+from .base import ModelRunnerHandler, error_status
+from .openai import ENGINE_MODEL_NAME
+
+NDJSON = "application/x-ndjson"
+#: What `GET api/version` answers: clients check it against the Ollama features they need.
+OLLAMA_API_VERSION = "0.6.0"
+
+
+class OllamaHandler(ModelRunnerHandler):
+    """Ollama's error shape, and a body parser that turns translation errors into 400s."""
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return translate.error_body(message)
+
+    def ollama_body(self) -> dict[str, Any]:
+        body = self.json_body()
+        if "model" not in body and isinstance(body.get("name"), str):  # older clients send `name`
+            body["model"] = body["name"]
+        return body
+
+    async def write_line(self, obj: dict[str, Any]) -> None:
+        self.write(json.dumps(obj) + "\n")
+        await self.flush()
+
+
+class OllamaInferenceHandler(OllamaHandler):
+    """`POST api/chat` and `POST api/generate`."""
+
+    _work: asyncio.Task | None = None
+
+    @web.authenticated
+    @authorized
+    async def post(self, kind: str) -> None:
+        body = self.ollama_body()
+        started = time.monotonic()
+        try:
+            if kind == "chat":
+                path, request = translate.CHAT_PATH, translate.chat_request_to_openai(body)
+            else:
+                path, request = translate.generate_request_to_openai(body)
+            keep_alive = translate.keep_alive_seconds(body.get("keep_alive"))
+        except ValueError as exc:
+            raise web.HTTPError(400, str(exc)) from exc
+        model = request["model"]
+        self.service.metrics.requests[(f"ollama/{kind}", model)] += 1
+        if (kind == "generate" and not body.get("prompt") and not body.get("raw")) or (
+            kind == "chat" and not request["messages"]
+        ):
+            await self._load_or_unload(kind, model, keep_alive == 0)  # Ollama's idiom: an empty prompt (un)loads
+            return
+        # Ollama's per-request keep_alive: how long the model stays loaded after this request.
+        keep = (-1.0 if keep_alive is None else keep_alive) if "keep_alive" in body else None
+        self._work = asyncio.get_running_loop().create_task(self._answer(kind, model, path, request, started, keep))
+        await asyncio.wait({self._work})
+        if not self._work.cancelled() and self._work.exception() is not None:
+            self.service.metrics.errors[f"ollama/{kind}"] += 1
+            raise self._work.exception()  # type: ignore[misc]
+
+    def on_connection_close(self) -> None:
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    async def _load_or_unload(self, kind: str, model: str, unload: bool) -> None:
+        if unload:
+            await self.service.scheduler.unload([model])
+            reason = "unload"
+        else:
+            await self.service.scheduler.load(model, mode=MODE_COMPLETION)
+            reason = "load"
+        final = translate.chat_response_to_ollama(model, {"choices": [{"finish_reason": reason}]}, time.monotonic(),
+                                                  kind)  # type: ignore[arg-type]
+        final["done_reason"] = reason
+        self.send_json(final)
+
+    async def _answer(self, kind: str, model: str, path: str, request: dict[str, Any], started: float,
+                      keep_alive: float | None) -> None:
+        request = {**request, "model": ENGINE_MODEL_NAME}
+        async with self.service.scheduler.use(model, mode=MODE_COMPLETION) as runner:
+            if keep_alive is not None:
+                runner.keep_alive = keep_alive
+            if not request.get("stream"):
+                response = await runner.request("POST", path, json=request)
+                if response.status_code != 200:
+                    raise web.HTTPError(response.status_code, _engine_message(response.content))
+                self.send_json(translate.chat_response_to_ollama(model, response.json(), started,
+                                                                 "chat" if kind == "chat" else "generate"))
+                return
+            async with runner.stream("POST", path, json=request) as upstream:
+                if upstream.status_code != 200:
+                    raise web.HTTPError(upstream.status_code,
+                                        _engine_message(b"".join([c async for c in upstream])))
+                self.set_header("Content-Type", NDJSON)
+                converter = translate.OllamaStream(model, "chat" if kind == "chat" else "generate", started)
+                try:
+                    async for chunk in sse_events(upstream):
+                        if "error" in chunk:
+                            raise ModelRunnerError(str((chunk["error"] or {}).get("message", chunk["error"])))
+                        for obj in converter.feed(chunk):
+                            await self.write_line(obj)
+                    await self.write_line(converter.finish())
+                except StreamClosedError:
+                    return
+                except (ModelRunnerError, ValueError) as exc:
+                    _, message = error_status(exc, 502)
+                    with contextlib.suppress(StreamClosedError):
+                        await self.write_line(translate.error_body(message))
+                with contextlib.suppress(StreamClosedError):
+                    self.finish(set_content_type=NDJSON)
+
+
+class OllamaEmbedHandler(OllamaHandler):
+    """`POST api/embed {"model", "input": str | [str]}` → `{"model", "embeddings": [[...]]}`."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.ollama_body()
+        model, texts = body.get("model"), body.get("input", body.get("prompt"))
+        if not isinstance(model, str) or texts is None:
+            raise web.HTTPError(400, "model and input are required")
+        inputs = [texts] if isinstance(texts, str) else texts
+        started = time.monotonic()
+        async with self.service.scheduler.use(model, mode=MODE_EMBEDDING) as runner:
+            response = await runner.request("POST", "/v1/embeddings",
+                                            json={"model": ENGINE_MODEL_NAME, "input": inputs})
+        if response.status_code != 200:
+            raise web.HTTPError(response.status_code, _engine_message(response.content))
+        data = response.json()
+        vectors = [item["embedding"] for item in sorted(data.get("data", []), key=lambda d: d.get("index", 0))]
+        self.send_json({"model": model, "embeddings": vectors,
+                        "total_duration": int((time.monotonic() - started) * 1e9),
+                        "prompt_eval_count": (data.get("usage") or {}).get("prompt_tokens", 0)})
+
+
+class OllamaTagsHandler(OllamaHandler):
+    """`GET api/tags`: the store, one entry per tag."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        models = await self.service.models()
+        self.send_json({"models": [translate.tags_entry(tag, m) for m in models for tag in m["tags"]]})
+
+
+class OllamaPsHandler(OllamaHandler):
+    """`GET api/ps`: the loaded models."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        models = {m["id"]: m for m in await self.service.models()}
+        entries = []
+        for status in self.service.scheduler.ps():
+            model = models.get(status["model_id"], {"id": status["model_id"], "tags": [status["model_name"]]})
+            entries.append(translate.ps_entry(status["model_name"], model, status))
+        self.send_json({"models": entries})
+
+
+class OllamaVersionHandler(OllamaHandler):
+    """`GET api/version`."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.send_json({"version": OLLAMA_API_VERSION, "modelrunner": self.service.version})
+
+
+class OllamaShowHandler(OllamaHandler):
+    """`POST api/show {"model"}`: details, template and GGUF metadata."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        name = self.ollama_body().get("model")
+        if not isinstance(name, str) or not name:
+            raise web.HTTPError(400, "model is required")
+        model = await asyncio.to_thread(self.service.store.resolve, name)
+        template_file = Path(model.bundle) / "template.jinja"
+        template = await asyncio.to_thread(_read_text, template_file)
+        self.send_json(translate.show_response(model.to_json(), template, model.config.raw))
+
+
+class OllamaDeleteHandler(OllamaHandler):
+    """`DELETE api/delete {"model"}`."""
+
+    @web.authenticated
+    @authorized
+    async def delete(self) -> None:
+        name = self.ollama_body().get("model")
+        if not isinstance(name, str) or not name:
+            raise web.HTTPError(400, "model is required")
+        await self.service.remove(name)
+        self.finish()
+
+
+class OllamaPullHandler(OllamaHandler):
+    """`POST api/pull {"model", "stream"}`: our pull, reported in Ollama's progress shape."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.ollama_body()
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise web.HTTPError(400, "model is required")
+        stream = body.get("stream") is not False
+        events = self.service.pull(name)
+        last: dict[str, Any] = {}
+        try:
+            async for event in events:
+                last = event
+                if event["type"] == "error":
+                    break
+                if stream:
+                    self.set_header("Content-Type", NDJSON)
+                    await self.write_line(_ollama_progress(event))
+        except StreamClosedError:
+            return
+        finally:
+            await events.aclose()
+        if last.get("type") == "error":
+            if not stream or not self._headers_written:
+                raise web.HTTPError(int(last.get("status") or 500), last["message"])
+            with contextlib.suppress(StreamClosedError):
+                await self.write_line(translate.error_body(last["message"]))
+        elif not stream:
+            self.send_json({"status": "success"})
+            return
+        with contextlib.suppress(StreamClosedError):
+            self.finish(set_content_type=NDJSON)
+
+
+def _ollama_progress(event: dict[str, Any]) -> dict[str, Any]:
+    if event["type"] == "success":
+        return {"status": "success"}
+    layer = event.get("layer")
+    if event["type"] == "progress" and layer:
+        return {"status": f"pulling {layer['id'].removeprefix('sha256:')[:12]}", "digest": layer["id"],
+                "total": layer["size"], "completed": layer["current"]}
+    return {"status": event.get("message", "")}
+
+
+def _engine_message(content: bytes) -> str:
+    with contextlib.suppress(ValueError, AttributeError):
+        data = json.loads(content)
+        error = data.get("error", data)
+        return str(error.get("message", error) if isinstance(error, dict) else error)
+    return content.decode("utf-8", "replace")[:500]
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+default_handlers = [
+    (r"api/(?P<kind>chat|generate)", OllamaInferenceHandler),
+    (r"api/embed", OllamaEmbedHandler),
+    (r"api/tags", OllamaTagsHandler),
+    (r"api/ps", OllamaPsHandler),
+    (r"api/version", OllamaVersionHandler),
+    (r"api/show", OllamaShowHandler),
+    (r"api/delete", OllamaDeleteHandler),
+    (r"api/pull", OllamaPullHandler),
+]

@@ -1,0 +1,153 @@
+"""The OpenAI-compatible endpoint: `engines[/{engine}]/v1/...`, and `v1/...` as its alias.
+
+A reverse proxy to the engine that runs the requested model. Requests name models the way users do
+(`ai/smollm2`, `smollm2`, an id); the engine knows its model as `model`, and answers are rewritten to
+say the name the client asked for. Streams are passed on event by event with a flush after each, so
+the first token reaches the notebook as soon as the engine produces it; a client that goes away
+closes the engine request (which stops the generation) and frees the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
+from ..errors import ModelRunnerError
+from .base import ModelRunnerHandler, error_status, openai_error
+
+#: The name every engine serves its one model under (see engines/*.py `--served-model-name`/`--model_alias`).
+ENGINE_MODEL_NAME = "model"
+ENDPOINTS = ("chat/completions", "completions", "embeddings")
+_ENGINE_MODEL_FIELD = re.compile(rb'"model":\s?"model"')
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date",
+               "server"}
+
+
+def rename_model(data: bytes, name: str) -> bytes:
+    """Replace the engine's `"model":"model"` by the name the client used (bytes in, bytes out: no re-encoding)."""
+    replacement = b'"model":' + json.dumps(name).encode()
+    return _ENGINE_MODEL_FIELD.sub(lambda _m: replacement, data)
+
+
+class OpenAIProxyHandler(ModelRunnerHandler):
+    """`POST .../v1/chat/completions`, `.../v1/completions`, `.../v1/embeddings`."""
+
+    _work: asyncio.Task | None = None
+
+    @web.authenticated
+    @authorized
+    async def post(self, endpoint: str, engine: str | None = None) -> None:
+        body = self.json_body()
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise web.HTTPError(400, "Name the model in the request body, e.g. {\"model\": \"ai/smollm2\", ...}.")
+        self.service.metrics.requests[(endpoint, model)] += 1
+        # Run the proxying in a task of its own so a client that disconnects can cancel it (on_connection_close).
+        self._work = asyncio.get_running_loop().create_task(self._proxy(endpoint, engine, model, body))
+        await asyncio.wait({self._work})
+        if self._work.cancelled():
+            return
+        exc = self._work.exception()
+        if exc is not None:
+            self.service.metrics.errors[endpoint] += 1
+            raise exc
+
+    def on_connection_close(self) -> None:
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    async def _proxy(self, endpoint: str, engine: str | None, model: str, body: dict[str, Any]) -> None:
+        mode = MODE_EMBEDDING if endpoint == "embeddings" else MODE_COMPLETION
+        stream = bool(body.get("stream")) and endpoint != "embeddings"
+        upstream_body = {**body, "model": ENGINE_MODEL_NAME}
+        async with self.service.scheduler.use(model, mode=mode, engine=engine) as runner:
+            if not stream:
+                response = await runner.request("POST", f"/v1/{endpoint}", json=upstream_body)
+                self.set_status(response.status_code)
+                self._copy_headers(response.headers)
+                self.finish(rename_model(response.content, model),
+                            set_content_type=response.headers.get("content-type", "application/json"))
+                return
+            async with runner.stream("POST", f"/v1/{endpoint}", json=upstream_body) as upstream:
+                if upstream.status_code != 200:  # an error before the stream started: pass it on as it is
+                    content = b"".join([chunk async for chunk in upstream])
+                    self.set_status(upstream.status_code)
+                    self.finish(content, set_content_type=upstream.headers.get("content-type", "application/json"))
+                    return
+                self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+                self.set_header("Cache-Control", "no-cache")
+                self.set_header("X-Accel-Buffering", "no")  # nginx in front of JupyterHub: do not buffer
+                await self._relay(upstream, model)
+
+    async def _relay(self, upstream: Any, model: str) -> None:
+        """Forward whole SSE events as they come; an engine failure mid-stream becomes an error event."""
+        pending = b""
+        try:
+            async for chunk in upstream:
+                pending += chunk
+                cut = pending.rfind(b"\n\n")
+                if cut < 0:
+                    continue
+                events, pending = pending[: cut + 2], pending[cut + 2 :]
+                self.write(rename_model(events, model))
+                await self.flush()
+            if pending:
+                self.write(rename_model(pending, model))
+        except StreamClosedError:
+            return  # the client is gone; leaving the block closes the engine request
+        except ModelRunnerError as exc:
+            status, message = error_status(exc, 502)
+            self.service.metrics.errors["stream"] += 1
+            self.log.warning("engine failed mid-stream for %s: %s", model, message.splitlines()[0])
+            self.write(b"data: " + json.dumps(openai_error(status, message)).encode() + b"\n\n")
+        with contextlib.suppress(StreamClosedError):
+            self.finish(set_content_type="text/event-stream; charset=utf-8")
+
+    def _copy_headers(self, headers: Any) -> None:
+        for name, value in headers.items():
+            if name.lower() not in _HOP_BY_HOP and name.lower().startswith(("x-", "openai-")):
+                self.set_header(name, value)
+
+
+class OpenAIModelsHandler(ModelRunnerHandler):
+    """`GET .../v1/models`: every tag in the store, as OpenAI's model list (filtered by engine if named)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, engine: str | None = None) -> None:
+        formats: set[str] | None = None
+        if engine is not None:
+            known = {e.name: e for e in self.service.scheduler.engines}
+            if engine not in known:
+                raise web.HTTPError(404, f"Unknown engine {engine!r}; engines: {', '.join(sorted(known))}.")
+            formats = set(known[engine].formats)
+        data = []
+        for model in await self.service.models():
+            if formats is not None and model["config"].get("format") not in formats:
+                continue
+            for tag in model["tags"]:
+                data.append({"id": tag, "object": "model", "created": model["created"],
+                             "owned_by": tag.split("/")[0] if "/" in tag else "library",
+                             "model_id": model["id"], "format": model["config"].get("format")})
+        self.send_json({"object": "list", "data": data})
+
+
+_ENGINE = r"(?P<engine>[a-z][a-z0-9._-]*)"
+_ENDPOINT = r"(?P<endpoint>chat/completions|completions|embeddings)"
+
+default_handlers = [
+    (rf"engines/v1/{_ENDPOINT}", OpenAIProxyHandler),
+    (rf"engines/{_ENGINE}/v1/{_ENDPOINT}", OpenAIProxyHandler),
+    (rf"v1/{_ENDPOINT}", OpenAIProxyHandler),
+    (r"engines/v1/models", OpenAIModelsHandler),
+    (rf"engines/{_ENGINE}/v1/models", OpenAIModelsHandler),
+    (r"v1/models", OpenAIModelsHandler),
+]

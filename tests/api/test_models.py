@@ -1,0 +1,98 @@
+"""Models over HTTP (pytest-jupyter's in-process server with the extension): pull, list, inspect, tag,
+push and delete, and the errors a user meets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jupyter_modelrunner.store import Store
+
+pytestmark = pytest.mark.timeout(120)
+API = "modelrunner"
+
+
+def lines(response) -> list[dict]:
+    return [json.loads(line) for line in response.body.decode().splitlines() if line.strip()]
+
+
+async def test_pull_streams_progress_and_ends_with_success(jp_fetch, jp_serverapp, registry, seeded):
+    response = await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "ai/tiny-st"}))
+    assert response.code == 200
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    events = lines(response)
+    assert events[-1]["type"] == "success"
+    assert "ai/tiny-st" in events[-1]["message"]
+    progress = [e for e in events if e["type"] == "progress"]
+    assert progress and progress[-1]["pulled"] == progress[-1]["total"]
+    listed = json.loads((await jp_fetch(API, "models")).body)
+    assert any(tag.endswith("ai/tiny-st:latest") for model in listed for tag in model["tags"])
+
+
+async def test_pull_of_a_bad_reference_is_a_400_with_one_error_event(jp_fetch):
+    response = await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "Not A Name!"}),
+                              raise_error=False)
+    assert response.code == 400
+    (event,) = lines(response)
+    assert event["type"] == "error" and "Not A Name!" in event["message"]
+
+
+async def test_pull_from_a_registry_that_is_down_is_a_503(jp_fetch):
+    response = await jp_fetch(API, "models", "create", method="POST",
+                              body=json.dumps({"from": "127.0.0.1:1/ai/tiny"}), raise_error=False)
+    assert response.code == 503
+    (event,) = lines(response)
+    assert event["type"] == "error" and "127.0.0.1:1" in event["message"]
+
+
+async def test_pull_of_a_missing_model_is_a_404(jp_fetch):
+    response = await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "ai/no-such-model"}),
+                              raise_error=False)
+    assert response.code == 404
+    assert lines(response)[-1]["type"] == "error"
+
+
+async def test_pull_without_a_reference_says_what_to_send(jp_fetch):
+    response = await jp_fetch(API, "models", "create", method="POST", body="{}", raise_error=False)
+    assert response.code == 400
+    assert '"from"' in json.loads(response.body)["message"]
+
+
+async def test_inspect_by_short_name_and_unknown_model(jp_fetch):
+    model = json.loads((await jp_fetch(API, "models", "ai/tiny")).body)
+    assert model["config"]["format"] == "gguf"
+    assert model["id"].startswith("sha256:")
+    missing = await jp_fetch(API, "models", "ai/nothing-here", raise_error=False)
+    assert missing.code == 404
+    assert "pull ai/nothing-here" in json.loads(missing.body)["message"]
+
+
+async def test_tag_then_delete_a_tag_keeps_the_model(jp_fetch, runner_store: Store):
+    response = await jp_fetch(API, "models", "ai/tiny", "tag", method="POST", body="",
+                              allow_nonstandard_methods=True, params={"repo": "ai/my-tiny", "tag": "v1"})
+    assert response.code == 201
+    assert any(t.endswith("ai/my-tiny:v1") for t in json.loads(response.body)["tags"])
+    removed = json.loads((await jp_fetch(API, "models", "ai/my-tiny:v1", method="DELETE")).body)
+    assert removed["untagged"] and removed["deleted"] is None
+    assert runner_store.resolve("ai/tiny")
+
+
+async def test_delete_by_id_of_a_model_with_two_tags_needs_force(jp_fetch, runner_store: Store):
+    await jp_fetch(API, "models", "ai/tiny", "tag", method="POST", body=json.dumps({"target": "ai/second"}))
+    model_id = runner_store.resolve("ai/tiny").short_id
+    refused = await jp_fetch(API, "models", model_id, method="DELETE", raise_error=False)
+    assert refused.code == 409
+    forced = json.loads((await jp_fetch(API, "models", model_id, method="DELETE", params={"force": "true"})).body)
+    assert forced["deleted"] and forced["freed_bytes"] > 0
+    assert json.loads((await jp_fetch(API, "models")).body) == []
+
+
+async def test_push_streams_progress_to_the_registry(jp_fetch, registry):
+    target = f"{registry.host}/team/pushed-tiny:v2"
+    response = await jp_fetch(API, "models", "ai/tiny", "push", method="POST", body=json.dumps({"target": target}))
+    events = lines(response)
+    assert events[-1]["type"] == "success", events[-1]
+    assert "team/pushed-tiny:v2" in events[-1]["message"]
+    pulled = await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": target}))
+    assert lines(pulled)[-1]["type"] == "success"
