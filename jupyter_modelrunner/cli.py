@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=12434, help="TCP port (default 12434, like Docker Model Runner)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--token", help="token clients must send (default: $MODEL_RUNNER_TOKEN, else a random one)")
+    p.add_argument("--allow-root", action="store_true", help="run even as root (in a container, say)")
 
     p = verbs.add_parser("ps", help="models loaded by the running server (JupyterLab or `serve`)")
     p.add_argument("--json", action="store_true")
@@ -461,6 +462,8 @@ def _cmd_serve(store, args) -> int:
     ]
     if args.registry:
         argv.append(f"--ModelRunner.default_registry={args.registry}")
+    if args.allow_root:
+        argv.append("--ServerApp.allow_root=True")
     ModelRunner.launch_instance(argv=argv)
     return 0
 

@@ -15,6 +15,12 @@ pytestmark = pytest.mark.timeout(300)
 HELLO = [{"role": "user", "content": "Say hello"}]
 
 
+@pytest.fixture(scope="module", params=["jupyter", "standalone"])
+def jupyter(request):
+    """Every test runs against the extension in `jupyter server` and against `jupyter modelrunner serve`."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture(scope="module")
 def sdk(jupyter) -> openai.OpenAI:
     """What a notebook user writes: the base URL and the Jupyter token as the API key."""
