@@ -39,8 +39,8 @@ class ServerProcess:
     @classmethod
     def standalone(cls, workdir: Path, env: dict[str, str], *extra: str) -> ServerProcess:
         port, token = find_free_port(), "test-token-" + os.urandom(6).hex()
-        argv = [sys.executable, "-m", "jupyter_modelrunner", "serve", f"--port={port}", f"--token={token}", "--allow-root",
-                *extra]
+        argv = [sys.executable, "-m", "jupyter_modelrunner", "serve", f"--port={port}", f"--token={token}",
+                "--allow-root", *extra]
         return cls(argv, prefix="", env=env, log_path=workdir / "serve.log", port=port, token=token)
 
     @property
