@@ -15,7 +15,7 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Bool, Float, Integer, Unicode, default, validate
+from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
 from ._version import __version__
 from .api import routes
@@ -91,7 +91,7 @@ class ModelRunner(ExtensionApp):
         try:
             parse_keep_alive(proposal["value"])
         except ModelRunnerError as exc:
-            raise ValueError(str(exc)) from exc
+            raise TraitError(f"ModelRunner.keep_alive: {exc}") from exc
         return proposal["value"]
 
     @property

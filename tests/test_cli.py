@@ -131,3 +131,35 @@ def test_smollm2_knows_the_capital_of_france(cli_env, registry, smollm2_file):
     publish_gguf(registry.host, "ai/smollm2", smollm2_file)
     done = run_cli("run", "--temperature", "0", "--max-tokens", "60", "ai/smollm2", "What is the capital of France?")
     assert "Paris" in done.stdout, done.stdout
+
+
+def test_ps_and_unload_talk_to_the_running_server(standalone):
+    env = {"MODEL_RUNNER_HOST": standalone.url, "MODEL_RUNNER_TOKEN": standalone.token}
+    with standalone.client() as http:
+        http.post("engines/v1/chat/completions", json={"model": "ai/tiny", "max_tokens": 2,
+                                                       "messages": [{"role": "user", "content": "hi"}]})
+    listing = run_cli("ps", env=env).stdout
+    assert "ai/tiny" in listing and "llama.cpp" in listing and "ready" in listing
+    assert run_cli("unload", "--all", env=env).stdout.startswith("Unloaded 1 model")
+    assert json.loads(run_cli("ps", "--json", env=env).stdout) == []
+
+
+def test_the_standalone_server_is_found_through_its_runtime_file(standalone):
+    env = {"JUPYTER_RUNTIME_DIR": standalone.env["JUPYTER_RUNTIME_DIR"], "MODEL_RUNNER_HOST": "",
+           "MODEL_RUNNER_TOKEN": ""}
+    runtime_file = Path(env["JUPYTER_RUNTIME_DIR"]) / "modelrunner-serve.json"
+    assert oct(runtime_file.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(runtime_file.read_text())["token"] == standalone.token
+    assert json.loads(run_cli("ps", "--json", env=env).stdout) == []
+
+
+def test_ps_without_a_server_says_what_to_start():
+    port = find_free_port()
+    done = run_cli("ps", env={"MODEL_RUNNER_HOST": f"http://127.0.0.1:{port}/"}, check=False)
+    assert done.returncode == 1
+    assert "jupyter modelrunner serve" in done.stderr and str(port) in done.stderr
+
+
+def test_unload_needs_models_or_all():
+    done = run_cli("unload", check=False)
+    assert done.returncode == 2 and "--all" in done.stderr
