@@ -225,10 +225,13 @@ class Scheduler:
         """Hold a ready runner for `name` for the duration of one request, loading it if needed."""
         if mode not in MODES:
             raise ModelRunnerError(f"Unknown mode {mode!r}; expected one of {', '.join(MODES)}.")
-        # Resolving reads the index, manifest and config, and the first availability check of an engine
-        # runs a probe: off the event loop, which may be the notebook server's.
-        model, choice = await asyncio.to_thread(self.choose, name, engine)
-        runner = await self._ensure(model, choice, mode)
+        # Resolving reads the index, manifest and config, and an engine's availability check looks at
+        # installed packages: off the event loop, which may be the notebook server's.
+        model = await asyncio.to_thread(self.store.resolve, name)
+        runner = self._ready_runner(model.id, mode, engine)
+        if runner is None:  # the engine check (~3 ms) only when something has to start
+            choice = await asyncio.to_thread(select_engine, model, self.hardware, self.engines, forced=engine)
+            runner = await self._ensure(model, choice, mode)
         runner.in_use += 1
         if runner._idle_timer:
             runner._idle_timer.cancel()
@@ -240,6 +243,13 @@ class Scheduler:
             runner.last_used = time.time()
             if runner.in_use == 0 and runner.state == RunnerState.READY:
                 self._schedule_idle(runner)
+
+    def _ready_runner(self, model_id: str, mode: str, engine: str | None) -> Runner | None:
+        for runner in self.runners.values():
+            if (runner.key.model_id == model_id and runner.key.mode == mode and runner.state == RunnerState.READY
+                    and engine in (None, runner.key.engine)):
+                return runner
+        return None
 
     async def load(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None) -> Runner:
         """Load without a request (`run -d`): the runner then idles out after its keep_alive."""
