@@ -449,12 +449,16 @@ def _cmd_status(store, args) -> int:
 def _cmd_serve(store, args) -> int:
     import os
     import secrets
+    import tempfile
 
     from .serverext import ModelRunner
 
     token = args.token or os.environ.get("MODEL_RUNNER_TOKEN") or secrets.token_urlsafe(32)
     ModelRunner.load_other_extensions = False  # this process serves the model runner and nothing else
+    # Jupyter's own services still answer (with the token); give its file browser an empty folder, not the cwd.
+    root = tempfile.mkdtemp(prefix="modelrunner-serve-")
     argv = [
+        f"--ServerApp.root_dir={root}",
         f"--ServerApp.port={args.port}", f"--ServerApp.ip={args.host}", "--ServerApp.port_retries=0",
         "--ServerApp.open_browser=False", f"--IdentityProvider.token={token}",
         "--ModelRunner.mount_at_root=True", "--ModelRunner.set_kernel_env=False",
