@@ -280,9 +280,7 @@ def _cmd_ls(store, args) -> int:
             config = model.config
             rows.append((name, model.format or "", config.parameters or "", config.quantization or "",
                          config.architecture or "", model.short_id, _ago(model.created), format_bytes(model.size)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _print_table(rows)
     return 0
 
 
@@ -490,9 +488,7 @@ def _cmd_ps(store, args) -> int:
         rows.append((r["model_name"], r["backend_name"], r["mode"], r.get("device", ""), r.get("state", ""),
                      "yes" if r["in_use"] else "no", format_bytes(r.get("memory", 0)), str(r["keep_alive"]),
                      _ago(r["last_used"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _print_table(rows)
     return 0
 
 
@@ -504,6 +500,13 @@ def _cmd_unload(store, args) -> int:
     names = result.get("models") or []
     print(f"Unloaded {len(names)} model{'s' if len(names) != 1 else ''}{': ' + ', '.join(names) if names else ''}")
     return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell, like `docker model ls`."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _ago(timestamp: int) -> str:

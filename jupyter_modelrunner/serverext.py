@@ -140,8 +140,7 @@ class ModelRunner(ExtensionApp):
         """Leave URL and token in a user-only file, so `jupyter modelrunner ps` and notebooks find this server."""
         server = self.serverapp
         assert server is not None
-        host = server.ip if server.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        url = f"http://{host}:{server.port}{server.base_url}"
+        url = self._server_origin() + server.base_url
         token = getattr(server.identity_provider, "token", "")
         path = standalone_server_file()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -167,16 +166,21 @@ class ModelRunner(ExtensionApp):
         if not self.set_kernel_env or self.serverapp is None:
             return
         server = self.serverapp
-        host = server.ip if server.ip not in ("", "0.0.0.0", "::", "*") else "127.0.0.1"
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        scheme = "https" if server.certfile else "http"
         if server.sock:
             return  # a Unix-socket server cannot be reached by URL; kernels use the embedded runner
-        os.environ[ENV_HOST] = f"{scheme}://{host}:{server.port}{self.api_path}"
+        os.environ[ENV_HOST] = self._server_origin() + self.api_path
         token = getattr(server.identity_provider, "token", "") if server.identity_provider else ""
         if token:
             os.environ[ENV_TOKEN] = token
+
+    def _server_origin(self) -> str:
+        """`scheme://host:port` a client on this machine reaches the server at (a wildcard address → 127.0.0.1)."""
+        server = self.serverapp
+        assert server is not None
+        host = server.ip if server.ip not in ("", "0.0.0.0", "::", "*") else "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{'https' if server.certfile else 'http'}://{host}:{server.port}"
 
     def _log_engine_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "loading" and "elapsed" in data:
