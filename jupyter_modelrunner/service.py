@@ -16,12 +16,13 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
 from .errors import ModelRunnerError
 from .scheduler import Scheduler
-from .store import Store
+from .store import Model, Store
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,43 @@ class ModelRunnerService:
     # -- models ---------------------------------------------------------------------------------------
 
     async def models(self) -> list[dict[str, Any]]:
-        return [m.to_json() for m in await asyncio.to_thread(self.store.models)]
+        """Every stored model, each with the engine that would run it here (`engine`) or why none can."""
+        return await asyncio.to_thread(lambda: [self._describe(m) for m in self.store.models()])
 
     async def model(self, name: str) -> dict[str, Any]:
-        return (await asyncio.to_thread(self.store.resolve, name)).to_json()
+        return await asyncio.to_thread(lambda: self._describe(self.store.resolve(name)))
+
+    def _describe(self, model: Model) -> dict[str, Any]:
+        """DMR's model object plus `engine` ({engine, device, reason}) and `engine_error`: users see the choice."""
+        from .engines.select import select_engine
+
+        doc = model.to_json()
+        try:
+            doc["engine"] = select_engine(model, self.scheduler.hardware, self.scheduler.engines).to_json()
+            doc["engine_error"] = None
+        except ModelRunnerError as exc:
+            doc["engine"], doc["engine_error"] = None, str(exc)
+        return doc
+
+    async def package(self, target: str, *, gguf: list[str] | None = None, safetensors_dir: str | None = None,
+                      license_files: list[str] | None = None, chat_template: str | None = None,
+                      context_size: int | None = None) -> dict[str, Any]:
+        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel)."""
+        from .distribution import package_gguf, package_safetensors
+        from .reference import parse_reference
+
+        def work() -> Model:
+            ref = parse_reference(target, registry=self.registry)
+            options: dict[str, Any] = {"license_files": [Path(p) for p in license_files or []],
+                                       "chat_template": Path(chat_template) if chat_template else None,
+                                       "context_size": context_size}
+            if gguf:
+                return package_gguf(self.store, [Path(p) for p in gguf], ref, **options)
+            if safetensors_dir:
+                return package_safetensors(self.store, Path(safetensors_dir), ref, **options)
+            raise ModelRunnerError("Give the weights: a GGUF file or a folder of safetensors.")
+
+        return self._describe(await asyncio.to_thread(work))
 
     async def remove(self, name: str, *, force: bool = False) -> dict[str, Any]:
         """Remove a model or one of its tags; a loaded model's engine is stopped first when the model goes."""

@@ -67,6 +67,31 @@ class ModelCreateHandler(ProgressStreamMixin, ModelRunnerHandler):
         await self.relay_progress(self.service.pull(reference.strip()))
 
 
+class ModelPackageHandler(ModelRunnerHandler):
+    """`POST models/package {"tag", "gguf": [paths] | "safetensors_dir": path, ...}`: a model from local files.
+
+    The paths are on the server's machine, which is the kernel's for the extension; whoever holds the
+    server's token can read those files through Jupyter's contents API already.
+    """
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        tag = body.get("tag")
+        gguf = body.get("gguf")
+        if isinstance(gguf, str):
+            gguf = [gguf]
+        if not isinstance(tag, str) or not tag or not (gguf or body.get("safetensors_dir")):
+            raise web.HTTPError(400, 'Say what to package and its name: {"tag": "ai/mine", "gguf": ["/path/m.gguf"]} '
+                                'or {"tag": ..., "safetensors_dir": "/path/folder"}.')
+        model = await self.service.package(
+            tag, gguf=gguf, safetensors_dir=body.get("safetensors_dir"), license_files=body.get("license"),
+            chat_template=body.get("chat_template"), context_size=body.get("context_size"),
+        )
+        self.send_json(model, status=201)
+
+
 class ModelHandler(ModelRunnerHandler):
     """`GET models/{name}` (inspect) and `DELETE models/{name}[?force=true]`."""
 
@@ -113,6 +138,7 @@ _NAME = r"(?P<name>[^?#]+?)"
 default_handlers = [
     (r"models", ModelsHandler),
     (r"models/create", ModelCreateHandler),
+    (r"models/package", ModelPackageHandler),
     (rf"models/{_NAME}/tag", ModelTagHandler),
     (rf"models/{_NAME}/push", ModelPushHandler),
     (rf"models/{_NAME}", ModelHandler),

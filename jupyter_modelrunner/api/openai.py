@@ -69,6 +69,9 @@ class OpenAIProxyHandler(ModelRunnerHandler):
         stream = bool(body.get("stream")) and endpoint != "embeddings"
         upstream_body = {**body, "model": ENGINE_MODEL_NAME}
         async with self.service.scheduler.use(model, mode=mode, engine=engine) as runner:
+            # Which engine answered, for clients that show it (the %%chat magic, the sidebar).
+            self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
+            self.set_header("X-Model-Runner-Device", runner.choice.device)
             if not stream:
                 response = await runner.request("POST", f"/v1/{endpoint}", json=upstream_body)
                 self.set_status(response.status_code)

@@ -63,6 +63,7 @@ async def test_inspect_by_short_name_and_unknown_model(jp_fetch):
     model = json.loads((await jp_fetch(API, "models", "ai/tiny")).body)
     assert model["config"]["format"] == "gguf"
     assert model["id"].startswith("sha256:")
+    assert model["engine"]["engine"] == "llama.cpp" and "gguf" in model["engine"]["reason"]
     missing = await jp_fetch(API, "models", "ai/nothing-here", raise_error=False)
     assert missing.code == 404
     assert "pull ai/nothing-here" in json.loads(missing.body)["message"]
@@ -96,3 +97,21 @@ async def test_push_streams_progress_to_the_registry(jp_fetch, registry):
     assert "team/pushed-tiny:v2" in events[-1]["message"]
     pulled = await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": target}))
     assert lines(pulled)[-1]["type"] == "success"
+
+
+async def test_package_makes_a_model_from_files_on_the_server(jp_fetch, tiny_gguf, tmp_path):
+    response = await jp_fetch(API, "models", "package", method="POST",
+                              body=json.dumps({"tag": "ai/packaged", "gguf": [str(tiny_gguf)], "context_size": 256}))
+    assert response.code == 201
+    model = json.loads(response.body)
+    assert "ai/packaged:latest" in model["tags"] and model["engine"]["engine"] == "llama.cpp"
+    missing = await jp_fetch(API, "models", "package", method="POST", raise_error=False,
+                             body=json.dumps({"tag": "ai/nope", "gguf": [str(tmp_path / "absent.gguf")]}))
+    assert missing.code in (400, 404) and "absent.gguf" in json.loads(missing.body)["message"]
+
+
+async def test_a_safetensors_model_lists_why_no_engine_can_run_it(jp_fetch, jp_serverapp, registry, seeded):
+    await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "ai/tiny-st"}))
+    listed = {m["tags"][0]: m for m in json.loads((await jp_fetch(API, "models")).body)}
+    entry = listed["ai/tiny-st:latest"]
+    assert (entry["engine"] or {}).get("engine") == "vllm" or "vLLM" in entry["engine_error"]
