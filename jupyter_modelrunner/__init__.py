@@ -1,8 +1,11 @@
 """jupyter-modelrunner: Docker Model Runner's workflow inside Jupyter.
 
-Importing the package is cheap: the store, distribution, engines and the server extension load on
-first use. From a notebook, `OpenAI(base_url=jupyter_modelrunner.base_url(), api_key=jupyter_modelrunner.api_key())`
-talks to the models the notebook server runs.
+Importing the package is cheap: the store, distribution, engines, widgets and the server extension load
+on first use. From a notebook:
+
+- `%load_ext jupyter_modelrunner`, then `%model pull ai/smollm2` and `%%chat ai/smollm2`;
+- `OpenAI(base_url=jupyter_modelrunner.base_url(), api_key=jupyter_modelrunner.api_key())`;
+- `jupyter_modelrunner.picker()` for a model picker widget, `jupyter_modelrunner.runner()` for the client.
 """
 
 from __future__ import annotations
@@ -10,9 +13,23 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
-from .client import api_key, base_url, host
+from .client import api_key, base_url, connect, host, runner
 
-__all__ = ["__version__", "api_key", "base_url", "host"]
+__all__ = ["__version__", "api_key", "base_url", "connect", "host", "picker", "runner"]
+
+
+def picker(client: Any = None) -> Any:
+    """A widget listing the local models, with a pull box, the engine that runs the chosen one, load/unload."""
+    from .widgets import picker as make_picker
+
+    return make_picker(client)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext jupyter_modelrunner`: the `%model` and `%%chat` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

@@ -12,8 +12,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TextIO
 
 from ._version import __version__
@@ -37,6 +38,8 @@ class TerminalProgress:
     def __call__(self, event: object) -> None:
         from .distribution.progress import format_bytes
 
+        if isinstance(event, dict):  # an event as the HTTP API streams it
+            event = SimpleNamespace(**{"total": 0, "pulled": 0, "message": "", **event})
         kind = getattr(event, "type", "")
         if kind == "warning":
             self._newline()
@@ -69,18 +72,32 @@ class TerminalProgress:
         self.stream.flush()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jupyter modelrunner",
+def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[str] | None = None,
+                 parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The verbs and their arguments, like `docker model`'s; the `%model` magic reuses them (`verbs_only`)."""
+    parser = parser_class(
+        prog=prog,
         description="Pull, package and manage AI models stored as OCI artifacts (Docker Model Runner's format).",
     )
-    parser.add_argument("--version", action="version", version=f"jupyter-modelrunner {__version__}")
-    parser.add_argument("--store", metavar="DIR", help="model store folder (default: $MODEL_RUNNER_STORE or "
-                        "<jupyter data dir>/modelrunner/store)")
-    parser.add_argument("--registry", metavar="HOST", help="registry for bare names like `smollm2` (default: "
-                        "$MODEL_RUNNER_DEFAULT_REGISTRY or Docker Hub)")
+    if verbs_only is None:
+        parser.add_argument("--version", action="version", version=f"jupyter-modelrunner {__version__}")
+        parser.add_argument("--store", metavar="DIR", help="model store folder (default: $MODEL_RUNNER_STORE or "
+                            "<jupyter data dir>/modelrunner/store)")
+        parser.add_argument("--registry", metavar="HOST", help="registry for bare names like `smollm2` (default: "
+                            "$MODEL_RUNNER_DEFAULT_REGISTRY or Docker Hub)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="verb", metavar="COMMAND")
+
+    class _Verbs:
+        """`add_parser` that skips the verbs a front end does not offer (they go to a parser nobody sees)."""
+
+        @staticmethod
+        def add_parser(name: str, **options: str) -> argparse.ArgumentParser:
+            if verbs_only is not None and name not in verbs_only:
+                return parser_class(add_help=False)
+            return subparsers.add_parser(name, **options)
+
+    verbs = _Verbs()
 
     p = verbs.add_parser("pull", help="download a model from a registry")
     p.add_argument("model", help="reference, e.g. ai/smollm2 or 127.0.0.1:5000/ai/smollm2:latest")
@@ -149,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--token", help="token clients must send (default: $MODEL_RUNNER_TOKEN, else a random one)")
     p.add_argument("--allow-root", action="store_true", help="run even as root (in a container, say)")
+    p.add_argument("--idle-timeout", type=int, default=0, metavar="SECONDS",
+                   help="stop after this long without requests (default 0: never)")
+    p.add_argument("--embedded", action="store_true",
+                   help="the runner a kernel starts for itself when no server is around (its own runtime file)")
 
     p = verbs.add_parser("ps", help="models loaded by the running server (JupyterLab or `serve`)")
     p.add_argument("--json", action="store_true")
@@ -263,7 +284,7 @@ def _cmd_tag(store, args) -> int:
 
 
 def _cmd_ls(store, args) -> int:
-    from .distribution.progress import format_bytes
+    from .tables import models_table
 
     models = store.models()
     if args.json:
@@ -273,14 +294,7 @@ def _cmd_ls(store, args) -> int:
         for model in models:
             print(model.short_id)
         return 0
-    rows = [("MODEL NAME", "FORMAT", "PARAMETERS", "QUANTIZATION", "ARCHITECTURE", "MODEL ID", "CREATED", "SIZE")]
-    for model in models:
-        names = [t for t in model.to_json()["tags"]] or ["<none>"]
-        for name in names:
-            config = model.config
-            rows.append((name, model.format or "", config.parameters or "", config.quantization or "",
-                         config.architecture or "", model.short_id, _ago(model.created), format_bytes(model.size)))
-    _print_table(rows)
+    print(models_table([m.to_json() for m in models]))
     return 0
 
 
@@ -466,29 +480,31 @@ def _cmd_serve(store, args) -> int:
         argv.append(f"--ModelRunner.default_registry={args.registry}")
     if args.allow_root:
         argv.append("--ServerApp.allow_root=True")
+    if args.idle_timeout > 0:
+        argv.append(f"--ServerApp.shutdown_no_activity_timeout={args.idle_timeout}")
+    if args.embedded:
+        from .paths import embedded_server_file
+
+        argv.append(f"--ModelRunner.server_file={embedded_server_file()}")
     ModelRunner.launch_instance(argv=argv)
     return 0
 
 
 def _remote(args):
-    from .client import RunnerClient
+    """The running server (never an embedded one started for the occasion: `ps` of a new runner says nothing)."""
+    from .client import runner
 
-    return RunnerClient()
+    return runner(start=False)
 
 
 def _cmd_ps(store, args) -> int:
-    from .distribution.progress import format_bytes
+    from .tables import runners_table
 
-    runners = _remote(args).get("engines/ps")
+    runners = _remote(args).ps()
     if args.json:
         print(json.dumps(runners, indent=2))
         return 0
-    rows = [("MODEL NAME", "ENGINE", "MODE", "DEVICE", "STATE", "IN USE", "MEMORY", "KEEP ALIVE", "LAST USED")]
-    for r in runners:
-        rows.append((r["model_name"], r["backend_name"], r["mode"], r.get("device", ""), r.get("state", ""),
-                     "yes" if r["in_use"] else "no", format_bytes(r.get("memory", 0)), str(r["keep_alive"]),
-                     _ago(r["last_used"])))
-    _print_table(rows)
+    print(runners_table(runners))
     return 0
 
 
@@ -496,28 +512,9 @@ def _cmd_unload(store, args) -> int:
     if not args.all and not args.models:
         print("Error: name the models to unload, or use --all.", file=sys.stderr)
         return EXIT_USAGE
-    result = _remote(args).post("engines/unload", {"all": args.all, "models": args.models})
-    names = result.get("models") or []
+    names = _remote(args).unload(args.models, all=args.all)
     print(f"Unloaded {len(names)} model{'s' if len(names) != 1 else ''}{': ' + ', '.join(names) if names else ''}")
     return 0
-
-
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    """Columns padded to their widest cell, like `docker model ls`."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _ago(timestamp: int) -> str:
-    if not timestamp:
-        return ""
-    seconds = max(0, int(time.time()) - timestamp)
-    for unit, size in (("year", 31536000), ("month", 2592000), ("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            count = seconds // size
-            return f"{count} {unit}{'s' if count > 1 else ''} ago"
-    return "just now"
 
 
 if __name__ == "__main__":

@@ -1,96 +1,541 @@
-"""Finding the model runner from notebook code, scripts and the CLI.
+"""Finding the model runner, and the one small API every front end uses to talk to it.
 
-Inside a kernel started by a Jupyter server with this extension, `MODEL_RUNNER_HOST` (the runner's URL,
-base path included) and `MODEL_RUNNER_TOKEN` are in the environment. Elsewhere the standalone server
-(`jupyter modelrunner serve`) is found through the file it writes in Jupyter's runtime directory, and
-last Docker Model Runner's own default, `http://localhost:12434/`.
+The magics, the widgets, the CLI verbs that need a live server and any notebook code go through this
+module, so they all see the same runner (one source of truth). The runner is found, in order:
+
+1. `MODEL_RUNNER_HOST` (and `MODEL_RUNNER_TOKEN`): set by the server extension for the kernels it starts,
+   or by the user for a remote runner — Docker Model Runner's variable;
+2. the Jupyter server that started this kernel (`JPY_PARENT_PID` → its `jpserver-<pid>.json`), when it
+   has the extension;
+3. a `jupyter modelrunner serve` the user started (its user-only file in Jupyter's runtime directory);
+4. otherwise an **embedded** runner: `jupyter modelrunner serve` started in the background for this user
+   (plain IPython, VS Code and nbclient have no Jupyter server) and reused by later kernels — but only
+   while its store, default registry and version are this process's; a stale or mismatched one is
+   replaced, never silently used.
+
+Importing this module is cheap (no HTTP or OpenAI libraries until a request is made): `%load_ext` and
+`import jupyter_modelrunner` stay fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from contextlib import suppress
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .paths import standalone_server_file
+from ._version import __version__
+from .errors import ModelNotFound, ModelRunnerError
+from .paths import default_store_path, embedded_server_file, jupyter_runtime_dir, standalone_server_file
 
 ENV_HOST = "MODEL_RUNNER_HOST"
 ENV_TOKEN = "MODEL_RUNNER_TOKEN"
+ENV_REGISTRY = "MODEL_RUNNER_DEFAULT_REGISTRY"
 DEFAULT_HOST = "http://localhost:12434/"
+#: An embedded runner nobody has used for this long stops itself (its engines unload before, by keep_alive).
+EMBEDDED_IDLE_SECONDS = 3600
+EMBEDDED_START_TIMEOUT = 60.0
+PROBE_TIMEOUT = 3.0
 
 
-def _standalone() -> dict[str, str]:
-    with suppress(OSError, ValueError):
-        info = json.loads(standalone_server_file().read_text())
-        if isinstance(info, dict):
-            return {k: str(v) for k, v in info.items()}
-    return {}
+class RunnerUnreachable(ModelRunnerError):
+    """No model runner answered; the message lists every place that was tried."""
+
+    http_status = 503
 
 
-def host() -> str:
-    """The runner's URL, ending in `/` (e.g. `http://127.0.0.1:8888/modelrunner/`)."""
-    url = os.environ.get(ENV_HOST) or _standalone().get("url") or DEFAULT_HOST
+@dataclass(frozen=True)
+class RunnerLocation:
+    """Where a runner's routes live (`url` ends in `/`), the token it takes, and how it was found."""
+
+    url: str
+    token: str = ""
+    source: str = ""
+    tried: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "engines/v1"
+
+
+# -- discovery ------------------------------------------------------------------------------------------
+
+
+def _normalize(url: str) -> str:
     if "://" not in url:  # DMR accepts `localhost:12434`
         url = f"http://{url}"
     return url if url.endswith("/") else url + "/"
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads(path.read_text())
+        if isinstance(info, dict):
+            return info
+    return {}
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        with contextlib.suppress(ChildProcessError):  # a runner this process started and that exited: reap it
+            if os.waitpid(int(pid), os.WNOHANG)[0] == int(pid):
+                return False
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _answers(url: str, token: str) -> str | None:
+    """None when the runner at `url` answers `engines/status` with this token, else why not (one phrase)."""
+    import httpx
+
+    headers = {"Authorization": f"token {token}"} if token else {}
+    try:
+        response = httpx.get(url + "engines/status", headers=headers, timeout=PROBE_TIMEOUT, trust_env=False)
+    except httpx.HTTPError as exc:
+        return f"no answer ({exc.__class__.__name__})"
+    if response.status_code == 200:
+        return None
+    if response.status_code == 404:
+        return "no model runner there (is the jupyter_modelrunner server extension enabled?)"
+    if response.status_code in (401, 403):
+        return "the token was refused"
+    return f"HTTP {response.status_code}"
+
+
+def desired_settings() -> dict[str, str]:
+    """The store, default registry and version this process would give a runner it starts."""
+    return {"store": str(default_store_path().resolve()), "registry": os.environ.get(ENV_REGISTRY, ""),
+            "version": __version__}
+
+
+def locate(*, start: bool = True) -> RunnerLocation:
+    """Find the runner (see the module's docstring for the order); start an embedded one if `start`.
+
+    Raises `RunnerUnreachable` naming what was tried when nothing answers.
+    """
+    tried: list[str] = []
+    if os.environ.get(ENV_HOST):
+        # An explicit choice is never second-guessed: a runner that is down is an error, not a fallback.
+        return RunnerLocation(_normalize(os.environ[ENV_HOST]), os.environ.get(ENV_TOKEN, ""), f"${ENV_HOST}")
+    tried.append(f"${ENV_HOST} (not set)")
+
+    parent = os.environ.get("JPY_PARENT_PID")
+    if parent:
+        info = _read_json(jupyter_runtime_dir() / f"jpserver-{parent}.json")
+        if info.get("url"):
+            url = _normalize(str(info["url"])) + "modelrunner/"
+            token = str(info.get("token") or "")
+            problem = _answers(url, token)
+            if problem is None:
+                return RunnerLocation(url, token, f"the Jupyter server that started this kernel (pid {parent})")
+            tried.append(f"the Jupyter server that started this kernel, {url}: {problem}")
+        else:
+            tried.append(f"the Jupyter server that started this kernel (pid {parent}): no jpserver-{parent}.json")
+
+    for path, what in ((standalone_server_file(), "`jupyter modelrunner serve`"),):
+        info = _read_json(path)
+        if not info:
+            tried.append(f"{what} ({path}: none)")
+        elif not _alive(info.get("pid")):
+            tried.append(f"{what} ({path}: its process {info.get('pid')} has exited)")
+        else:
+            url, token = _normalize(str(info.get("url", ""))), str(info.get("token") or "")
+            problem = _answers(url, token)
+            if problem is None:
+                return RunnerLocation(url, token, f"{what} (pid {info['pid']})")
+            tried.append(f"{what} at {url}: {problem}")
+
+    embedded = _reuse_embedded(tried)
+    if embedded is not None:
+        return embedded
+    if not start:
+        raise RunnerUnreachable(_unreachable_message(tried))
+    return _start_embedded(tried)
+
+
+def _unreachable_message(tried: Sequence[str]) -> str:
+    lines = "\n".join(f"  - {item}" for item in tried)
+    return (f"No model runner could be reached. Tried:\n{lines}\nStart JupyterLab (the extension serves it) or "
+            f"`jupyter modelrunner serve`, or set {ENV_HOST} (and {ENV_TOKEN}) to a running one.")
+
+
+def _reuse_embedded(tried: list[str]) -> RunnerLocation | None:
+    info = _read_json(embedded_server_file())
+    if not info:
+        return None
+    wanted = desired_settings()
+    mismatch = [key for key in wanted if str(info.get(key, "")) != wanted[key]]
+    if not _alive(info.get("pid")):
+        tried.append(f"the embedded runner (pid {info.get('pid')} has exited)")
+        return None
+    if mismatch:
+        tried.append(f"the embedded runner (pid {info['pid']}): started with another {', '.join(mismatch)}")
+        return None
+    url, token = _normalize(str(info.get("url", ""))), str(info.get("token") or "")
+    problem = _answers(url, token)
+    if problem is not None:
+        tried.append(f"the embedded runner at {url}: {problem}")
+        return None
+    return RunnerLocation(url, token, f"the embedded runner (pid {info['pid']}, store {wanted['store']})",
+                          tuple(tried))
+
+
+def _start_embedded(tried: list[str]) -> RunnerLocation:
+    """Start `jupyter modelrunner serve` for this user in the background, replacing a stale or mismatched one.
+
+    A lock in the runtime directory makes two kernels starting at once share one runner.
+    """
+    from filelock import FileLock
+
+    runtime = jupyter_runtime_dir()
+    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with FileLock(str(runtime / "modelrunner-embedded.lock"), timeout=EMBEDDED_START_TIMEOUT + 30):
+        found = _reuse_embedded([])  # another process may have started one while we waited for the lock
+        if found is not None:
+            return found
+        path = embedded_server_file()
+        _stop_embedded(_read_json(path))
+        with contextlib.suppress(OSError):
+            path.unlink()
+        settings = desired_settings()
+        argv = [sys.executable, "-m", "jupyter_modelrunner", "--store", settings["store"]]
+        if settings["registry"]:
+            argv += ["--registry", settings["registry"]]
+        argv += ["serve", "--port", "0", "--embedded", "--idle-timeout", str(EMBEDDED_IDLE_SECONDS)]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            argv.append("--allow-root")
+        log_path = runtime / "modelrunner-embedded.log"
+        env = {k: v for k, v in os.environ.items() if k not in (ENV_HOST, ENV_TOKEN)}
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True)  # outlives this kernel, for the next one
+        deadline = time.monotonic() + EMBEDDED_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+                tried.append(f"starting an embedded runner: it exited with code {process.returncode}")
+                raise RunnerUnreachable(f"{_unreachable_message(tried)}\nIts log ({log_path}):\n{tail}")
+            info = _read_json(path)
+            if info.get("pid") == process.pid:
+                url, token = _normalize(str(info["url"])), str(info.get("token") or "")
+                if _answers(url, token) is None:
+                    return RunnerLocation(url, token, f"an embedded runner started now (pid {process.pid}, "
+                                          f"store {settings['store']}; log {log_path})", tuple(tried))
+            time.sleep(0.1)
+        process.terminate()
+        tried.append(f"starting an embedded runner: not ready within {EMBEDDED_START_TIMEOUT:.0f} s (log {log_path})")
+        raise RunnerUnreachable(_unreachable_message(tried))
+
+
+def _stop_embedded(info: dict[str, Any]) -> None:
+    """Stop a previous embedded runner (SIGTERM, which unloads its engines) if it is still ours and alive."""
+    pid = info.get("pid")
+    if not _alive(pid):
+        return
+    try:  # never signal a recycled pid: it must still be a model runner
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b"jupyter_modelrunner"  # no /proc (macOS): trust the file, which only we write
+    if b"jupyter_modelrunner" not in cmdline:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(int(pid), signal.SIGTERM)
+    for _ in range(100):
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+
+
+# -- the active runner ----------------------------------------------------------------------------------
+
+_active: RunnerClient | None = None
+
+
+def runner(*, start: bool = True) -> RunnerClient:
+    """The client of the runner this process uses: found once (see `locate`), or set by `connect`."""
+    global _active
+    if _active is None:
+        _active = RunnerClient(location=locate(start=start))
+    return _active
+
+
+def connect(url: str | None = None, token: str | None = None) -> RunnerClient:
+    """Use the runner at `url` from now on (checked first); without `url`, find one again from scratch."""
+    global _active
+    if url is None:
+        _active = None
+        return runner()
+    location = RunnerLocation(_normalize(url), token if token is not None else os.environ.get(ENV_TOKEN, ""),
+                              "connect")
+    problem = _answers(location.url, location.token)
+    if problem is not None:
+        raise RunnerUnreachable(f"The model runner at {location.url} cannot be used: {problem}.")
+    _active = RunnerClient(location=location)
+    return _active
+
+
+def host() -> str:
+    """The runner's URL, ending in `/` (e.g. `http://127.0.0.1:8888/modelrunner/`), found as `runner()` does."""
+    return runner().url
+
+
 def base_url() -> str:
     """The OpenAI-compatible base URL: `OpenAI(base_url=base_url(), api_key=api_key())` just works."""
-    return host() + "engines/v1"
+    return runner().location.base_url
 
 
 def api_key() -> str:
-    """The token the runner accepts (the Jupyter server's token); OpenAI clients send it as a bearer key."""
-    if os.environ.get(ENV_TOKEN):
-        return os.environ[ENV_TOKEN]
-    if not os.environ.get(ENV_HOST):
-        return _standalone().get("token", "") or "none"
-    return "none"  # a server without a token (auth done by a proxy): the SDK still wants a non-empty key
+    """The token the runner accepts; OpenAI clients send it as a bearer key (never empty: the SDK wants one)."""
+    return runner().token or "none"
+
+
+# -- the API ------------------------------------------------------------------------------------------
+
+
+class ChatStream:
+    """The answer to one chat request, as text pieces while they arrive (`for piece in stream`).
+
+    `engine` and `device` say what answered; `text` is everything received so far; `close()` (or leaving a
+    `with` block, or an interrupt) ends the request, which stops the generation on the engine.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.engine = raw.headers.get("x-model-runner-engine", "")
+        self.device = raw.headers.get("x-model-runner-device", "")
+        self._chunks = raw.parse()
+        self.pieces: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for chunk in self._chunks:
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        self.finish_reason = choice.finish_reason
+                    if choice.delta and choice.delta.content:
+                        self.pieces.append(choice.delta.content)
+                        yield choice.delta.content
+        except Exception as exc:
+            raise _openai_error(exc) from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._chunks.close()
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _openai_error(exc: Exception) -> ModelRunnerError:
+    """The SDK's exceptions as our one-line errors, with the runner's own message."""
+    import openai
+
+    if isinstance(exc, ModelRunnerError):
+        return exc
+    if isinstance(exc, openai.APIConnectionError):
+        return RunnerUnreachable(f"The model runner stopped answering ({exc.__class__.__name__}).")
+    message = getattr(exc, "message", None) or str(exc)
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        message = str(body.get("message") or (body.get("error") or {}).get("message") or message)
+    status = getattr(exc, "status_code", None)
+    error: ModelRunnerError = ModelNotFound(message) if status == 404 else ModelRunnerError(message)
+    if status:
+        error.http_status = status
+    return error
 
 
 class RunnerClient:
-    """A small synchronous client of the runner's HTTP API, for the CLI verbs that need the live server.
+    """A synchronous client of one runner's HTTP API (DMR's routes plus OpenAI's, through the `openai` SDK).
 
-    Every failure becomes a `ModelRunnerError` with the server's own message, or with what to start when
-    nothing answers.
+    Every failure is a `ModelRunnerError` carrying the server's own message, or `RunnerUnreachable`
+    saying where it looked when nothing answers.
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None, *, location: RunnerLocation | None = None,
+                 timeout: float = 30.0) -> None:
         import httpx
 
-        self.url = url or host()
-        self.token = token if token is not None else api_key()
+        if location is None:
+            location = RunnerLocation(_normalize(url), token or "", "given") if url else locate(start=False)
+        self.location = location
+        self.url = location.url
+        self.token = location.token if token is None else token
         headers = {"Authorization": f"token {self.token}"} if self.token and self.token != "none" else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, trust_env=False)
+        self._openai: dict[str | None, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"RunnerClient({self.url!r}, found via {self.location.source})"
+
+    # -- models ---------------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """Stored models: `{id, tags, created, size, config: {format, quantization, …}, engine, engine_error}`."""
+        return self.get("models")
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        return self.get(f"models/{name}")
+
+    def pull(self, reference: str) -> Iterator[dict[str, Any]]:
+        """Pull, yielding progress events (`type` progress/warning/success); a failure raises instead of yielding.
+
+        Stopping the iteration early (an interrupt) cancels the pull; the next pull resumes it.
+        """
+        return self._progress("models/create", {"from": reference})
+
+    def push(self, name: str, target: str | None = None) -> Iterator[dict[str, Any]]:
+        return self._progress(f"models/{name}/push", {"target": target} if target else {})
+
+    def remove(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        return self._send("DELETE", f"models/{name}", params={"force": "true"} if force else None)
+
+    def tag(self, source: str, target: str) -> dict[str, Any]:
+        return self.post(f"models/{source}/tag", {"target": target})
+
+    def package(self, tag: str, *, gguf: Sequence[str | Path] = (), safetensors_dir: str | Path | None = None,
+                license_files: Sequence[str | Path] = (), chat_template: str | Path | None = None,
+                context_size: int | None = None) -> dict[str, Any]:
+        """Make a model from files on the runner's machine (paths are made absolute here)."""
+        def absolute(path: str | Path) -> str:
+            return str(Path(path).expanduser().absolute())
+
+        body: dict[str, Any] = {"tag": tag, "gguf": [absolute(p) for p in gguf],
+                                "license": [absolute(p) for p in license_files], "context_size": context_size}
+        if safetensors_dir:
+            body["safetensors_dir"] = absolute(safetensors_dir)
+        if chat_template:
+            body["chat_template"] = absolute(chat_template)
+        return self.post("models/package", body)
+
+    # -- engines --------------------------------------------------------------------------------------
+
+    def ps(self) -> list[dict[str, Any]]:
+        return self.get("engines/ps")
+
+    def unload(self, models: Sequence[str] = (), *, all: bool = False) -> list[str]:
+        return self.post("engines/unload", {"all": all, "models": list(models)}).get("models") or []
+
+    def configure(self, model: str, *, context_size: int | None = None, keep_alive: str | None = None,
+                  runtime_flags: Sequence[str] | None = None, engine: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "context-size": context_size, "keep_alive": keep_alive,
+                                "backend": engine}
+        if runtime_flags is not None:
+            body["runtime-flags"] = list(runtime_flags)
+        return self.post("engines/_configure", body)
+
+    def logs(self, model: str, lines: int = 200) -> str:
+        return self._send("GET", "engines/logs", params={"model": model, "lines": str(lines)}, text=True)
+
+    def status(self) -> dict[str, Any]:
+        return self.get("engines/status")
+
+    def df(self) -> dict[str, Any]:
+        return self.get("engines/df")
+
+    # -- OpenAI ---------------------------------------------------------------------------------------
+
+    def openai(self, engine: str | None = None) -> Any:
+        """An `openai.OpenAI` client for this runner (`engine` pins the route, e.g. `vllm`)."""
+        if engine not in self._openai:
+            import openai
+
+            base = self.url + (f"engines/{engine}/v1" if engine else "engines/v1")
+            self._openai[engine] = openai.OpenAI(base_url=base, api_key=self.token or "none", max_retries=0,
+                                                 timeout=600.0)
+        return self._openai[engine]
+
+    def chat(self, model: str, messages: Sequence[dict[str, str]], *, engine: str | None = None,
+             temperature: float | None = None, max_tokens: int | None = None, **options: Any) -> ChatStream:
+        """Start a streamed chat completion; iterate the result for text as it arrives."""
+        extra = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None}
+        try:
+            raw = self.openai(engine).chat.completions.with_raw_response.create(
+                model=model, messages=list(messages), stream=True, **extra, **options)
+        except Exception as exc:
+            raise _openai_error(exc) from exc
+        return ChatStream(raw)
+
+    # -- plumbing -------------------------------------------------------------------------------------
 
     def get(self, path: str) -> Any:
         return self._send("GET", path)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self._send("POST", path, body)
+        return self._send("POST", path, json_body=body)
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
-        from .errors import ModelRunnerError
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise RunnerUnreachable(
+                f"No model runner answers at {self.url} ({exc.__class__.__name__}; found via "
+                f"{self.location.source}). Start JupyterLab (the extension serves it) or `jupyter modelrunner "
+                f"serve`, or point {ENV_HOST} at a running one."
+            ) from exc
+
+    def _send(self, method: str, path: str, *, json_body: dict[str, Any] | None = None,
+              params: dict[str, str] | None = None, text: bool = False) -> Any:
+        response = self._request(method, path, json=json_body, params=params)
+        self._raise_for_status(response.status_code, response.content)
+        if text:
+            return response.text
+        return response.json() if response.content else None
+
+    def _raise_for_status(self, status: int, content: bytes) -> None:
+        if status < 400:
+            return
+        if status in (401, 403):
+            raise ModelRunnerError(f"The model runner at {self.url} refused the token; set {ENV_TOKEN} to the "
+                                   "server's token (or use `%model connect URL --token T`).")
+        message = content.decode(errors="replace").strip()
+        with contextlib.suppress(ValueError, AttributeError):
+            doc = json.loads(message.splitlines()[0] if message else "{}")
+            message = doc.get("message") or (doc.get("error") or {}).get("message") or message
+        error: ModelRunnerError = ModelNotFound(message) if status == 404 else ModelRunnerError(message)
+        error.http_status = status
+        raise error
+
+    def _progress(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        import httpx
 
         try:
-            response = self._http.request(method, path, json=body)
+            with self._http.stream("POST", path, json=body, timeout=httpx.Timeout(30.0, read=None)) as response:
+                if response.status_code >= 400:
+                    self._raise_for_status(response.status_code, response.read())
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "error":
+                        error = ModelRunnerError(str(event.get("message") or "the transfer failed"))
+                        error.http_status = int(event.get("status") or 500)
+                        raise error
+                    yield event
         except httpx.TransportError as exc:
-            raise ModelRunnerError(
-                f"No model runner answers at {self.url} ({exc.__class__.__name__}). Start JupyterLab (the extension "
-                f"serves it) or `jupyter modelrunner serve`, or point {ENV_HOST} at a running one."
-            ) from exc
-        if response.status_code in (401, 403):
-            raise ModelRunnerError(f"The model runner at {self.url} refused the token; set {ENV_TOKEN} to the "
-                                   "server's token.")
-        if response.status_code >= 400:
-            message = response.text
-            with suppress(ValueError, AttributeError):
-                message = response.json().get("message") or message
-            error = ModelRunnerError(message)
-            error.http_status = response.status_code
-            raise error
-        return response.json() if response.content else None
+            raise RunnerUnreachable(f"The model runner at {self.url} stopped answering during the transfer "
+                                    f"({exc.__class__.__name__}); run it again to resume.") from exc

@@ -45,3 +45,8 @@ def jupyter_runtime_dir() -> Path:
 def standalone_server_file() -> Path:
     """Where `jupyter modelrunner serve` writes its URL and token (user-only), for clients on the machine."""
     return jupyter_runtime_dir() / "modelrunner-serve.json"
+
+
+def embedded_server_file() -> Path:
+    """Where the runner that kernels start for themselves (`serve --embedded`) leaves its URL, token and settings."""
+    return jupyter_runtime_dir() / "modelrunner-embedded.json"

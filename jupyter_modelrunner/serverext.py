@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -73,6 +74,11 @@ class ModelRunner(ExtensionApp):
         False, config=True,
         help="""Serve the routes at the server's root instead of under modelrunner/ (the standalone
         `jupyter modelrunner serve`, so clients written for Docker Model Runner's port 12434 work unchanged).""",
+    )
+    server_file = Unicode(
+        "", config=True,
+        help="""With mount_at_root: the user-only file where the URL, token and settings are written for clients
+        on this machine (empty: modelrunner-serve.json in Jupyter's runtime directory).""",
     )
     set_kernel_env = Bool(
         True, config=True,
@@ -142,16 +148,24 @@ class ModelRunner(ExtensionApp):
         assert server is not None
         url = self._server_origin() + server.base_url
         token = getattr(server.identity_provider, "token", "")
-        path = standalone_server_file()
+        path = self._server_file_path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Written under a temporary name and renamed: a client polling for it never reads half a file.
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as out:
-            json.dump({"url": url, "token": token, "pid": os.getpid()}, out)
+            json.dump({"url": url, "token": token, "pid": os.getpid(), "version": __version__,
+                       "store": str(self.service.store.root.resolve()), "registry": self.default_registry}, out)
+        partial.replace(path)
         self.log.info("Model runner API at %s (token in %s)", url, path)
         print(f"Model runner API at {url}\nToken: {token}\n(also in {path}, readable only by you)", flush=True)
 
+    @property
+    def _server_file_path(self) -> Path:
+        return Path(self.server_file) if self.server_file else standalone_server_file()
+
     def _remove_server_file(self) -> None:
-        path = standalone_server_file()
+        path = self._server_file_path
         with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()).get("pid") == os.getpid():
                 path.unlink()

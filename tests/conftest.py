@@ -135,19 +135,24 @@ def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess
 
 
 ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_server", "vllm.entrypoints")
+# Every process this session starts inherits this variable (engines included: they drop only MODEL_RUNNER_*
+# and JPY_*), so the check below judges this session's engines, not those of another run on the machine.
+SESSION_MARKER = f"PYTEST_MODELRUNNER_SESSION={os.getpid()}-{os.urandom(4).hex()}"
+os.environ[SESSION_MARKER.split("=")[0]] = SESSION_MARKER.split("=")[1]
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """No engine process may outlive the test session: any survivor fails the run (and is killed)."""
+    """No engine process this session started may outlive it: any survivor fails the run (and is killed)."""
     survivors = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ours = SESSION_MARKER.encode() in (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(marker in cmdline for marker in ENGINE_MARKERS):
+        if ours and any(marker in cmdline for marker in ENGINE_MARKERS):
             survivors.append((int(proc.name), cmdline[:160]))
     for pid, _ in survivors:
         with contextlib.suppress(ProcessLookupError):

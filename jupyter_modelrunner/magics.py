@@ -1,0 +1,482 @@
+"""IPython magics: `%model` (Docker Model Runner's verbs) and `%%chat` (a streamed conversation in a cell).
+
+`%load_ext jupyter_modelrunner` registers them. Loading is cheap: nothing here imports HTTP, OpenAI or
+widget code until a magic runs. Everything goes through `client.py`, so a kernel sees the same runner as
+the JupyterLab sidebar and the CLI. Errors are one line (the runner's own message); `--debug` on any
+magic shows the traceback instead.
+
+Output adapts to where the kernel runs: in a notebook front end (JupyterLab, Notebook 7, VS Code,
+nbclient) progress is a widget and answers are Markdown updated in place; in a terminal IPython they
+are plain text written as they arrive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+
+from .errors import ModelRunnerError
+
+#: Environment override of the output style: `rich` (widgets, Markdown) or `text`.
+ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
+#: At most this many display updates per second while an answer streams (the last one always shows all).
+UPDATES_PER_SECOND = 20
+MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "ps", "unload", "logs",
+               "configure", "df", "status")
+#: `%%chat` options that take a value (the rest of a line-form `%chat` is the prompt, kept verbatim).
+CHAT_VALUE_OPTIONS = {"--system", "--temperature", "--max-tokens", "--engine"}
+
+
+class _UsageExit(Exception):
+    """argparse wanted to exit (after `--help`, or on a usage error it already explained)."""
+
+
+class _MagicParser(argparse.ArgumentParser):
+    """argparse that reports to the cell instead of exiting the kernel."""
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        if message:
+            print(message, file=sys.stderr, end="")
+        raise _UsageExit
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ModelRunnerError(f"{message}\n{self.format_usage().strip()}  (`{self.prog} --help` for more)")
+
+
+def _model_parser() -> argparse.ArgumentParser:
+    from .cli import build_parser
+
+    parser = build_parser("%model", verbs_only=MODEL_VERBS, parser_class=_MagicParser)
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    p = verbs.add_parser("connect", help="use another runner (URL, token), or show the one in use")
+    p.add_argument("url", nargs="?", help="the runner's URL, e.g. http://gpu-box:8888/modelrunner/")
+    p.add_argument("--token", help="its token (default: $MODEL_RUNNER_TOKEN)")
+    p.add_argument("--auto", action="store_true", help="forget the chosen runner and find one again")
+    p = verbs.add_parser("use", help="the model %%%%chat uses when none is named")
+    p.add_argument("model", nargs="?")
+    verbs.add_parser("picker", help="a widget to choose, pull, load and unload models")
+    verbs.add_parser("runners", help="a widget showing what is loaded")
+    return parser
+
+
+def _chat_parser() -> argparse.ArgumentParser:
+    p = _MagicParser(prog="%%chat", description="Chat with a model; the conversation goes on in the next "
+                     "%%chat cell for the same model until --new. The reply is in the variable `_chat`.")
+    p.add_argument("model", nargs="?", help="the model (default: the one chosen with %%model use)")
+    p.add_argument("--system", metavar="TEXT", help="system prompt (replaces the conversation's)")
+    p.add_argument("--temperature", type=float, metavar="T")
+    p.add_argument("--max-tokens", type=int, metavar="N")
+    p.add_argument("--new", action="store_true", help="start a new conversation")
+    p.add_argument("--engine", metavar="E", help="force an engine (llama.cpp or vllm)")
+    p.add_argument("--raw", action="store_true", help="plain text, not Markdown")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def split_chat_line(line: str) -> tuple[list[str], str]:
+    """`[--opts] MODEL rest of the line` → (option and model tokens, the prompt exactly as typed).
+
+    The prompt is not shell-split: apostrophes and quotes in `%chat ai/smollm2 What's "up"?` stay.
+    """
+    lexer = shlex.shlex(io.StringIO(line), posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    tokens: list[str] = []
+    expect_value = False
+    while True:
+        token = lexer.get_token()
+        if token is None or token == lexer.eof:
+            return tokens, ""
+        tokens.append(token)
+        if expect_value:
+            expect_value = False
+        elif token.startswith("-"):
+            expect_value = token in CHAT_VALUE_OPTIONS
+        else:  # the model: everything after it is the prompt
+            return tokens, line[lexer.instream.tell():].strip()
+
+
+def _show_error(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> None:
+    """Our errors as one red line (the message says what to do); `--debug` asked for the traceback."""
+    if getattr(value, "show_traceback", False):
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        return
+    shell._showtraceback(etype, value, [f"\x1b[0;31mError:\x1b[0m {value}"])
+
+
+@magics_class
+class ModelRunnerMagics(Magics):
+    """`%model VERB …` and `%%chat MODEL …`; one conversation per model, kept for the kernel's life."""
+
+    def __init__(self, shell: Any = None, client: Any = None) -> None:
+        super().__init__(shell)
+        self._client = client
+        self.conversations: dict[str, list[dict[str, str]]] = {}
+        self.default_model: str | None = None
+        style = os.environ.get(ENV_OUTPUT, "")
+        self.rich = style == "rich" or (style != "text" and "ZMQ" in type(shell).__name__)
+
+    @property
+    def client(self) -> Any:
+        """The runner's client: the one `%model connect` chose, else the process-wide one (found on first use)."""
+        if self._client is None:
+            from .client import runner
+
+            return runner()
+        return self._client
+
+    # -- %model ---------------------------------------------------------------------------------------
+
+    @line_magic
+    def model(self, line: str) -> Any:
+        """Manage models like `docker model`: pull, ls, ps, rm, inspect, tag, push, package, unload, logs,
+        configure, df, status; and connect, use, picker, runners. `%model VERB --help` for each."""
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise ModelRunnerError(f"Cannot read the arguments ({exc}).") from None
+        passthrough: list[str] = []
+        if "--" in argv:
+            index = argv.index("--")
+            argv, passthrough = argv[:index], argv[index + 1 :]
+        debug = "--debug" in argv
+        argv = [a for a in argv if a != "--debug"]
+        parser = _model_parser()
+        if not argv:
+            parser.print_help()
+            return None
+        try:
+            args = parser.parse_args(argv)
+        except _UsageExit:
+            return None
+        args.runtime_flags = passthrough
+        verb = {"list": "ls"}.get(args.verb, args.verb)
+        return self._run(getattr(self, f"_model_{verb}"), args, debug=debug)
+
+    def _run(self, action: Callable[[argparse.Namespace], Any], args: argparse.Namespace, *, debug: bool) -> Any:
+        try:
+            return action(args)
+        except ModelRunnerError as exc:
+            exc.show_traceback = debug  # type: ignore[attr-defined]
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            raise ModelRunnerError(f"{exc.__class__.__name__}: {exc}") from exc
+
+    def _model_pull(self, args: argparse.Namespace) -> None:
+        from .distribution.progress import format_bytes
+
+        progress = self._progress_view(f"Pulling {args.model}")
+        result: dict[str, Any] = {}
+        try:
+            for event in self.client.pull(args.model):
+                if event.get("type") == "success":
+                    result = event
+                elif event.get("type") == "warning":
+                    print(f"Warning: {event.get('message')}", file=sys.stderr)
+                elif not args.quiet:
+                    progress.update(event)
+        except KeyboardInterrupt:
+            progress.fail("Interrupted. Finished layers and partial downloads are kept; pull again to resume.")
+            return
+        except ModelRunnerError as exc:
+            progress.fail(str(exc))
+            raise
+        model = self.client.inspect(args.model)
+        config = model.get("config") or {}
+        progress.done(result.get("message") or f"Pulled {args.model}")
+        details = ", ".join(x for x in (config.get("format"), config.get("parameters") and
+                                        f"{config['parameters']} parameters", config.get("quantization"),
+                                        format_bytes(model.get("size") or 0)) if x)
+        print(f"{result.get('message') or 'Pulled ' + args.model}\n  {details}\n  {_engine_line(model)}")
+
+    def _model_push(self, args: argparse.Namespace) -> None:
+        progress = self._progress_view(f"Pushing {args.model}")
+        result: dict[str, Any] = {}
+        try:
+            for event in self.client.push(args.model, args.to):
+                if event.get("type") == "success":
+                    result = event
+                elif not args.quiet:
+                    progress.update(event)
+        except ModelRunnerError as exc:
+            progress.fail(str(exc))
+            raise
+        progress.done(result.get("message", "Pushed"))
+        print(result.get("message", f"Pushed {args.model}"))
+
+    def _model_ls(self, args: argparse.Namespace) -> Any:
+        models = self.client.models()
+        if args.json:
+            print(json.dumps(models, indent=2))
+        elif args.quiet:
+            print("\n".join(str(m["id"]).removeprefix("sha256:")[:12] for m in models))
+        elif not models:
+            print("No models yet. Pull one: %model pull ai/smollm2")
+        else:
+            from .tables import models_table
+
+            print(models_table(models))
+        return None
+
+    def _model_inspect(self, args: argparse.Namespace) -> None:
+        model = self.client.inspect(args.model)
+        print(json.dumps(model, indent=2))
+
+    def _model_rm(self, args: argparse.Namespace) -> None:
+        from .distribution.progress import format_bytes
+
+        for name in args.models:
+            result = self.client.remove(name, force=args.force)
+            for tag in result.get("untagged") or []:
+                print(f"Untagged: {tag}")
+            if result.get("deleted"):
+                print(f"Deleted: {result['deleted']} (freed {format_bytes(result.get('freed_bytes') or 0)})")
+            self.conversations.pop(name, None)
+
+    def _model_tag(self, args: argparse.Namespace) -> None:
+        model = self.client.tag(args.source, args.target)
+        print(f"Tagged {str(model['id']).removeprefix('sha256:')[:12]} as {args.target}")
+
+    def _model_package(self, args: argparse.Namespace) -> None:
+        model = self.client.package(args.tag, gguf=args.gguf or (), safetensors_dir=args.safetensors_dir,
+                                    license_files=args.license, chat_template=args.chat_template,
+                                    context_size=args.context_size)
+        config = model.get("config") or {}
+        print(f"Packaged {args.tag} ({str(model['id']).removeprefix('sha256:')[:12]}): {config.get('format')}, "
+              f"{config.get('parameters') or '?'} parameters\n  {_engine_line(model)}")
+        if args.push:
+            self._model_push(argparse.Namespace(model=args.tag, to=None, quiet=False))
+
+    def _model_ps(self, args: argparse.Namespace) -> None:
+        runners = self.client.ps()
+        if args.json:
+            print(json.dumps(runners, indent=2))
+        elif not runners:
+            print("No model is loaded. The first request to a model loads it (%%chat MODEL).")
+        else:
+            from .tables import runners_table
+
+            print(runners_table(runners))
+
+    def _model_unload(self, args: argparse.Namespace) -> None:
+        if not args.all and not args.models:
+            raise ModelRunnerError("Name the models to unload, or use --all.")
+        names = self.client.unload(args.models, all=args.all)
+        print(f"Unloaded {len(names)} model{'s' if len(names) != 1 else ''}{': ' + ', '.join(names) if names else ''}")
+
+    def _model_logs(self, args: argparse.Namespace) -> None:
+        text = self.client.logs(args.model, args.lines)
+        print(text if text else f"No engine has run {args.model} yet.")
+
+    def _model_configure(self, args: argparse.Namespace) -> None:
+        config = self.client.configure(args.model, context_size=args.context_size, keep_alive=args.keep_alive,
+                                       runtime_flags=args.runtime_flags or None, engine=args.engine)
+        print(f"{args.model}: context size {config.get('context_size') or 'default'}, keep_alive "
+              f"{config.get('keep_alive') or 'default'}, flags {' '.join(config.get('runtime_flags') or []) or 'none'}")
+
+    def _model_df(self, args: argparse.Namespace) -> None:
+        from .distribution.progress import format_bytes
+
+        usage = self.client.df()
+        if args.json:
+            print(json.dumps(usage, indent=2))
+            return
+        print(f"Store: {usage.get('store', '')}")
+        for label, key in (("Models", "models"), ("Unused blobs", "orphans"), ("Partial downloads", "incomplete"),
+                           ("Total", "total")):
+            print(f"{label + ':':<19}{format_bytes(usage.get(key) or 0):>12}")
+
+    def _model_status(self, args: argparse.Namespace) -> None:
+        status = self.client.status()
+        if args.json:
+            print(json.dumps(status, indent=2))
+            return
+        print(f"Runner: {self.client.url} (found via {self.client.location.source})")
+        print(f"Machine: {status.get('hardware')}")
+        for engine in status.get("engines") or []:
+            mark = "available" if engine.get("available") else "not available"
+            print(f"{engine['engine']:<10} {mark:<14} {engine.get('reason', '')}")
+
+    def _model_connect(self, args: argparse.Namespace) -> None:
+        from . import client as client_module
+
+        if args.url or args.auto:
+            self._client = None
+            client_module.connect(args.url, args.token)
+        client = self.client
+        print(f"Model runner: {client.url}\n  found via: {client.location.source}\n"
+              f"  OpenAI base URL: {client.location.base_url}")
+
+    def _model_use(self, args: argparse.Namespace) -> None:
+        if args.model:
+            self.client.inspect(args.model)  # a typo is caught now, not at the first %%chat
+            self.default_model = args.model
+        print(f"%%chat uses {self.default_model}" if self.default_model else
+              "No default model; choose one: %model use ai/smollm2")
+
+    def _model_picker(self, args: argparse.Namespace) -> Any:
+        from .widgets import ModelPicker
+
+        picker = ModelPicker(client=self.client)
+        if picker.value:
+            self.default_model = picker.value
+
+        def follow(change: dict[str, Any]) -> None:
+            self.default_model = change["new"] or self.default_model
+
+        picker.observe(follow, names="value")
+        return picker
+
+    def _model_runners(self, args: argparse.Namespace) -> Any:
+        from .widgets import RunnerStatus
+
+        return RunnerStatus(client=self.client)
+
+    def _progress_view(self, title: str) -> Any:
+        """A progress bar widget in a notebook, a self-rewriting line in a terminal."""
+        if self.rich:
+            from IPython.display import display
+
+            from .widgets import PullProgress
+
+            view = PullProgress(title=title)
+            display(view)
+            return view
+        return _TextProgress(title)
+
+    # -- %%chat ---------------------------------------------------------------------------------------
+
+    @line_cell_magic
+    def chat(self, line: str, cell: str | None = None) -> None:
+        """Stream a model's answer into the output: `%%chat MODEL [--system T] [--temperature T] [--max-tokens N]
+        [--new] [--engine E] [--raw]` with the prompt as the cell, or `%chat MODEL prompt` on one line."""
+        if cell is None:  # `%chat [options] MODEL prompt…`: the prompt follows the model, verbatim
+            tokens, prompt = split_chat_line(line)
+        else:  # `%%chat MODEL [options]`: options anywhere on the line, the prompt is the cell
+            try:
+                tokens, prompt = shlex.split(line), cell
+            except ValueError as exc:
+                raise ModelRunnerError(f"Cannot read the options ({exc}).") from None
+        debug = "--debug" in tokens
+        try:
+            args = _chat_parser().parse_args(tokens)
+        except _UsageExit:
+            return
+        except ModelRunnerError as exc:
+            exc.show_traceback = debug  # type: ignore[attr-defined]
+            raise
+        self._run(lambda a: self._chat(a, prompt.strip()), args, debug=debug)
+
+    def _chat(self, args: argparse.Namespace, prompt: str) -> None:
+        model = args.model or self.default_model
+        if not model:
+            raise ModelRunnerError("Name the model: %%chat ai/smollm2 (or choose one with %model use NAME).")
+        if not prompt:
+            raise ModelRunnerError(f"Write the prompt in the cell below %%chat {model}.")
+        if args.new or model not in self.conversations:
+            self.conversations[model] = []
+        history = self.conversations[model]
+        if args.system is not None:
+            history[:] = [m for m in history if m["role"] != "system"]
+            history.insert(0, {"role": "system", "content": args.system})
+        messages = [*history, {"role": "user", "content": prompt}]
+        view = _MarkdownAnswer(model) if self.rich and not args.raw else _TextAnswer(model)
+        started = time.perf_counter()
+        stream = self.client.chat(model, messages, engine=args.engine, temperature=args.temperature,
+                                  max_tokens=args.max_tokens)
+        interrupted = False
+        try:
+            for _piece in stream:
+                view.update(stream.text)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            stream.close()  # closing the request stops the generation on the engine
+        elapsed = time.perf_counter() - started
+        footer = f"{model} · {stream.engine or 'engine'}{f' ({stream.device})' if stream.device else ''} · " \
+                 f"{len(stream.pieces)} tokens in {elapsed:.1f} s" + (" · stopped" if interrupted else "")
+        view.finish(stream.text, footer)
+        # What the user saw is what the model said: a stopped answer stays in the conversation as it is.
+        history.append({"role": "user", "content": prompt})
+        history.append({"role": "assistant", "content": stream.text})
+        if self.shell is not None:
+            self.shell.user_ns["_chat"] = stream.text
+
+
+def _engine_line(model: dict[str, Any]) -> str:
+    engine = model.get("engine")
+    if engine:
+        return f"Runs on {engine['engine']} ({engine.get('device', '')}): {engine.get('reason', '')}"
+    return f"No engine can run it here: {model.get('engine_error') or 'unknown format'}"
+
+
+class _TextProgress:
+    """Pull progress on a terminal: the CLI's self-rewriting line."""
+
+    def __init__(self, title: str) -> None:
+        from .cli import TerminalProgress
+
+        self._line = TerminalProgress(sys.stdout, title.split()[0])
+
+    def update(self, event: dict[str, Any]) -> None:
+        self._line(event)
+
+    def done(self, message: str) -> None:
+        self._line.close()
+
+    def fail(self, message: str) -> None:
+        self._line.close()
+
+
+class _MarkdownAnswer:
+    """One Markdown display, replaced in place at most UPDATES_PER_SECOND times a second."""
+
+    def __init__(self, model: str) -> None:
+        from IPython.display import Markdown, display
+
+        self._markdown = Markdown
+        self._handle = display(Markdown(f"*{model} is thinking…*"), display_id=True)
+        self._next = 0.0
+
+    def update(self, text: str) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + 1 / UPDATES_PER_SECOND
+            self._handle.update(self._markdown(text + " ▍"))
+
+    def finish(self, text: str, footer: str) -> None:
+        self._handle.update(self._markdown(f"{text}\n\n<sub>{footer}</sub>"))
+
+
+class _TextAnswer:
+    """Plain text written as it arrives (a terminal, or `--raw`)."""
+
+    def __init__(self, model: str) -> None:
+        self._written = 0
+
+    def update(self, text: str) -> None:
+        sys.stdout.write(text[self._written :])
+        sys.stdout.flush()
+        self._written = len(text)
+
+    def finish(self, text: str, footer: str) -> None:
+        print(f"{text[self._written :]}\n[{footer}]")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext jupyter_modelrunner`: register the magics and one-line errors for the runner's exceptions."""
+    ipython.register_magics(ModelRunnerMagics(ipython))
+    # Only when no one else has claimed custom exception handling (there is a single handler per shell).
+    if not getattr(ipython, "custom_exceptions", ()):
+        ipython.set_custom_exc((ModelRunnerError,), _show_error)
