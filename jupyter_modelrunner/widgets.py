@@ -1,0 +1,568 @@
+"""Notebook widgets for the model runner: pick a local model, pull one with live progress, see what runs.
+
+Stock ipywidgets 8 only (no custom JavaScript), so they work wherever widgets render: JupyterLab, Notebook 7,
+VS Code. Like every front end they talk to the runner through `client.py` only, so what they show is what the
+CLI, the magics and the JupyterLab sidebar see. Anything slow (a pull, loading an engine) runs in a background
+thread: the kernel stays free for other cells, and ipykernel sends the widgets' updates from that thread.
+Failures are shown inside the widget as the runner's one-line message, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
+import traitlets
+
+from .distribution.progress import format_bytes
+from .errors import ModelRunnerError
+
+if TYPE_CHECKING:
+    from .client import RunnerClient
+
+__all__ = ["ModelPicker", "PullProgress", "RunnerStatus", "picker"]
+
+_logger = logging.getLogger(__name__)
+
+#: JupyterLab's theme colours (so dark themes work), with fallbacks for front ends without them.
+_ERROR_STYLE = "color: var(--jp-error-color1, #d32f2f); white-space: pre-wrap"
+_WARN_STYLE = ("color: var(--jp-warn-color0, #8a5a00); background: var(--jp-warn-color3, #fff3cd); "
+               "padding: 2px 6px; border-radius: 3px; white-space: pre-wrap")
+_MUTED_STYLE = "color: var(--jp-ui-font-color2, #616161)"
+_LOAD_MESSAGES = [{"role": "user", "content": "Hi"}]
+_ACTIVE_STATES = ("loading", "ready")
+
+
+def _error_html(message: str) -> str:
+    return f'<span style="{_ERROR_STYLE}">✖ {html.escape(message)}</span>'
+
+
+def _describe_failure(exc: Exception) -> str:
+    """The sentence to show for a failure: the runner's own message, or the exception's for a surprise."""
+    if isinstance(exc, ModelRunnerError):
+        return str(exc)
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+class _UsesRunner:
+    """The `client` property of every widget here: the one given, else the process-wide runner, found on first use.
+
+    Resolving at first use, not at import, keeps `import jupyter_modelrunner.widgets` free of network access
+    (finding the runner may start an embedded one); once found, a widget keeps talking to that runner.
+    """
+
+    _client: RunnerClient | None = None
+
+    @property
+    def client(self) -> RunnerClient:
+        if self._client is None:
+            from .client import runner
+
+            self._client = runner()
+        return self._client
+
+
+def _find_option(values: Iterable[str], reference: str) -> str | None:
+    """The stored tag `reference` names: exact, or as a short form (`ai/tiny` for `host/ai/tiny:latest`)."""
+    reference = reference.strip()
+    if not reference:
+        return None
+    last = reference.rsplit("/", 1)[-1]
+    wanted = [reference] if (":" in last or "@" in reference) else [reference, f"{reference}:latest"]
+    values = list(values)
+    for name in wanted:
+        for value in values:
+            if value == name or value.endswith("/" + name):
+                return value
+    return None
+
+
+class PullProgress(w.VBox):
+    """A pull's (or push's) progress: one overall bar with `pulled / total (percent)`, and a row per layer.
+
+    Feed it the events of `RunnerClient.pull()` (or `push()`) with `update(event)`, or let `track(events)` do
+    it, then `done(message)` or `fail(message)`; `%model pull` and `ModelPicker` both drive it that way.
+    `phase` is `idle`, `running`, `done` or `failed`, and the bar is full exactly when the transfer succeeded.
+    """
+
+    phase = traitlets.Unicode("idle").tag(sync=False)
+
+    def __init__(self, reference: str = "", *, title: str | None = None, **kwargs: Any) -> None:
+        self.heading = w.HTML()
+        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
+                                   layout=w.Layout(width="50%", min_width="12em"))
+        self.label = w.Label()
+        self.message = w.HTML()
+        self.layers = w.VBox()
+        self._layers: dict[str, tuple[w.FloatProgress, w.Label]] = {}
+        self._total = 0
+        self._pulled = 0
+        self._lock = threading.Lock()
+        super().__init__([self.heading, w.HBox([self.bar, self.label]), self.layers, self.message], **kwargs)
+        if reference or title:
+            self.start(reference, title=title)
+
+    def start(self, reference: str = "", *, title: str | None = None, mode: str = "pull") -> None:
+        """Clear the bars for a new transfer; the heading is `title`, else "Pulling `reference`"."""
+        with self._lock:
+            self._layers.clear()
+            self._total = self._pulled = 0
+            self.layers.children = ()
+            self.bar.value, self.bar.bar_style = 0.0, "info"
+            self.label.value = ""
+            self.message.value = ""
+            if title is not None:
+                self.heading.value = html.escape(title)
+            elif reference:
+                verb = "Pushing" if mode == "push" else "Pulling"
+                self.heading.value = f"{verb} <code>{html.escape(reference)}</code>"
+            else:
+                self.heading.value = ""
+            self.phase = "running"
+
+    def update(self, event: dict[str, Any]) -> None:
+        """Show one event of the NDJSON stream (`progress`, `warning`, `success` or `error`)."""
+        kind = event.get("type")
+        if kind == "success":
+            self.done(str(event.get("message") or ""))
+        elif kind == "error":
+            self.fail(str(event.get("message") or "The transfer failed."))
+        elif kind == "warning":
+            self.message.value = f'<span style="{_WARN_STYLE}">⚠ {html.escape(str(event.get("message", "")))}</span>'
+        elif kind == "progress":
+            with self._lock:
+                if self.phase != "running":
+                    self.phase = "running"
+                if event.get("total"):
+                    self._total = int(event["total"])
+                    self._pulled = min(int(event.get("pulled") or 0), self._total)
+                    self.bar.value = self._pulled / self._total
+                    self.label.value = self._amount(self._pulled, self._total)
+                layer = event.get("layer")
+                if isinstance(layer, dict) and layer.get("id"):
+                    self._update_layer(str(layer["id"]), int(layer.get("size") or 0), int(layer.get("current") or 0))
+                if event.get("message"):
+                    self.message.value = f'<span style="{_MUTED_STYLE}">{html.escape(str(event["message"]))}</span>'
+
+    def done(self, message: str = "") -> None:
+        """The transfer succeeded: every bar full and green, and the runner's closing message."""
+        with self._lock:
+            self.bar.value = self.bar.max
+            self.bar.bar_style = "success"
+            if self._total:
+                self.label.value = self._amount(self._total, self._total)
+            for bar, _size in self._layers.values():
+                bar.value, bar.bar_style = bar.max, "success"
+            self.message.value = f"✔ {html.escape(message)}" if message else ""
+            self.phase = "done"
+
+    def fail(self, message: str) -> None:
+        """The transfer failed: the bar stops where it was, red, with the runner's message under it."""
+        with self._lock:
+            self.bar.bar_style = "danger"
+            self.message.value = _error_html(message)
+            self.phase = "failed"
+
+    def track(self, events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+        """Show every event of `events` (e.g. `client.pull(ref)`); returns the `success` event.
+
+        A `ModelRunnerError` raised by the stream is shown with `fail` and raised again for the caller.
+        """
+        final: dict[str, Any] | None = None
+        try:
+            for event in events:
+                self.update(event)
+                if event.get("type") == "success":
+                    final = event
+        except ModelRunnerError as exc:
+            self.fail(str(exc))
+            raise
+        if final is None and self.phase == "running":
+            self.done()
+        return final
+
+    @staticmethod
+    def _amount(done: int, total: int) -> str:
+        return f"{format_bytes(done)} / {format_bytes(total)} ({int(done * 100 / total)} %)"
+
+    def _update_layer(self, digest: str, size: int, current: int) -> None:
+        row = self._layers.get(digest)
+        if row is None:
+            bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="30%", min_width="8em"))
+            size_label = w.Label(format_bytes(size))
+            short = digest.removeprefix("sha256:")[:12]
+            self._layers[digest] = row = (bar, size_label)
+            self.layers.children = (*self.layers.children,
+                                    w.HBox([w.HTML(f"<code>{html.escape(short)}</code>"), bar, size_label]))
+        bar, _ = row
+        bar.value = min(current / size, 1.0) if size else 1.0
+        if size and current >= size:
+            bar.bar_style = "success"
+
+
+class ModelPicker(_UsesRunner, w.VBox):
+    """Choose a local model (`.value` is its reference, e.g. `ai/smollm2:latest`), pull one, load or unload it.
+
+    The dropdown lists every tag in the runner's store with format and size; the badge under it says which
+    engine would run the selection, on which device and why (or, styled as a warning, why none can); the
+    button loads the model (a one-token chat, which makes the runner start it) or unloads it. Observe
+    `value` to react to the choice. `wait()` blocks until the pull or load started from the widget ends.
+    """
+
+    value = traitlets.Unicode("", help="The chosen model's reference (a tag), or '' when there is none.").tag(
+        sync=False)
+
+    def __init__(self, client: RunnerClient | None = None, *, value: str = "", **kwargs: Any) -> None:
+        self._client = client
+        self._threads: list[threading.Thread] = []
+        self._models: dict[str, dict[str, Any]] = {}  # tag → model document
+        self._runners: list[dict[str, Any]] = []
+        self._busy: dict[str, str] = {}  # tag → "Loading…" / "Unloading…" while that runs
+        self._quiet = False
+        self._pulling = False
+        self._state_lock = threading.RLock()
+
+        self.dropdown = w.Dropdown(options=[], description="Model", layout=w.Layout(width="auto", min_width="24em"))
+        self.refresh_button = w.Button(description="Refresh", icon="refresh", tooltip="List the local models again",
+                                       layout=w.Layout(width="auto"))
+        self.badge = w.HTML()
+        self.load_button = w.Button(description="Load", icon="play", disabled=True, layout=w.Layout(width="auto"),
+                                    tooltip="Start an engine for this model now (or stop it)")
+        self.load_status = w.HTML()
+        self.pull_text = w.Text(placeholder="ai/smollm2", description="Pull", layout=w.Layout(width="24em"))
+        self.pull_button = w.Button(description="Pull", icon="download", button_style="primary",
+                                    layout=w.Layout(width="auto"))
+        self.progress = PullProgress(layout=w.Layout(display="none"))
+        self.error = w.HTML()
+        super().__init__([
+            w.HBox([self.dropdown, self.refresh_button]),
+            self.badge,
+            w.HBox([self.load_button, self.load_status]),
+            w.HBox([self.pull_text, self.pull_button]),
+            self.progress,
+            self.error,
+        ], **kwargs)
+
+        self.dropdown.observe(self._on_dropdown, "value")
+        self.refresh_button.on_click(lambda _button: self.refresh())
+        self.load_button.on_click(lambda _button: self._on_load_button())
+        self.pull_button.on_click(lambda _button: self.pull())
+        self.refresh(select=value or None)
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> dict[str, Any] | None:
+        """The selected model's document from `client.models()` (format, size, engine, …), if any."""
+        return self._models.get(self.value)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the runner has an engine (loading or ready) for the selected model, as of the last refresh."""
+        return self._runner_of(self.value) is not None
+
+    def refresh(self, select: str | None = None) -> None:
+        """Read the models and the running engines again; keep the selection, or choose `select` when given."""
+        try:
+            models = self.client.models()
+            runners = self.client.ps()
+        except Exception as exc:
+            self._show_error(exc)
+            return
+        options: list[tuple[str, str]] = []
+        documents: dict[str, dict[str, Any]] = {}
+        for model in sorted(models, key=lambda m: (m.get("tags") or [m.get("id", "")])[0]):
+            for name in model.get("tags") or [str(model.get("id", ""))]:
+                documents[name] = model
+                options.append((self._label(name, model), name))
+        wanted = _find_option(documents, select) if select else None
+        with self._state_lock:
+            self._runners, self._models = runners, documents
+            if wanted is None:
+                wanted = self.value if self.value in documents else (options[0][1] if options else "")
+            self._quiet = True
+            try:  # replacing the options selects the first one for a moment: observers must not see that
+                self.dropdown.options = options
+                self.dropdown.value = wanted or None
+            finally:
+                self._quiet = False
+        # Outside the lock: observers of `value` are the user's code.
+        if wanted != self.value:
+            self.value = wanted
+        else:
+            self._show_selection()
+        self._clear_error()
+
+    def pull(self, reference: str | None = None) -> threading.Thread | None:
+        """Pull `reference` (default: the text box) in the background; at success it is listed and selected.
+
+        Returns the thread doing it (or None when there was nothing to pull); `wait()` joins it.
+        """
+        reference = (reference if reference is not None else self.pull_text.value).strip()
+        if not reference:
+            self._show_error(ModelRunnerError("Type a model reference to pull, e.g. ai/smollm2."))
+            return None
+        with self._state_lock:
+            if self._pulling:
+                return None  # one pull at a time; the button is disabled meanwhile
+            self._pulling = True
+        self._clear_error()
+        self.pull_button.disabled = self.pull_text.disabled = True
+        self.progress.layout.display = None
+        self.progress.start(reference)
+        return self._background(f"modelrunner-pull {reference}", self._pull, reference)
+
+    def load(self) -> threading.Thread | None:
+        """Start the selected model's engine in the background (a one-token chat makes the runner load it)."""
+        return self._start_engine_action(self.value, "Loading…", self._load)
+
+    def unload(self) -> threading.Thread | None:
+        """Stop the selected model's engine in the background."""
+        return self._start_engine_action(self.value, "Unloading…", self._unload)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the background work started from this widget has ended; False if `timeout` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._state_lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            return not self._threads
+
+    # -- background work ----------------------------------------------------------------------------------
+
+    def _background(self, name: str, work: Callable[..., None], *args: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                work(*args)
+            except Exception as exc:  # shown in the widget: a thread's traceback would land in a random cell
+                _logger.debug("%s failed", name, exc_info=True)
+                self._show_error(exc)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        with self._state_lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def _pull(self, reference: str) -> None:
+        try:
+            final = self.progress.track(self.client.pull(reference))
+        except Exception as exc:
+            if self.progress.phase != "failed":
+                self.progress.fail(_describe_failure(exc))
+            raise
+        finally:
+            with self._state_lock:
+                self._pulling = False
+            self.pull_button.disabled = self.pull_text.disabled = False
+        model = (final or {}).get("model") or {}
+        tags = [str(t) for t in model.get("tags") or []]
+        self.refresh(select=_find_option(tags, reference) or (tags[0] if tags else reference))
+        self.pull_text.value = ""
+
+    def _start_engine_action(self, name: str, busy: str, work: Callable[[str], None]) -> threading.Thread | None:
+        if not name:
+            self._show_error(ModelRunnerError("Choose a model first (or pull one)."))
+            return None
+        with self._state_lock:
+            if name in self._busy:
+                return None
+            self._busy[name] = busy
+        self._clear_error()
+        self._show_engine_state()
+
+        def run() -> None:
+            try:
+                work(name)
+            finally:
+                with self._state_lock:
+                    self._busy.pop(name, None)
+                self._refresh_runners()
+
+        return self._background(f"modelrunner-{busy.rstrip('…').lower()} {name}", run)
+
+    def _load(self, name: str) -> None:
+        with self.client.chat(name, _LOAD_MESSAGES, max_tokens=1) as stream:
+            for _piece in stream:
+                pass
+
+    def _unload(self, name: str) -> None:
+        self.client.unload([name])
+
+    def _refresh_runners(self) -> None:
+        try:
+            runners = self.client.ps()
+        except Exception as exc:
+            self._show_error(exc)
+            return
+        with self._state_lock:
+            self._runners = runners
+        self._show_engine_state()
+
+    # -- display ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _label(name: str, model: dict[str, Any]) -> str:
+        fmt = (model.get("config") or {}).get("format") or "?"
+        size = model.get("size")
+        return f"{name} — {fmt}, {format_bytes(size)}" if isinstance(size, int | float) else f"{name} — {fmt}"
+
+    @traitlets.validate("value")
+    def _validate_value(self, proposal: dict[str, Any]) -> str:
+        # `picker.value = "ai/tiny"` selects `ai/tiny:latest` (or `host/ai/tiny:latest`) when it is listed.
+        value = str(proposal["value"] or "")
+        return _find_option(self._models, value) or value
+
+    @traitlets.observe("value")
+    def _on_value(self, change: dict[str, Any]) -> None:
+        with self._state_lock:
+            self._quiet = True
+            try:
+                self.dropdown.value = change["new"] if change["new"] in self._models else None
+            finally:
+                self._quiet = False
+        self._show_selection()
+
+    def _on_dropdown(self, change: dict[str, Any]) -> None:
+        if not self._quiet:
+            self.value = change["new"] or ""
+
+    def _on_load_button(self) -> None:
+        if self.loaded:
+            self.unload()
+        else:
+            self.load()
+
+    def _show_selection(self) -> None:
+        self._show_badge()
+        self._show_engine_state()
+
+    def _show_badge(self) -> None:
+        model = self.model
+        if model is None:
+            if self.value:
+                text = f"{html.escape(self.value)} is not in the local store: pull it below."
+            elif not self._models:
+                text = "No local models yet: pull one below (e.g. <code>ai/smollm2</code>)."
+            else:
+                text = "No model selected."
+            self.badge.value = f'<span style="{_MUTED_STYLE}">{text}</span>'
+            return
+        engine = model.get("engine")
+        if engine:
+            self.badge.value = (f"<b>{html.escape(str(engine.get('engine', '')))}</b> · "
+                                f"{html.escape(str(engine.get('device', '')))} — "
+                                f'<span style="{_MUTED_STYLE}">{html.escape(str(engine.get("reason", "")))}</span>')
+        else:
+            message = str(model.get("engine_error") or "No engine here can run this model.")
+            self.badge.value = f'<span style="{_WARN_STYLE}">⚠ {html.escape(message)}</span>'
+
+    def _runner_of(self, name: str) -> dict[str, Any] | None:
+        model = self._models.get(name)
+        if model is None:
+            return None
+        for entry in self._runners:
+            if entry.get("model_id") == model.get("id") and entry.get("state") in _ACTIVE_STATES:
+                return entry
+        return None
+
+    def _show_engine_state(self) -> None:
+        with self._state_lock:
+            name = self.value
+            busy = self._busy.get(name)
+            entry = self._runner_of(name)
+            runnable = bool(self.model and self.model.get("engine"))
+        button = self.load_button
+        if busy:
+            button.description, button.icon, button.disabled = busy, "spinner", True
+        elif entry is not None:
+            button.description, button.icon, button.disabled = "Unload", "eject", False
+        else:
+            button.description, button.icon, button.disabled = "Load", "play", not runnable
+        if entry is None:
+            self.load_status.value = "" if busy or not name else f'<span style="{_MUTED_STYLE}">not loaded</span>'
+        else:
+            memory = entry.get("memory")
+            parts = [str(entry.get("backend_name", "")), str(entry.get("state", "")),
+                     format_bytes(memory) if isinstance(memory, int) and memory else "",
+                     "in use" if entry.get("in_use") else "idle"]
+            text = " · ".join(html.escape(p) for p in parts if p)
+            self.load_status.value = f'<span style="{_MUTED_STYLE}">{text}</span>'
+
+    def _show_error(self, exc: Exception) -> None:
+        self.error.value = _error_html(_describe_failure(exc))
+
+    def _clear_error(self) -> None:
+        self.error.value = ""
+
+
+class RunnerStatus(_UsesRunner, w.VBox):
+    """What the runner has loaded (model, engine, device, state, memory, in use, keep-alive), from `client.ps()`.
+
+    Compact enough to sit above a chat; `refresh()` (or its button) reads the state again. `runners` holds
+    the last answer, for code that wants the numbers rather than the table.
+    """
+
+    runners = traitlets.List(help="The last `client.ps()` answer.").tag(sync=False)
+
+    def __init__(self, client: RunnerClient | None = None, **kwargs: Any) -> None:
+        self._client = client
+        self.table = w.HTML()
+        self.refresh_button = w.Button(description="Refresh", icon="refresh", layout=w.Layout(width="auto"))
+        self.error = w.HTML()
+        super().__init__([w.HBox([w.HTML("<b>Model runner</b>"), self.refresh_button]), self.table, self.error],
+                         **kwargs)
+        self.refresh_button.on_click(lambda _button: self.refresh())
+        self.refresh()
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Ask the runner what is loaded and show it; returns the entries (empty when the runner did not answer)."""
+        try:
+            runners = self.client.ps()
+        except Exception as exc:
+            self.error.value = _error_html(_describe_failure(exc))
+            return []
+        self.error.value = ""
+        self.runners = runners
+        self.table.value = self._table(runners)
+        return runners
+
+    @staticmethod
+    def _table(runners: list[dict[str, Any]]) -> str:
+        if not runners:
+            return f'<span style="{_MUTED_STYLE}">No model is loaded.</span>'
+        head = ("Model", "Engine", "Device", "State", "Memory", "In use", "Keep-alive")
+        rows = []
+        for entry in runners:
+            memory = entry.get("memory")
+            requests = int(entry.get("requests") or 0)
+            cells = (
+                entry.get("model_name", ""),
+                entry.get("backend_name", ""),
+                entry.get("device", ""),
+                entry.get("state", ""),
+                format_bytes(memory) if isinstance(memory, int) and memory else "",
+                f"yes ({requests})" if entry.get("in_use") else "no",
+                entry.get("keep_alive", ""),
+            )
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        header = "<tr>" + "".join(f"<th style='text-align:left'>{h}</th>" for h in head) + "</tr>"
+        return f"<table style='border-collapse: collapse'>{header}{''.join(rows)}</table>"
+
+
+def picker(client: RunnerClient | None = None, *, value: str = "") -> ModelPicker:
+    """A `ModelPicker` on `client` (default: the runner this kernel uses), showing `value` if it is listed.
+
+    Display it, then read (or observe) `.value` in later cells.
+    """
+    return ModelPicker(client, value=value)
+
