@@ -29,7 +29,7 @@ from .errors import ModelRunnerError
 #: Environment override of the output style: `rich` (widgets, Markdown) or `text`.
 ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
 #: At most this many display updates per second while an answer streams (the last one always shows all).
-UPDATES_PER_SECOND = 20
+UPDATES_PER_SECOND = 16
 MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "ps", "unload", "logs",
                "configure", "df", "status")
 #: `%%chat` options that take a value (the rest of a line-form `%chat` is the prompt, kept verbatim).
@@ -447,7 +447,7 @@ class _MarkdownAnswer:
 
         self._markdown = Markdown
         self._handle = display(Markdown(f"*{model} is thinking…*"), display_id=True)
-        self._next = 0.0
+        self._next = time.monotonic() + 1 / UPDATES_PER_SECOND
 
     def update(self, text: str) -> None:
         now = time.monotonic()
