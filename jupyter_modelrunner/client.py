@@ -436,7 +436,9 @@ class RunnerClient:
         return self.get("engines/ps")
 
     def unload(self, models: Sequence[str] = (), *, all: bool = False) -> list[str]:
-        return self.post("engines/unload", {"all": all, "models": list(models)}).get("models") or []
+        """Stop engines now; the names of the models unloaded (once each, though chat and embeddings both ran)."""
+        names = self.post("engines/unload", {"all": all, "models": list(models)}).get("models") or []
+        return list(dict.fromkeys(names))
 
     def configure(self, model: str, *, context_size: int | None = None, keep_alive: str | None = None,
                   runtime_flags: Sequence[str] | None = None, engine: str | None = None) -> dict[str, Any]:
