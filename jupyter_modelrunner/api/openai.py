@@ -60,8 +60,16 @@ class OpenAIProxyHandler(ModelRunnerHandler):
             self.service.metrics.errors[endpoint] += 1
             raise exc
 
+    _client_gone = False
+    _streaming = False
+
     def on_connection_close(self) -> None:
-        if self._work is not None and not self._work.done():
+        self._client_gone = True
+        # While an answer streams, the relay stops at the next chunk and closes the engine request normally;
+        # cancelling a read from the engine's socket instead could leave that connection open, and the engine
+        # (which serves one request at a time) blocked on it. Before the stream (a model still loading) there
+        # is nothing open to the engine, so the work is simply cancelled.
+        if self._work is not None and not self._work.done() and not self._streaming:
             self._work.cancel()
 
     async def _proxy(self, endpoint: str, engine: str | None, model: str, body: dict[str, Any]) -> None:
@@ -93,8 +101,11 @@ class OpenAIProxyHandler(ModelRunnerHandler):
     async def _relay(self, upstream: Any, model: str) -> None:
         """Forward whole SSE events as they come; an engine failure mid-stream becomes an error event."""
         pending = b""
+        self._streaming = True
         try:
             async for chunk in upstream:
+                if self._client_gone:
+                    return  # leaving the block closes the engine request, which stops the generation
                 pending += chunk
                 cut = pending.rfind(b"\n\n")
                 if cut < 0:

@@ -104,6 +104,19 @@ def test_client_disconnecting_mid_stream_frees_the_engine(jupyter, sdk):
     assert time.monotonic() - started < 5  # the engine is not still generating the abandoned answer
 
 
+def test_a_client_that_leaves_mid_stream_and_asks_again_at_once_is_answered(jupyter, sdk):
+    """The interrupted-cell case: no waiting for the server to notice before the next request."""
+    for _ in range(5):
+        stream = sdk.chat.completions.create(model="ai/tiny-long", messages=HELLO, max_tokens=12000, stream=True)
+        for count, _chunk in enumerate(stream):
+            if count == 5:
+                break
+        stream.close()
+        started = time.monotonic()
+        assert chat_text(sdk, model="ai/tiny-long")
+        assert time.monotonic() - started < 5
+
+
 def test_engine_killed_mid_stream_gives_an_error_event_and_the_next_request_works(jupyter, sdk):
     chat_text(sdk, model="ai/tiny-long")
     pid = runner_of(jupyter, "ai/tiny-long")["pid"]
