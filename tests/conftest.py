@@ -135,10 +135,22 @@ def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess
 
 
 ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_server", "vllm.entrypoints")
+#: Inherited by every process this session starts (servers pass it on to their engines), so the check below
+#: judges only this session's engines, never those of another test run or a user's server on the machine.
+SESSION_MARK = "MODELRUNNER_TEST_SESSION"
+os.environ.setdefault(SESSION_MARK, f"{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def _started_by_this_session(proc: Path) -> bool:
+    try:
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode() in environ
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """No engine process may outlive the test session: any survivor fails the run (and is killed)."""
+    """No engine process this session started may outlive it: any survivor fails the run (and is killed)."""
     survivors = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -147,7 +159,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(marker in cmdline for marker in ENGINE_MARKERS):
+        if any(marker in cmdline for marker in ENGINE_MARKERS) and _started_by_this_session(proc):
             survivors.append((int(proc.name), cmdline[:160]))
     for pid, _ in survivors:
         with contextlib.suppress(ProcessLookupError):
