@@ -135,18 +135,10 @@ def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess
 
 
 ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_server", "vllm.entrypoints")
-#: Inherited by every process this session starts (servers pass it on to their engines), so the check below
-#: judges only this session's engines, never those of another test run or a user's server on the machine.
-SESSION_MARK = "MODELRUNNER_TEST_SESSION"
-os.environ.setdefault(SESSION_MARK, f"{os.getpid()}-{os.urandom(4).hex()}")
-
-
-def _started_by_this_session(proc: Path) -> bool:
-    try:
-        environ = (proc / "environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode() in environ
+# Every process this session starts inherits this variable (engines included: they drop only MODEL_RUNNER_*
+# and JPY_*), so the check below judges this session's engines, not those of another run on the machine.
+SESSION_MARKER = f"PYTEST_MODELRUNNER_SESSION={os.getpid()}-{os.urandom(4).hex()}"
+os.environ[SESSION_MARKER.split("=")[0]] = SESSION_MARKER.split("=")[1]
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -157,9 +149,10 @@ def pytest_sessionfinish(session, exitstatus) -> None:
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ours = SESSION_MARKER.encode() in (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(marker in cmdline for marker in ENGINE_MARKERS) and _started_by_this_session(proc):
+        if ours and any(marker in cmdline for marker in ENGINE_MARKERS):
             survivors.append((int(proc.name), cmdline[:160]))
     for pid, _ in survivors:
         with contextlib.suppress(ProcessLookupError):
