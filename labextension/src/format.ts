@@ -83,3 +83,8 @@ export function shortId(id: string): string {
 export function familiar(name: string): string {
   return name.replace(/^(docker\.io|index\.docker\.io)\//, '');
 }
+
+/** A long name cut into pieces after each `/` and before each `:`, where a narrow panel may wrap it. */
+export function nameParts(name: string): string[] {
+  return name.split(/(?<=\/)|(?=:)/);
+}

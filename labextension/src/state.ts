@@ -14,6 +14,8 @@ import type { Model, Runner } from './types';
 export const VISIBLE_INTERVAL = 3000;
 /** …and the status bar this often otherwise. */
 export const BACKGROUND_INTERVAL = 10000;
+/** While a model loads, the status bar follows it this closely. */
+export const LOADING_INTERVAL = 1000;
 /** While visible, the model list is re-read every this many runner refreshes (a kernel may pull too). */
 const MODELS_EVERY = 5;
 
@@ -61,11 +63,7 @@ export class ModelRunnerState {
   /** Poll fast while the panel shows the runners; slowly for the status bar otherwise. */
   setVisible(visible: boolean): void {
     this._visible = visible;
-    this._poll.frequency = {
-      interval: visible ? VISIBLE_INTERVAL : BACKGROUND_INTERVAL,
-      backoff: true,
-      max: 60000
-    };
+    this._setInterval();
     if (visible) {
       void this.refreshModels();
       void this._poll.refresh();
@@ -92,6 +90,7 @@ export class ModelRunnerState {
     try {
       this.runners = await this.client.ps();
       this.runnersError = null;
+      this._setInterval();
     } catch (err) {
       this.runnersError = message(err);
       this._emit();
@@ -175,6 +174,14 @@ export class ModelRunnerState {
       void this.refreshModels();
     }
     await this.refreshRunners();
+  }
+
+  /** Poll fast while a model loads (its end shows at once), at the visible or background pace otherwise. */
+  private _setInterval(): void {
+    const interval = this.loading ? LOADING_INTERVAL : this._visible ? VISIBLE_INTERVAL : BACKGROUND_INTERVAL;
+    if (this._poll.frequency.interval !== interval) {
+      this._poll.frequency = { interval, backoff: true, max: 60000 };
+    }
   }
 
   private _emit(): void {

@@ -1,4 +1,13 @@
-import { familiar, formatBytes, formatDuration, keepAliveSeconds, keepAliveText, modelName, shortId } from '../src/format';
+import {
+  familiar,
+  formatBytes,
+  formatDuration,
+  keepAliveSeconds,
+  keepAliveText,
+  modelName,
+  nameParts,
+  shortId
+} from '../src/format';
 import type { Runner } from '../src/types';
 
 const runner = (over: Partial<Runner> = {}): Runner => ({
@@ -50,5 +59,12 @@ describe('format', () => {
     expect(modelName(model)).toBe('0123456789ab');
     expect(shortId('sha256:0123456789abcdef')).toBe('0123456789ab');
     expect(familiar('docker.io/ai/smollm2:latest')).toBe('ai/smollm2:latest');
+  });
+});
+
+describe('nameParts', () => {
+  it('cuts after slashes and before colons, losing nothing', () => {
+    expect(nameParts('127.0.0.1:5000/ai/tiny:latest')).toEqual(['127.0.0.1', ':5000/', 'ai/', 'tiny', ':latest']);
+    expect(nameParts('tiny')).toEqual(['tiny']);
   });
 });

@@ -32,10 +32,10 @@ function log(message) {
   console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${message}`);
 }
 
-async function screenshot(page, name) {
+async function screenshot(page, name, element = null) {
   shot += 1;
   const path = join(ARTIFACTS, `${String(shot).padStart(2, '0')}-${name}.png`);
-  await page.screenshot({ path });
+  await (element ?? page).screenshot({ path });
   log(`screenshot ${path}`);
 }
 
@@ -123,10 +123,12 @@ try {
   await page.keyboard.press('Escape');
   log('palette lists Pull model…, Unload all, Open sidebar');
 
-  // 3. A failed pull shows the server's message inline.
+  // 3. The palette's Pull model… asks for a reference; a failed pull shows the server's message inline.
+  await palette(page, 'Pull model…');
+  const dialog = page.locator('.jp-Dialog');
+  await dialog.locator('input').fill('ai/does-not-exist');
+  await dialog.locator('.jp-Dialog-button.jp-mod-accept').click();
   const input = sidebar.getByLabel('Model to pull');
-  await input.fill('ai/does-not-exist');
-  await input.press('Enter');
   const pullError = sidebar.locator('.jp-ModelRunner-pullStatus.jp-mod-error .jp-ModelRunner-error');
   await pullError.waitFor();
   const errorText = (await pullError.textContent()) ?? '';
@@ -135,19 +137,26 @@ try {
   await screenshot(page, 'pull-error');
 
   // 4. Pull the tiny model: progress streams to 100 %, the model appears with its engine.
+  // Every percentage the page shows, recorded in the page as React renders it.
+  await page.evaluate(() => {
+    const seen = (window.__pullPercents = []);
+    new MutationObserver(() => {
+      const value = document.querySelector('.jp-ModelRunner-pullPercent')?.getAttribute('data-percent');
+      if (value && seen[seen.length - 1] !== value) {
+        seen.push(value);
+      }
+    }).observe(document.getElementById('jupyter-modelrunner-sidebar'), {
+      subtree: true, childList: true, attributes: true, characterData: true
+    });
+  });
   await input.fill(MODEL);
   await input.press('Enter');
-  const seen = new Set();
   const percent = sidebar.locator('.jp-ModelRunner-pullPercent');
   const deadline = Date.now() + STEP_TIMEOUT;
   while (!(await sidebar.locator('.jp-ModelRunner-pullStatus.jp-mod-success').count())) {
     check(Date.now() < deadline, 'the pull finished in time');
     check(!(await sidebar.locator('.jp-ModelRunner-pullStatus.jp-mod-error').count()), 'the pull did not fail');
-    const value = await percent.getAttribute('data-percent').catch(() => null);
-    if (value) {
-      seen.add(value);
-    }
-    await page.waitForTimeout(20);
+    await page.waitForTimeout(50);
   }
   check((await percent.getAttribute('data-percent')) === '100', 'the total reached 100 %');
   const layers = sidebar.locator('.jp-ModelRunner-layer');
@@ -155,7 +164,9 @@ try {
   for (const bar of await layers.locator('[role="progressbar"]').all()) {
     check((await bar.getAttribute('aria-valuenow')) === '100', 'every layer reached 100 %');
   }
-  log(`pull done; percentages seen while streaming: ${[...seen].join(', ') || '(too fast to sample)'}; ` +
+  const seen = await page.evaluate(() => window.__pullPercents);
+  check(seen[seen.length - 1] === '100', `the percentage ended at 100: ${seen}`);
+  log(`pull done; percentages shown: ${seen.join(', ')}; ` +
       `${await layers.count()} layers`);
   const row = sidebar.locator(`.jp-ModelRunner-model[data-model$="${MODEL}:latest"]`);
   await row.waitFor();
@@ -210,14 +221,15 @@ try {
   check(!/Traceback|Error|UsageError/.test(answer), `the cell ran without an error:\n${answer}`);
   log(`answer (${answer.length} characters): ${answer.slice(0, 80).replace(/\n/g, ' ')}…`);
 
-  await status.filter({ hasText: MODEL }).waitFor({ timeout: 30_000 });
+  // Loaded and ready: `name · engine` (while it loads, a spinner and `Loading name (engine)…`).
+  await status.filter({ hasText: `${MODEL}:latest · llama.cpp` }).waitFor({ timeout: 30_000 });
   const statusText = (await status.textContent()) ?? '';
-  check(statusText.includes('llama.cpp'), `the status bar names the engine: ${statusText}`);
   const runner = sidebar.locator('.jp-ModelRunner-runner').filter({ hasText: MODEL });
   await runner.waitFor();
   await runner.getByText(/unloads in \d+:\d\d/).waitFor();
   log(`status bar: ${statusText}`);
   await screenshot(page, 'chat-and-status-bar');
+  await screenshot(page, 'light-theme-sidebar', sidebar);
 
   // 7. The runner's log on demand.
   await runner.getByRole('button', { name: /^Show the log of / }).click();
@@ -231,6 +243,7 @@ try {
   await page.waitForFunction(() => document.body.dataset.jpThemeLight === 'false');
   await page.waitForTimeout(500);
   await screenshot(page, 'dark-theme');
+  await screenshot(page, 'dark-theme-sidebar', sidebar);
   await palette(page, 'JupyterLab Light');
   await page.waitForFunction(() => document.body.dataset.jpThemeLight === 'true');
 
@@ -246,7 +259,6 @@ try {
     await row.click();
   }
   await sidebar.getByRole('button', { name: `Delete ${modelName}` }).click();
-  const dialog = page.locator('.jp-Dialog');
   await dialog.waitFor();
   await screenshot(page, 'delete-confirm');
   await dialog.locator('.jp-Dialog-button.jp-mod-warn').click();

@@ -27,7 +27,7 @@ BUILT = ROOT / "jupyter_modelrunner" / "labextension"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DOCS_SCREENSHOT = ROOT / "docs" / "sidebar.png"
 #: The step whose screenshot the README shows: sidebar with the model loaded, the chat answer, the status bar.
-DOCS_STEP = "chat-and-status-bar"
+DOCS_STEP = "-chat-and-status-bar"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")

@@ -6,6 +6,7 @@ import { CommandIDs } from '../commandids';
 import { familiar, formatBytes, modelName, shortId } from '../format';
 import { message, ModelRunnerState } from '../state';
 import type { Model } from '../types';
+import { Name } from './Name';
 
 /** Ask, then delete: one tag alone, or (forced) every tag that shares the model. */
 async function confirmDelete(state: ModelRunnerState, model: Model): Promise<string | null> {
@@ -61,7 +62,9 @@ function ModelRow(props: {
         }
       }}
     >
-      <div className="jp-ModelRunner-modelName">{name}</div>
+      <div className="jp-ModelRunner-modelName">
+        <Name name={name} />
+      </div>
       {model.tags.length > 1 && (
         <div className="jp-ModelRunner-tags">
           {model.tags.slice(1).map(tag => (

@@ -4,6 +4,7 @@ import { familiar, formatBytes, keepAliveText } from '../format';
 import { message, ModelRunnerState } from '../state';
 import type { Runner } from '../types';
 import { useNow } from './hooks';
+import { Name } from './Name';
 
 const LOG_LINES = 40;
 
@@ -40,7 +41,7 @@ function RunnerRow(props: { state: ModelRunnerState; runner: Runner; now: number
     <li className="jp-ModelRunner-runner" data-model={name} aria-label={`${name} on ${runner.backend_name}`}>
       <div className="jp-ModelRunner-runnerHeader">
         {loading && <span className="jp-ModelRunner-spinner" aria-hidden="true" />}
-        <span className="jp-ModelRunner-modelName">{name}</span>
+        <Name className="jp-ModelRunner-modelName" name={name} />
         <span className={`jp-ModelRunner-state jp-mod-${runner.state}`}>{runner.state}</span>
       </div>
       <div className="jp-ModelRunner-muted" title={runner.reason}>
