@@ -105,6 +105,14 @@ try {
   log(`open ${LAB_URL}lab`);
   await page.goto(`${LAB_URL}lab?token=${TOKEN}`);
   await page.locator('#jupyterlab-splash').waitFor({ state: 'detached', timeout: 120_000 });
+  if (process.env.EXPECT_BUILD) {
+    // The extension's entry point the page loaded is the one the test just built, not an older install.
+    const loaded = await page.evaluate(() =>
+      JSON.parse(document.getElementById('jupyter-config-data').textContent).federated_extensions
+        .filter(e => e.name === 'jupyter-modelrunner').map(e => e.load));
+    check(loaded.length === 1 && loaded[0] === process.env.EXPECT_BUILD,
+      `JupyterLab loads the fresh build ${process.env.EXPECT_BUILD}, not ${loaded}`);
+  }
   const tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="jupyter-modelrunner-sidebar"]');
   await tab.waitFor();
   await tab.click();
@@ -217,8 +225,18 @@ try {
     undefined,
     { timeout: 120_000 }
   );
+  // Finished: the prompt shows its execution count instead of [*] (the %%chat output streams in place).
+  await page.waitForFunction(() => {
+    const cells = document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell');
+    const prompt = cells[cells.length - 1]?.querySelector('.jp-InputPrompt')?.textContent ?? '';
+    return /\[\d+\]/.test(prompt);
+  }, undefined, { timeout: 120_000 });
   const answer = ((await output.allInnerTexts()).join('\n')).trim();
   check(!/Traceback|Error|UsageError/.test(answer), `the cell ran without an error:\n${answer}`);
+  if (CHAT_MODE === 'magic') {
+    // The magic ends its answer with the engine that produced it.
+    check(/llama\.cpp/.test(answer), `the %%chat answer names its engine:\n${answer}`);
+  }
   log(`answer (${answer.length} characters): ${answer.slice(0, 80).replace(/\n/g, ' ')}…`);
 
   // Loaded and ready: `name · engine` (while it loads, a spinner and `Loading name (engine)…`).

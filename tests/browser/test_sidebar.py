@@ -42,8 +42,9 @@ def chat_mode() -> str:
 def private_lab_dirs(workdir: Path) -> None:
     """The extension as `jlpm build` just made it, and JupyterLab without news pop-ups.
 
-    The build is linked into the server's private data dir, which JupyterLab searches before the
-    environment's: the test sees the current sources even when `pip install -e .` copied an older build.
+    The build is linked into the server's private data dir, which JupyterLab then searches before the
+    environment's (with JUPYTER_PREFER_ENV_PATH=0): the test sees the current sources even when
+    `pip install -e .` copied an older build into the environment.
     """
     if not (BUILT / "package.json").exists():
         pytest.fail(f"The extension is not built: run `jlpm --cwd {LABEXTENSION} build` (scripts/test.sh does).")
@@ -62,7 +63,9 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded):
         pytest.fail(f"playwright-core is not installed: run `jlpm --cwd {LABEXTENSION} install`.")
     workdir = tmp_path / "lab"
     workdir.mkdir()
-    env = server_env(workdir, tmp_path / "store", registry.host)
+    # In a virtual environment Jupyter looks in the environment's folders before the user's; the other way
+    # round, the private data dir's link to the fresh build wins.
+    env = {**server_env(workdir, tmp_path / "store", registry.host), "JUPYTER_PREFER_ENV_PATH": "0"}
     private_lab_dirs(workdir)
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
@@ -71,7 +74,8 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded):
     with ServerProcess.jupyter_lab(workdir, env, "--ModelRunner.keep_alive=10m") as lab:
         script_env = {**os.environ, "LAB_URL": lab.origin, "LAB_TOKEN": lab.token, "MODEL": "ai/tiny",
                       "CHROMIUM": str(CHROMIUM), "ARTIFACTS": str(ARTIFACTS), "CHAT_MODE": mode,
-                      "NO_PROXY": "127.0.0.1,localhost"}
+                      "NO_PROXY": "127.0.0.1,localhost",
+                      "EXPECT_BUILD": json.loads((BUILT / "package.json").read_text())["jupyterlab"]["_build"]["load"]}
         started = time.monotonic()
         result = subprocess.run(["node", str(LABEXTENSION / "ui-tests" / "sidebar.mjs")], cwd=LABEXTENSION,
                                 env=script_env, capture_output=True, text=True, timeout=420)
