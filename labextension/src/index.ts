@@ -9,7 +9,7 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
-import { ModelRunnerClient } from './client';
+import { Fetcher, ModelRunnerClient } from './client';
 import { registerCommands } from './commands';
 import { ModelRunnerSidebar } from './sidebar';
 import { endpointUrl } from './snippets';
@@ -20,8 +20,8 @@ import { ModelRunnerStatus } from './statusbar';
 const ROUTE_PREFIX = 'modelrunner/';
 
 /** A `Fetcher` through Jupyter's own connection: base URL, token and XSRF header as every Jupyter API. */
-export function serverFetcher(settings: ServerConnection.ISettings) {
-  return (path: string, init: RequestInit): Promise<Response> =>
+export function serverFetcher(settings: ServerConnection.ISettings): Fetcher {
+  return (path, init) =>
     ServerConnection.makeRequest(`${settings.baseUrl}${ROUTE_PREFIX}${path}`, init, settings);
 }
 

@@ -272,11 +272,14 @@ try {
   log('unloaded');
   await screenshot(page, 'unloaded');
 
-  // 9. Delete it, confirming in the dialog.
+  // 9. Delete it, confirming in the dialog: by keyboard (focus the row, Enter selects; Enter on Delete).
+  await row.focus();
   if ((await row.getAttribute('aria-selected')) !== 'true') {
-    await row.click();
+    await page.keyboard.press('Enter');
   }
-  await sidebar.getByRole('button', { name: `Delete ${modelName}` }).click();
+  check((await row.getAttribute('aria-selected')) === 'true', 'Enter selects the focused model');
+  await sidebar.getByRole('button', { name: `Delete ${modelName}` }).focus();
+  await page.keyboard.press('Enter');
   await dialog.waitFor();
   await screenshot(page, 'delete-confirm');
   await dialog.locator('.jp-Dialog-button.jp-mod-warn').click();
@@ -284,6 +287,14 @@ try {
   await sidebar.getByText('No models yet').waitFor();
   log('deleted');
   await screenshot(page, 'deleted');
+
+  // 10. The status-bar item opens the panel, by keyboard too.
+  await tab.click(); // collapse the left area
+  await sidebar.waitFor({ state: 'hidden' });
+  await status.focus();
+  await page.keyboard.press('Enter');
+  await sidebar.waitFor({ state: 'visible' });
+  log('the status-bar item opens the panel');
 
   const ours = consoleErrors.filter(text => /modelrunner/i.test(text));
   check(ours.length === 0, `no console errors from the extension:\n${ours.join('\n')}`);
