@@ -14,6 +14,7 @@ import type { Model, Runner } from './types';
 export const VISIBLE_INTERVAL = 3000;
 /** …and the status bar this often otherwise. */
 export const BACKGROUND_INTERVAL = 10000;
+export const CANCELLED_MESSAGE = 'Cancelled. The downloaded parts are kept: pulling again resumes.';
 /** While a model loads, the status bar follows it this closely. */
 export const LOADING_INTERVAL = 1000;
 /** While visible, the model list is re-read every this many runner refreshes (a kernel may pull too). */
@@ -124,8 +125,9 @@ export class ModelRunnerState {
       );
     } catch (err) {
       if (this.pull && this._controller === controller) {
+        // The server stops at its next checkpoint (it checks every few MiB), keeping what it downloaded.
         this.pull = isAbort(err)
-          ? { ...this.pull, phase: 'cancelled', message: `Cancelled; downloaded parts are kept, pulling again resumes.` }
+          ? { ...this.pull, phase: 'cancelled', message: CANCELLED_MESSAGE }
           : { ...this.pull, phase: 'error', message: message(err) };
       }
     } finally {

@@ -3,7 +3,9 @@
 //
 // Environment: LAB_URL (ending in /), LAB_TOKEN, MODEL (a reference to pull, e.g. ai/tiny), CHROMIUM (the
 // browser binary), ARTIFACTS (a folder for screenshots), CHAT_MODE ("magic": run a %%chat cell; "openai":
-// the %%chat magic is not installed, so run the copied OpenAI snippet instead).
+// the %%chat magic is not installed, so run the copied OpenAI snippet instead); optional SLOW_MODEL (a
+// model behind a slow proxy, to watch partial progress and cancel) and EXPECT_BUILD (the entry point the
+// page must load).
 // Exits 0 when every step passed; prints each step as it goes.
 
 import { mkdirSync } from 'node:fs';
@@ -143,6 +145,25 @@ try {
   check(/does-not-exist/.test(errorText), `the pull error names the model: ${errorText}`);
   log(`pull error shown: ${errorText.slice(0, 120)}`);
   await screenshot(page, 'pull-error');
+
+  // 4a. Through a slow registry proxy the progress is visibly partial; Cancel stops the pull and says so.
+  if (process.env.SLOW_MODEL) {
+    await input.fill(process.env.SLOW_MODEL);
+    await input.press('Enter');
+    const pct = sidebar.locator('.jp-ModelRunner-pullPercent');
+    await page.waitForFunction(() => {
+      const value = Number(document.querySelector('.jp-ModelRunner-pullPercent')?.getAttribute('data-percent'));
+      return value > 0 && value < 100;
+    });
+    const partial = await pct.getAttribute('data-percent');
+    await screenshot(page, 'pull-in-progress');
+    await sidebar.getByRole('button', { name: /^Cancel pulling / }).click();
+    await sidebar.locator('.jp-ModelRunner-pullStatus.jp-mod-cancelled').waitFor();
+    const said = (await sidebar.locator('.jp-ModelRunner-pullStatus .jp-ModelRunner-message').textContent()) ?? '';
+    check(/Cancelled/.test(said), `the cancelled pull says so: ${said}`);
+    await screenshot(page, 'pull-cancelled');
+    log(`cancelled at ${partial} %: ${said}`);
+  }
 
   // 4. Pull the tiny model: progress streams to 100 %, the model appears with its engine.
   // Every percentage the page shows, recorded in the page as React renders it.
