@@ -37,6 +37,15 @@ class ServerProcess:
         return cls(argv, prefix="modelrunner/", env=env, log_path=workdir / "server.log", port=port, token=token)
 
     @classmethod
+    def jupyter_lab(cls, workdir: Path, env: dict[str, str], *extra: str) -> ServerProcess:
+        """JupyterLab (the frontend plus the server extension), for browser tests; no update or news checks."""
+        port, token = find_free_port(), "test-token-" + os.urandom(6).hex()
+        argv = [sys.executable, "-m", "jupyterlab", f"--port={port}", "--port-retries=0", "--no-browser",
+                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={workdir}", "--allow-root",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", *extra]
+        return cls(argv, prefix="modelrunner/", env=env, log_path=workdir / "lab.log", port=port, token=token)
+
+    @classmethod
     def standalone(cls, workdir: Path, env: dict[str, str], *extra: str) -> ServerProcess:
         port, token = find_free_port(), "test-token-" + os.urandom(6).hex()
         argv = [sys.executable, "-m", "jupyter_modelrunner", "serve", f"--port={port}", f"--token={token}",

@@ -1,0 +1,104 @@
+/**
+ * The shapes of the model runner's HTTP API (jupyter_modelrunner/api/), as the server sends them.
+ */
+
+/** The engine that would run a model here, and why (`engines/select.py`). */
+export interface EngineChoice {
+  engine: string;
+  device: string;
+  reason: string;
+}
+
+/** The model's config blob, as in Docker's model artifact format. */
+export interface ModelConfig {
+  format?: string;
+  quantization?: string;
+  parameters?: string;
+  architecture?: string;
+  size?: string;
+  context_size?: number | null;
+  [key: string]: unknown;
+}
+
+/** One stored model: `GET models` returns a list of these. */
+export interface Model {
+  id: string;
+  tags: string[];
+  created: number;
+  size?: number;
+  bundle?: string;
+  config: ModelConfig;
+  engine: EngineChoice | null;
+  engine_error: string | null;
+}
+
+/** One layer's progress in a pull or push. */
+export interface LayerProgress {
+  id: string;
+  size: number;
+  current: number;
+}
+
+/** One line of the NDJSON stream of `models/create` and `models/{name}/push`. */
+export type ProgressEvent =
+  | {
+      type: 'progress';
+      message: string;
+      mode?: string;
+      total?: number;
+      pulled?: number;
+      layer?: LayerProgress;
+    }
+  | { type: 'warning'; message: string; mode?: string }
+  | { type: 'success'; message: string; mode?: string; model?: Model; digest?: string }
+  | { type: 'error'; message: string; mode?: string; status?: number };
+
+/** One loaded model: `GET engines/ps` (`Runner.status()` in scheduler.py). */
+export interface Runner {
+  backend_name: string;
+  model_name: string;
+  model_id: string;
+  mode: string;
+  device: string;
+  reason: string;
+  state: string;
+  loading: boolean;
+  in_use: boolean;
+  requests: number;
+  /** Unix seconds. */
+  last_used: number;
+  /** `5m`, `30s`, `never` or `default`, as `format_keep_alive` writes it. */
+  keep_alive: string;
+  /** Bytes. */
+  memory: number;
+  pid?: number;
+}
+
+/** `POST engines/unload`. */
+export interface UnloadResult {
+  unloaded_runners: number;
+  models: string[];
+}
+
+/** `DELETE models/{name}`. */
+export interface DeleteResult {
+  untagged: string[];
+  deleted: string | null;
+  freed_bytes: number;
+}
+
+export interface EngineAvailability {
+  engine: string;
+  available: boolean;
+  reason: string;
+  device: string;
+  version?: string | null;
+}
+
+/** `GET engines/status`. */
+export interface RunnerStatus {
+  hardware: unknown;
+  engines: EngineAvailability[];
+  version: string;
+  memory_budget?: number;
+}

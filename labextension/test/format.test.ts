@@ -1,0 +1,70 @@
+import {
+  familiar,
+  formatBytes,
+  formatDuration,
+  keepAliveSeconds,
+  keepAliveText,
+  modelName,
+  nameParts,
+  shortId
+} from '../src/format';
+import type { Runner } from '../src/types';
+
+const runner = (over: Partial<Runner> = {}): Runner => ({
+  backend_name: 'llama.cpp',
+  model_name: 'ai/tiny:latest',
+  model_id: 'sha256:abc',
+  mode: 'completion',
+  device: 'cpu',
+  reason: 'gguf',
+  state: 'ready',
+  loading: false,
+  in_use: false,
+  requests: 0,
+  last_used: 1000,
+  keep_alive: '5m',
+  memory: 1024,
+  ...over
+});
+
+describe('format', () => {
+  it('prints sizes in binary units like the CLI', () => {
+    expect(formatBytes(512)).toBe('512 B');
+    expect(formatBytes(98362432)).toBe('93.81 MiB');
+    expect(formatBytes(undefined)).toBe('—');
+  });
+
+  it('reads keep_alive as the server writes it', () => {
+    expect(keepAliveSeconds('5m')).toBe(300);
+    expect(keepAliveSeconds('1.5s')).toBe(1.5);
+    expect(keepAliveSeconds('never')).toBe(-1);
+    expect(keepAliveSeconds('default')).toBeNull();
+  });
+
+  it('counts down to the unload from last_used + keep_alive', () => {
+    expect(keepAliveText(runner(), 1000 + 55)).toBe('unloads in 4:05');
+    expect(keepAliveText(runner(), 1000 + 301)).toBe('unloading…');
+    expect(keepAliveText(runner({ keep_alive: 'never' }), 5000)).toBe('kept loaded');
+    expect(keepAliveText(runner({ in_use: true, requests: 2 }), 1000)).toBe('in use (2 requests)');
+    expect(keepAliveText(runner({ loading: true, state: 'loading' }), 1000)).toBe('loading…');
+  });
+
+  it('formats durations with hours when needed', () => {
+    expect(formatDuration(59.2)).toBe('1:00');
+    expect(formatDuration(3723)).toBe('1:02:03');
+  });
+
+  it('names models as users know them', () => {
+    const model = { id: 'sha256:0123456789abcdef', tags: [], created: 0, config: {}, engine: null, engine_error: null };
+    expect(modelName(model)).toBe('0123456789ab');
+    expect(shortId('sha256:0123456789abcdef')).toBe('0123456789ab');
+    expect(familiar('docker.io/ai/smollm2:latest')).toBe('ai/smollm2:latest');
+  });
+});
+
+describe('nameParts', () => {
+  it('cuts after slashes and before colons, losing nothing', () => {
+    expect(nameParts('127.0.0.1:5000/ai/tiny:latest')).toEqual(['127.0.0.1', ':5000/', 'ai/', 'tiny', ':latest']);
+    expect(nameParts('tiny')).toEqual(['tiny']);
+  });
+});
