@@ -1,8 +1,9 @@
 """`jupyter modelrunner …`: the terminal front end, with verbs named like `docker model`.
 
 A thin layer: it parses arguments, calls the library, draws progress on a terminal and turns library
-errors into one line and a non-zero exit code. Later the same verbs talk to a running server through
-`client.py`; the store-level verbs here already work with no server at all.
+errors into one line and a non-zero exit code. The store-level verbs work with no server at all; `ps` and
+`unload` ask the running server (the owner of the engines) through `client.py`. The `%model` magic reuses
+this parser, so both front ends take the same arguments.
 """
 
 from __future__ import annotations
