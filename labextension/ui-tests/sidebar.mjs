@@ -2,9 +2,7 @@
 // JupyterLab with the extension, a real registry and llama.cpp. Started by tests/browser/test_sidebar.py.
 //
 // Environment: LAB_URL (ending in /), LAB_TOKEN, MODEL (a reference to pull, e.g. ai/tiny), CHROMIUM (the
-// browser binary), ARTIFACTS (a folder for screenshots), CHAT_MODE ("magic": run a %%chat cell; "openai":
-// the %%chat magic is not installed, so run the copied OpenAI snippet instead); optional SLOW_MODEL (a
-// model behind a slow proxy, to watch partial progress and cancel) and EXPECT_BUILD (the entry point the
+// browser binary), ARTIFACTS (a folder for screenshots); optional SLOW_MODEL (a model behind a slow proxy, to watch partial progress and cancel) and EXPECT_BUILD (the entry point the
 // page must load).
 // Exits 0 when every step passed; prints each step as it goes.
 
@@ -23,7 +21,6 @@ const LAB_URL = env('LAB_URL');
 const TOKEN = env('LAB_TOKEN');
 const MODEL = env('MODEL');
 const ARTIFACTS = env('ARTIFACTS');
-const CHAT_MODE = process.env.CHAT_MODE || 'magic';
 const STEP_TIMEOUT = 60_000;
 
 mkdirSync(ARTIFACTS, { recursive: true });
@@ -225,14 +222,6 @@ try {
 
   // 6. Run it: the answer arrives (gibberish from a random-weight model) and the model is loaded.
   const chatCell = cells.nth(1);
-  if (CHAT_MODE === 'openai') {
-    // This checkout has no %%chat magic yet: chat through the copied snippet in the same cell.
-    log('CHAT_MODE=openai: the %%chat magic is not installed; running the OpenAI snippet instead');
-    await chatCell.locator('.cm-content').click();
-    await page.keyboard.press('Control+A');
-    await page.keyboard.insertText(snippet);
-    await page.keyboard.press('Escape');
-  }
   await palette(page, 'Run All Cells');
   const output = notebook.locator('.jp-Cell').last().locator('.jp-OutputArea-output');
   await output.first().waitFor({ timeout: 120_000 });
@@ -254,10 +243,8 @@ try {
   }, undefined, { timeout: 120_000 });
   const answer = ((await output.allInnerTexts()).join('\n')).trim();
   check(!/Traceback|Error|UsageError/.test(answer), `the cell ran without an error:\n${answer}`);
-  if (CHAT_MODE === 'magic') {
-    // The magic ends its answer with the engine that produced it.
-    check(/llama\.cpp/.test(answer), `the %%chat answer names its engine:\n${answer}`);
-  }
+  // The magic ends its answer with the engine that produced it.
+  check(/llama\.cpp/.test(answer), `the %%chat answer names its engine:\n${answer}`);
   log(`answer (${answer.length} characters): ${answer.slice(0, 80).replace(/\n/g, ' ')}…`);
 
   // Loaded and ready: `name · engine` (while it loads, a spinner and `Loading name (engine)…`).

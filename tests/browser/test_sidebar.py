@@ -9,7 +9,6 @@ watches the status bar, unloads and deletes the model, saving a screenshot of ev
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import shutil
@@ -123,12 +122,6 @@ def assert_pull_stopped(store: Path, name: str) -> None:
     assert not any(name in tag for tag in tags), tags
 
 
-def chat_mode() -> str:
-    """`magic` when this checkout has the `%%chat` magic (`%load_ext jupyter_modelrunner`), else `openai`."""
-    package = importlib.import_module("jupyter_modelrunner")
-    return "magic" if hasattr(package, "load_ipython_extension") else "openai"
-
-
 def private_lab_dirs(workdir: Path) -> None:
     """The extension as `jlpm build` just made it, and JupyterLab without news pop-ups.
 
@@ -159,13 +152,12 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model):
     private_lab_dirs(workdir)
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
-    mode = chat_mode()
 
     with (SlowProxy(registry.host) as slow,
           ServerProcess.jupyter_lab(workdir, env, "--ModelRunner.keep_alive=10m") as lab):
         script_env = {**os.environ, "LAB_URL": lab.origin, "LAB_TOKEN": lab.token, "MODEL": "ai/tiny",
                       "SLOW_MODEL": f"{slow.host}/{big_model}",
-                      "CHROMIUM": str(CHROMIUM), "ARTIFACTS": str(ARTIFACTS), "CHAT_MODE": mode,
+                      "CHROMIUM": str(CHROMIUM), "ARTIFACTS": str(ARTIFACTS),
                       "NO_PROXY": "127.0.0.1,localhost",
                       "EXPECT_BUILD": json.loads((BUILT / "package.json").read_text())["jupyterlab"]["_build"]["load"]}
         started = time.monotonic()
@@ -176,7 +168,7 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model):
         if result.returncode == 0:
             assert_pull_stopped(tmp_path / "store", big_model)
 
-    report = f"--- browser script ({elapsed:.1f} s, chat mode {mode}) ---\n{result.stdout}\n{result.stderr}"
+    report = f"--- browser script ({elapsed:.1f} s) ---\n{result.stdout}\n{result.stderr}"
     print(report)
     assert result.returncode == 0, f"{report}\n--- JupyterLab log ---\n{server_log}"
     assert "all steps passed" in result.stdout
