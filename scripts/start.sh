@@ -41,6 +41,14 @@ if [ "$demo" != 0 ] && ! command -v docker-registry >/dev/null; then
     fi
 fi
 
+# Node builds the JupyterLab extension during the editable install (wheels from PyPI ship it prebuilt).
+if ! command -v node >/dev/null; then
+    sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    echo "Installing Node.js (it builds the JupyterLab extension) ..."
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs >/dev/null
+fi
+
 # Installing again when nothing changed costs ~20 s of pip checks: skip it while the install scripts, the
 # dependencies, the checked-out commit and the engines asked for are those of the last successful install
 # (MODEL_RUNNER_REINSTALL=1 forces it).
