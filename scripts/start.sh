@@ -27,6 +27,7 @@ if [ -n "${MODEL_RUNNER_DEFAULT_REGISTRY:-}" ] && [ "$demo" != 0 ]; then
     demo=0
 fi
 read -r -a engines <<<"${MODEL_RUNNER_ENGINES:-llamacpp vllm}"
+for i in "${!engines[@]}"; do [ "${engines[$i]}" != llamacpp ] || engines[i]=llama.cpp; done
 
 # The demo registry is Debian's CNCF distribution registry, installed as scripts/test.sh does.
 if [ "$demo" != 0 ] && ! command -v docker-registry >/dev/null; then
@@ -49,20 +50,26 @@ if ! command -v node >/dev/null; then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs >/dev/null
 fi
 
-# Installing again when nothing changed costs ~20 s of pip checks: skip it while the install scripts, the
-# dependencies, the checked-out commit and the engines asked for are those of the last successful install
-# (MODEL_RUNNER_REINSTALL=1 forces it).
+# Installing again when nothing changed costs ~20 s of pip checks: skip it while the install script, the
+# dependencies and the checked-out commit are those of the last successful install (MODEL_RUNNER_REINSTALL=1
+# forces it).
 stamp=.venv/.start-installed
-wanted=$(cat pyproject.toml scripts/install.sh scripts/install-engines.sh | { sha256sum 2>/dev/null || shasum -a 256; } |
-         cut -d' ' -f1)
-wanted="$wanted $(git rev-parse HEAD 2>/dev/null || true) ${engines[*]}"
-if [ "${MODEL_RUNNER_REINSTALL:-0}" != 0 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] ||
-   { [[ " ${engines[*]} " == *" vllm "* ]] && [ ! -x .venv-vllm/bin/python ]; }; then
+wanted=$(cat pyproject.toml scripts/install.sh | { sha256sum 2>/dev/null || shasum -a 256; } | cut -d' ' -f1)
+wanted="$wanted $(git rev-parse HEAD 2>/dev/null || true)"
+if [ "${MODEL_RUNNER_REINSTALL:-0}" != 0 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     rm -f "$stamp"
     bash scripts/install.sh lab
-    bash scripts/install-engines.sh "${engines[@]}"
     echo "$wanted" >"$stamp"
 fi
+# The engines, as `pip install jupyter-modelrunner` users get them: the first time llama.cpp compiles (~10 min on
+# 2 cores) and vLLM installs (~3 min); afterwards each command is a no-op taking well under a second.
+# MODEL_RUNNER_REINSTALL=1 installs them again (llama.cpp from its cached build: no compile).
+for engine in "${engines[@]}"; do
+    if [ "${MODEL_RUNNER_REINSTALL:-0}" != 0 ]; then
+        .venv/bin/jupyter-modelrunner uninstall-runner "$engine"
+    fi
+    .venv/bin/jupyter-modelrunner install-runner "$engine"
+done
 
 runtime=$(mktemp -d "${TMPDIR:-/tmp}/modelrunner-start.XXXXXX")
 demo_pid=""

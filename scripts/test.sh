@@ -23,9 +23,13 @@ fi
 
 # The project and its test dependencies, in a virtual environment of its own.
 bash scripts/install.sh test
-# Engines: llama.cpp (built once portably and cached; a cold machine compiles it in ~10 minutes on 2 cores)
-# and vLLM's CPU build in its own environment (~3 minutes), so both engine paths are tested for real.
-bash scripts/install-engines.sh llamacpp vllm
+# Engines, as a user gets them: llama.cpp's llama-server (compiled once portably and cached; a cold machine
+# takes ~10 minutes on 2 cores, then it is a no-op) and vLLM's CPU build in its own environment (~3 minutes),
+# so both engine paths are tested for real.
+.venv/bin/jupyter-modelrunner install-runner all
+# llama-cpp-python's server (the fallback engine, and the benchmarks' baseline) without compiling llama.cpp a
+# second time: its bindings load the libraries install-runner built from the same source (pure Python, seconds).
+CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" .venv/bin/python -m pip install -q "llama-cpp-python[server]==0.3.36"
 
 # The JupyterLab extension (labextension/): dependencies from yarn's per-user cache, a fresh build for the
 # browser test (tests/browser), and its unit tests (Jest). jlpm and jupyter-builder come with the venv.
