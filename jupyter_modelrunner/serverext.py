@@ -61,14 +61,21 @@ class ModelRunner(ExtensionApp):
         0, config=True,
         help="""Seconds to wait for an engine to become ready (0: the engine's default, minutes for vLLM).""",
     )
+    llama_server = Unicode(
+        "", config=True,
+        help="""llama.cpp's llama-server binary for GGUF models (empty: $MODEL_RUNNER_LLAMA_SERVER, else the one
+        `jupyter modelrunner install-runner llama.cpp` installed; `none`: always use llama-cpp-python's server).""",
+    )
     llamacpp_python = Unicode(
         "", config=True,
-        help="""Python interpreter that has llama-cpp-python[server] (empty: the server's own interpreter).""",
+        help="""Python interpreter with llama-cpp-python[server], the fallback engine for GGUF models where no
+        llama-server is installed (empty: the server's own interpreter).""",
     )
     vllm_python = Unicode(
         "", config=True,
-        help="""Python interpreter of the environment with vLLM (empty: $MODEL_RUNNER_VLLM_PYTHON, else the
-        project's .venv-vllm when present). vLLM lives in its own environment so its pins do not constrain yours.""",
+        help="""Python interpreter of the environment with vLLM (empty: $MODEL_RUNNER_VLLM_PYTHON, else the one
+        `jupyter modelrunner install-runner vllm` made). vLLM lives in its own environment so its pins do not
+        constrain yours.""",
     )
     mount_at_root = Bool(
         False, config=True,
@@ -111,7 +118,8 @@ class ModelRunner(ExtensionApp):
         from .store import Store
 
         store = Store(self.store_path or None, registry=self.default_registry or None)
-        engines = [LlamaCppEngine(self.llamacpp_python or None), VllmEngine(self.vllm_python or None)]
+        engines = [LlamaCppEngine(self.llamacpp_python or None, self.llama_server or None),
+                   VllmEngine(self.vllm_python or None)]
         if self.load_timeout > 0:
             for engine in engines:
                 engine.load_timeout = self.load_timeout

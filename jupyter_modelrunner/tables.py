@@ -34,13 +34,23 @@ def models_table(models: Sequence[dict[str, Any]]) -> str:
 
 
 def runners_table(runners: Sequence[dict[str, Any]]) -> str:
-    """What `ps` shows: the model, its engine and device, whether it is busy, its memory and keep-alive."""
-    rows = [("MODEL NAME", "ENGINE", "MODE", "DEVICE", "STATE", "IN USE", "MEMORY", "KEEP ALIVE", "LAST USED")]
+    """What `ps` shows: the model, its engine and device, whether it is busy, the context each request gets (and
+    how many requests the engine serves at once), its memory and keep-alive."""
+    rows = [("MODEL NAME", "ENGINE", "MODE", "DEVICE", "STATE", "IN USE", "CONTEXT", "MEMORY", "KEEP ALIVE",
+             "LAST USED")]
     for r in runners:
         rows.append((r["model_name"], r["backend_name"], r["mode"], r.get("device", ""), r.get("state", ""),
-                     "yes" if r["in_use"] else "no", format_bytes(r.get("memory", 0)), str(r["keep_alive"]),
-                     ago(r["last_used"])))
+                     "yes" if r["in_use"] else "no", context_cell(r), format_bytes(r.get("memory", 0)),
+                     str(r["keep_alive"]), ago(r["last_used"])))
     return format_table(rows)
+
+
+def context_cell(runner: dict[str, Any]) -> str:
+    """`8192 x8`: tokens per request, times the requests served at once (when more than one)."""
+    context, slots = runner.get("context_size"), runner.get("slots")
+    if not context:
+        return ""
+    return f"{context} x{slots}" if slots and slots > 1 else str(context)
 
 
 def ago(timestamp: float) -> str:
@@ -53,3 +63,16 @@ def ago(timestamp: float) -> str:
             count = seconds // size
             return f"{count} {unit}{'s' if count > 1 else ''} ago"
     return "just now"
+
+
+def status_text(status: dict[str, Any]) -> str:
+    """`status`: the machine, then each engine — available or not, why, its version, device and where it lives."""
+    lines = [f"Machine: {status.get('hardware', '')}"]
+    for engine in status.get("engines") or []:
+        mark = "available" if engine.get("available") else "not available"
+        lines.append(f"{engine['engine']:<10} {mark:<14} {engine.get('reason', '')}")
+        if engine.get("available") and engine.get("location"):
+            what = engine.get("implementation") or engine["engine"]
+            lines.append(f"{'':<25} {what} {engine.get('version') or ''} on {engine.get('device', 'cpu')}: "
+                         f"{engine['location']}".replace("  ", " "))
+    return "\n".join(lines)

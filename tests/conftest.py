@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_modelrunner.distribution import package_gguf, pull
+from jupyter_modelrunner.engines.install import installed
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.store import Store
 
@@ -25,6 +26,23 @@ from .support.registry import LocalRegistry
 REGISTRY_USER = ("alice", "s3cret-pa55")
 # Read before any test replaces HOME, so the downloaded SmolLM2 file is reused across runs.
 TEST_CACHE = Path(os.environ.get("MODEL_RUNNER_TEST_CACHE") or Path.home() / ".cache" / "jupyter-modelrunner-tests")
+
+
+def _export_installed_engines() -> None:
+    """The engines `install-runner` installed (found through the data dir, which `isolated_env` replaces per test),
+    exported through the overrides the engine code honours, unless the developer set them."""
+    for variable, engine in (("MODEL_RUNNER_LLAMA_SERVER", "llama.cpp"), ("MODEL_RUNNER_VLLM_PYTHON", "vllm")):
+        record = None if os.environ.get(variable) else installed(engine)
+        if record is not None:
+            os.environ[variable] = str(record.executable)
+    # llama-cpp-python installed without its own llama.cpp build (scripts/test.sh) loads install-runner's libraries,
+    # as the fallback engine does; tests that import llama_cpp themselves need the same.
+    record = installed("llama.cpp")
+    if record is not None and record.lib_dir is not None:
+        os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(record.lib_dir))
+
+
+_export_installed_engines()
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +90,13 @@ def tiny_gguf(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_long_gguf(tmp_path_factory) -> Path:
+    """The tiny model claiming a 16k training context: llama.cpp caps a slot's context at the training context, and
+    tests that stream for seconds (to disconnect or kill the engine mid-answer) need room for thousands of tokens."""
+    return make_tiny_gguf(tmp_path_factory.mktemp("tiny-long-gguf") / "tiny-long.gguf", context_length=16384)
+
+
+@pytest.fixture(scope="session")
 def tiny_safetensors(tmp_path_factory) -> Path:
     return make_tiny_safetensors(tmp_path_factory.mktemp("tiny-safetensors") / "tiny-llama")
 
@@ -97,7 +122,7 @@ def seeded(registry, tiny_gguf, tiny_safetensors) -> dict[str, str]:
 def server_env(workdir: Path, store: Path, registry_host: str) -> dict[str, str]:
     """The environment of a server subprocess: its own home and Jupyter dirs, the test store and registry."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_RUNNER_", "JUPYTER_"))
-           or k == "MODEL_RUNNER_VLLM_PYTHON"}
+           or k in ("MODEL_RUNNER_VLLM_PYTHON", "MODEL_RUNNER_LLAMA_SERVER")}
     for name in ("home", "config", "data", "runtime"):
         (workdir / name).mkdir(exist_ok=True)
     env.update({"HOME": str(workdir / "home"), "JUPYTER_CONFIG_DIR": str(workdir / "config"),
@@ -108,13 +133,37 @@ def server_env(workdir: Path, store: Path, registry_host: str) -> dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def live_store(tmp_path_factory, registry, seeded, tiny_gguf) -> Store:
-    """`ai/tiny` pulled from the registry, and `ai/tiny-long` with a 16k context: it can stream for seconds,
-    long enough to disconnect or kill the engine in the middle of an answer."""
+def live_store(tmp_path_factory, registry, seeded, tiny_long_gguf) -> Store:
+    """`ai/tiny` pulled from the registry, and `ai/tiny-long` with a 16k context: it can stream for seconds (at
+    temperature 0 it never chooses to stop), long enough to disconnect or kill the engine in mid-answer."""
     store = Store(tmp_path_factory.mktemp("live") / "store", registry=registry.host)
     pull("ai/tiny", store, registry=registry.host)
-    package_gguf(store, tiny_gguf, parse_reference(f"{registry.host}/ai/tiny-long"), context_size=16384)
+    package_gguf(store, tiny_long_gguf, parse_reference(f"{registry.host}/ai/tiny-long"), context_size=16384)
     return store
+
+
+#: llama.cpp's copy of Qwen2.5-Instruct's chat template: it writes tool calls as `<tool_call>{json}</tool_call>`,
+#: which llama-server's template analysis turns into a tool-call parser and grammar.
+TOOLS_TEMPLATE = "Qwen-Qwen2.5-7B-Instruct.jinja"
+#: The request form that makes even a 135M model call a tool: `tool_choice` "required" (or a named function) lets
+#: llama-server constrain the answer with a grammar, but Qwen's template allows text before the call and a small
+#: model rambles first; an assistant message that opens the call (`<tool_call>`) makes the continuation the call.
+TOOL_CALL_PREFILL = {"role": "assistant", "content": "<tool_call>\n"}
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def smollm2_tools(live_store, smollm2_file, registry, tmp_path_factory) -> str:
+    """The real SmolLM2 in the module's store, packaged with Qwen2.5's tool-capable chat template."""
+    from .support.models import llama_cpp_chat_template
+
+    template = tmp_path_factory.mktemp("templates") / TOOLS_TEMPLATE
+    template.write_text(llama_cpp_chat_template(TOOLS_TEMPLATE))
+    package_gguf(live_store, smollm2_file, parse_reference(f"{registry.host}/ai/smollm2-tools"),
+                 chat_template=template, context_size=2048)
+    return "ai/smollm2-tools"
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +183,7 @@ def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess
         yield server
 
 
-ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_server", "vllm.entrypoints")
+ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_python_server", "llama-server", "vllm.entrypoints")
 # Every process this session starts inherits this variable (engines included: they drop only MODEL_RUNNER_*
 # and JPY_*), so the check below judges this session's engines, not those of another run on the machine.
 SESSION_MARKER = f"PYTEST_MODELRUNNER_SESSION={os.getpid()}-{os.urandom(4).hex()}"

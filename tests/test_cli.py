@@ -112,12 +112,12 @@ def test_run_pulls_loads_and_streams_an_answer(cli_env, seeded):
 
 def test_configure_logs_and_status(cli_env, seeded):
     run_cli("pull", "-q", "ai/tiny")
-    out = run_cli("configure", "ai/tiny", "--context-size", "256", "--keep-alive", "10m", "--", "--n_threads", "1")
-    assert "context size 256" in out.stdout and "keep_alive 10m" in out.stdout and "--n_threads 1" in out.stdout
+    out = run_cli("configure", "ai/tiny", "--context-size", "256", "--keep-alive", "10m", "--", "--threads", "1")
+    assert "context size 256" in out.stdout and "keep_alive 10m" in out.stdout and "--threads 1" in out.stdout
     refused = run_cli("configure", "ai/tiny", "--", "--host", "0.0.0.0", check=False)
     assert refused.returncode == 1 and "Allowed:" in refused.stderr
     run_cli("run", "--max-tokens", "4", "ai/tiny", "hi")
-    assert "--n_ctx 256" in run_cli("logs", "-n", "100000", "ai/tiny").stdout
+    assert "--threads 1" in run_cli("logs", "-n", "100000", "ai/tiny").stdout
     status = json.loads(run_cli("status", "--json").stdout)
     engines = {e["engine"]: e for e in status["engines"]}
     assert engines["llama.cpp"]["available"]
@@ -129,7 +129,8 @@ def test_smollm2_knows_the_capital_of_france(cli_env, registry, smollm2_file):
     from .support.publish import publish_gguf
 
     publish_gguf(registry.host, "ai/smollm2", smollm2_file)
-    done = run_cli("run", "--temperature", "0", "--max-tokens", "60", "ai/smollm2", "What is the capital of France?")
+    done = run_cli("run", "--temperature", "0", "--max-tokens", "60", "ai/smollm2",
+                   "What is the capital of France? Answer in one word.")
     assert "Paris" in done.stdout, done.stdout
 
 

@@ -75,8 +75,8 @@ def test_push_package_configure_logs_df_status(shell, registry, tiny_gguf, tmp_p
     out, _, result = run(shell, f"%model push ai/packaged-tiny --to {registry.host}/team/pushed:v1")
     assert result.success and "Pushed" in out and "team/pushed:v1" in out
     out, _, result = run(shell, "%model configure ai/packaged-tiny --context-size 512 --keep-alive 2m "
-                                "-- --n_threads 1")
-    assert result.success and "context size 512" in out and "--n_threads 1" in out
+                                "-- --threads 1")
+    assert result.success and "context size 512" in out and "--threads 1" in out
     out, _, result = run(shell, "%model configure ai/packaged-tiny -- --model /etc/passwd")
     assert not result.success and "Error:" in out and "Traceback" not in out
     out, _, _ = run(shell, "%model df")
@@ -180,6 +180,25 @@ def test_smollm2_answers_paris(shell, live_store, smollm2_file, registry):
                                 "What is the capital of France? Answer in one word.")
     assert result.success, out
     assert "Paris" in shell.user_ns["_chat"]
+
+
+@pytest.mark.slow
+def test_chat_json_puts_a_parsed_object_in_chat(shell, live_store, smollm2_file, registry):
+    package_gguf(live_store, smollm2_file, parse_reference(f"{registry.host}/ai/smollm2"))
+    run(shell, "from pydantic import BaseModel\nclass City(BaseModel):\n    name: str\n    country: str")
+    out, _, result = run(shell, "%%chat ai/smollm2 --json City --temperature 0 --max-tokens 64\n"
+                                "Name the capital of France and its country.")
+    assert result.success, out
+    city = shell.user_ns["_chat"]
+    assert type(city).__name__ == "City" and city.name and city.country
+    shell.user_ns["answer_schema"] = {"type": "object", "properties": {"answer": {"type": "string"}},
+                                      "required": ["answer"]}
+    out, _, result = run(shell, "%%chat ai/smollm2 --new --json answer_schema --temperature 0 --max-tokens 64\n"
+                                "What is the capital of France?")
+    assert result.success, out
+    assert isinstance(shell.user_ns["_chat"]["answer"], str)
+    out, _, result = run(shell, "%%chat ai/smollm2 --json Nowhere\nHi")
+    assert not result.success and "--json Nowhere: no such name" in out
 
 
 def test_split_chat_line_keeps_the_prompt_verbatim():

@@ -192,12 +192,12 @@ def test_engine_killed_mid_stream_fails_fast_and_the_next_request_works(local_st
 
 def test_disallowed_runtime_flag_is_refused_with_the_allowed_list(local_store):
     scheduler = Scheduler(local_store)
-    with pytest.raises(EngineFlagRefused, match=r"Allowed: .*--n_threads"):
+    with pytest.raises(EngineFlagRefused, match=r"Allowed: .*--threads"):
         scheduler.configure("ai/tiny", runtime_flags=["--host", "0.0.0.0"])
 
 
 def test_configuration_survives_a_restart_and_reaches_the_engine(local_store):
-    Scheduler(local_store).configure("ai/tiny", context_size=384, runtime_flags=["--n_threads", "1"])
+    Scheduler(local_store).configure("ai/tiny", context_size=256, runtime_flags=["--threads", "1"])
 
     async def scenario():
         scheduler = Scheduler(local_store, keep_alive=60)
@@ -208,8 +208,8 @@ def test_configuration_survives_a_restart_and_reaches_the_engine(local_store):
             await scheduler.shutdown()
 
     argv, logs = run(scenario())
-    assert argv[argv.index("--n_ctx") + 1] == "384"
-    assert argv[-2:] == ["--n_threads", "1"]
+    assert argv[argv.index("--ctx-size") + 1] == str(256 * int(argv[argv.index("--parallel") + 1]))
+    assert argv[-2:] == ["--threads", "1"]
     assert isinstance(logs, str)
 
 

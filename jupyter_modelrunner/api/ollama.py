@@ -64,6 +64,7 @@ class OllamaInferenceHandler(OllamaHandler):
             else:
                 path, request = translate.generate_request_to_openai(body)
             keep_alive = translate.keep_alive_seconds(body.get("keep_alive"))
+            context_size = translate.context_size(body)
         except ValueError as exc:
             raise web.HTTPError(400, str(exc)) from exc
         model = request["model"]
@@ -71,11 +72,12 @@ class OllamaInferenceHandler(OllamaHandler):
         if (kind == "generate" and not body.get("prompt") and not body.get("raw")) or (
             kind == "chat" and not request["messages"]
         ):
-            await self._load_or_unload(kind, model, keep_alive == 0)  # Ollama's idiom: an empty prompt (un)loads
+            await self._load_or_unload(kind, model, keep_alive == 0, context_size)  # Ollama's idiom: (un)load
             return
         # Ollama's per-request keep_alive: how long the model stays loaded after this request.
         keep = (-1.0 if keep_alive is None else keep_alive) if "keep_alive" in body else None
-        self._work = asyncio.get_running_loop().create_task(self._answer(kind, model, path, request, started, keep))
+        self._work = asyncio.get_running_loop().create_task(
+            self._answer(kind, model, path, request, started, keep, context_size))
         await asyncio.wait({self._work})
         if not self._work.cancelled() and self._work.exception() is not None:
             self.service.metrics.errors[f"ollama/{kind}"] += 1
@@ -85,12 +87,12 @@ class OllamaInferenceHandler(OllamaHandler):
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
-    async def _load_or_unload(self, kind: str, model: str, unload: bool) -> None:
+    async def _load_or_unload(self, kind: str, model: str, unload: bool, context_size: int | None) -> None:
         if unload:
             await self.service.scheduler.unload([model])
             reason = "unload"
         else:
-            await self.service.scheduler.load(model, mode=MODE_COMPLETION)
+            await self.service.scheduler.load(model, mode=MODE_COMPLETION, context_size=context_size)
             reason = "load"
         final = translate.chat_response_to_ollama(model, {"choices": [{"finish_reason": reason}]}, time.monotonic(),
                                                   kind)  # type: ignore[arg-type]
@@ -98,9 +100,10 @@ class OllamaInferenceHandler(OllamaHandler):
         self.send_json(final)
 
     async def _answer(self, kind: str, model: str, path: str, request: dict[str, Any], started: float,
-                      keep_alive: float | None) -> None:
+                      keep_alive: float | None, context_size: int | None) -> None:
         request = {**request, "model": ENGINE_MODEL_NAME}
-        async with self.service.scheduler.use(model, mode=MODE_COMPLETION) as runner:
+        async with self.service.scheduler.use(model, mode=MODE_COMPLETION, context_size=context_size) as runner:
+            request = runner.choice.engine.adapt_request(path.removeprefix("/v1/"), request)
             if keep_alive is not None:
                 runner.keep_alive = keep_alive
             if not request.get("stream"):
@@ -144,8 +147,12 @@ class OllamaEmbedHandler(OllamaHandler):
         if not isinstance(model, str) or texts is None:
             raise web.HTTPError(400, "model and input are required")
         inputs = [texts] if isinstance(texts, str) else texts
+        try:
+            context_size = translate.context_size(body)
+        except ValueError as exc:
+            raise web.HTTPError(400, str(exc)) from exc
         started = time.monotonic()
-        async with self.service.scheduler.use(model, mode=MODE_EMBEDDING) as runner:
+        async with self.service.scheduler.use(model, mode=MODE_EMBEDDING, context_size=context_size) as runner:
             response = await runner.request("POST", "/v1/embeddings",
                                             json={"model": ENGINE_MODEL_NAME, "input": inputs})
         if response.status_code != 200:
@@ -202,6 +209,9 @@ class OllamaShowHandler(OllamaHandler):
         model = await asyncio.to_thread(self.service.store.resolve, name)
         template_file = Path(model.bundle) / "template.jinja"
         template = await asyncio.to_thread(_read_text, template_file)
+        if template is None:  # no template layer: the one the GGUF carries (the config keeps its metadata)
+            gguf = (model.config.raw.get("config") or {}).get("gguf") or {}
+            template = gguf.get("tokenizer.chat_template") if isinstance(gguf, dict) else None
         self.send_json(translate.show_response(model.to_json(), template, model.config.raw))
 
 

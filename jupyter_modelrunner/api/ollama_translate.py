@@ -55,12 +55,43 @@ def keep_alive_seconds(value: Any) -> float | None:
     return sum(float(number) * _UNITS[unit] for number, unit in re.findall(_DURATION_PART, text))
 
 
+def context_size(body: dict[str, Any]) -> int | None:
+    """`options.num_ctx`: the context the request wants the model loaded with (None: no wish)."""
+    options = body.get("options") or {}
+    value = options.get("num_ctx") if isinstance(options, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"options.num_ctx must be a positive whole number of tokens, not {value!r}")
+    return value
+
+
 def chat_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     """An Ollama `/api/chat` body as an OpenAI chat.completions body (`keep_alive` is the caller's business)."""
     openai = {"model": _model(body), "messages": _messages(body.get("messages") or []), **_sampling(body)}
     if body.get("tools"):
         openai["tools"] = body["tools"]  # Ollama's tool definitions already have OpenAI's shape
+        choice = _tool_choice(body)
+        if choice is not None:
+            openai["tool_choice"] = choice
     return _with_stream(openai, body)
+
+
+def _tool_choice(body: dict[str, Any]) -> Any:
+    """Ollama has no `tool_choice`: the model decides. We read OpenAI's from `options.tool_choice` (an extension that
+    Ollama itself ignores): "auto", "none", "required", or a function name that must be called."""
+    options = body.get("options") or {}
+    choice = options.get("tool_choice") if isinstance(options, dict) else None
+    if choice is None:
+        return None
+    if not isinstance(choice, str) or not choice:
+        raise ValueError("options.tool_choice must be 'auto', 'none', 'required' or the name of a function")
+    if choice in ("auto", "none", "required"):
+        return choice
+    names = {(t.get("function") or {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+    if choice not in names:
+        raise ValueError(f"options.tool_choice names {choice!r}, which is not among the tools")
+    return {"type": "function", "function": {"name": choice}}
 
 
 def generate_request_to_openai(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -98,7 +129,7 @@ def _with_stream(openai: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     """Ollama `options` and `format` as OpenAI sampling fields; options with no counterpart are ignored.
 
-    `num_ctx` is a load-time setting the engine was started with, so it is ignored per request. Ollama's
+    `num_ctx` is a load-time setting (see `context_size`), not a sampling field. Ollama's
     `repeat_penalty` is multiplicative (1.0 = off) while OpenAI's `frequency_penalty` is additive (0 = off), so
     it is not mapped onto it; it is sent under llama.cpp's name (`repeat_penalty`) and vLLM's
     (`repetition_penalty`), which mean the same, and each engine ignores the name it does not know.

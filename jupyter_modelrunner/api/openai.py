@@ -77,6 +77,7 @@ class OpenAIProxyHandler(ModelRunnerHandler):
         stream = bool(body.get("stream")) and endpoint != "embeddings"
         upstream_body = {**body, "model": ENGINE_MODEL_NAME}
         async with self.service.scheduler.use(model, mode=mode, engine=engine) as runner:
+            upstream_body = runner.choice.engine.adapt_request(endpoint, upstream_body)
             # Which engine answered, for clients that show it (the %%chat magic, the sidebar).
             self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
             self.set_header("X-Model-Runner-Device", runner.choice.device)

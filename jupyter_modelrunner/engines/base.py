@@ -46,6 +46,10 @@ class Availability:
     reason: str
     device: str = "cpu"
     version: str | None = None
+    #: Where the engine lives (a binary or an interpreter), for `status`.
+    location: str | None = None
+    #: Which implementation runs it when an engine has several (llama.cpp: "llama-server" or "llama-cpp-python").
+    implementation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Launch:
     port: int | None = None
     api_key: str | None = None
     health_path: str = "/v1/models"
+    plan: LoadPlan | None = None
 
     @property
     def base_url(self) -> str:
@@ -78,10 +83,40 @@ class RunConfig:
     keep_alive: float | None = None  # seconds; -1 never unload; None: the scheduler's default
 
 
+#: Where a load plan's context size came from, strongest first (Docker Model Runner's most reported problem is
+#: not knowing which one won, so `ps` says it).
+CONTEXT_CONFIGURED = "configured"
+CONTEXT_REQUEST = "request"
+CONTEXT_ARTIFACT = "model artifact"
+CONTEXT_TRAINING = "model's training context"
+CONTEXT_TRAINING_CAPPED = "model's training context, capped to fit memory"
+CONTEXT_DEFAULT = "default"
+DEFAULT_CONTEXT = 4096
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How an engine will be started, decided before it starts so memory is admitted on the same numbers.
+
+    `context_size` is what one request may use; `slots` how many requests the engine serves at once, each
+    with a KV cache of its own, all counted in `memory`.
+    """
+
+    context_size: int
+    context_source: str
+    slots: int
+    memory: int
+    flags: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class FlagSpec:
+    """One allowlisted engine flag: whether it takes a value, and (for flags whose value may be left out, like
+    llama-server's `-fa [on|off|auto]`) the values it may take."""
+
     takes_value: bool = True
     help: str = ""
+    optional_values: tuple[str, ...] = ()
 
 
 @dataclass
@@ -161,14 +196,76 @@ class Engine(ABC):
         compile or profile on start and can reuse the result next time.
         """
 
-    def default_context(self, facts: ModelFacts) -> int:
-        """The context size used when the user set none: the model's own, capped to keep memory sane."""
-        return min(facts.context_length or 4096, 8192)
+    #: Requests one engine process serves at once when the user sets nothing (each slot has its own KV cache).
+    default_slots: ClassVar[int] = 1
 
-    def estimate_memory(self, model: Model, config: RunConfig) -> int:
+    def plan(self, model: Model, config: RunConfig, *, budget: int, request_context: int | None = None,
+             mode: str = MODE_COMPLETION) -> LoadPlan:
+        """Decide the context size, slots and memory for a start, from the strongest source that says something.
+
+        Context, in order: the model's `configure` setting (or a context flag among its runtime flags) → the
+        request's (Ollama's `options.num_ctx`) → the artifact config's `context_size` → the model's training
+        context, capped so that weights and the KV cache of every slot fit `budget` → 4096.
+        """
+        flags = self.check_flags(config.runtime_flags)
+        flag_context, flag_slots, flags = self.absorb_flags(flags)
         facts = ModelFacts.of(model)
-        context = config.context_size or self.default_context(facts)
-        return self.overhead_bytes + facts.weights_bytes + facts.kv_cache_bytes(context)
+        fixed = self.fixed_slots(mode)
+        slots = fixed or flag_slots or self.default_slots
+        if config.context_size or flag_context:
+            context, source = int(config.context_size or flag_context or 0), CONTEXT_CONFIGURED
+        elif request_context:
+            context, source = int(request_context), CONTEXT_REQUEST
+        elif model.config.context_size and model.config.context_size > 0:
+            context, source = model.config.context_size, CONTEXT_ARTIFACT
+        else:
+            context, source = self.auto_context(facts, budget=budget, slots=slots)
+        if not (fixed or flag_slots):  # "memory permitting": fewer slots before a model that would not fit
+            while slots > 1 and self.memory_for(facts, context, slots) > budget:
+                slots //= 2
+        return LoadPlan(context, source, slots, self.memory_for(facts, context, slots), flags)
+
+    def auto_context(self, facts: ModelFacts, *, budget: int, slots: int) -> tuple[int, str]:
+        """The context when nothing names one: the training context if the KV cache of every slot fits."""
+        if not facts.context_length:
+            return DEFAULT_CONTEXT, CONTEXT_DEFAULT
+        wanted = facts.context_length
+        per_token = facts.kv_cache_bytes(1) * slots
+        room = budget - self.overhead_bytes - facts.weights_bytes
+        if per_token and wanted * per_token > room:
+            fits = max(256, (room // per_token) // 256 * 256) if room > 0 else 256
+            return min(wanted, max(fits, min(wanted, DEFAULT_CONTEXT))), CONTEXT_TRAINING_CAPPED
+        return wanted, CONTEXT_TRAINING
+
+    def memory_for(self, facts: ModelFacts, context: int, slots: int) -> int:
+        """Runtime + weights + a KV cache of `context` tokens for each slot (f16)."""
+        return self.overhead_bytes + facts.weights_bytes + slots * facts.kv_cache_bytes(context)
+
+    def fixed_slots(self, mode: str) -> int | None:
+        """Slots an engine always uses in `mode` whatever the user says (None: the user or the default decide)."""
+        return None
+
+    def absorb_flags(self, flags: tuple[str, ...]) -> tuple[int | None, int | None, tuple[str, ...]]:
+        """Pull the context-size and parallel-slot flags out of checked runtime flags: the plan decides them.
+
+        Returns `(context, slots, remaining flags)`; engines whose flags name neither return them unchanged.
+        """
+        return None, None, flags
+
+    def estimate_memory(self, model: Model, config: RunConfig, *, budget: int = 1 << 62) -> int:
+        """The memory a start with `config` would need (the plan's figure)."""
+        return self.plan(model, config, budget=budget).memory
+
+    def adapt_request(self, endpoint: str, body: dict) -> dict:
+        """Reshape an OpenAI request body for this engine's server where it understands the API differently.
+
+        The default passes it through unchanged; engines override it for the few fields they read otherwise.
+        """
+        return body
+
+    async def reported_context(self, client: object) -> int | None:
+        """The context size per request the started engine reports (None when it cannot say)."""
+        return None
 
     def check_flags(self, flags: Sequence[str]) -> tuple[str, ...]:
         """Return `flags` if every one is allowlisted (with a value where one is needed), else refuse."""
@@ -182,6 +279,17 @@ class Engine(ABC):
             spec = self.allowed_flags.get(name)
             if spec is None:
                 raise EngineFlagRefused(f"{self.name} does not allow the flag {name!r}. Allowed: {allowed}.")
+            if spec.optional_values and not eq:
+                nxt = items[i + 1] if i + 1 < len(items) else None
+                if nxt in spec.optional_values:
+                    out += [name, nxt]
+                    i += 2
+                else:
+                    out.append(name)
+                    i += 1
+                continue
+            if spec.optional_values and inline not in spec.optional_values:
+                raise EngineFlagRefused(f"The {self.name} flag {name} takes one of {', '.join(spec.optional_values)}.")
             if spec.takes_value:
                 if eq:
                     value = inline

@@ -1,90 +1,317 @@
-"""llama.cpp through llama-cpp-python's OpenAI-compatible server, on a Unix socket.
+"""llama.cpp: its own `llama-server` on a Unix socket, or llama-cpp-python's server as the fallback.
 
-llama-cpp-python's own CLI can only listen on TCP, so the process runs our small launcher
-(`llamacpp_server.py`), which builds the same FastAPI app and serves it with uvicorn on a socket in a
-user-only directory: no port, no key, no other local user can reach it.
+`llama-server` is what Docker Model Runner runs, for what only it has: parallel slots with continuous batching,
+Jinja chat templates with tool-call parsing, JSON-schema grammars, a reasoning split, multimodal projectors and
+Prometheus metrics. It is built by `jupyter modelrunner install-runner llama.cpp` from the llama.cpp source that
+the pinned llama-cpp-python release vendors, so the version is the one this package was tested with.
+
+Where no llama-server is installed but llama-cpp-python is, its Python server runs the model instead (one
+request at a time, no JSON schemas), and the selection reason says so and how to upgrade. Both listen on a
+socket in a user-only directory: no port, no key, no other local user can reach them.
+
+Runtime flags are written in llama-server's own names (the ones Docker Model Runner accepts, so a Compose
+file's `runtime_flags` work unchanged); the fallback translates the few it understands and refuses the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import mediatypes as mt
-from .base import MODE_EMBEDDING, Availability, Engine, FlagSpec, Launch, ModelFacts, RunConfig
+from .base import (
+    MODE_COMPLETION,
+    MODE_EMBEDDING,
+    Availability,
+    Engine,
+    EngineFlagRefused,
+    FlagSpec,
+    Launch,
+    LoadPlan,
+    ModelFacts,
+    RunConfig,
+)
 from .hardware import Hardware
 
 if TYPE_CHECKING:
     from ..store import Model
 
-INSTALL_HINT = (
-    "install it with `bash scripts/install-engines.sh llamacpp` (or `pip install 'jupyter-modelrunner[llamacpp]'`)"
-)
+#: The llama-server binary to use, overriding the one `install-runner` installed; `none` forces the fallback.
+ENV_LLAMA_SERVER = "MODEL_RUNNER_LLAMA_SERVER"
+IMPL_SERVER = "llama-server"
+IMPL_PYTHON = "llama-cpp-python"
+INSTALL_COMMAND = "jupyter modelrunner install-runner llama.cpp"
+#: Measured here with SmolLM2 (benchmarks/engines.py): aggregate tokens/s grows up to 8 slots, then falls.
+DEFAULT_SLOTS = 8
+CONTEXT_GRANULE = 256
+#: Host memory llama-server may use to keep idle slots' prompts for reuse (its default, 8 GiB, is too much to hide).
+PROMPT_CACHE_MIB = 256
+_DISABLED = ("", "none", "off", "0", "false")
+
+_V = FlagSpec()
+_SWITCH = FlagSpec(takes_value=False)
+_ON_OFF = FlagSpec(optional_values=("on", "off", "auto"))
+
+
+def _flags(names: str, spec: FlagSpec) -> dict[str, FlagSpec]:
+    return dict.fromkeys(names.split(), spec)
+
+
+# llama-server's flags a user may set per model: Docker Model Runner's allowlist (pkg/inference), minus what the
+# runner itself manages (address, API key, API prefix) and anything naming a file. Everything else is refused.
+LLAMA_SERVER_FLAGS: dict[str, FlagSpec] = {
+    # threads and CPU placement
+    **_flags("-t --threads -tb --threads-batch -C --cpu-mask -Cr --cpu-range --cpu-strict --prio --poll -Cb "
+             "--cpu-mask-batch -Crb --cpu-range-batch --cpu-strict-batch --prio-batch --poll-batch", _V),
+    # context, prediction, batching
+    **_flags("-c --ctx-size -n --predict --n-predict --keep -b --batch-size -ub --ubatch-size", _V),
+    **_flags("--swa-full --perf --no-perf", _SWITCH),
+    **_flags("-fa --flash-attn", _ON_OFF),
+    # sampling defaults
+    **_flags("--samplers -s --seed --temp --temperature --top-k --top-p --min-p --top-nsigma --top-n-sigma "
+             "--xtc-probability --xtc-threshold --typical --typical-p --repeat-last-n --repeat-penalty "
+             "--presence-penalty --frequency-penalty --dry-multiplier --dry-base --dry-allowed-length "
+             "--dry-penalty-last-n --mirostat --mirostat-lr --mirostat-ent --dynatemp-range --dynatemp-exp", _V),
+    **_flags("--ignore-eos", _SWITCH),
+    # devices
+    **_flags("-dev --device -ngl --gpu-layers --n-gpu-layers -sm --split-mode -ts --tensor-split -mg --main-gpu "
+             "-fitt --fit-target -fitc --fit-ctx", _V),
+    **_flags("-fit --fit", _ON_OFF),
+    # memory and caching
+    **_flags("-kvo --kv-offload -nkvo --no-kv-offload --repack -nr --no-repack --no-host --mlock --mmap --no-mmap "
+             "-dio --direct-io -ndio --no-direct-io -kvu --kv-unified -no-kvu --no-kv-unified --context-shift "
+             "--no-context-shift --cache-prompt --no-cache-prompt", _SWITCH),
+    **_flags("-ctk --cache-type-k -ctv --cache-type-v -cram --cache-ram --kv-unified-per-slot", _V),
+    # RoPE scaling
+    **_flags("--rope-scaling --rope-scale --rope-freq-base --rope-freq-scale --yarn-orig-ctx --yarn-ext-factor "
+             "--yarn-attn-factor --yarn-beta-slow --yarn-beta-fast", _V),
+    # server
+    **_flags("-np --parallel -to --timeout --threads-http --cache-reuse --sleep-idle-seconds", _V),
+    **_flags("-cb --cont-batching -nocb --no-cont-batching --warmup --no-warmup --slots --no-slots", _SWITCH),
+    # multimodal (no file paths)
+    **_flags("--mmproj-auto --no-mmproj --no-mmproj-auto --mmproj-offload --no-mmproj-offload --spm-infill",
+             _SWITCH),
+    **_flags("--image-min-tokens --image-max-tokens", _V),
+    # speculative decoding (no file paths: a draft model is not a runtime flag)
+    **_flags("--spec-draft-threads -td --threads-draft --spec-draft-threads-batch -tbd --threads-batch-draft "
+             "--spec-draft-cpu-mask -Cd --cpu-mask-draft --spec-draft-cpu-range -Crd --cpu-range-draft "
+             "--spec-draft-cpu-strict --cpu-strict-draft --spec-draft-prio --prio-draft --spec-draft-poll "
+             "--poll-draft --spec-draft-cpu-mask-batch -Cbd --cpu-mask-batch-draft --spec-draft-cpu-strict-batch "
+             "--cpu-strict-batch-draft --spec-draft-prio-batch --prio-batch-draft --spec-draft-poll-batch "
+             "--poll-batch-draft --spec-draft-n-cpu-moe --spec-draft-ncmoe -ncmoed --n-cpu-moe-draft "
+             "--spec-draft-n-max --draft-n-max --draft-max --spec-draft-n-min --draft-n-min --draft-min "
+             "--spec-draft-p-split --draft-p-split --spec-draft-p-min --draft-p-min --spec-draft-device -devd "
+             "--device-draft --spec-draft-ngl -ngld --gpu-layers-draft --n-gpu-layers-draft --spec-type "
+             "--spec-ngram-mod-n-min --spec-ngram-mod-n-max --spec-ngram-mod-n-match --spec-ngram-simple-size-n "
+             "--spec-ngram-simple-size-m --spec-ngram-simple-min-hits --spec-ngram-map-k-size-n "
+             "--spec-ngram-map-k-size-m --spec-ngram-map-k-min-hits --spec-ngram-map-k4v-size-n "
+             "--spec-ngram-map-k4v-size-m --spec-ngram-map-k4v-min-hits --spec-draft-type-k -ctkd "
+             "--cache-type-k-draft --spec-draft-type-v -ctvd --cache-type-v-draft -cd --ctx-size-draft", _V),
+    **_flags("--spec-draft-cpu-moe -cmoed --cpu-moe-draft --spec-draft-backend-sampling "
+             "--no-spec-draft-backend-sampling", _SWITCH),
+    # LoRA and control vectors (no file paths)
+    **_flags("--lora-init-without-apply", _SWITCH),
+    "--control-vector-layer-range": _V,
+    # grammar and templates
+    **_flags("--grammar -j --json-schema --chat-template --chat-template-kwargs --pooling --reasoning-format "
+             "--reasoning-budget --reasoning-effort -sps --slot-prompt-similarity", _V),
+    **_flags("-bs --backend-sampling --jinja --no-jinja --prefill-assistant --no-prefill-assistant", _SWITCH),
+    **_flags("-rea --reasoning", _ON_OFF),
+    # metrics and endpoints
+    **_flags("--metrics --no-metrics --props --embedding --embeddings --rerank --reranking", _SWITCH),
+    # tensors and MoE
+    **_flags("-cmoe --cpu-moe --check-tensors --op-offload --no-op-offload", _SWITCH),
+    **_flags("-ncmoe --n-cpu-moe", _V),
+    # logs
+    **_flags("-v --verbose --log-verbose", _SWITCH),
+    **_flags("-lv --verbosity --log-verbosity", _V),
+}
+_CONTEXT_FLAGS = ("-c", "--ctx-size")
+_SLOT_FLAGS = ("-np", "--parallel")
+
+# The llama-server flags the fallback understands, as llama-cpp-python's server settings (value → its value).
+_PYTHON_FLAG_NAMES = {
+    "-t": "--n_threads", "--threads": "--n_threads", "-tb": "--n_threads_batch", "--threads-batch": "--n_threads_batch",
+    "-b": "--n_batch", "--batch-size": "--n_batch", "-ub": "--n_ubatch", "--ubatch-size": "--n_ubatch",
+    "-ngl": "--n_gpu_layers", "--gpu-layers": "--n_gpu_layers", "--n-gpu-layers": "--n_gpu_layers",
+    "-mg": "--main_gpu", "--main-gpu": "--main_gpu", "-ts": "--tensor_split", "--tensor-split": "--tensor_split",
+    "--rope-freq-base": "--rope_freq_base", "--rope-freq-scale": "--rope_freq_scale", "-s": "--seed",
+    "--seed": "--seed", "-fa": "--flash_attn", "--flash-attn": "--flash_attn",
+}
+_PYTHON_SWITCHES = {"--mlock": ("--use_mlock", "true"), "--no-mmap": ("--use_mmap", "false"),
+                    "--mmap": ("--use_mmap", "true"), "-v": ("--verbose", "true"), "--verbose": ("--verbose", "true"),
+                    "--jinja": None, "--metrics": None, "--no-warmup": None, "--warmup": None}
 
 
 class LlamaCppEngine(Engine):
+    """GGUF models on llama.cpp: `llama-server` when installed, llama-cpp-python's server otherwise."""
+
     name = "llama.cpp"
     formats = frozenset({mt.FORMAT_GGUF})
     load_timeout = 180.0
-    overhead_bytes = 192 * 1024**2
-    # Flags of llama-cpp-python's server a user may set per model; everything else is refused.
-    allowed_flags = {
-        "--n_threads": FlagSpec(help="threads for generation"),
-        "--n_threads_batch": FlagSpec(help="threads for prompt processing"),
-        "--n_batch": FlagSpec(help="prompt batch size"),
-        "--n_ubatch": FlagSpec(help="physical batch size"),
-        "--n_gpu_layers": FlagSpec(help="layers to offload to the GPU (-1: all)"),
-        "--main_gpu": FlagSpec(help="GPU to use"),
-        "--tensor_split": FlagSpec(help="split across GPUs"),
-        "--flash_attn": FlagSpec(help="flash attention (true/false)"),
-        "--rope_freq_base": FlagSpec(), "--rope_freq_scale": FlagSpec(),
-        "--type_k": FlagSpec(help="KV cache key type"), "--type_v": FlagSpec(help="KV cache value type"),
-        "--seed": FlagSpec(), "--use_mlock": FlagSpec(), "--use_mmap": FlagSpec(),
-        "--chat_format": FlagSpec(help="override the chat format"),
-        "--cache": FlagSpec(help="prompt cache (true/false)"),
-        "--verbose": FlagSpec(),
-    }
+    overhead_bytes = 192 * 1024**2 + PROMPT_CACHE_MIB * 1024**2
+    allowed_flags = LLAMA_SERVER_FLAGS
+    default_slots = DEFAULT_SLOTS
 
-    def __init__(self, python: str | None = None) -> None:
+    def __init__(self, python: str | None = None, server: str | None = None) -> None:
+        """`server`: a llama-server binary (else `$MODEL_RUNNER_LLAMA_SERVER`, else the one install-runner put in
+        place; `none` means never use one); `python`: the interpreter with llama-cpp-python for the fallback."""
         self.python = python or sys.executable
+        self._server_setting = server
+
+    # -- which implementation ---------------------------------------------------------------------------
+
+    @property
+    def server(self) -> Path | None:
+        """The llama-server binary this engine would run, if any (looked up on each call: installs change)."""
+        setting = self._server_setting if self._server_setting is not None else os.environ.get(ENV_LLAMA_SERVER)
+        if setting is not None and setting.strip():
+            return None if setting.strip().lower() in _DISABLED else Path(setting).expanduser()
+        from .install import installed
+
+        record = installed("llama.cpp")
+        return record.executable if record else None
 
     def availability(self, hardware: Hardware) -> Availability:
-        if self.python == sys.executable:
-            if importlib.util.find_spec("llama_cpp") is None:
-                return Availability(False, f"llama-cpp-python is not installed; {INSTALL_HINT}")
-            try:
-                version = importlib.metadata.version("llama-cpp-python")
-            except importlib.metadata.PackageNotFoundError:
-                version = None
-            if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
-                return Availability(False, f"llama-cpp-python's server extra is missing; {INSTALL_HINT}")
-        else:
-            version = None
+        where = "with all layers on the GPU" if hardware.cuda else "on the CPU"
         device = "cuda" if hardware.cuda else "cpu"
-        where = "all layers on the GPU" if hardware.cuda else "on the CPU"
-        return Availability(True, f"llama.cpp {version or ''} runs GGUF models {where}".replace("  ", " "),
-                            device=device, version=version)
+        server = self.server
+        if server is not None:
+            version = _server_version(str(server))
+            if version is None:
+                problem = f"{server} cannot be run"
+            else:
+                return Availability(True, f"llama.cpp's llama-server ({version}) runs GGUF models {where}, "
+                                    "several requests at a time", device=device, version=version,
+                                    location=str(server), implementation=IMPL_SERVER)
+        else:
+            problem = "llama-server is not installed"
+        fallback = self._python_availability()
+        if fallback is None:
+            return Availability(False, f"{problem}, and neither is llama-cpp-python; install it with "
+                                f"`{INSTALL_COMMAND}`")
+        version, _ = fallback
+        return Availability(True, f"llama.cpp through llama-cpp-python {version or ''} runs GGUF models {where} "
+                            f"(fallback: {problem}; it answers one request at a time and has no JSON-schema output "
+                            f"— `{INSTALL_COMMAND}` installs llama-server)".replace("  ", " "),
+                            device=device, version=version, location=self.python, implementation=IMPL_PYTHON)
+
+    def _python_availability(self) -> tuple[str | None, Path | None] | None:
+        """llama-cpp-python's version and the library folder it needs, or None when it cannot run here."""
+        if self.python != sys.executable:
+            return None, None  # another interpreter: trust the configuration
+        if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
+            return None
+        try:
+            version = importlib.metadata.version("llama-cpp-python")
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        if _has_own_libraries():
+            return version, None
+        libraries = _borrowed_libraries(version)
+        return (version, libraries) if libraries else None
+
+    # -- planning -------------------------------------------------------------------------------------------
+
+    def plan(self, model: Model, config: RunConfig, *, budget: int, request_context: int | None = None,
+             mode: str = MODE_COMPLETION) -> LoadPlan:
+        plan = super().plan(model, config, budget=budget, request_context=request_context, mode=mode)
+        if self.server is not None and plan.context_size % CONTEXT_GRANULE:
+            # llama.cpp pads each slot's context to a whole number of 256-token blocks: plan what it will allocate.
+            context = -(-plan.context_size // CONTEXT_GRANULE) * CONTEXT_GRANULE
+            plan = LoadPlan(context, plan.context_source, plan.slots,
+                            self.memory_for(ModelFacts.of(model), context, plan.slots), plan.flags)
+        if self.server is None:  # the fallback serves one request at a time, and knows fewer flags
+            _python_flags(plan.flags)
+            return LoadPlan(plan.context_size, plan.context_source, 1,
+                            self.memory_for(ModelFacts.of(model), plan.context_size, 1), plan.flags)
+        return plan
+
+    def absorb_flags(self, flags: tuple[str, ...]) -> tuple[int | None, int | None, tuple[str, ...]]:
+        context = slots = None
+        rest: list[str] = []
+        items = list(flags)
+        i = 0
+        while i < len(items):
+            name = items[i]
+            if name in _CONTEXT_FLAGS + _SLOT_FLAGS and i + 1 < len(items):
+                try:
+                    value = int(items[i + 1])
+                except ValueError as exc:
+                    raise EngineFlagRefused(f"The llama.cpp flag {name} needs a whole number.") from exc
+                if name in _CONTEXT_FLAGS:
+                    context = value if value > 0 else None
+                else:
+                    slots = value if value > 0 else None
+                i += 2
+                continue
+            rest.append(name)
+            i += 1
+        return context, slots, tuple(rest)
+
+    # -- starting -------------------------------------------------------------------------------------------
 
     def launch(
         self, model: Model, *, workdir: Path, config: RunConfig, hardware: Hardware, mode: str,
-        cache_dir: Path | None = None,
+        cache_dir: Path | None = None, plan: LoadPlan | None = None,
     ) -> Launch:
         ggufs = model.gguf_files()
         if not ggufs:
             raise FileNotFoundError(f"The bundle of {model.short_id} has no GGUF file")
-        facts = ModelFacts.of(model)
+        plan = plan or self.plan(model, config, budget=1 << 62, mode=mode)
         socket = workdir / "engine.sock"
+        with contextlib.suppress(FileNotFoundError):
+            socket.unlink()  # llama-server will not bind over a stale socket file
+        server = self.server
+        if server is not None:
+            return self._server_launch(server, model, ggufs[0], socket, plan, hardware, mode)
+        return self._python_launch(model, ggufs[0], socket, plan, hardware, mode)
+
+    def _server_launch(self, server: Path, model: Model, gguf: Path, socket: Path, plan: LoadPlan,
+                       hardware: Hardware, mode: str) -> Launch:
         argv = [
-            self.python, "-m", "jupyter_modelrunner.engines.llamacpp_server",
-            "--uds", str(socket),
-            "--model", str(ggufs[0]),
-            "--model_alias", "model",
-            "--n_ctx", str(config.context_size or self.default_context(facts)),
-            "--n_gpu_layers", "-1" if hardware.cuda else "0",
+            str(server), "--model", str(gguf), "--host", str(socket), "--alias", "model",
+            # -c is the KV cache of all slots together: each slot gets an equal share, the context of one request.
+            "--ctx-size", str(plan.context_size * plan.slots), "--parallel", str(plan.slots),
+            "--n-gpu-layers", "999" if hardware.cuda else "0",
+            "--jinja", "--metrics", "--no-webui", "--cache-ram", str(PROMPT_CACHE_MIB), "--log-colors", "off",
+        ]
+        facts = ModelFacts.of(model)
+        if mode == MODE_EMBEDDING:
+            argv += ["--embeddings"]
+            if not facts.extra.get("pooling_type"):
+                argv += ["--pooling", "mean"]  # a generative model: one vector per input, as OpenAI clients expect
+            # An embedding is computed in one micro-batch, so a whole input must fit in one.
+            batch = str(min(plan.context_size, 4096))
+            argv += ["--batch-size", batch, "--ubatch-size", batch]
+        else:
+            template = model.bundle / "template.jinja"
+            if template.is_file():
+                argv += ["--chat-template-file", str(template)]
+            mmproj = model.bundle / "model.mmproj"
+            if mmproj.is_file():
+                argv += ["--mmproj", str(mmproj)]
+        argv += list(plan.flags)
+        env = _engine_env()
+        # The libraries built with it sit next to the binary (its runpath says so), but LD_LIBRARY_PATH would win
+        # over the runpath: another llama.cpp on it must not be loaded into this one.
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(server.parent), env.get("LD_LIBRARY_PATH")) if p)
+        return Launch(argv=argv, env=env, socket=socket, health_path="/health", plan=plan)
+
+    def _python_launch(self, model: Model, gguf: Path, socket: Path, plan: LoadPlan, hardware: Hardware,
+                       mode: str) -> Launch:
+        facts = ModelFacts.of(model)
+        argv = [
+            self.python, "-m", "jupyter_modelrunner.engines.llamacpp_python_server",
+            "--uds", str(socket), "--model", str(gguf), "--model_alias", "model",
+            "--n_ctx", str(plan.context_size), "--n_gpu_layers", "-1" if hardware.cuda else "0",
         ]
         template = model.bundle / "template.jinja"
         if template.is_file():
@@ -92,7 +319,121 @@ class LlamaCppEngine(Engine):
         if mode == MODE_EMBEDDING:
             argv += ["--embedding", "true"]
             if not facts.extra.get("pooling_type"):
-                argv += ["--pooling_type", "mean"]  # a generative model: one vector per input, not per token
-        argv += list(config.runtime_flags)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_RUNNER_", "JPY_"))}
-        return Launch(argv=argv, env=env, socket=socket, health_path="/v1/models")
+                argv += ["--pooling_type", "mean"]
+        argv += _python_flags(plan.flags)
+        env = _engine_env()
+        libraries = (self._python_availability() or (None, None))[1]
+        if libraries is not None:
+            # llama-cpp-python installed without its own build of llama.cpp (CMAKE_ARGS=-DLLAMA_BUILD=OFF) uses the
+            # libraries install-runner built from the same llama.cpp source.
+            env.update({"LLAMA_CPP_LIB_PATH": str(libraries), "MTMD_CPP_LIB": str(libraries)})
+        return Launch(argv=argv, env=env, socket=socket, health_path="/v1/models", plan=plan)
+
+    # -- talking to it -------------------------------------------------------------------------------------
+
+    def adapt_request(self, endpoint: str, body: dict) -> dict:
+        """Fill the gaps between OpenAI's API and what each llama.cpp server reads.
+
+        llama-server ignores a `tool_choice` that names a function (it reads only strings); the same meaning is
+        "required" with that function as the only tool. llama-cpp-python's server refuses `json_schema` response
+        formats (HTTP 500); it takes the schema as a `json_object` format's `schema` instead.
+        """
+        if endpoint != "chat/completions":
+            return body
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and isinstance(body.get("tools"), list):
+            wanted = (choice.get("function") or {}).get("name")
+            chosen = [tool for tool in body["tools"]
+                      if isinstance(tool, dict) and (tool.get("function") or {}).get("name") == wanted]
+            if chosen:
+                body = {**body, "tools": chosen, "tool_choice": "required"}
+        response_format = body.get("response_format")
+        if (self.server is None and isinstance(response_format, dict)
+                and response_format.get("type") == "json_schema"):
+            schema = (response_format.get("json_schema") or {}).get("schema")
+            body = {**body, "response_format": {"type": "json_object", **({"schema": schema} if schema else {})}}
+        return body
+
+    async def reported_context(self, client: Any) -> int | None:
+        """llama-server's `/props` says the context each slot got; the fallback has no such route."""
+        try:
+            response = await client.get("/props", timeout=5.0)
+            if response.status_code == 200:
+                value = (response.json().get("default_generation_settings") or {}).get("n_ctx")
+                return int(value) if value else None
+        except Exception:  # an engine that cannot say is not an error
+            return None
+        return None
+
+
+def _engine_env() -> dict[str, str]:
+    """The engine's environment: ours minus the runner's settings, and minus llama.cpp's own LLAMA_ARG_* variables,
+    which llama-server reads as flags (a stray LLAMA_ARG_API_KEY would lock the runner out)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("MODEL_RUNNER_", "JPY_", "LLAMA_ARG_")) and k != "LLAMA_API_KEY"}
+
+
+def _python_flags(flags: tuple[str, ...]) -> list[str]:
+    """Checked llama-server flags as llama-cpp-python server settings, refusing those it has no setting for."""
+    out: list[str] = []
+    items = list(flags)
+    i = 0
+    while i < len(items):
+        name, spec = items[i], LLAMA_SERVER_FLAGS[items[i]]
+        value = None
+        if (spec.takes_value and not spec.optional_values) or (
+                spec.optional_values and i + 1 < len(items) and items[i + 1] in spec.optional_values):
+            value = items[i + 1]
+        i += 1 if value is None else 2
+        if name in _PYTHON_SWITCHES:
+            out += list(_PYTHON_SWITCHES[name] or ())
+            continue
+        target = _PYTHON_FLAG_NAMES.get(name)
+        if target is None:
+            raise EngineFlagRefused(
+                f"The llama.cpp flag {name} is not supported by the llama-cpp-python fallback; `{INSTALL_COMMAND}` "
+                "installs llama-server, which takes it.")
+        if target == "--flash_attn":
+            value = "false" if value == "off" else "true"
+        out += [target, value or "true"]
+    return out
+
+
+@functools.cache
+def _server_version(path: str) -> str | None:
+    """`llama-server --version`'s first line without `version: ` (e.g. `0.5.0-dev (build 1, commit 0c1e570)`),
+    or None when the binary cannot run (missing, not executable, libraries gone)."""
+    try:
+        result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20,
+                                env=_engine_env())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.startswith("version:"):
+            return line.removeprefix("version:").strip()
+    return "unknown version"
+
+
+def _has_own_libraries() -> bool:
+    """Whether the installed llama_cpp package carries its own compiled llama.cpp."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    return any(lib.glob("libllama.*")) or any(lib.glob("llama.dll"))
+
+
+def _borrowed_libraries(version: str | None) -> Path | None:
+    """install-runner's llama.cpp libraries, when they come from the same llama-cpp-python source (same ABI)."""
+    if os.environ.get("LLAMA_CPP_LIB_PATH"):
+        return Path(os.environ["LLAMA_CPP_LIB_PATH"])
+    from .install import LLAMA_CPP_PYTHON_VERSION, installed
+
+    record = installed("llama.cpp")
+    if record is None or record.lib_dir is None:
+        return None
+    if version is not None and version != LLAMA_CPP_PYTHON_VERSION:
+        return None
+    return record.lib_dir

@@ -1,6 +1,6 @@
 """The llama.cpp engine process: llama-cpp-python's OpenAI server, served on a Unix socket.
 
-Run as `python -m jupyter_modelrunner.engines.llamacpp_server --uds SOCKET --model FILE [settings…]`.
+Run as `python -m jupyter_modelrunner.engines.llamacpp_python_server --uds SOCKET --model FILE [settings…]`.
 It accepts every model setting of `python -m llama_cpp.server` (same names) and adds what that CLI lacks:
 `--uds` (listen on a socket instead of a TCP port) and `--chat_template_file` (the model artifact's
 Jinja chat template layer). This module runs only inside the engine process; nothing imports it.
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    parser = argparse.ArgumentParser(prog="llamacpp_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="llamacpp_python_server", description=__doc__.splitlines()[0])
     parser.add_argument("--uds", required=True, help="Unix socket to listen on")
     parser.add_argument("--chat_template_file", help="Jinja chat template to use instead of the GGUF's")
     parser.add_argument("--pooling_type", choices=["mean", "cls", "last"], help="embedding pooling default")

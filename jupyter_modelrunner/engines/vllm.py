@@ -7,15 +7,28 @@ separate virtual environment, configured with `MODEL_RUNNER_VLLM_PYTHON` or the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import mediatypes as mt
-from .base import MODE_EMBEDDING, Availability, Engine, FlagSpec, Launch, ModelFacts, RunConfig
+from .base import (
+    CONTEXT_DEFAULT,
+    CONTEXT_TRAINING,
+    CONTEXT_TRAINING_CAPPED,
+    MODE_EMBEDDING,
+    Availability,
+    Engine,
+    FlagSpec,
+    Launch,
+    LoadPlan,
+    ModelFacts,
+    RunConfig,
+)
 from .hardware import Hardware
 
 if TYPE_CHECKING:
@@ -34,16 +47,17 @@ _PROBE = (
 
 
 def default_vllm_python() -> str | None:
-    """`$MODEL_RUNNER_VLLM_PYTHON`, else a `.venv-vllm` next to the current environment, if present."""
+    """`$MODEL_RUNNER_VLLM_PYTHON`, else the environment `jupyter modelrunner install-runner vllm` made.
+
+    Never a `.venv-vllm` found in the current directory: starting Jupyter inside a cloned repository must not
+    execute that repository's files.
+    """
     if os.environ.get(ENV_VLLM_PYTHON):
         return os.environ[ENV_VLLM_PYTHON]
-    import sys
+    from .install import installed
 
-    for base in (Path(sys.prefix).parent, Path.cwd()):
-        candidate = base / ".venv-vllm" / "bin" / "python"
-        if candidate.is_file():
-            return str(candidate)
-    return None
+    record = installed("vllm")
+    return str(record.executable) if record else None
 
 
 @functools.cache
@@ -72,15 +86,17 @@ class VllmEngine(Engine):
         "--enforce-eager": FlagSpec(takes_value=False),
         "--enable-prefix-caching": FlagSpec(takes_value=False),
         "--enable-chunked-prefill": FlagSpec(takes_value=False),
+        "--max-model-len": FlagSpec(help="context size (same as `configure --context-size`)"),
+        "--tool-call-parser": FlagSpec(help="how tool calls are read from the output (default: from the template)"),
+        "--enable-auto-tool-choice": FlagSpec(takes_value=False),
     }
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or default_vllm_python()
 
     def availability(self, hardware: Hardware) -> Availability:
-        fix = ("install the vLLM engine on a machine with an NVIDIA GPU (`bash scripts/install-engines.sh vllm`, "
-               f"then set {ENV_VLLM_PYTHON}), or pull the GGUF variant of the model (e.g. `ai/qwen3` instead of "
-               "`ai/qwen3-vllm`)")
+        fix = ("install the vLLM engine on a machine with an NVIDIA GPU (`jupyter modelrunner install-runner vllm`), "
+               "or pull the GGUF variant of the model (e.g. `ai/qwen3` instead of `ai/qwen3-vllm`)")
         if not self.python or not Path(self.python).is_file():
             return Availability(False, f"vLLM is not installed; {fix}")
         installed = _installed(self.python)
@@ -95,20 +111,42 @@ class VllmEngine(Engine):
             return Availability(False, f"vLLM {installed['vllm']} is installed but no NVIDIA GPU was found; {fix}")
         return Availability(False, f"{self.python} has no vLLM installed; {fix}")
 
-    def default_context(self, facts: ModelFacts) -> int:
-        return min(facts.context_length or 2048, 4096)
+    def auto_context(self, facts: ModelFacts, *, budget: int, slots: int) -> tuple[int, str]:
+        """vLLM sizes its own KV pool; without a setting the context is the model's, at most 4096 tokens (a CPU KV
+        cache of 256 MiB holds about that much for small models, and vLLM refuses a context it cannot hold)."""
+        if not facts.context_length:
+            return 2048, CONTEXT_DEFAULT
+        if facts.context_length > 4096:
+            return 4096, CONTEXT_TRAINING_CAPPED
+        return facts.context_length, CONTEXT_TRAINING
 
-    def estimate_memory(self, model: Model, config: RunConfig) -> int:
+    def memory_for(self, facts: ModelFacts, context: int, slots: int) -> int:
         # On the CPU we give vLLM a fixed KV cache; on a GPU it takes its utilization share itself.
-        return self.overhead_bytes + model.size + CPU_KV_CACHE_BYTES
+        return self.overhead_bytes + facts.weights_bytes + CPU_KV_CACHE_BYTES
+
+    def absorb_flags(self, flags: tuple[str, ...]) -> tuple[int | None, int | None, tuple[str, ...]]:
+        if "--max-model-len" in flags:
+            i = flags.index("--max-model-len")
+            return int(flags[i + 1]), None, flags[:i] + flags[i + 2:]
+        return None, None, flags
+
+    async def reported_context(self, client: Any) -> int | None:
+        """vLLM lists its model with `max_model_len`."""
+        try:
+            response = await client.get("/v1/models", timeout=5.0)
+            data = response.json().get("data") or [{}]
+            return int(data[0]["max_model_len"]) if data[0].get("max_model_len") else None
+        except Exception:  # an engine that cannot say is not an error
+            return None
 
     def launch(
         self, model: Model, *, workdir: Path, config: RunConfig, hardware: Hardware, mode: str,
-        cache_dir: Path | None = None,
+        cache_dir: Path | None = None, plan: LoadPlan | None = None,
     ) -> Launch:
         if not self.python:
             raise FileNotFoundError("no vLLM interpreter configured")
         facts = ModelFacts.of(model)
+        plan = plan or self.plan(model, config, budget=1 << 62, mode=mode)
         socket = workdir / "engine.sock"
         availability = self.availability(hardware)
         argv = [
@@ -116,7 +154,7 @@ class VllmEngine(Engine):
             "--model", str(model.bundle),
             "--served-model-name", "model",
             "--uds", str(socket),
-            "--max-model-len", str(config.context_size or self.default_context(facts)),
+            "--max-model-len", str(plan.context_size),
         ]
         if availability.device == "cpu":
             argv += ["--dtype", "float32" if facts.weights_bytes < 64 * 1024**2 else "bfloat16", "--enforce-eager",
@@ -125,7 +163,13 @@ class VllmEngine(Engine):
             argv += ["--gpu-memory-utilization", "0.9"]
         if mode == MODE_EMBEDDING:
             argv += ["--runner", "pooling", "--convert", "embed"]
-        argv += list(config.runtime_flags)
+        elif "--tool-call-parser" not in plan.flags:
+            parser = tool_call_parser(model.bundle)
+            if parser:  # tools in requests are then answered with parsed `tool_calls`, as OpenAI clients expect
+                argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+        elif "--enable-auto-tool-choice" not in plan.flags:
+            argv += ["--enable-auto-tool-choice"]
+        argv += list(plan.flags)
         # Temporary files stay with this process; compile caches persist, so the next load is faster
         # (~10 s of a ~45 s CPU start here).
         tmp = workdir / "tmp"
@@ -138,4 +182,41 @@ class VllmEngine(Engine):
         }
         tmp.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Launch(argv=argv, env=env, socket=socket, health_path="/health")
+        return Launch(argv=argv, env=env, socket=socket, health_path="/health", plan=plan)
+
+
+# How a chat template asks the model to write tool calls → the vLLM parser that reads them back, first match wins.
+_TOOL_CALL_MARKERS = (
+    ("<tool_call>", "hermes"),                      # Qwen2.5/Qwen3, Hermes 2/3, SmolLM3
+    ("<function=", "qwen3_coder"),                  # Qwen3-Coder's XML-ish calls
+    ("[TOOL_CALLS]", "mistral"),
+    ("tool\u2581calls\u2581begin", "deepseek_v3"),      # DeepSeek V3 (full-width bars around it)
+    ("<|python_tag|>", "llama3_json"),              # Llama 3.1+
+    ("<|tool_call|>", "granite"),
+    ("functools[", "phi4_mini_json"),
+    ("<|channel|>", "openai"),                      # gpt-oss (harmony)
+)
+
+
+def chat_template_text(bundle: Path) -> str:
+    """The model folder's chat template: `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return (bundle / "chat_template.jinja").read_text(encoding="utf-8")
+    with contextlib.suppress(OSError, ValueError):
+        template = json.loads((bundle / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+        if isinstance(template, list):  # named templates: the default one, else the first
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            return str(named.get("default") or next(iter(named.values()), "") or "")
+    return ""
+
+
+def tool_call_parser(bundle: Path) -> str | None:
+    """vLLM's tool-call parser for the model in `bundle`, read off its chat template (None: no tool calling)."""
+    template = chat_template_text(bundle)
+    if "tools" not in template:
+        return None
+    if "<|start_header_id|>" in template and "<|python_tag|>" not in template:
+        return "llama3_json"  # Llama 3.2/3.3 templates describe JSON calls without the python tag
+    return next((parser for marker, parser in _TOOL_CALL_MARKERS if marker in template), None)

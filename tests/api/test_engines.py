@@ -50,7 +50,7 @@ async def test_unload_needs_a_target(jp_fetch):
 
 async def test_configure_persists_settings_and_refuses_unlisted_flags(jp_fetch, runner_store):
     done = json.loads((await post(jp_fetch, "engines", "_configure", body={
-        "model": "ai/tiny", "context-size": 1024, "keep_alive": "10m", "runtime-flags": ["--n_threads", "1"],
+        "model": "ai/tiny", "context-size": 1024, "keep_alive": "10m", "runtime-flags": ["--threads", "1"],
     })).body)
     assert done["context_size"] == 1024 and done["keep_alive"] == "10m"
     assert "1024" in (runner_store.root / "runner-config.json").read_text()

@@ -33,9 +33,19 @@ def test_requests_loads_and_runners_are_counted(jupyter):
     assert ("ready", "llama.cpp") in events
 
 
+def test_llama_server_metrics_are_merged_with_engine_and_model_labels(jupyter):
+    sdk = openai.OpenAI(base_url=jupyter.url + "v1", api_key=jupyter.token, max_retries=0)
+    sdk.chat.completions.create(model="ai/tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    families = scrape(jupyter)
+    llama = {name: samples for name, samples in families.items() if name.startswith("llamacpp:")}
+    assert llama, sorted(families)  # llama-server runs with --metrics
+    tokens = [s for s in llama.get("llamacpp:tokens_predicted", []) if s.labels["model"].endswith("ai/tiny:latest")]
+    assert tokens and all(s.labels["engine"] == "llama.cpp" for s in tokens) and tokens[0].value >= 1
+
+
 def test_vllm_metrics_are_merged_with_engine_and_model_labels(jupyter):
     if default_vllm_python() is None:
-        pytest.skip("no vLLM environment (bash scripts/install-engines.sh vllm)")
+        pytest.skip("no vLLM environment (jupyter modelrunner install-runner vllm)")
     with jupyter.client() as http:
         pulled = http.post("models/create", json={"from": "ai/tiny-st"}).text.splitlines()
     assert json.loads(pulled[-1])["type"] == "success"

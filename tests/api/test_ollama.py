@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ollama
 import pytest
+from pydantic import BaseModel
+
+from ..conftest import TOOL_CALL_PREFILL, WEATHER_TOOL
 
 pytestmark = pytest.mark.timeout(300)
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -64,3 +67,40 @@ def test_pull_and_delete(client):
     with pytest.raises(ollama.ResponseError) as caught:
         client.pull("127.0.0.1:1/ai/tiny")
     assert caught.value.status_code == 503
+
+
+# -- structured output and tools (llama-server) -----------------------------------------------------------
+
+
+class City(BaseModel):
+    name: str
+    country: str
+
+
+def test_format_with_a_json_schema_returns_json_that_validates(client, smollm2_tools):
+    """`ollama.chat(format=Model.model_json_schema())`, as Ollama's docs show for structured outputs."""
+    answer = client.chat(model=smollm2_tools, format=City.model_json_schema(), options={"temperature": 0},
+                         messages=[{"role": "user", "content": "Name the capital of France and its country."}])
+    city = City.model_validate_json(answer.message.content)
+    assert city.name and city.country
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_come_back_as_ollama_tool_calls(client, smollm2_tools, stream):
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}, TOOL_CALL_PREFILL]
+    # Ollama has no tool_choice; the runner reads OpenAI's from options (see ollama_translate._tool_choice).
+    answer = client.chat(model=smollm2_tools, messages=messages, tools=[WEATHER_TOOL], stream=stream,
+                         options={"temperature": 0, "num_predict": 100, "tool_choice": "get_weather"})
+    if stream:
+        parts = list(answer)
+        calls = [call for part in parts for call in part.message.tool_calls or []]
+        assert parts[-1].done
+    else:
+        calls = answer.message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    assert isinstance(calls[0].function.arguments["city"], str)  # Ollama's arguments are an object, not a string
+
+
+def test_show_advertises_tools_only_where_the_template_supports_them(client, smollm2_tools):
+    assert "tools" in client.show(smollm2_tools).capabilities
+    assert "tools" not in client.show("ai/tiny").capabilities

@@ -11,6 +11,7 @@ from jupyter_modelrunner.api.ollama_translate import (
     OllamaStream,
     chat_request_to_openai,
     chat_response_to_ollama,
+    context_size,
     error_body,
     generate_request_to_openai,
     keep_alive_seconds,
@@ -422,3 +423,22 @@ def test_ollama_client_parses_listings():
     shown = ollama.ShowResponse.model_validate(show_response(MODEL_JSON, "t", RAW_CONFIG))
     assert shown.modelinfo["general.architecture"] == "llama"
     assert shown.capabilities == ["completion"]
+
+
+def test_options_tool_choice_is_read_as_openais():
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    assert "tool_choice" not in chat_request_to_openai(body)
+    assert chat_request_to_openai({**body, "options": {"tool_choice": "required"}})["tool_choice"] == \
+        "required"
+    named = chat_request_to_openai({**body, "options": {"tool_choice": "get_weather"}})
+    assert named["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    with pytest.raises(ValueError, match="not among the tools"):
+        chat_request_to_openai({**body, "options": {"tool_choice": "get_time"}})
+
+
+def test_num_ctx_is_the_requests_context_size():
+    assert context_size({"options": {"num_ctx": 8192}}) == 8192
+    assert context_size({"options": {}}) is None and context_size({}) is None
+    with pytest.raises(ValueError, match="num_ctx"):
+        context_size({"options": {"num_ctx": "big"}})

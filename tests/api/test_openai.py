@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -10,9 +11,14 @@ import time
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
+
+from ..conftest import TOOL_CALL_PREFILL, WEATHER_TOOL
 
 pytestmark = pytest.mark.timeout(300)
 HELLO = [{"role": "user", "content": "Say hello"}]
+#: A stream that lasts seconds: the tiny model never picks its end token at temperature 0.
+LONG = {"model": "ai/tiny-long", "messages": HELLO, "max_tokens": 12000, "stream": True, "temperature": 0}
 
 
 @pytest.fixture(scope="module", params=["jupyter", "standalone"])
@@ -90,7 +96,7 @@ def runner_of(jupyter, model: str) -> dict:
 
 
 def test_client_disconnecting_mid_stream_frees_the_engine(jupyter, sdk):
-    stream = sdk.chat.completions.create(model="ai/tiny-long", messages=HELLO, max_tokens=12000, stream=True)
+    stream = sdk.chat.completions.create(**LONG)
     for count, _chunk in enumerate(stream):
         if count == 5:
             break
@@ -107,7 +113,7 @@ def test_client_disconnecting_mid_stream_frees_the_engine(jupyter, sdk):
 def test_a_client_that_leaves_mid_stream_and_asks_again_at_once_is_answered(jupyter, sdk):
     """The interrupted-cell case: no waiting for the server to notice before the next request."""
     for _ in range(5):
-        stream = sdk.chat.completions.create(model="ai/tiny-long", messages=HELLO, max_tokens=12000, stream=True)
+        stream = sdk.chat.completions.create(**LONG)
         for count, _chunk in enumerate(stream):
             if count == 5:
                 break
@@ -120,7 +126,7 @@ def test_a_client_that_leaves_mid_stream_and_asks_again_at_once_is_answered(jupy
 def test_engine_killed_mid_stream_gives_an_error_event_and_the_next_request_works(jupyter, sdk):
     chat_text(sdk, model="ai/tiny-long")
     pid = runner_of(jupyter, "ai/tiny-long")["pid"]
-    stream = sdk.chat.completions.create(model="ai/tiny-long", messages=HELLO, max_tokens=12000, stream=True)
+    stream = sdk.chat.completions.create(**LONG)
     received = 0
     with pytest.raises(openai.APIError) as caught:
         for _chunk in stream:
@@ -161,3 +167,87 @@ def test_sixteen_concurrent_streams_complete_while_the_server_stays_responsive(j
     assert not errors
     assert results == [expected] * 16  # every stream intact, none interleaved with another
     assert slowest < 1.0  # generous: benchmarks/endpoint.py measures the p99
+
+
+# -- structured output, tool calls and parallel slots (llama-server) --------------------------------------
+
+
+class City(BaseModel):
+    name: str
+    country: str
+
+
+def test_parse_with_a_pydantic_model_returns_an_instance(sdk, smollm2_tools):
+    """What `client.chat.completions.parse(response_format=Model)` (and LangChain's with_structured_output) send:
+    a `json_schema` response format, answered with JSON the schema's grammar allowed."""
+    completion = sdk.chat.completions.parse(
+        model=smollm2_tools, messages=[{"role": "user", "content": "Name the capital of France and its country."}],
+        response_format=City, temperature=0, max_tokens=64)
+    city = completion.choices[0].message.parsed
+    assert isinstance(city, City) and city.name and city.country
+
+
+def tool_call_request(model: str, **extra) -> dict:
+    return {"model": model, "temperature": 0, "max_tokens": 100, "tools": [WEATHER_TOOL], "parallel_tool_calls": False,
+            "messages": [{"role": "user", "content": "What is the weather in Paris?"}, TOOL_CALL_PREFILL], **extra}
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_calls_come_back_parsed(sdk, smollm2_tools, tool_choice):
+    response = sdk.chat.completions.create(**tool_call_request(smollm2_tools, tool_choice=tool_choice))
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.id
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
+def test_streamed_tool_call_deltas_add_up_to_the_same_call(sdk, smollm2_tools):
+    whole = sdk.chat.completions.create(**tool_call_request(smollm2_tools, tool_choice="required"))
+    calls: dict[int, dict] = {}
+    finish = None
+    for chunk in sdk.chat.completions.create(**tool_call_request(smollm2_tools, tool_choice="required", stream=True)):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                call["name"] += delta.function.name or ""
+                call["arguments"] += delta.function.arguments or ""
+    assert finish == "tool_calls" and calls
+    expected = whole.choices[0].message.tool_calls[0].function
+    assert calls[0]["name"] == expected.name
+    assert json.loads(calls[0]["arguments"]) == json.loads(expected.arguments)
+
+
+def test_eight_streams_are_answered_at_once_by_the_engines_slots(jupyter, sdk):
+    """Each stream ends intact while the others are still going: they overlap in time instead of queueing."""
+    windows: list[tuple[float, float, str, str | None]] = []
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            first = finish = None
+            text = []
+            stream = sdk.chat.completions.create(model="ai/tiny-long", temperature=0, max_tokens=400, stream=True,
+                                                 messages=[{"role": "user", "content": f"Count to {i}"}])
+            for chunk in stream:
+                first = first or time.monotonic()
+                for choice in chunk.choices:
+                    text.append(choice.delta.content or "")
+                    finish = choice.finish_reason or finish
+            windows.append((first, time.monotonic(), "".join(text), finish))
+        except BaseException as exc:
+            errors.append(exc)
+
+    chat_text(sdk, model="ai/tiny-long")  # loaded first: the streams measure answering, not loading
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(base_url=jupyter.origin, headers=jupyter.headers, trust_env=False) as http:
+        while any(t.is_alive() for t in threads):
+            assert http.get("api/status").status_code == 200
+            time.sleep(0.05)
+    assert not errors and len(windows) == 8
+    assert all(text and finish == "length" for _, _, text, finish in windows)  # 400 tokens each, none cut short
+    assert max(start for start, *_ in windows) < min(end for _, end, *_ in windows)  # all eight were running at once
+    assert runner_of(jupyter, "ai/tiny-long")["slots"] >= 8

@@ -7,7 +7,7 @@ import pytest
 from jupyter_modelrunner.distribution import package_gguf, package_safetensors
 from jupyter_modelrunner.engines.base import EngineFlagRefused, EngineUnavailable, RunConfig
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
-from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine
+from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaCppEngine
 from jupyter_modelrunner.engines.select import select_engine
 from jupyter_modelrunner.engines.vllm import VllmEngine
 from jupyter_modelrunner.reference import parse_reference
@@ -33,17 +33,9 @@ def test_gguf_goes_to_llama_cpp_with_the_reason(models):
     assert "gguf" in choice.reason and "CPU" in choice.reason
 
 
-def test_gguf_on_a_cuda_machine_offloads_every_layer(models, tmp_path):
-    choice = select_engine(models[0], SIMULATED_CUDA)
-    assert choice.device == "cuda" and "GPU" in choice.reason
-    launch = choice.engine.launch(models[0], workdir=tmp_path, config=RunConfig(), hardware=SIMULATED_CUDA,
-                                  mode="completion")
-    assert launch.argv[launch.argv.index("--n_gpu_layers") + 1] == "-1"
-    cpu = LlamaCppEngine().launch(models[0], workdir=tmp_path, config=RunConfig(context_size=256),
-                                  hardware=CPU_ONLY, mode="completion")
-    assert cpu.argv[cpu.argv.index("--n_gpu_layers") + 1] == "0"
-    assert cpu.argv[cpu.argv.index("--n_ctx") + 1] == "256"
-    assert cpu.socket is not None and cpu.socket.parent == tmp_path
+def test_gguf_on_a_cuda_machine_offloads_every_layer(models):
+    choice = select_engine(models[0], SIMULATED_CUDA, [LlamaCppEngine(server="/x/llama-server")])
+    assert choice.device == "cuda" and "all layers on the GPU" in choice.reason
 
 
 def test_safetensors_without_vllm_names_the_fix(models):
@@ -64,14 +56,14 @@ def test_forced_engine_is_honoured_or_refused(models):
 
 
 def test_runtime_flags_pass_an_allowlist():
-    engine = LlamaCppEngine()
-    assert engine.check_flags(["--n_threads", "2", "--flash_attn=true"]) == ("--n_threads", "2", "--flash_attn", "true")
-    with pytest.raises(EngineFlagRefused, match=r"Allowed: .*--n_threads"):
+    engine = LlamaCppEngine(server="/x/llama-server")
+    assert engine.check_flags(["--threads", "2", "--temp=0.5"]) == ("--threads", "2", "--temp", "0.5")
+    with pytest.raises(EngineFlagRefused, match=r"Allowed: .*--threads"):
         engine.check_flags(["--host", "0.0.0.0"])
     with pytest.raises(EngineFlagRefused, match="needs a value"):
-        engine.check_flags(["--n_threads"])
+        engine.check_flags(["--threads"])
     with pytest.raises(EngineFlagRefused, match="Invalid value"):
-        engine.check_flags(["--n_threads", "--model"])
+        engine.check_flags(["--threads", "--model"])
     assert VllmEngine(python="/x").check_flags(["--enforce-eager", "--max-num-seqs", "4"]) == (
         "--enforce-eager", "--max-num-seqs", "4")
     with pytest.raises(EngineFlagRefused, match="trust-remote-code"):
@@ -93,9 +85,10 @@ def test_hardware_probe_is_cheap_and_cached():
     assert first.memory_total > 0 and first.cpu_count >= 1
 
 
-def test_memory_estimate_counts_weights_and_kv_cache(models):
-    engine = LlamaCppEngine()
-    small = engine.estimate_memory(models[0], RunConfig(context_size=128))
+def test_memory_estimate_counts_weights_and_the_kv_cache_of_every_slot(models):
+    engine = LlamaCppEngine(server="/x/llama-server")
+    small = engine.estimate_memory(models[0], RunConfig(context_size=256))
     large = engine.estimate_memory(models[0], RunConfig(context_size=512))
-    assert large - small == 2 * 2 * (512 - 128) * 2 * 16 * 2  # K and V, 2 layers, 2 KV heads of 16, f16
+    per_slot = 2 * 2 * (512 - 256) * 2 * 16 * 2  # K and V, 2 layers, 2 KV heads of 16, f16
+    assert large - small == DEFAULT_SLOTS * per_slot
     assert small > models[0].size

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
-from jupyter_modelrunner.distribution import pull
+from jupyter_modelrunner.distribution import package_safetensors, pull
+from jupyter_modelrunner.engines.base import RunConfig
 from jupyter_modelrunner.engines.hardware import probe
 from jupyter_modelrunner.engines.select import select_engine
-from jupyter_modelrunner.engines.vllm import VllmEngine, default_vllm_python
+from jupyter_modelrunner.engines.vllm import VllmEngine, default_vllm_python, tool_call_parser
+from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduler import Scheduler, sse_events
+from jupyter_modelrunner.store import Store
+
+from ..conftest import TOOLS_TEMPLATE
+from ..support.models import llama_cpp_chat_template
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -19,7 +28,7 @@ pytestmark = pytest.mark.timeout(900)
 def vllm_python() -> str:
     python = default_vllm_python()
     if python is None:
-        pytest.skip("no vLLM environment (bash scripts/install-engines.sh vllm, or set MODEL_RUNNER_VLLM_PYTHON)")
+        pytest.skip("no vLLM environment (jupyter modelrunner install-runner vllm, or set MODEL_RUNNER_VLLM_PYTHON)")
     return python
 
 
@@ -59,3 +68,66 @@ def test_tiny_safetensors_model_answers_streaming_and_not(store, seeded, vllm_py
     kinds = [kind for kind, _ in events]
     assert kinds[0] == "loading" and "ready" in kinds and kinds[-1] == "unloaded"
     assert any("elapsed" in data for kind, data in events if kind == "loading")  # progress while it loads
+
+
+def with_template(folder: Path, template: str, into: Path) -> Path:
+    """A copy of a Hugging Face folder whose chat template (file and tokenizer_config) is `template`."""
+    shutil.copytree(folder, into)
+    (into / "chat_template.jinja").write_text(template)
+    config = json.loads((into / "tokenizer_config.json").read_text())
+    (into / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    return into
+
+
+def test_the_tool_call_parser_is_read_off_the_chat_template(tmp_path, tiny_safetensors):
+    qwen = with_template(tiny_safetensors, llama_cpp_chat_template(TOOLS_TEMPLATE), tmp_path / "qwen")
+    llama = with_template(tiny_safetensors, llama_cpp_chat_template("meta-llama-Llama-3.1-8B-Instruct.jinja"),
+                          tmp_path / "llama")
+    mistral = with_template(tiny_safetensors, llama_cpp_chat_template("mistralai-Mistral-Nemo-Instruct-2407.jinja"),
+                            tmp_path / "mistral")
+    assert tool_call_parser(qwen) == "hermes"
+    assert tool_call_parser(llama) == "llama3_json"
+    assert tool_call_parser(mistral) == "mistral"
+    assert tool_call_parser(tiny_safetensors) is None  # ChatML without tools: no tool calling
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    model = package_safetensors(store, qwen, parse_reference("127.0.0.1:1/ai/tiny-tools"))
+    engine = VllmEngine(python="/x/python")
+    argv = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=probe(), mode="completion").argv
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in argv
+    override = RunConfig(runtime_flags=("--tool-call-parser", "qwen3_xml"))
+    overridden = engine.launch(model, workdir=tmp_path, config=override, hardware=probe(), mode="completion").argv
+    assert overridden.count("--tool-call-parser") == 1 and overridden[-2:] == ["--tool-call-parser", "qwen3_xml"]
+
+
+def test_vllm_answers_tool_calls_and_json_schemas(tmp_path, tiny_safetensors, vllm_python):
+    """vLLM constrains `tool_choice` "required"/named and `json_schema` itself (guided decoding), so even random
+    weights give a call that parses; the enum keeps the arguments short."""
+    qwen = with_template(tiny_safetensors, llama_cpp_chat_template(TOOLS_TEMPLATE), tmp_path / "qwen")
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    package_safetensors(store, qwen, parse_reference("127.0.0.1:1/ai/tiny-tools"))
+    city = {"type": "string", "enum": ["Paris", "London"]}
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": city}, "required": ["city"]}}}
+    ask = {"model": "model", "temperature": 0, "max_tokens": 64,
+           "messages": [{"role": "user", "content": "What is the weather in Paris?"}]}
+    schema = {"type": "object", "properties": {"city": city}, "required": ["city"]}
+
+    async def scenario():
+        scheduler = Scheduler(store, keep_alive=-1, engines=[VllmEngine(vllm_python)])
+        try:
+            async with scheduler.use("ai/tiny-tools") as runner:
+                calls = (await runner.request("POST", "/v1/chat/completions", json={
+                    **ask, "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                })).json()
+                structured = (await runner.request("POST", "/v1/chat/completions", json={
+                    **ask, "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+                })).json()
+                return calls, structured, runner.launch.argv
+        finally:
+            await scheduler.shutdown()
+
+    calls, structured, argv = asyncio.run(scenario())
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes"
+    call = calls["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "get_weather" and json.loads(call["arguments"])["city"] in ("Paris", "London")
+    assert json.loads(structured["choices"][0]["message"]["content"])["city"] in ("Paris", "London")

@@ -54,8 +54,11 @@ def _spm_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def make_tiny_gguf(path: Path) -> Path:
-    """A random-weight llama (hidden 64, 2 layers, 4 heads / 2 KV heads, f32) that llama.cpp loads."""
+def make_tiny_gguf(path: Path, *, context_length: int | None = 512, chat_template: str = CHATML_TEMPLATE) -> Path:
+    """A random-weight llama (hidden 64, 2 layers, 4 heads / 2 KV heads, f32) that llama.cpp loads.
+
+    `context_length` is its training context (None: the GGUF does not say); `chat_template` the one it embeds.
+    """
     import gguf
 
     path = Path(path)
@@ -69,7 +72,8 @@ def make_tiny_gguf(path: Path) -> Path:
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny-llama")
-    writer.add_context_length(512)
+    if context_length is not None:
+        writer.add_context_length(context_length)
     writer.add_embedding_length(hidden)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(ffn)
@@ -90,7 +94,7 @@ def make_tiny_gguf(path: Path) -> Path:
     writer.add_unk_token_id(0)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHATML_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
     # numpy shapes are ggml's ne reversed: (rows, cols) = (out, in).
     writer.add_tensor("token_embd.weight", weight(TINY_VOCAB, hidden))
@@ -227,9 +231,14 @@ TWIN_REQUIREMENTS = ("gguf", "accelerate")
 
 
 def vllm_python() -> Path:
-    """The vLLM environment's interpreter: `$MODEL_RUNNER_VLLM_PYTHON`, else `.venv-vllm` of this checkout."""
-    configured = os.environ.get("MODEL_RUNNER_VLLM_PYTHON")
-    return Path(configured) if configured else SMOLLM2_TWIN_SCRIPT.parents[1] / ".venv-vllm" / "bin" / "python"
+    """The vLLM environment's interpreter: the engine's own lookup (`$MODEL_RUNNER_VLLM_PYTHON`, which
+    tests/conftest.py sets, else what `install-runner vllm` installed)."""
+    from jupyter_modelrunner.engines.vllm import default_vllm_python
+
+    found = default_vllm_python()
+    if found is None:
+        raise RuntimeError("No vLLM environment: run `jupyter modelrunner install-runner vllm`.")
+    return Path(found)
 
 
 def smollm2_twin(cache_dir: Path | None = None) -> Path:
@@ -256,7 +265,7 @@ def smollm2_twin(cache_dir: Path | None = None) -> Path:
         python = vllm_python()
         if not python.is_file():
             raise RuntimeError(f"The safetensors twin of SmolLM2 is made with vLLM's environment, and {python} "
-                               "does not exist: run `bash scripts/install-engines.sh vllm` or set "
+                               "does not exist: run `jupyter modelrunner install-runner vllm` or set "
                                "MODEL_RUNNER_VLLM_PYTHON.")
         check = subprocess.run([str(python), "-c", f"import {', '.join(TWIN_REQUIREMENTS)}"], capture_output=True)
         if check.returncode != 0:
@@ -270,3 +279,43 @@ def smollm2_twin(cache_dir: Path | None = None) -> Path:
         if result.returncode != 0:
             raise RuntimeError(f"{SMOLLM2_TWIN_SCRIPT.name} failed:\n{result.stderr[-3000:]}")
         return target
+
+
+LLAMA_CPP_PYTHON_SDIST = "llama-cpp-python==0.3.36"
+_TEMPLATES_IN_SDIST = "vendor/llama.cpp/models/templates/"
+#: Where install-runner keeps the sdist it builds llama-server from (read before tests replace HOME).
+_INSTALL_SDIST_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jupyter-modelrunner" / \
+    "llama.cpp" / "sdist"
+
+
+def llama_cpp_chat_template(name: str, cache_dir: Path | None = None) -> str:
+    """A real model's chat template (e.g. `Qwen-Qwen2.5-7B-Instruct.jinja`) from llama.cpp's own collection.
+
+    llama.cpp keeps the templates it tests its tool-call and reasoning parsers with under `models/templates/`; the
+    llama-cpp-python sdist that install-runner builds from vendors that tree, so the file is read from that tarball
+    (install-runner's copy, else one downloaded into the test cache), never copied into this repository.
+    """
+    import tarfile
+
+    cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
+                 or Path.home() / ".cache" / "jupyter-modelrunner-tests")
+    candidates = sorted(_INSTALL_SDIST_DIR.glob("llama_cpp_python-*.tar.gz")) + sorted(
+        (cache / "sdist").glob("llama_cpp_python-*.tar.gz"))
+    if not candidates:
+        (cache / "sdist").mkdir(parents=True, exist_ok=True)
+        with (cache / ".sdist.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not any((cache / "sdist").glob("llama_cpp_python-*.tar.gz")):
+                result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                                         "--no-deps", "--no-binary", ":all:", LLAMA_CPP_PYTHON_SDIST, "-d",
+                                         str(cache / "sdist")], capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise RuntimeError(f"`pip download {LLAMA_CPP_PYTHON_SDIST}` failed:\n{result.stderr[-2000:]}")
+        candidates = sorted((cache / "sdist").glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(candidates[-1]) as sdist:
+        for member in sdist:
+            if member.isfile() and member.name.endswith(_TEMPLATES_IN_SDIST + name):
+                source = sdist.extractfile(member)
+                assert source is not None
+                return source.read().decode("utf-8")
+    raise FileNotFoundError(f"{name} is not among llama.cpp's templates in {candidates[-1]}")

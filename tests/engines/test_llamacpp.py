@@ -1,0 +1,267 @@
+"""The llama.cpp engine: llama-server's command line, its flag allowlist, the context each source gives it, and
+the llama-cpp-python fallback — with the real llama-server wherever an engine has to run."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import pytest
+
+from jupyter_modelrunner.distribution import package_gguf
+from jupyter_modelrunner.engines.base import (
+    CONTEXT_ARTIFACT,
+    CONTEXT_CONFIGURED,
+    CONTEXT_DEFAULT,
+    CONTEXT_REQUEST,
+    CONTEXT_TRAINING,
+    CONTEXT_TRAINING_CAPPED,
+    EngineFlagRefused,
+    RunConfig,
+)
+from jupyter_modelrunner.engines.hardware import Gpu, Hardware
+from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaCppEngine
+from jupyter_modelrunner.engines.select import select_engine
+from jupyter_modelrunner.reference import parse_reference
+from jupyter_modelrunner.scheduler import Scheduler
+from jupyter_modelrunner.store import Store
+
+from ..support.models import make_tiny_gguf
+
+pytestmark = pytest.mark.timeout(300)
+CPU_ONLY = Hardware(cpu_count=2, memory_total=24 * 1024**3, memory_available=20 * 1024**3)
+SIMULATED_CUDA = Hardware(cpu_count=8, memory_total=64 * 1024**3, memory_available=60 * 1024**3,
+                          gpus=(Gpu("Simulated A100", 80 * 1024**3, 79 * 1024**3),))
+BUDGET = 16 * 1024**3
+HELLO = {"model": "model", "messages": [{"role": "user", "content": "Say hello"}], "temperature": 0,
+         "max_tokens": 8}
+
+
+def ref(name: str):
+    return parse_reference(f"127.0.0.1:1/{name}")
+
+
+@pytest.fixture(scope="module")
+def tiny_4k(tmp_path_factory):
+    """A tiny model trained (so it says) on 4096 tokens: room for every context the tests ask for."""
+    return make_tiny_gguf(tmp_path_factory.mktemp("tiny-4k") / "tiny-4k.gguf", context_length=4096)
+
+
+@pytest.fixture
+def store(tmp_path, tiny_4k) -> Store:
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    package_gguf(store, tiny_4k, ref("ai/tiny"))
+    package_gguf(store, tiny_4k, ref("ai/tiny-1280"), context_size=1280)
+    return store
+
+
+@pytest.fixture
+def server_engine() -> LlamaCppEngine:
+    engine = LlamaCppEngine()
+    if engine.server is None:
+        pytest.skip("llama-server is not installed (jupyter modelrunner install-runner llama.cpp)")
+    return engine
+
+
+def ps_entry(scheduler: Scheduler, name: str) -> dict:
+    (entry,) = [r for r in scheduler.ps() if r["model_name"].endswith(name + ":latest")]
+    return entry
+
+
+# -- the command line -------------------------------------------------------------------------------------
+
+
+def test_llama_server_is_started_on_a_socket_with_slots_jinja_metrics_and_the_artifact_files(
+        store, tmp_path, tiny_4k):
+    model = store.resolve("ai/tiny")
+    engine = LlamaCppEngine(server="/opt/llama.cpp/llama-server")
+    plan = engine.plan(model, RunConfig(context_size=1024), budget=BUDGET)
+    launch = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion",
+                           plan=plan)
+    argv = launch.argv
+    assert argv[0] == "/opt/llama.cpp/llama-server"
+    assert argv[argv.index("--host") + 1] == str(tmp_path / "engine.sock") and launch.socket == tmp_path / "engine.sock"
+    assert "--port" not in argv and "--api-key" not in argv
+    assert {"--jinja", "--metrics", "--no-webui"} <= set(argv)
+    assert argv[argv.index("--parallel") + 1] == str(DEFAULT_SLOTS)
+    assert argv[argv.index("--ctx-size") + 1] == str(1024 * DEFAULT_SLOTS)  # every slot gets the whole context
+    assert argv[argv.index("--n-gpu-layers") + 1] == "0"
+    assert launch.health_path == "/health"
+
+    cuda = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=SIMULATED_CUDA, mode="completion",
+                         plan=plan).argv
+    assert cuda[cuda.index("--n-gpu-layers") + 1] == "999"
+
+    embed = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="embedding",
+                          plan=plan).argv
+    assert "--embeddings" in embed and embed[embed.index("--pooling") + 1] == "mean"
+
+
+def test_the_chat_template_and_projector_layers_are_passed(tmp_path, tiny_4k):
+    template, projector = tmp_path / "chat.jinja", tmp_path / "proj.gguf"
+    template.write_text("{{ messages[0]['content'] }}")
+    projector.write_bytes(b"GGUF")
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    model = package_gguf(store, tiny_4k, ref("ai/tiny-vision"), chat_template=template)
+    # An mmproj layer comes from a registry (package has no option for it yet): link one into the bundle.
+    (model.bundle / "model.mmproj").hardlink_to(projector)
+    argv = LlamaCppEngine(server="/x/llama-server").launch(
+        model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion").argv
+    assert argv[argv.index("--chat-template-file") + 1] == str(model.bundle / "template.jinja")
+    assert argv[argv.index("--mmproj") + 1] == str(model.bundle / "model.mmproj")
+
+
+# -- runtime flags ----------------------------------------------------------------------------------------
+
+
+def test_llama_server_flag_names_from_docker_model_runner_are_accepted():
+    engine = LlamaCppEngine(server="/x/llama-server")
+    assert engine.check_flags(["--threads", "4", "-ngl", "99", "--flash-attn=on", "-fa", "--mlock"]) == (
+        "--threads", "4", "-ngl", "99", "--flash-attn", "on", "-fa", "--mlock")
+    assert engine.check_flags(["-fa", "off", "--cache-type-k", "q8_0", "--reasoning-budget", "0"]) == (
+        "-fa", "off", "--cache-type-k", "q8_0", "--reasoning-budget", "0")
+
+
+@pytest.mark.parametrize("flag", ["--host", "--port", "--api-key", "--api-prefix", "--model", "--mmproj",
+                                  "--lora", "--spec-draft-model", "--n_threads", "--log-file"])
+def test_flags_that_name_files_addresses_or_keys_are_refused_with_what_is_allowed(flag):
+    with pytest.raises(EngineFlagRefused) as refused:
+        LlamaCppEngine(server="/x/llama-server").check_flags([flag, "x"])
+    message = str(refused.value)
+    assert f"'{flag}'" in message and "--threads" in message and "--ctx-size" in message
+
+
+def test_context_and_slot_flags_become_the_plan_and_are_not_passed_twice(store, tmp_path):
+    engine = LlamaCppEngine(server="/x/llama-server")
+    model = store.resolve("ai/tiny")
+    plan = engine.plan(model, RunConfig(runtime_flags=("-c", "2048", "--parallel", "2", "--threads", "1")),
+                       budget=BUDGET)
+    assert (plan.context_size, plan.context_source, plan.slots) == (2048, CONTEXT_CONFIGURED, 2)
+    argv = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion",
+                         plan=plan).argv
+    assert argv.count("--ctx-size") == 1 and argv[argv.index("--ctx-size") + 1] == "4096"
+    assert "-c" not in argv and argv.count("--parallel") == 1 and argv[-2:] == ["--threads", "1"]
+
+
+def test_the_fallback_translates_the_flags_it_knows_and_refuses_the_rest(store, tmp_path):
+    fallback = LlamaCppEngine(server="none")
+    model = store.resolve("ai/tiny")
+    plan = fallback.plan(model, RunConfig(runtime_flags=("--threads", "2", "-fa", "off", "--no-mmap")), budget=BUDGET)
+    assert plan.slots == 1  # llama-cpp-python's server answers one request at a time
+    argv = fallback.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion",
+                           plan=plan).argv
+    assert argv[-6:] == ["--n_threads", "2", "--flash_attn", "false", "--use_mmap", "false"]
+    with pytest.raises(EngineFlagRefused, match=r"install-runner llama\.cpp"):
+        fallback.plan(model, RunConfig(runtime_flags=("--cache-type-k", "q8_0")), budget=BUDGET)
+
+
+# -- which implementation ---------------------------------------------------------------------------------
+
+
+def test_without_llama_server_the_fallback_is_chosen_and_the_reason_says_how_to_upgrade(store, monkeypatch):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    choice = select_engine(store.resolve("ai/tiny"), CPU_ONLY, [LlamaCppEngine(server="none")])
+    assert choice.engine.name == "llama.cpp"
+    assert "llama-cpp-python" in choice.reason and "fallback" in choice.reason
+    assert "jupyter modelrunner install-runner llama.cpp" in choice.reason
+
+
+def test_the_fallback_answers_for_real(store):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+
+    async def scenario():
+        scheduler = Scheduler(store, engines=[LlamaCppEngine(server="none")], keep_alive=60)
+        try:
+            async with scheduler.use("ai/tiny") as runner:
+                response = await runner.request("POST", "/v1/chat/completions", json=HELLO)
+                return response.json(), runner.status()
+        finally:
+            await scheduler.shutdown()
+
+    answer, status = asyncio.run(scenario())
+    assert answer["choices"][0]["message"]["content"]
+    assert status["implementation"] == "llama-cpp-python" and status["slots"] == 1
+
+
+def test_llama_server_is_chosen_when_installed_and_says_so(store, server_engine):
+    choice = select_engine(store.resolve("ai/tiny"), CPU_ONLY, [server_engine])
+    assert "llama-server" in choice.reason and "fallback" not in choice.reason
+
+
+# -- context size, in Docker Model Runner's order of precedence -------------------------------------------
+
+
+def test_each_context_source_wins_where_it_should_as_the_engine_reports_it(store, server_engine):
+    """configure → the request's num_ctx → the artifact's context_size → the training context."""
+
+    async def scenario():
+        scheduler = Scheduler(store, engines=[server_engine], keep_alive=60)
+        seen = {}
+        try:
+            async with scheduler.use("ai/tiny"):
+                seen["training"] = ps_entry(scheduler, "ai/tiny")
+            async with scheduler.use("ai/tiny-1280"):
+                seen["artifact"] = ps_entry(scheduler, "ai/tiny-1280")
+            async with scheduler.use("ai/tiny-1280", context_size=1536):  # restarts the loaded engine
+                seen["request"] = ps_entry(scheduler, "ai/tiny-1280")
+            scheduler.configure("ai/tiny-1280", context_size=2048)
+            await scheduler.unload(["ai/tiny-1280"])
+            async with scheduler.use("ai/tiny-1280", context_size=1536):
+                seen["configured"] = ps_entry(scheduler, "ai/tiny-1280")
+            return seen
+        finally:
+            await scheduler.shutdown()
+
+    seen = asyncio.run(scenario())
+    assert (seen["training"]["context_size"], seen["training"]["context_source"]) == (4096, CONTEXT_TRAINING)
+    assert (seen["artifact"]["context_size"], seen["artifact"]["context_source"]) == (1280, CONTEXT_ARTIFACT)
+    assert (seen["request"]["context_size"], seen["request"]["context_source"]) == (1536, CONTEXT_REQUEST)
+    assert seen["request"]["pid"] != seen["artifact"]["pid"]
+    assert (seen["configured"]["context_size"], seen["configured"]["context_source"]) == (2048, CONTEXT_CONFIGURED)
+    assert seen["training"]["slots"] == DEFAULT_SLOTS
+
+
+def test_a_long_training_context_is_capped_so_every_slot_fits_the_budget(tmp_path, server_engine):
+    long_model = make_tiny_gguf(tmp_path / "tiny-64k.gguf", context_length=65536)
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    model = package_gguf(store, long_model, ref("ai/tiny-64k"))
+    per_token = 2 * 2 * 2 * 16 * 2  # K and V, 2 layers, 2 KV heads of 16 values, f16
+    budget = server_engine.overhead_bytes + model.size + DEFAULT_SLOTS * 8192 * per_token
+    plan = server_engine.plan(model, RunConfig(), budget=budget)
+    assert (plan.context_size, plan.context_source) == (8192, CONTEXT_TRAINING_CAPPED)
+    assert plan.memory <= budget and plan.slots == DEFAULT_SLOTS
+
+    async def scenario():
+        scheduler = Scheduler(store, engines=[server_engine], keep_alive=60, memory_budget=budget)
+        try:
+            async with scheduler.use("ai/tiny-64k"):
+                return ps_entry(scheduler, "ai/tiny-64k")
+        finally:
+            await scheduler.shutdown()
+
+    assert asyncio.run(scenario())["context_size"] == 8192
+
+
+def test_a_model_that_names_no_context_gets_4096(tmp_path):
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    model = package_gguf(store, make_tiny_gguf(tmp_path / "tiny-nc.gguf", context_length=None), ref("ai/nc"))
+    plan = LlamaCppEngine(server="/x/llama-server").plan(model, RunConfig(), budget=BUDGET)
+    assert (plan.context_size, plan.context_source) == (4096, CONTEXT_DEFAULT)
+
+
+def test_slots_shrink_before_a_model_would_not_fit(store):
+    engine = LlamaCppEngine(server="/x/llama-server")
+    model = store.resolve("ai/tiny")
+    full = engine.plan(model, RunConfig(context_size=4096), budget=BUDGET)
+    tight = engine.plan(model, RunConfig(context_size=4096), budget=full.memory - 1)
+    assert full.slots == DEFAULT_SLOTS and tight.slots == DEFAULT_SLOTS // 2
+    assert tight.memory < full.memory and tight.context_size == 4096
+
+
+def test_llama_server_contexts_are_whole_multiples_of_256_as_the_engine_allocates_them(store):
+    """llama.cpp pads each slot's context to 256 tokens; the plan does the same, so ps and memory agree with it."""
+    plan = LlamaCppEngine(server="/x/llama-server").plan(store.resolve("ai/tiny"), RunConfig(context_size=640),
+                                                         budget=BUDGET)
+    assert plan.context_size == 768
