@@ -78,6 +78,9 @@ def _chat_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", action="store_true", help="start a new conversation")
     p.add_argument("--engine", metavar="E", help="force an engine (llama.cpp or vllm)")
     p.add_argument("--raw", action="store_true", help="plain text, not Markdown")
+    p.add_argument("--json", metavar="NAME", dest="json_schema",
+                   help="answer as JSON matching NAME, a Pydantic model or a JSON-schema dict in the notebook; "
+                        "_chat is then the parsed object")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -302,11 +305,10 @@ class ModelRunnerMagics(Magics):
         if args.json:
             print(json.dumps(status, indent=2))
             return
+        from .tables import status_text
+
         print(f"Runner: {self.client.url} (found via {self.client.location.source})")
-        print(f"Machine: {status.get('hardware')}")
-        for engine in status.get("engines") or []:
-            mark = "available" if engine.get("available") else "not available"
-            print(f"{engine['engine']:<10} {mark:<14} {engine.get('reason', '')}")
+        print(status_text(status))
 
     def _model_connect(self, args: argparse.Namespace) -> None:
         from . import client as client_module
@@ -360,7 +362,8 @@ class ModelRunnerMagics(Magics):
     @line_cell_magic
     def chat(self, line: str, cell: str | None = None) -> None:
         """Stream a model's answer into the output: `%%chat MODEL [--system T] [--temperature T] [--max-tokens N]
-        [--new] [--engine E] [--raw]` with the prompt as the cell, or `%chat MODEL prompt` on one line."""
+        [--new] [--engine E] [--raw] [--json NAME]` with the prompt as the cell, or `%chat MODEL prompt` on one
+        line."""
         if cell is None:  # `%chat [options] MODEL prompt…`: the prompt follows the model, verbatim
             tokens, prompt = split_chat_line(line)
         else:  # `%%chat MODEL [options]`: options anywhere on the line, the prompt is the cell
@@ -391,10 +394,13 @@ class ModelRunnerMagics(Magics):
             history[:] = [m for m in history if m["role"] != "system"]
             history.insert(0, {"role": "system", "content": args.system})
         messages = [*history, {"role": "user", "content": prompt}]
-        view = _MarkdownAnswer(model) if self.rich and not args.raw else _TextAnswer(model)
+        structured = _StructuredAnswer.named(args.json_schema, self.shell) if args.json_schema else None
+        view = _MarkdownAnswer(model, code="json" if structured else None) if self.rich and not args.raw \
+            else _TextAnswer(model)
         started = time.perf_counter()
+        options = {"response_format": structured.response_format} if structured else {}
         stream = self.client.chat(model, messages, engine=args.engine, temperature=args.temperature,
-                                  max_tokens=args.max_tokens)
+                                  max_tokens=args.max_tokens, **options)
         interrupted = False
         try:
             for _piece in stream:
@@ -412,6 +418,53 @@ class ModelRunnerMagics(Magics):
         history.append({"role": "assistant", "content": stream.text})
         if self.shell is not None:
             self.shell.user_ns["_chat"] = stream.text
+        if structured is not None and not interrupted:
+            parsed = structured.parse(stream.text)  # a reply that does not fit the schema raises, naming it
+            if self.shell is not None:
+                self.shell.user_ns["_chat"] = parsed
+
+
+class _StructuredAnswer:
+    """`%%chat --json NAME`: the schema sent as OpenAI's `response_format`, and the reply parsed back.
+
+    NAME is a Pydantic model class (the reply becomes an instance, as `client.chat.completions.parse` gives) or a
+    dict holding a JSON schema (the reply becomes the decoded JSON).
+    """
+
+    def __init__(self, name: str, schema: dict[str, Any], model_class: Any = None) -> None:
+        self.name, self.schema, self.model_class = name, schema, model_class
+
+    @classmethod
+    def named(cls, name: str, shell: Any) -> _StructuredAnswer:
+        namespace = getattr(shell, "user_ns", {}) or {}
+        if name not in namespace:
+            raise ModelRunnerError(f"--json {name}: no such name in the notebook. Define a Pydantic model "
+                                   f"(class {name}(BaseModel): ...) or a JSON schema dict first.")
+        target = namespace[name]
+        if isinstance(target, type) and hasattr(target, "model_json_schema"):
+            return cls(name, target.model_json_schema(), target)
+        if isinstance(target, dict):
+            return cls(name, target)
+        raise ModelRunnerError(f"--json {name}: expected a Pydantic model class or a JSON schema dict, not "
+                               f"{type(target).__name__}.")
+
+    @property
+    def response_format(self) -> dict[str, Any]:
+        return {"type": "json_schema", "json_schema": {"name": _schema_name(self.name), "schema": self.schema}}
+
+    def parse(self, text: str) -> Any:
+        try:
+            if self.model_class is not None:
+                return self.model_class.model_validate_json(text)
+            return json.loads(text)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+            raise ModelRunnerError(f"The answer does not match {self.name} ({str(exc).splitlines()[0]}); the text "
+                                   "is in the conversation. A larger --max-tokens may help.") from None
+
+
+def _schema_name(name: str) -> str:
+    """OpenAI's `json_schema.name` allows letters, digits, `_` and `-` only."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64] or "schema"
 
 
 def _engine_line(model: dict[str, Any]) -> str:
@@ -442,21 +495,25 @@ class _TextProgress:
 class _MarkdownAnswer:
     """One Markdown display, replaced in place at most UPDATES_PER_SECOND times a second."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, code: str | None = None) -> None:
         from IPython.display import Markdown, display
 
         self._markdown = Markdown
+        self._code = code  # shown as a fenced code block (a JSON answer) rather than as Markdown
         self._handle = display(Markdown(f"*{model} is thinking…*"), display_id=True)
         self._next = time.monotonic() + 1 / UPDATES_PER_SECOND
+
+    def _render(self, text: str) -> str:
+        return f"```{self._code}\n{text}\n```" if self._code is not None else text
 
     def update(self, text: str) -> None:
         now = time.monotonic()
         if now >= self._next:
             self._next = now + 1 / UPDATES_PER_SECOND
-            self._handle.update(self._markdown(text + " ▍"))
+            self._handle.update(self._markdown(self._render(text) + " ▍"))
 
     def finish(self, text: str, footer: str) -> None:
-        self._handle.update(self._markdown(f"{text}\n\n<sub>{footer}</sub>"))
+        self._handle.update(self._markdown(f"{self._render(text)}\n\n<sub>{footer}</sub>"))
 
 
 class _TextAnswer:
