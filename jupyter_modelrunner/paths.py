@@ -1,9 +1,12 @@
 """Default locations, in one place.
 
 The store lives under Jupyter's data directory by default so that the server, its kernels and the CLI
-agree without configuration. The directory is computed here rather than by importing `jupyter_core`,
-because the core library must stay importable without Jupyter. Installed engines live next to the store;
-what can be rebuilt or downloaded again (sources, compiled builds) lives in the user's cache directory.
+agree without configuration. Jupyter's data and runtime directories are `jupyter_core`'s answers (the same
+as `jupyter --data-dir` and `jupyter --runtime-dir`, including `JUPYTER_PLATFORM_DIRS`), so a runtime file
+that Jupyter's server writes is where the client looks for it. `jupyter_core.paths` is imported on first
+use: it brings `platformdirs` and `tempfile`, which `import jupyter_modelrunner` (and `%load_ext`) need not pay
+for. Installed engines live next to the store; what can be rebuilt or downloaded again (sources, compiled
+builds) lives in the user's cache directory.
 """
 
 from __future__ import annotations
@@ -16,17 +19,10 @@ ENV_STORE = "MODEL_RUNNER_STORE"
 
 
 def jupyter_data_dir() -> Path:
-    """Jupyter's per-user data directory, by the same rules as `jupyter --data-dir`."""
-    if os.environ.get("JUPYTER_DATA_DIR"):
-        return Path(os.environ["JUPYTER_DATA_DIR"]).expanduser()
-    home = Path.home()
-    if sys.platform == "darwin":
-        return home / "Library" / "Jupyter"
-    if os.name == "nt":
-        appdata = os.environ.get("APPDATA")
-        return Path(appdata) / "jupyter" if appdata else home / ".jupyter" / "data"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else home / ".local" / "share") / "jupyter"
+    """Jupyter's per-user data directory: `jupyter --data-dir`."""
+    from jupyter_core.paths import jupyter_data_dir as data_dir
+
+    return Path(data_dir())
 
 
 def default_store_path() -> Path:
@@ -56,16 +52,6 @@ def user_cache_dir() -> Path:
 
 def jupyter_runtime_dir() -> Path:
     """Jupyter's runtime directory (`jupyter --runtime-dir`): where servers leave their connection files."""
-    if os.environ.get("JUPYTER_RUNTIME_DIR"):
-        return Path(os.environ["JUPYTER_RUNTIME_DIR"]).expanduser()
-    return jupyter_data_dir() / "runtime"
+    from jupyter_core.paths import jupyter_runtime_dir as runtime_dir
 
-
-def standalone_server_file() -> Path:
-    """Where `jupyter modelrunner serve` writes its URL and token (user-only), for clients on the machine."""
-    return jupyter_runtime_dir() / "modelrunner-serve.json"
-
-
-def embedded_server_file() -> Path:
-    """Where the runner that kernels start for themselves (`serve --embedded`) leaves its URL, token and settings."""
-    return jupyter_runtime_dir() / "modelrunner-embedded.json"
+    return Path(runtime_dir())
