@@ -22,10 +22,13 @@ export function formatBytes(size: number | undefined | null): string {
 const UNITS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, '': 1 };
 
 /**
- * A runner's keep_alive (`5m`, `30s`, `1.5s`, `never`) in seconds: -1 for never, null when unknown
- * (`default`, or anything this version does not understand).
+ * A runner's keep_alive in seconds: -1 for never, null when unknown. The server sends seconds (negative: never);
+ * older ones sent text (`5m`, `30s`, `1.5s`, `never`, `default`).
  */
-export function keepAliveSeconds(keepAlive: string): number | null {
+export function keepAliveSeconds(keepAlive: string | number): number | null {
+  if (typeof keepAlive === 'number') {
+    return Number.isFinite(keepAlive) ? (keepAlive < 0 ? -1 : keepAlive) : null;
+  }
   const text = keepAlive.trim().toLowerCase();
   if (text === 'never' || text === '-1') {
     return -1;
@@ -48,8 +51,8 @@ export function formatDuration(seconds: number): string {
 
 /**
  * What the keep-alive means for this runner right now: loading, in use, kept loaded, or the time left
- * before the scheduler unloads it (`last_used + keep_alive`, both from the server; `nowSeconds` is
- * this browser's clock, so a skewed clock skews the countdown, never the unload).
+ * before the scheduler unloads it (its `expires_at`, else `last_used + keep_alive`, from the server;
+ * `nowSeconds` is this browser's clock, so a skewed clock skews the countdown, never the unload).
  */
 export function keepAliveText(runner: Runner, nowSeconds: number): string {
   if (runner.loading || runner.state === 'loading') {
@@ -65,7 +68,7 @@ export function keepAliveText(runner: Runner, nowSeconds: number): string {
   if (keep < 0) {
     return 'kept loaded';
   }
-  const left = runner.last_used + keep - nowSeconds;
+  const left = (typeof runner.expires_at === 'number' ? runner.expires_at : runner.last_used + keep) - nowSeconds;
   return left > 0 ? `unloads in ${formatDuration(left)}` : 'unloading…';
 }
 

@@ -1,6 +1,6 @@
 /**
- * The plugin: builds the shared state on a `ServerConnection` client, adds the sidebar to the left area,
- * the item to the status bar, and the commands to the palette.
+ * The plugin: builds the shared state on a `ServerConnection` client and the server's event stream, adds the
+ * sidebar to the left area, the item to the status bar, and the commands to the palette.
  */
 
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
@@ -48,6 +48,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       const item = new ModelRunnerStatus(state, () => app.shell.activateById(sidebar.id));
       statusBar.registerStatusItem('jupyter-modelrunner:status', { item, align: 'left', rank: 5 });
     }
+    // Subscribed before the first reads (the poll's first tick reads the runners), so nothing falls in between.
+    state.listen(app.serviceManager.events.stream);
     void state.refreshModels();
   }
 };

@@ -1,33 +1,74 @@
 /**
  * What the sidebar, the status bar and the commands share: the models, the loaded runners, the pull in
- * progress and the selection. One object, one `changed` signal, one poll.
+ * progress and the selection. One object, one `changed` signal.
+ *
+ * The server tells what changes: its event bus (JupyterLab's `serviceManager.events.stream`) carries the
+ * engines' `loading` (with a tick a second), `ready`, `unloaded` and `crashed`, and pull summaries, which
+ * update the runners, the status bar and the model list as they happen (`events.ts`). A slow poll, and a
+ * read when the tab or the panel comes back into view, only make up for events missed while the socket was
+ * down, and for changes that have no event (a model deleted from a kernel).
  */
 
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ModelRunnerClient, isAbort } from './client';
+import { applyServerEvent, mergeRunners, parseEmission, PullSummary } from './events';
 import { applyEvent, initialPull, PullState } from './progress';
 import type { Model, Runner } from './types';
 
-/** The runners view refreshes this often while the panel is visible… */
-export const VISIBLE_INTERVAL = 3000;
-/** …and the status bar this often otherwise. */
-export const BACKGROUND_INTERVAL = 10000;
+/** The fallback poll: events say what changes; this only catches what was missed. */
+export const FALLBACK_INTERVAL = 30000;
+/** Coming back to the tab re-reads at most this often. */
+export const FOCUS_THROTTLE = 2000;
+/** Reads that events ask for are gathered for this long (a burst of events, one request). */
+export const REFRESH_DELAY = 200;
 export const CANCELLED_MESSAGE = 'Cancelled. The downloaded parts are kept: pulling again resumes.';
-/** While a model loads, the status bar follows it this closely. */
-export const LOADING_INTERVAL = 1000;
-/** While visible, the model list is re-read every this many runner refreshes (a kernel may pull too). */
-const MODELS_EVERY = 5;
+
+/** Where the server's events come from: JupyterLab's `Event.IManager.stream` (any signal of emissions). */
+export type EmissionSource = ISignal<unknown, unknown>;
 
 export class ModelRunnerState {
   constructor(readonly client: ModelRunnerClient) {
     this._poll = new Poll({
       factory: () => this._tick(),
-      frequency: { interval: BACKGROUND_INTERVAL, backoff: true, max: 60000 },
+      frequency: { interval: FALLBACK_INTERVAL, backoff: true, max: 5 * FALLBACK_INTERVAL },
       standby: 'when-hidden',
-      name: 'jupyter-modelrunner:runners'
+      name: 'jupyter-modelrunner:fallback'
     });
+    if (typeof window !== 'undefined') {
+      window.addEventListener('focus', this._onFocus);
+      document.addEventListener('visibilitychange', this._onFocus);
+    }
+  }
+
+  /** Follow the server's events from `source` (JupyterLab's `app.serviceManager.events.stream`). */
+  listen(source: EmissionSource): void {
+    this._sources.push(source);
+    source.connect(this._onEmission, this);
+  }
+
+  /** Apply one emission of the server's event bus; other schemas' events are ignored. */
+  handleEmission(emission: unknown): void {
+    const event = parseEmission(emission);
+    if (!event) {
+      return;
+    }
+    if (event.action !== 'pull') {
+      this._runnerEvents += 1;
+    }
+    const { state, refresh } = applyServerEvent(
+      { runners: this.runners, pulls: this.remotePulls, crash: this.crash },
+      event,
+      { models: this.models, now: Date.now() / 1000 }
+    );
+    this.runners = state.runners;
+    this.remotePulls = state.pulls;
+    this.crash = state.crash;
+    if (refresh.models) {
+      this._later('models');
+    }
+    this._emit();
   }
 
   get changed(): ISignal<this, void> {
@@ -39,6 +80,10 @@ export class ModelRunnerState {
   modelsError: string | null = null;
   runners: Runner[] = [];
   runnersError: string | null = null;
+  /** The last engine that exited on its own, as the runners view says it. */
+  crash: string | null = null;
+  /** Pulls the server reports (a kernel's, another tab's, this one's), while they run. */
+  remotePulls: PullSummary[] = [];
   pull: PullState | null = null;
   selectedId: string | null = null;
 
@@ -61,10 +106,9 @@ export class ModelRunnerState {
     }
   }
 
-  /** Poll fast while the panel shows the runners; slowly for the status bar otherwise. */
+  /** The panel shows or hides: read both lists once when it shows (the poll may have slept while hidden). */
   setVisible(visible: boolean): void {
     this._visible = visible;
-    this._setInterval();
     if (visible) {
       void this.refreshModels();
       void this._poll.refresh();
@@ -88,15 +132,22 @@ export class ModelRunnerState {
   }
 
   async refreshRunners(): Promise<void> {
+    const events = this._runnerEvents;
+    let runners: Runner[];
     try {
-      this.runners = await this.client.ps();
+      runners = await this.client.ps();
       this.runnersError = null;
-      this._setInterval();
     } catch (err) {
       this.runnersError = message(err);
       this._emit();
       throw err;
     }
+    if (events !== this._runnerEvents) {
+      // Events arrived while the request was out: the answer may predate them. Ask again.
+      this._later('runners');
+      return;
+    }
+    this.runners = mergeRunners(this.runners, runners);
     this._emit();
   }
 
@@ -166,24 +217,58 @@ export class ModelRunnerState {
 
   dispose(): void {
     this._controller?.abort();
+    void this._poll.stop(); // clears its pending timer, which dispose() alone leaves running
     this._poll.dispose();
+    for (const source of this._sources) {
+      source.disconnect(this._onEmission, this);
+    }
+    this._sources = [];
+    for (const timer of Object.values(this._timers)) {
+      clearTimeout(timer);
+    }
+    if (typeof window !== 'undefined') {
+      window.removeEventListener('focus', this._onFocus);
+      document.removeEventListener('visibilitychange', this._onFocus);
+    }
     Signal.clearData(this);
   }
 
+  private _onEmission(_: unknown, emission: unknown): void {
+    this.handleEmission(emission);
+  }
+
   private async _tick(): Promise<void> {
-    this._ticks += 1;
-    if (this._visible && this._ticks % MODELS_EVERY === 0) {
+    if (this._visible) {
       void this.refreshModels();
     }
     await this.refreshRunners();
   }
 
-  /** Poll fast while a model loads (its end shows at once), at the visible or background pace otherwise. */
-  private _setInterval(): void {
-    const interval = this.loading ? LOADING_INTERVAL : this._visible ? VISIBLE_INTERVAL : BACKGROUND_INTERVAL;
-    if (this._poll.frequency.interval !== interval) {
-      this._poll.frequency = { interval, backoff: true, max: 60000 };
+  /** Back to the tab: events may have been missed while the browser throttled it; read once. */
+  private _onFocus = (): void => {
+    if (typeof document !== 'undefined' && document.visibilityState === 'hidden') {
+      return;
     }
+    const now = Date.now();
+    if (now - this._lastFocus >= FOCUS_THROTTLE) {
+      this._lastFocus = now;
+      void this._poll.refresh();
+    }
+  };
+
+  /** Read `what` soon, once for a burst of requests. */
+  private _later(what: 'models' | 'runners'): void {
+    if (this._timers[what] !== undefined) {
+      return;
+    }
+    this._timers[what] = setTimeout(() => {
+      delete this._timers[what];
+      if (what === 'models') {
+        void this.refreshModels();
+      } else {
+        void this.refreshRunners().catch(() => undefined);
+      }
+    }, REFRESH_DELAY);
   }
 
   private _emit(): void {
@@ -193,7 +278,10 @@ export class ModelRunnerState {
   private _changed = new Signal<this, void>(this);
   private _poll: Poll;
   private _visible = false;
-  private _ticks = 0;
+  private _sources: EmissionSource[] = [];
+  private _runnerEvents = 0;
+  private _lastFocus = 0;
+  private _timers: Partial<Record<'models' | 'runners', ReturnType<typeof setTimeout>>> = {};
   private _controller: AbortController | null = null;
 }
 

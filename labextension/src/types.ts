@@ -67,11 +67,19 @@ export interface Runner {
   requests: number;
   /** Unix seconds. */
   last_used: number;
-  /** `5m`, `30s`, `never` or `default`, as `format_keep_alive` writes it. */
-  keep_alive: string;
+  /** Seconds it stays loaded after a request, negative for never (older servers: `5m`, `30s`, `never`, `default`). */
+  keep_alive: number | string;
+  /** When it unloads if nothing uses it (Unix seconds); null while in use or kept for good. */
+  expires_at?: number | null;
   /** Bytes. */
   memory: number;
   pid?: number;
+  /** Tokens of context one request may use, as the engine reports it, and how many requests it serves at once. */
+  context_size?: number | null;
+  slots?: number | null;
+  /** While it loads, from the server's events: seconds since the engine started, and its last output line. */
+  elapsed?: number;
+  log?: string;
 }
 
 /** `POST engines/unload`. */

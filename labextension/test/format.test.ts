@@ -39,12 +39,16 @@ describe('format', () => {
     expect(keepAliveSeconds('1.5s')).toBe(1.5);
     expect(keepAliveSeconds('never')).toBe(-1);
     expect(keepAliveSeconds('default')).toBeNull();
+    expect(keepAliveSeconds(600)).toBe(600);
+    expect(keepAliveSeconds(-1)).toBe(-1);
   });
 
   it('counts down to the unload from last_used + keep_alive', () => {
     expect(keepAliveText(runner(), 1000 + 55)).toBe('unloads in 4:05');
     expect(keepAliveText(runner(), 1000 + 301)).toBe('unloading…');
     expect(keepAliveText(runner({ keep_alive: 'never' }), 5000)).toBe('kept loaded');
+    expect(keepAliveText(runner({ keep_alive: 300, expires_at: 1000 + 600 }), 1000 + 55)).toBe('unloads in 9:05');
+    expect(keepAliveText(runner({ keep_alive: -1 }), 5000)).toBe('kept loaded');
     expect(keepAliveText(runner({ in_use: true, requests: 2 }), 1000)).toBe('in use (2 requests)');
     expect(keepAliveText(runner({ loading: true, state: 'loading' }), 1000)).toBe('loading…');
   });

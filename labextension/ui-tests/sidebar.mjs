@@ -22,6 +22,11 @@ const TOKEN = env('LAB_TOKEN');
 const MODEL = env('MODEL');
 const ARTIFACTS = env('ARTIFACTS');
 const STEP_TIMEOUT = 60_000;
+/** A cold machine's first kernel start (imports not yet cached) takes tens of seconds: wait for it generously. */
+const KERNEL_TIMEOUT = 300_000;
+/** The Running view hears of a change from the server's events within this, well before the fallback poll (30 s). */
+const EVENT_LATENCY = 3_000;
+const AUTH = { Authorization: `token ${process.env.LAB_TOKEN}` };
 
 mkdirSync(ARTIFACTS, { recursive: true });
 const started = Date.now();
@@ -36,6 +41,71 @@ async function screenshot(page, name, element = null) {
   const path = join(ARTIFACTS, `${String(shot).padStart(2, '0')}-${name}.png`);
   await (element ?? page).screenshot({ path });
   log(`screenshot ${path}`);
+}
+
+/** Poll `probe` until it returns something truthy (never a fixed sleep); fail naming `what` after `timeout` ms. */
+async function until(what, probe, { timeout = STEP_TIMEOUT, interval = 250 } = {}) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await probe();
+    if (value) {
+      return value;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}`);
+    }
+    await new Promise(resolve => setTimeout(resolve, interval));
+  }
+}
+
+/** A request to the server as a client outside the page would send it (the CLI, a script). */
+async function api(path, init = {}) {
+  const response = await fetch(`${LAB_URL}${path}`, { ...init, headers: { ...AUTH, ...(init.headers ?? {}) } });
+  if (!response.ok) {
+    throw new Error(`${init.method ?? 'GET'} ${path}: ${response.status} ${await response.text()}`);
+  }
+  return response.json();
+}
+
+/**
+ * Run `step` while the page's reads of `engines/ps` are held (answered only afterwards): whatever the Running
+ * view shows meanwhile came from the server's events.
+ */
+async function withoutReads(page, step) {
+  const pattern = '**/modelrunner/engines/ps*';
+  const held = [];
+  const hold = route => {
+    held.push(route);
+  };
+  await page.route(pattern, hold);
+  try {
+    return await step(held);
+  } finally {
+    await page.unroute(pattern, hold);
+    for (const route of held) {
+      await route.continue().catch(() => undefined);
+    }
+  }
+}
+
+/**
+ * The open notebook's kernel has started and is idle, as the server and the page both see it. A cold machine's
+ * first kernel start takes tens of seconds; cells run before it would wait on it inside their own time limits.
+ */
+async function kernelIdle(page) {
+  const since = Date.now();
+  await until('an idle kernel (GET api/kernels)', async () => {
+    const kernels = await api('api/kernels');
+    return kernels.length > 0 && kernels.every(k => k.execution_state === 'idle');
+  }, { timeout: KERNEL_TIMEOUT, interval: 500 });
+  await until('the notebook to show its kernel idle', () =>
+    page.evaluate(() => {
+      const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+      const indicator = panel?.querySelector('.jp-Notebook-ExecutionIndicator');
+      const statusBar = document.querySelector('.jp-StatusBar-Widget')?.parentElement?.textContent ?? '';
+      return indicator ? indicator.getAttribute('data-status') === 'idle' : /\bIdle\b/.test(statusBar);
+    }), { timeout: KERNEL_TIMEOUT, interval: 250 });
+  log(`kernel idle after ${((Date.now() - since) / 1000).toFixed(1)} s`);
 }
 
 function check(condition, message) {
@@ -220,11 +290,12 @@ try {
   check(sources[1].startsWith(`%%chat ${modelName}`), `the second cell is the %%chat cell: ${sources[1]}`);
   log(`cells inserted: ${JSON.stringify(sources)}`);
 
-  // 6. Run it: the answer arrives (gibberish from a random-weight model) and the model is loaded.
-  const chatCell = cells.nth(1);
+  // 6. Run it once the kernel is up: the answer arrives (gibberish from a random-weight model) and the model is
+  // loaded. The runner's row comes from the server's events: nothing polls for it in the meantime.
+  await kernelIdle(page);
   await palette(page, 'Run All Cells');
   const output = notebook.locator('.jp-Cell').last().locator('.jp-OutputArea-output');
-  await output.first().waitFor({ timeout: 120_000 });
+  await output.first().waitFor({ timeout: KERNEL_TIMEOUT });
   await page.waitForFunction(
     () => {
       const cells = document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell');
@@ -233,14 +304,14 @@ try {
       return text.trim().length > 0;
     },
     undefined,
-    { timeout: 120_000 }
+    { timeout: KERNEL_TIMEOUT, polling: 250 }
   );
   // Finished: the prompt shows its execution count instead of [*] (the %%chat output streams in place).
   await page.waitForFunction(() => {
     const cells = document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell');
     const prompt = cells[cells.length - 1]?.querySelector('.jp-InputPrompt')?.textContent ?? '';
     return /\[\d+\]/.test(prompt);
-  }, undefined, { timeout: 120_000 });
+  }, undefined, { timeout: KERNEL_TIMEOUT, polling: 250 });
   const answer = ((await output.allInnerTexts()).join('\n')).trim();
   check(!/Traceback|Error|UsageError/.test(answer), `the cell ran without an error:\n${answer}`);
   // The magic ends its answer with the engine that produced it.
@@ -273,14 +344,38 @@ try {
   await palette(page, 'JupyterLab Light');
   await page.waitForFunction(() => document.body.dataset.jpThemeLight === 'true');
 
-  // 8. Unload it: the runners view and the status bar empty.
+  // 8. Unloaded by another client (the REST API, as `jupyter modelrunner unload` does): the row goes within
+  // seconds, from the server's `unloaded` event. Reads of engines/ps are held meanwhile, so nothing else can
+  // have removed it (the fallback poll, a read when the panel shows).
+  await withoutReads(page, async held => {
+    const since = Date.now();
+    await api('modelrunner/engines/unload', { method: 'POST', body: JSON.stringify({ models: [MODEL] }) });
+    await runner.waitFor({ state: 'detached', timeout: EVENT_LATENCY });
+    await status.getByText('No model loaded').waitFor({ timeout: EVENT_LATENCY });
+    log(`unloaded through the API: the row went in ${Date.now() - since} ms (${held.length} reads of engines/ps held)`);
+  });
+  await screenshot(page, 'unloaded-elsewhere');
+
+  // Loaded by another client: the row comes back from `loading` and `ready`, with its keep-alive countdown.
+  await withoutReads(page, async held => {
+    const since = Date.now();
+    await api('modelrunner/engines/v1/chat/completions', {
+      method: 'POST',
+      body: JSON.stringify({ model: MODEL, max_tokens: 1, messages: [{ role: 'user', content: 'hi' }] })
+    });
+    await runner.getByText(/unloads in \d+:\d\d/).waitFor({ timeout: EVENT_LATENCY });
+    await status.filter({ hasText: `${MODEL}:latest · llama.cpp` }).waitFor({ timeout: EVENT_LATENCY });
+    log(`loaded through the API: the row is back in ${Date.now() - since} ms (${held.length} reads of engines/ps held)`);
+  });
+
+  // 9. Unload it from the sidebar: the runners view and the status bar empty.
   await runner.getByRole('button', { name: /^Unload / }).click();
   await runner.waitFor({ state: 'detached' });
   await status.getByText('No model loaded').waitFor();
   log('unloaded');
   await screenshot(page, 'unloaded');
 
-  // 9. Delete it, confirming in the dialog: by keyboard (focus the row, Enter selects; Enter on Delete).
+  // 10. Delete it, confirming in the dialog: by keyboard (focus the row, Enter selects; Enter on Delete).
   await row.focus();
   if ((await row.getAttribute('aria-selected')) !== 'true') {
     await page.keyboard.press('Enter');
@@ -296,7 +391,7 @@ try {
   log('deleted');
   await screenshot(page, 'deleted');
 
-  // 10. The status-bar item opens the panel, by keyboard too.
+  // 11. The status-bar item opens the panel, by keyboard too.
   await tab.click(); // collapse the left area
   await sidebar.waitFor({ state: 'hidden' });
   await status.focus();

@@ -45,10 +45,20 @@ function RunnerRow(props: { state: ModelRunnerState; runner: Runner; now: number
         <span className={`jp-ModelRunner-state jp-mod-${runner.state}`}>{runner.state}</span>
       </div>
       <div className="jp-ModelRunner-muted" title={runner.reason}>
-        {runner.backend_name} on {runner.device} · {formatBytes(runner.memory)}
+        {runner.backend_name}
+        {runner.device ? ` on ${runner.device}` : ''}
+        {runner.memory ? ` · ${formatBytes(runner.memory)}` : ''}
         {runner.mode && runner.mode !== 'completion' ? ` · ${runner.mode}` : ''}
       </div>
-      <div className="jp-ModelRunner-keepAlive">{keepAliveText(runner, now)}</div>
+      <div className="jp-ModelRunner-keepAlive">
+        {keepAliveText(runner, now)}
+        {loading && runner.elapsed ? ` ${Math.round(runner.elapsed)} s` : ''}
+      </div>
+      {loading && runner.log && (
+        <div className="jp-ModelRunner-muted jp-ModelRunner-lastLog" title={runner.log}>
+          {runner.log}
+        </div>
+      )}
       <div className="jp-ModelRunner-actions">
         <button
           type="button"
@@ -119,6 +129,11 @@ export function RunnersView(props: { state: ModelRunnerState }): JSX.Element {
       {(state.runnersError || error) && (
         <div className="jp-ModelRunner-error" role="alert">
           {error ?? state.runnersError}
+        </div>
+      )}
+      {state.crash && (
+        <div className="jp-ModelRunner-error" role="status">
+          {state.crash}
         </div>
       )}
       {state.runners.length === 0 && !state.runnersError && (
