@@ -1,12 +1,13 @@
-"""Merging engine `/metrics` into one exposition: one header per family, every sample labelled, nothing raised."""
+"""Engine `/metrics` merged into one page: one header per family, every sample labelled, nothing raised."""
 
 from __future__ import annotations
 
 import random
 
+from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from jupyter_modelrunner.api.prometheus import counter_text, gauge_text, merge_metrics
+from jupyter_modelrunner.api.prometheus import EngineMetrics, render
 
 VLLM_METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -24,35 +25,49 @@ vllm:e2e_request_latency_seconds_count{engine="0",model_name="%(model)s"} 9.0
 vllm:e2e_request_latency_seconds_sum{engine="0",model_name="%(model)s"} 4.5e-01
 """
 
+LLAMA_METRICS = """\
+# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total %(tokens)s
+# HELP llamacpp:requests_processing Number of requests processing.
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 0
+"""
+
 SMOLLM = {"engine": "vllm", "model": "ai/smollm2"}
 QWEN = {"engine": "vllm", "model": "ai/qwen3"}
 
 
-def two_vllm_sources() -> list[tuple[dict[str, str], str]]:
-    return [(SMOLLM, VLLM_METRICS % {"model": "smollm2"}), (QWEN, VLLM_METRICS % {"model": "qwen3"})]
+def page(*sources: tuple[dict[str, str], str]) -> str:
+    engines = EngineMetrics()
+    for labels, text in sources:
+        engines.add(labels, text)
+    return render(engines.collect()).decode()
 
 
-def header_lines(text: str) -> list[str]:
+def two_vllm_models() -> str:
+    return page((SMOLLM, VLLM_METRICS % {"model": "smollm2"}), (QWEN, VLLM_METRICS % {"model": "qwen3"}))
+
+
+def headers(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("#")]
 
 
-def test_two_engines_with_the_same_families_get_one_header_per_family() -> None:
-    merged = merge_metrics(two_vllm_sources())
+def test_two_llama_servers_exporting_the_same_families_give_one_header_each() -> None:
+    text = page(({"engine": "llama.cpp", "model": "ai/smollm2:latest"}, LLAMA_METRICS % {"tokens": 12}),
+                ({"engine": "llama.cpp", "model": "ai/qwen3:latest"}, LLAMA_METRICS % {"tokens": 30}))
 
-    headers = header_lines(merged)
-    assert len(headers) == len(set(headers)) == 6
-    assert headers[:2] == ["# HELP vllm:num_requests_running Number of requests in model execution batches.",
-                           "# TYPE vllm:num_requests_running gauge"]
-    assert 'vllm:num_requests_running{engine="vllm",model="ai/smollm2",engine="0"' not in merged  # renamed
-    assert ('vllm:num_requests_running{engine="vllm",model="ai/smollm2",exported_engine="0",model_name="smollm2"} 1.0'
-            in merged)
-    assert ('vllm:num_requests_running{engine="vllm",model="ai/qwen3",exported_engine="0",model_name="qwen3"} 1.0'
-            in merged)
-    assert merged.endswith("\n")
+    assert headers(text) == ["# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.",
+                             "# TYPE llamacpp:prompt_tokens_total counter",
+                             "# HELP llamacpp:requests_processing Number of requests processing.",
+                             "# TYPE llamacpp:requests_processing gauge"]
+    tokens, _ = text_string_to_metric_families(text)
+    assert {(s.labels["engine"], s.labels["model"], s.value) for s in tokens.samples} == {
+        ("llama.cpp", "ai/smollm2:latest", 12), ("llama.cpp", "ai/qwen3:latest", 30)}
 
 
-def test_merged_output_parses_back_with_every_sample_labelled() -> None:
-    families = list(text_string_to_metric_families(merge_metrics(two_vllm_sources())))
+def test_every_sample_parses_back_labelled_with_its_engine_and_model() -> None:
+    families = list(text_string_to_metric_families(two_vllm_models()))
 
     assert [(f.name, f.type) for f in families] == [("vllm:num_requests_running", "gauge"),
                                                      ("vllm:request_success", "counter"),
@@ -60,113 +75,85 @@ def test_merged_output_parses_back_with_every_sample_labelled() -> None:
     samples = [sample for family in families for sample in family.samples]
     assert len(samples) == 14
     assert sorted({s.labels["model"] for s in samples}) == ["ai/qwen3", "ai/smollm2"]
-    assert all(s.labels["engine"] == "vllm" and s.labels["exported_engine"] == "0" for s in samples)
-    assert {(s.labels["model"], s.value) for s in samples if s.name == "vllm:request_success_total"} == {
-        ("ai/smollm2", 7.0), ("ai/smollm2", 2.0), ("ai/qwen3", 7.0), ("ai/qwen3", 2.0)}
+    assert {(s.labels["model"], s.labels["finished_reason"], s.value) for s in samples
+            if s.name == "vllm:request_success_total"} == {
+        ("ai/smollm2", "stop", 7), ("ai/smollm2", "length", 2), ("ai/qwen3", "stop", 7), ("ai/qwen3", "length", 2)}
 
 
-def test_histogram_buckets_of_all_engines_stay_under_one_header() -> None:
-    merged = merge_metrics(two_vllm_sources()).splitlines()
+def test_an_engine_label_clashing_with_ours_is_renamed_exported() -> None:
+    (family,) = text_string_to_metric_families(
+        page((SMOLLM, 'requests{engine="0",model="smollm2",exported_model="x"} 3\n')))
 
-    start = merged.index("# TYPE vllm:e2e_request_latency_seconds histogram")
-    body = merged[start + 1:]
-    assert len(body) == 8
-    assert all(line.startswith("vllm:e2e_request_latency_seconds_") for line in body)
-    assert sum('model="ai/qwen3"' in line for line in body) == 4
-
-
-def test_engine_label_clashing_with_ours_is_renamed_exported() -> None:
-    text = 'requests{model="smollm2",exported_model="x"} 3\n'
-
-    merged = merge_metrics([({"engine": "vllm", "model": "ai/smollm2"}, text)])
-
-    assert ('requests{engine="vllm",model="ai/smollm2",exported_exported_model="smollm2",exported_model="x"} 3'
-            in merged)
-    (family,) = text_string_to_metric_families(merged)
-    assert family.samples[0].labels["exported_exported_model"] == "smollm2"
+    assert family.samples[0].labels == {"engine": "vllm", "model": "ai/smollm2", "exported_engine": "0",
+                                        "exported_exported_model": "smollm2", "exported_model": "x"}
 
 
 def test_label_values_with_quotes_backslashes_and_newlines_round_trip() -> None:
     text = 'odd{path="C:\\\\models\\\\x",quote="say \\"hi\\"",nl="a\\nb",punct="}, =,{"} 1 1700000000000\n'
     tricky_model = 'ai/"smol"\\lm\n2'
 
-    merged = merge_metrics([({"model": tricky_model}, text)])
+    (family,) = text_string_to_metric_families(page(({"model": tricky_model}, text)))
 
-    assert 'model="ai/\\"smol\\"\\\\lm\\n2"' in merged
-    assert merged.rstrip("\n").endswith("} 1 1700000000000")
-    (family,) = text_string_to_metric_families(merged)
     assert family.samples[0].labels == {"model": tricky_model, "path": "C:\\models\\x", "quote": 'say "hi"',
                                         "nl": "a\nb", "punct": "}, =,{"}
     assert family.samples[0].timestamp == 1700000000
 
 
-def test_values_and_timestamps_are_kept_verbatim() -> None:
-    text = "# TYPE g gauge\ng{a=\"1\"} NaN\ng{a=\"2\"} +Inf 123\ng{a=\"3\"} -1.5E+07\ng{a=\"4\"} 12e-3 -5\n"
+def test_a_garbage_engine_text_is_dropped_and_the_other_engines_kept() -> None:
+    engines = EngineMetrics()
 
-    merged = merge_metrics([({"model": "m"}, text)])
+    assert not engines.add({"engine": "vllm", "model": "ai/broken"}, 'vllm:x{a="unterminated} 1\nvllm:y 2\n')
+    assert engines.add(SMOLLM, VLLM_METRICS % {"model": "smollm2"})
 
-    assert [line.split("} ", 1)[1] for line in merged.splitlines()[1:]] == ["NaN", "+Inf 123", "-1.5E+07", "12e-3 -5"]
-
-
-def test_malformed_lines_are_dropped_and_the_rest_kept() -> None:
-    text = "\n".join([
-        "# TYPE good counter", "good_total 1", "# TYPE bad nonsense", "# HELP", "#  just a comment",
-        'broken{a="unterminated} 1', 'broken{a="x" b="y"} 1', 'broken{a=x} 1', 'broken{a="\\q"} 1',
-        'broken{a="1",a="2"} 1', "broken 1 2 3", "broken one", "broken 1 1.5", "broken", "9starts_with_digit 1",
-        "broken{} 1_000", "", "   ", "\r", "good_total{x=\"y\",} 2\r",
-    ])
-
-    merged = merge_metrics([({"model": "m"}, text)])
-
-    assert merged == '# TYPE good counter\ngood_total{model="m"} 1\ngood_total{model="m",x="y"} 2\n'
+    text = render(engines.collect()).decode()
+    assert "ai/broken" not in text and "vllm:y" not in text  # the whole text goes, not only the bad line
+    assert len(list(text_string_to_metric_families(text))) == 3
 
 
-def test_untyped_samples_get_their_own_group() -> None:
-    merged = merge_metrics([({"model": "a"}, "loose 1\n"), ({"model": "b"}, "# HELP loose Later help.\nloose 2\n")])
+def test_names_outside_the_text_format_and_openmetrics_types_are_dropped() -> None:
+    engines = EngineMetrics()
 
-    assert merged == ('# HELP loose Later help.\n# TYPE loose untyped\nloose{model="a"} 1\nloose{model="b"} 2\n')
+    assert not engines.add({"model": "m"}, '{"dotted.name"} 1\n')  # a UTF-8 name recent parsers accept
+    assert not engines.add({"model": "m"}, 'x{"dotted.label"="v"} 1\n')
+    assert engines.add({"model": "m"}, "# TYPE build info\nbuild 1\n# TYPE up gauge\nup 1\n")
 
-
-def test_own_families_come_first_and_first_help_wins() -> None:
-    own = counter_text("modelrunner_pulls_total", "Models pulled.\nBy reference.", [({"reference": "ai/x"}, 3)])
-    own += gauge_text("modelrunner_models_loaded", "Models in memory.", [({}, 1.0)])
-    engine = "# HELP modelrunner_pulls_total Engine's own help.\n# TYPE modelrunner_pulls_total counter\n" \
-             "modelrunner_pulls_total 4\n# TYPE vllm:x gauge\nvllm:x 0.5\n"
-
-    merged = merge_metrics([({"model": "m"}, engine)], own=own)
-
-    assert merged == (
-        "# HELP modelrunner_pulls_total Models pulled.\\nBy reference.\n# TYPE modelrunner_pulls_total counter\n"
-        'modelrunner_pulls_total{reference="ai/x"} 3\nmodelrunner_pulls_total{model="m"} 4\n'
-        "# HELP modelrunner_models_loaded Models in memory.\n# TYPE modelrunner_models_loaded gauge\n"
-        "modelrunner_models_loaded 1\n# TYPE vllm:x gauge\nvllm:x{model=\"m\"} 0.5\n")
+    assert render(engines.collect()).decode() == '# HELP up \n# TYPE up gauge\nup{model="m"} 1.0\n'
 
 
-def test_counter_text_spells_special_floats_like_prometheus() -> None:
-    text = counter_text("c_total", "h", [({"k": "a"}, float("inf")), ({"k": "b"}, float("nan")), ({"k": "c"}, 0.25)])
+def test_a_name_taken_by_our_own_or_an_earlier_family_keeps_its_first_owner() -> None:
+    ours = CounterMetricFamily("modelrunner_requests", "Inference requests.", value=5)
+    engines = EngineMetrics()
+    engines.add({"model": "a"}, "# TYPE modelrunner_requests_total gauge\nmodelrunner_requests_total 99\n"
+                                "# TYPE latency histogram\nlatency_sum 1\nlatency_count 2\n")
+    engines.add({"model": "b"}, "latency_sum 3\n# TYPE latency gauge\nlatency 4\n")
 
-    assert text.splitlines()[2:] == ['c_total{k="a"} +Inf', 'c_total{k="b"} NaN', 'c_total{k="c"} 0.25']
-    assert len(next(iter(text_string_to_metric_families(text))).samples) == 3
+    text = render([ours, *engines.collect()]).decode()
+
+    assert [line for line in text.splitlines() if line.startswith("# TYPE")] == [
+        "# TYPE modelrunner_requests_total counter", "# TYPE latency histogram"]
+    assert "99" not in text and 'model="b"' not in text
 
 
-def test_garbage_never_raises() -> None:
+def test_garbage_never_raises_and_what_is_kept_renders_parseable() -> None:
     alphabet = '#{}",=\\ \t\nabc_:019.+-eE\r\x00é'
     rng = random.Random(4)
     for _ in range(500):
         garbage = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
-        merged = merge_metrics([({"model": "m"}, garbage), ({"model": "n"}, garbage)], own=garbage)
-        assert merged.endswith("\n")
+        text = page(({"model": "m"}, garbage), ({"model": "n"}, garbage))
+        types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+        assert len(types) == len(set(types))
+        list(text_string_to_metric_families(text))
 
 
-def test_damaged_engine_output_still_merges_into_parseable_text() -> None:
-    """Whatever survives of a corrupted exposition is well-formed: prometheus_client reads back every sample."""
+def test_damaged_engine_output_is_dropped_or_merged_into_parseable_text() -> None:
     original = VLLM_METRICS % {"model": "smollm2"} + 'odd{q="a\\"}b,c=\\"d\\\\",e="x"} 1e3 -17\n'
     rng = random.Random(7)
     for _ in range(500):
-        text = list(original)
+        damaged = list(original)
         for _ in range(rng.randint(1, 6)):
-            text.insert(rng.randrange(len(text)), rng.choice('#{}",=\\ \tn\n_:0.+-eE'))
-            del text[rng.randrange(len(text))]
-        merged = merge_metrics([(SMOLLM, "".join(text))], own="".join(text))
-        families = list(text_string_to_metric_families(merged))
-        assert sum(len(f.samples) for f in families) == sum(not line.startswith("#") for line in merged.splitlines())
+            damaged.insert(rng.randrange(len(damaged)), rng.choice('#{}",=\\ \tn\n_:0.+-eE'))
+            del damaged[rng.randrange(len(damaged))]
+        text = page((SMOLLM, "".join(damaged)), (QWEN, original))
+        families = list(text_string_to_metric_families(text))
+        assert sum(len(f.samples) for f in families) == sum(not line.startswith("#") for line in text.splitlines())
+        assert {s.labels["model"] for f in families for s in f.samples} >= {"ai/qwen3"}
