@@ -2,7 +2,8 @@
 
 Downloads stream into `<hex>.incomplete` under a per-blob file lock (so two processes pulling the same
 model share the work instead of corrupting it), are hashed while written, resumed with `Range` after an
-interruption, and renamed into place only once the sha256 matches the manifest.
+interruption, and renamed into place only once the sha256 matches the manifest. The caller's `cancel` is
+checked after every read of a body, so a cancelled pull stops within one read and keeps its partial files.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import logging
 import queue
 import threading
-import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,9 @@ class PullCancelled(ModelRunnerError):
     http_status = 499
 
 
+_CANCELLED = "The pull was cancelled; run it again to resume."
+
+
 @dataclass(frozen=True)
 class PullResult:
     reference: Reference
@@ -64,7 +67,11 @@ def pull(
     max_workers: int = 4,
     cancel: threading.Event | None = None,
 ) -> PullResult:
-    """Pull `reference` into `store` and return what was done; raises a `ModelRunnerError` subclass."""
+    """Pull `reference` into `store` and return what was done; raises a `ModelRunnerError` subclass.
+
+    Setting `cancel` (from any thread) makes the pull raise `PullCancelled` within one read of the body being
+    downloaded; what arrived stays in `*.incomplete` and the next pull resumes from there.
+    """
     ref = reference if isinstance(reference, Reference) else parse_reference(reference, registry=registry)
     client = RegistryClient(ref)
     raw, advertised = client.fetch_manifest()
@@ -134,13 +141,17 @@ def _download_all(
     if not missing:
         return 0
     counter = _Counter()
+    # Set when one blob fails: the others stop at their next READ_CHUNK_BYTES step, not at their next read as
+    # for the user's `cancel`, so a small sibling layer still finishes (and leaves no partial file behind).
+    stop = threading.Event()
     workers = max(1, min(max_workers, len(missing)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelrunner-pull") as pool:
-        futures = [pool.submit(_download_blob, client, store, blob, tracker, cancel, counter) for blob in missing]
+        futures = [pool.submit(_download_blob, client, store, blob, tracker, cancel, stop, counter)
+                   for blob in missing]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:
-            cancel.set()  # the other downloads stop at their next chunk and keep their partial files
+            stop.set()  # the other downloads stop at their next step and keep their partial files
             wait(futures)
             raise failed[0].exception()  # type: ignore[misc]
     return counter.value
@@ -158,7 +169,7 @@ class _Counter:
 
 def _download_blob(
     client: RegistryClient, store: BlobStore, blob: Layer, tracker: ProgressTracker,
-    cancel: threading.Event, counter: _Counter,
+    cancel: threading.Event, stop: threading.Event, counter: _Counter,
 ) -> None:
     short = blob.digest[7:19]
     with store.blob_lock(blob.digest):
@@ -169,13 +180,13 @@ def _download_blob(
         part = store.incomplete_path(blob.digest)
         attempt = 0
         while True:
-            if cancel.is_set():
-                raise PullCancelled("The pull was cancelled; run it again to resume.")
+            if cancel.is_set() or stop.is_set():
+                raise PullCancelled(_CANCELLED)
             hasher, offset = _resume_state(part, blob.size)
             tracker.start_layer(blob.digest, blob.size)
             tracker.set_layer(blob.digest, offset)
             try:
-                offset, hasher = _stream_into(client, blob, part, hasher, offset, tracker, cancel, counter)
+                offset, hasher = _stream_into(client, blob, part, hasher, offset, tracker, cancel, stop, counter)
             except _TRANSPORT_ERRORS as exc:
                 attempt += 1
                 have = part.stat().st_size if part.exists() else 0
@@ -186,7 +197,7 @@ def _download_blob(
                         f"download is kept: run the pull again to resume."
                     ) from exc
                 log.info("layer %s interrupted at %d bytes (%s); resuming", short, have, exc)
-                time.sleep(0.25 * 2**attempt)
+                cancel.wait(0.25 * 2**attempt)  # a cancel ends the wait (and the loop)
                 continue
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -232,7 +243,7 @@ def _resume_state(part: Path, size: int) -> tuple[Any, int]:
 
 def _stream_into(
     client: RegistryClient, blob: Layer, part: Path, hasher: Any, offset: int,
-    tracker: ProgressTracker, cancel: threading.Event, counter: _Counter,
+    tracker: ProgressTracker, cancel: threading.Event, stop: threading.Event, counter: _Counter,
 ) -> tuple[int, Any]:
     """Append the rest of the blob to `part`; returns the new size and the running hash."""
     if offset == blob.size and blob.size > 0:
@@ -243,41 +254,37 @@ def _stream_into(
             tracker.set_layer(blob.digest, 0)
         with part.open("ab" if offset else "wb") as handle:
             # read1 hands over whatever has arrived, so bytes received before a dropped connection are
-            # kept (a plain read(n) discards a partly filled chunk when the connection breaks).
+            # kept (a plain read(n) discards a partly filled chunk when the connection breaks). Each piece
+            # is written as it comes: what arrived before a cancel, a cut or a killed process is on disk.
             raw = response.raw
             read = getattr(raw, "read1", raw.read)
-            pending = bytearray()
             # Hashing runs beside the download (hashlib releases the GIL): sequentially it would cost a
             # third of the throughput.
             background = _BackgroundHasher(hasher)
-
-            def flush() -> None:
-                nonlocal offset, pending
-                if not pending:
-                    return
-                if offset + len(pending) > blob.size:
-                    raise DigestMismatch(
-                        f"Layer {blob.digest[7:19]} is larger than the {blob.size:,} bytes its manifest declares."
-                    )
-                data, pending = pending, bytearray()
-                handle.write(data)
-                background.update(data)
-                offset += len(data)
-                counter.add(len(data))
-                tracker.advance(blob.digest, len(data))
-
+            unreported = 0  # progress goes out per READ_CHUNK_BYTES, not per read
             try:
                 while chunk := read(READ_CHUNK_BYTES):
-                    pending += chunk
-                    if len(pending) >= READ_CHUNK_BYTES:
-                        flush()
-                        if cancel.is_set():
-                            raise PullCancelled("The pull was cancelled; run it again to resume.")
+                    if offset + len(chunk) > blob.size:
+                        raise DigestMismatch(
+                            f"Layer {blob.digest[7:19]} is larger than the {blob.size:,} bytes its manifest "
+                            "declares."
+                        )
+                    handle.write(chunk)
+                    background.update(chunk)
+                    offset += len(chunk)
+                    counter.add(len(chunk))
+                    unreported += len(chunk)
+                    if unreported >= READ_CHUNK_BYTES:
+                        tracker.advance(blob.digest, unreported)
+                        unreported = 0
+                        if stop.is_set():
+                            raise PullCancelled(_CANCELLED)
+                    if cancel.is_set():
+                        raise PullCancelled(_CANCELLED)
             finally:
-                try:
-                    flush()
-                finally:
-                    hasher = background.result()
+                if unreported:
+                    tracker.advance(blob.digest, unreported)
+                hasher = background.result()
     return offset, hasher
 
 

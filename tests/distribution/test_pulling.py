@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from jupyter_modelrunner import mediatypes as mt
-from jupyter_modelrunner.distribution import pull, push
+from jupyter_modelrunner.distribution import PullCancelled, pull, push
 from jupyter_modelrunner.errors import (
     AuthenticationFailed,
     DigestMismatch,
@@ -108,6 +109,59 @@ def test_interrupted_pull_resumes_where_it_stopped(store, registry, big_model):
     blob = store.blob_path(result.model.manifest.layers[0].digest)
     assert blob.stat().st_size == BIG_BLOB_BYTES
     assert not partials[0].exists()
+
+
+#: A slow network (1 MiB/s) that the proxy delivers in pieces of 16 KiB: each read of the body gets about one.
+SLOW_RATE = 1024 * 1024
+SLOW_PIECE = SLOW_RATE // 64
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def partial_size(store) -> int:
+    return sum(p.stat().st_size for p in (store.root / "blobs" / "sha256").glob("*.incomplete"))
+
+
+def test_cancel_stops_a_slow_download_within_a_read_and_the_next_pull_resumes(store, registry, big_model):
+    reference, digest = big_model
+    with FaultProxy(registry.host) as proxy:
+        proxy.rate = SLOW_RATE
+        proxied = reference.replace(registry.host, proxy.host)
+        cancel, outcome = threading.Event(), []
+
+        def pulling() -> None:
+            try:
+                outcome.append(pull(proxied, store, cancel=cancel))
+            except Exception as exc:  # the test asserts what it was
+                outcome.append(exc)
+
+        worker = threading.Thread(target=pulling)
+        worker.start()
+        wait_until(lambda: partial_size(store) >= 1024 * 1024, what="the first MiB on disk")  # mid-blob
+        cancel.set()
+        at_cancel, cancelled_at = partial_size(store), time.monotonic()
+        wait_until(lambda: not worker.is_alive(), what="the download to stop")
+        stopped_after = time.monotonic() - cancelled_at
+        (error,) = outcome
+        assert isinstance(error, PullCancelled)
+        have = partial_size(store)  # kept for the next pull
+        # One read (a piece of the slow network) after the cancel at most, not the rest of a 4 MiB step.
+        assert have - at_cancel <= 2 * SLOW_PIECE, (have, at_cancel)
+        assert stopped_after < 0.5
+        assert store.models() == []
+
+        proxy.rate = None
+        proxy.reset_counters()
+        result = pull(proxied, store)
+        assert result.digest == digest
+        # Resumed where the cancel left it (the config, a few hundred bytes, may come now too).
+        assert BIG_BLOB_BYTES - have <= result.downloaded_bytes <= BIG_BLOB_BYTES - have + 4096
+    assert partial_size(store) == 0
 
 
 def test_corrupt_blob_is_refused_and_the_store_stays_usable(store, registry, tiny_gguf, seeded):

@@ -2,8 +2,9 @@
 
 Dropping a connection in the middle of a blob cannot be provoked with the registry alone; this proxy
 forwards to it unchanged until armed, counts the bytes it delivers, and then cuts every connection
-after `cut_after` downstream bytes, exactly like a network that drops mid-download. It works at the
-TCP level (no HTTP parsing), so the client sees a genuine short read on a keep-alive connection.
+after `cut_after` downstream bytes, exactly like a network that drops mid-download. It can also make
+the network slow (`rate`), to catch a transfer in the middle. It works at the TCP level (no HTTP
+parsing), so the client sees a genuine short read on a keep-alive connection.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 _CHUNK = 64 * 1024
 
@@ -42,7 +44,7 @@ class _Connection:
         cut = False
         try:
             while True:
-                data = source.recv(_CHUNK)
+                data = source.recv(self.proxy._recv_size() if downstream else _CHUNK)
                 if not data:
                     with contextlib.suppress(OSError):
                         sink.shutdown(socket.SHUT_WR)
@@ -58,6 +60,8 @@ class _Connection:
                     self.proxy._count(len(data))
                 if data:
                     sink.sendall(data)
+                    if downstream:
+                        self.proxy._pace(len(data))
                 if cut:
                     break
         except OSError:
@@ -94,7 +98,9 @@ class FaultProxy:
     it to 0 or call `reset_counters()` between phases of a test). Set `cut_after` to N (at any time) and
     every connection — new ones and open keep-alive ones alike — is closed once it has delivered N more
     bytes downstream (counted from that assignment; response headers count too); set it back to None to
-    let transfers through again. stop() closes the listener and all connections and joins every thread.
+    let transfers through again. Set `rate` to N and each connection delivers about N bytes a second
+    downstream, in pieces of N/64 bytes (None, the default: full speed). stop() closes the listener and
+    all connections and joins every thread.
     """
 
     def __init__(self, target: str) -> None:
@@ -104,6 +110,7 @@ class FaultProxy:
         self._arming = 0
         self.bytes_downstream = 0
         self.connections_accepted = 0
+        self.rate: int | None = None
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0), backlog=128)
         self._server.settimeout(0.1)
@@ -190,6 +197,17 @@ class FaultProxy:
                 self.connections_accepted += 1
                 self._connections.add(conn)
             conn.start()
+
+    def _recv_size(self) -> int:
+        """How much one downstream step forwards: small pieces when throttled, so the pace is smooth."""
+        rate = self.rate
+        return max(1024, min(_CHUNK, rate // 64)) if rate else _CHUNK
+
+    def _pace(self, n: int) -> None:
+        """Wait as long as `n` bytes take at `rate`."""
+        rate = self.rate
+        if rate:
+            time.sleep(n / rate)
 
     def _count(self, n: int) -> None:
         with self._lock:
