@@ -1,22 +1,22 @@
 """`jupyter modelrunner …`: the terminal front end, with verbs named like `docker model`.
 
-A thin layer: it parses arguments, calls the library, draws progress on a terminal and turns library
-errors into one line and a non-zero exit code. The store-level verbs work with no server at all; `ps` and
-`unload` ask the running server (the owner of the engines) through `client.py`. The `%model` magic reuses
-this parser, so both front ends take the same arguments.
+A thin layer: it parses arguments, asks the runner that owns the store (JupyterLab's server, a `serve`, or an
+embedded runner started on demand that then stays up for the next commands) through `client.RunnerClient`, draws
+progress on a terminal and turns errors into one line and a non-zero exit code — like `docker model` talking to
+its one daemon. Only `serve` and `install-runner`/`uninstall-runner` act locally. The verbs themselves live in
+commands.py, shared with the `%model` magic, which also reuses this parser.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TextIO
+from typing import Any, TextIO
 
 from ._version import __version__
 from .errors import ModelRunnerError
@@ -148,7 +148,12 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--temperature", type=float, help="sampling temperature")
     p.add_argument("--max-tokens", type=int, help="longest answer, in tokens")
 
-    p = verbs.add_parser("configure", help="per-model settings: context size, keep_alive, engine flags")
+    p = verbs.add_parser("load", help="start a model's engine now, so the first question does not wait")
+    p.add_argument("model")
+    p.add_argument("--engine", help="force an engine (llama.cpp or vllm)")
+
+    p = verbs.add_parser("configure", help="per-model settings: context size, keep_alive, engine flags "
+                         "(without options: show them)")
     p.add_argument("model")
     p.add_argument("--context-size", type=int, metavar="N")
     p.add_argument("--keep-alive", metavar="DURATION", help="how long an idle model stays loaded (10m, 1h, -1 never)")
@@ -158,6 +163,7 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p = verbs.add_parser("logs", help="the last lines an engine printed for a model")
     p.add_argument("model")
     p.add_argument("-n", "--lines", type=int, default=200)
+    p.add_argument("-f", "--follow", action="store_true", help="then print new lines as the engine prints them")
 
     p = verbs.add_parser("status", help="which engines can run here, and why or why not")
     p.add_argument("--json", action="store_true")
@@ -170,14 +176,17 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--idle-timeout", type=int, default=0, metavar="SECONDS",
                    help="stop after this long without requests (default 0: never)")
     p.add_argument("--embedded", action="store_true",
-                   help="the runner a kernel starts for itself when no server is around (its own runtime file)")
+                   help="the runner a kernel or a command starts for itself when no runner owns the store")
 
-    p = verbs.add_parser("ps", help="models loaded by the running server (JupyterLab or `serve`)")
+    p = verbs.add_parser("ps", help="models loaded by the runner (JupyterLab's server, `serve` or an embedded one)")
     p.add_argument("--json", action="store_true")
 
-    p = verbs.add_parser("unload", help="stop the engines of some models, or of all (`--all`), in the running server")
+    p = verbs.add_parser("unload", help="stop the engines of some models, or of all (`--all`)")
     p.add_argument("models", nargs="*")
     p.add_argument("--all", action="store_true", help="unload every model")
+
+    p = verbs.add_parser("purge", help="remove every model from the store")
+    p.add_argument("--force", "-f", action="store_true", help="really do it")
 
     p = verbs.add_parser("gc", help="delete blobs no model uses and abandoned partial downloads")
     p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
@@ -234,302 +243,140 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+#: Verbs that are this process's own business; every other one asks the runner.
+_LOCAL_VERBS = ("serve", "install-runner", "uninstall-runner")
+#: Verbs that say nothing useful about a runner started only to answer them.
+_NO_START_VERBS = ("ps", "unload")
+
+
 def _dispatch(args: argparse.Namespace) -> int | None:
-    from .store import Store
+    if args.verb == "unload" and not (args.all or args.models):
+        print("Error: name the models to unload, or use --all.", file=sys.stderr)
+        return EXIT_USAGE
+    if args.verb in _LOCAL_VERBS:
+        return globals()[f"_cmd_{args.verb.replace('-', '_')}"](args)
+    from .client import RunnerUnreachable, runner
 
-    store = Store(args.store, registry=args.registry)
-    verb = "ls" if args.verb == "list" else args.verb.replace("-", "_")
-    return globals()[f"_cmd_{verb}"](store, args)
-
-
-def _cmd_pull(store, args) -> int:
-    from .distribution import pull
-    from .distribution.progress import format_bytes
-
-    progress = None if args.quiet else TerminalProgress(sys.stderr, "Pulling")
     try:
-        result = pull(args.model, store, on_progress=progress, registry=args.registry)
-    finally:
-        if progress:
-            progress.close()
-    model = result.model
-    how = "already up to date" if not result.downloaded_bytes else f"downloaded {format_bytes(result.downloaded_bytes)}"
-    print(f"Pulled {result.reference.familiar} ({model.short_id}): {model.format}, {format_bytes(model.size)}, {how}")
-    return 0
-
-
-def _cmd_push(store, args) -> int:
-    from .distribution import push
-    from .distribution.progress import format_bytes
-
-    progress = None if args.quiet else TerminalProgress(sys.stderr, "Pushing")
-    try:
-        result = push(store, args.model, target=args.to, on_progress=progress, registry=args.registry)
-    finally:
-        if progress:
-            progress.close()
-    print(f"Pushed {result.reference.familiar} ({result.digest[:19]}): uploaded {format_bytes(result.uploaded_bytes)}, "
-          f"{format_bytes(result.skipped_bytes)} already there")
-    return 0
-
-
-def _cmd_package(store, args) -> int:
-    from .distribution import package_gguf, package_safetensors, push
-    from .reference import parse_reference
-
-    ref = parse_reference(args.tag, registry=args.registry)
-    options = {"license_files": args.license, "chat_template": args.chat_template, "context_size": args.context_size}
-    if args.gguf:
-        model = package_gguf(store, args.gguf, ref, **options)
-    else:
-        model = package_safetensors(store, args.safetensors_dir, ref, **options)
-    print(f"Packaged {ref.familiar} ({model.short_id}): {model.format}, {model.config.parameters} parameters")
-    if args.push:
-        progress = TerminalProgress(sys.stderr, "Pushing")
-        try:
-            push(store, ref.full, on_progress=progress)
-        finally:
-            progress.close()
-        print(f"Pushed {ref.familiar}")
-    return 0
-
-
-def _cmd_tag(store, args) -> int:
-    model = store.tag(args.source, args.target)
-    print(f"Tagged {model.short_id} as {args.target}")
-    return 0
-
-
-def _cmd_ls(store, args) -> int:
-    from .tables import models_table
-
-    models = store.models()
-    if args.json:
-        print(json.dumps([m.to_json() for m in models], indent=2))
+        client = runner(start=args.verb not in _NO_START_VERBS, store=args.store, registry=args.registry)
+    except RunnerUnreachable:
+        if args.verb not in _NO_START_VERBS:
+            raise
+        print("No model runner is running, so no model is loaded." if args.verb == "ps" else
+              "No model runner is running: nothing to unload.")
         return 0
-    if args.quiet:
-        for model in models:
-            print(model.short_id)
-        return 0
-    print(models_table([m.to_json() for m in models]))
+    if args.verb == "run":
+        return _cmd_run(client, args)
+    from .commands import run_verb
+
+    run_verb(args.verb, client, args, TerminalConsole())
     return 0
 
 
-def _cmd_inspect(store, args) -> int:
-    model = store.resolve(args.model)
-    doc = model.to_json()
-    doc["config"] = {**doc["config"], **{k: v for k, v in (model.config.raw.get("config") or {}).items()
-                                         if k not in doc["config"]}}
-    doc["manifest"] = json.loads(model.manifest.raw)
-    print(json.dumps(doc, indent=2))
-    return 0
+class _TerminalView:
+    """A pull or push on a terminal: the self-rewriting progress line, closed when the transfer ends."""
+
+    def __init__(self, title: str) -> None:
+        self._line = TerminalProgress(sys.stderr, title.split()[0])
+
+    def update(self, event: dict[str, Any]) -> None:
+        self._line(event)
+
+    def done(self, message: str) -> None:
+        self._line.close()
+
+    def fail(self, message: str) -> None:
+        self._line.close()
 
 
-def _cmd_rm(store, args) -> int:
-    from .distribution.progress import format_bytes
+class TerminalConsole:
+    """Where the shared verbs (commands.py) write on a terminal: stdout, warnings on stderr, progress lines."""
 
-    failed = False
-    for name in args.models:
-        try:
-            result = store.remove(name, force=args.force)
-        except ModelRunnerError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            failed = True
-            continue
-        for tag in result.untagged:
-            print(f"Untagged: {tag}")
-        if result.deleted:
-            print(f"Deleted: {result.deleted} (freed {format_bytes(result.freed_bytes)})")
-    return EXIT_ERROR if failed else 0
+    command = "jupyter modelrunner"
+
+    def print(self, text: str = "") -> None:
+        print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def progress(self, title: str) -> _TerminalView:
+        return _TerminalView(title)
 
 
-def _cmd_df(store, args) -> int:
-    from .distribution.progress import format_bytes
-
-    usage = store.df()
-    if args.json:
-        print(json.dumps({**usage.to_json(), "store": str(store.root)}, indent=2))
-        return 0
-    print(f"Store: {store.root}")
-    for label, value in (("Models", usage.models), ("Unused blobs", usage.orphans),
-                         ("Partial downloads", usage.incomplete), ("Manifests", usage.manifests),
-                         ("Total", usage.total)):
-        print(f"{label + ':':<19}{format_bytes(value):>12}")
-    print(f"{'Model count:':<19}{usage.model_count:>12}")
-    return 0
-
-
-def _cmd_gc(store, args) -> int:
-    from .distribution.progress import format_bytes
-
-    freed = store.gc(min_age_seconds=args.min_age)
-    print(f"Freed {format_bytes(freed.total)} ({format_bytes(freed.orphans)} unused blobs, "
-          f"{format_bytes(freed.incomplete)} partial downloads)")
-    return 0
-
-
-def _scheduler(store):
-    from .scheduler import Scheduler
-
-    return Scheduler(store)
-
-
-def _cmd_run(store, args) -> int:
-    import asyncio
-
+def _cmd_run(client, args) -> int:
+    """Pull if missing, load (showing the engine and why), then one answer or an interactive chat, all through the
+    runner: the model stays loaded there for the next command (keep_alive), as with `docker model run`."""
+    from .commands import pull
     from .errors import ModelNotFound
 
     try:
-        store.resolve(args.model)
+        client.inspect(args.model)
     except ModelNotFound:
         print(f"Model {args.model} is not here yet; pulling it.", file=sys.stderr)
-        _cmd_pull(store, argparse.Namespace(model=args.model, quiet=False, registry=args.registry))
-    scheduler = _scheduler(store)
-    _, choice = scheduler.choose(args.model, args.engine)
-    print(f"Engine: {choice.engine.name} on {choice.device} ({choice.reason})", file=sys.stderr)
+        pull(client, argparse.Namespace(model=args.model, quiet=False), TerminalConsole())
+    loaded = client.load(args.model, engine=args.engine)
+    print(f"Engine: {loaded.get('backend_name')} on {loaded.get('device')} ({loaded.get('reason')})", file=sys.stderr)
+    print(f"Loaded in {loaded.get('load_seconds', 0):.1f} s", file=sys.stderr)
+    if args.detach:
+        return 0
     if args.prompt:
-        prompts = [" ".join(args.prompt)]
+        prompts: list[str] | None = [" ".join(args.prompt)]
     elif sys.stdin.isatty():
         prompts = None
     else:
         prompts = [sys.stdin.read()]
-    return asyncio.run(_run_chat(scheduler, args, prompts))
-
-
-async def _run_chat(scheduler, args, prompts) -> int:
-    from .scheduler import sse_events
-
-    try:
-        started = time.perf_counter()
-        await scheduler.load(args.model, engine=args.engine)
-        print(f"Loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        if args.detach:
-            return 0
-        history: list[dict] = []
-        interactive = prompts is None
-        while True:
-            if interactive:
-                try:
-                    prompt = input("> ")
-                except EOFError:
-                    print()
-                    return 0
-                if prompt.strip() in ("/bye", "/exit", "/quit"):
-                    return 0
-            elif prompts:
-                prompt = prompts.pop(0)
-            else:
+    history: list[dict[str, str]] = []
+    while True:
+        if prompts is None:
+            try:
+                prompt = input("> ")
+            except EOFError:
+                print()
                 return 0
-            history.append({"role": "user", "content": prompt})
-            body = {"model": "model", "messages": history, "stream": True}
-            if args.temperature is not None:
-                body["temperature"] = args.temperature
-            if args.max_tokens is not None:
-                body["max_tokens"] = args.max_tokens
-            answer = []
-            async with scheduler.use(args.model, engine=args.engine) as runner, runner.stream(
-                "POST", "/v1/chat/completions", json=body
-            ) as chunks:
-                async for event in sse_events(chunks):
-                    if "error" in event:
-                        raise ModelRunnerError(str(event["error"].get("message", event["error"])))
-                    delta = (event.get("choices") or [{}])[0].get("delta", {}).get("content")
-                    if delta:
-                        answer.append(delta)
-                        sys.stdout.write(delta)
-                        sys.stdout.flush()
-            print()
-            history.append({"role": "assistant", "content": "".join(answer)})
-    finally:
-        await scheduler.shutdown()
+            if prompt.strip() in ("/bye", "/exit", "/quit"):
+                return 0
+        elif prompts:
+            prompt = prompts.pop(0)
+        else:
+            return 0
+        history.append({"role": "user", "content": prompt})
+        with client.chat(args.model, history, engine=args.engine, temperature=args.temperature,
+                         max_tokens=args.max_tokens) as stream:
+            for piece in stream:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        print()
+        history.append({"role": "assistant", "content": stream.text})
 
 
-def _cmd_configure(store, args) -> int:
-    flags = list(args.runtime_flags)
-    config = _scheduler(store).configure(
-        args.model, context_size=args.context_size, keep_alive=args.keep_alive,
-        runtime_flags=flags if flags else None, engine=args.engine,
-    )
-    from .runner_config import format_keep_alive
-
-    print(f"{args.model}: context size {config.context_size or 'default'}, keep_alive "
-          f"{format_keep_alive(config.keep_alive)}, flags {' '.join(config.runtime_flags) or 'none'}")
-    return 0
-
-
-def _cmd_logs(store, args) -> int:
-    text = _scheduler(store).logs(args.model, args.lines)
-    print(text if text else f"No engine has run {args.model} yet.")
-    return 0
-
-
-def _cmd_status(store, args) -> int:
-    status = _scheduler(store).status()
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    from .tables import status_text
-
-    print(status_text(status))
-    return 0
-
-
-def _cmd_serve(store, args) -> int:
+def _cmd_serve(args) -> int:
     import os
     import secrets
     import tempfile
 
+    from .paths import default_store_path
     from .serverext import ModelRunner
 
     token = args.token or os.environ.get("MODEL_RUNNER_TOKEN") or secrets.token_urlsafe(32)
     ModelRunner.load_other_extensions = False  # this process serves the model runner and nothing else
     # Jupyter's own services still answer (with the token); give its file browser an empty folder, not the cwd.
     root = tempfile.mkdtemp(prefix="modelrunner-serve-")
+    store = Path(args.store).expanduser() if args.store else default_store_path()
     argv = [
         f"--ServerApp.root_dir={root}",
         f"--ServerApp.port={args.port}", f"--ServerApp.ip={args.host}", "--ServerApp.port_retries=0",
         "--ServerApp.open_browser=False", f"--IdentityProvider.token={token}",
         "--ModelRunner.mount_at_root=True", "--ModelRunner.set_kernel_env=False",
-        f"--ModelRunner.store_path={store.root}",
+        f"--ModelRunner.store_path={store}", f"--ModelRunner.runner_kind={'embedded' if args.embedded else 'serve'}",
     ]
     if args.registry:
         argv.append(f"--ModelRunner.default_registry={args.registry}")
     if args.allow_root:
         argv.append("--ServerApp.allow_root=True")
     if args.idle_timeout > 0:
-        argv.append(f"--ServerApp.shutdown_no_activity_timeout={args.idle_timeout}")
-    if args.embedded:
-        from .paths import embedded_server_file
-
-        argv.append(f"--ModelRunner.server_file={embedded_server_file()}")
+        argv.append(f"--ModelRunner.idle_timeout={args.idle_timeout}")
     ModelRunner.launch_instance(argv=argv)
-    return 0
-
-
-def _remote(args):
-    """The running server (never an embedded one started for the occasion: `ps` of a new runner says nothing)."""
-    from .client import runner
-
-    return runner(start=False)
-
-
-def _cmd_ps(store, args) -> int:
-    from .tables import runners_table
-
-    runners = _remote(args).ps()
-    if args.json:
-        print(json.dumps(runners, indent=2))
-        return 0
-    print(runners_table(runners))
-    return 0
-
-
-def _cmd_unload(store, args) -> int:
-    if not args.all and not args.models:
-        print("Error: name the models to unload, or use --all.", file=sys.stderr)
-        return EXIT_USAGE
-    names = _remote(args).unload(args.models, all=args.all)
-    print(f"Unloaded {len(names)} model{'s' if len(names) != 1 else ''}{': ' + ', '.join(names) if names else ''}")
     return 0
 
 
@@ -586,7 +433,7 @@ def _runner_engines(name: str) -> list[str]:
     return list(ENGINES) if name.strip().lower() == "all" else [engine_name(name)]
 
 
-def _cmd_install_runner(store, args) -> int:
+def _cmd_install_runner(args) -> int:
     from .engines import install
 
     for engine in _runner_engines(args.engine):
@@ -614,7 +461,7 @@ def _cmd_install_runner(store, args) -> int:
     return 0
 
 
-def _cmd_uninstall_runner(store, args) -> int:
+def _cmd_uninstall_runner(args) -> int:
     from .engines import install
 
     for engine in _runner_engines(args.engine):

@@ -1,17 +1,17 @@
 """Finding the model runner, and the one small API every front end uses to talk to it.
 
-The magics, the widgets, the CLI verbs that need a live server and any notebook code go through this
-module, so they all see the same runner (one source of truth). The runner is found, in order:
+The magics, the widgets, every CLI verb and any notebook code go through this module, so they all see the same
+runner (one source of truth, and one owner of a store's engines). The runner is found, in order:
 
 1. `MODEL_RUNNER_HOST` (and `MODEL_RUNNER_TOKEN`): set by the server extension for the kernels it starts,
    or by the user for a remote runner — Docker Model Runner's variable;
 2. the Jupyter server that started this kernel (`JPY_PARENT_PID` → its `jpserver-<pid>.json`), when it
    has the extension;
-3. a `jupyter modelrunner serve` the user started (its user-only file in Jupyter's runtime directory);
-4. otherwise an **embedded** runner: `jupyter modelrunner serve` started in the background for this user
-   (plain IPython, VS Code and nbclient have no Jupyter server) and reused by later kernels — but only
-   while its store, default registry and version are this process's; a stale or mismatched one is
-   replaced, never silently used.
+3. the owner of the store: whichever runner holds the store's lease (JupyterLab's server, a `serve`, an embedded
+   runner) and published its address under the store (lease.py);
+4. otherwise an **embedded** runner: `jupyter modelrunner serve --embedded` started in the background for the
+   store (plain IPython, VS Code, nbclient and the CLI have no Jupyter server), which then owns the store: later
+   kernels and commands find it as 3. It stops after an hour without work.
 
 Importing this module is cheap (no HTTP or OpenAI libraries until a request is made): `%load_ext` and
 `import jupyter_modelrunner` stay fast.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
 from .errors import ModelNotFound, ModelRunnerError
-from .paths import default_store_path, embedded_server_file, jupyter_runtime_dir, standalone_server_file
+from .lease import LEASE_DIR, read_owner
+from .paths import default_store_path, jupyter_runtime_dir
 
 ENV_HOST = "MODEL_RUNNER_HOST"
 ENV_TOKEN = "MODEL_RUNNER_TOKEN"
@@ -82,17 +81,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return {}
 
 
-def _alive(pid: Any) -> bool:
-    try:
-        with contextlib.suppress(ChildProcessError):  # a runner this process started and that exited: reap it
-            if os.waitpid(int(pid), os.WNOHANG)[0] == int(pid):
-                return False
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
-
-
 def _answers(url: str, token: str) -> str | None:
     """None when the runner at `url` answers `engines/status` with this token, else why not (one phrase)."""
     import httpx
@@ -111,16 +99,11 @@ def _answers(url: str, token: str) -> str | None:
     return f"HTTP {response.status_code}"
 
 
-def desired_settings() -> dict[str, str]:
-    """The store, default registry and version this process would give a runner it starts."""
-    return {"store": str(default_store_path().resolve()), "registry": os.environ.get(ENV_REGISTRY, ""),
-            "version": __version__}
-
-
-def locate(*, start: bool = True) -> RunnerLocation:
+def locate(*, start: bool = True, store: Path | str | None = None, registry: str | None = None) -> RunnerLocation:
     """Find the runner (see the module's docstring for the order); start an embedded one if `start`.
 
-    Raises `RunnerUnreachable` naming what was tried when nothing answers.
+    `store` and `registry` are those a runner started here gets (default: `$MODEL_RUNNER_STORE` or Jupyter's data
+    dir, and `$MODEL_RUNNER_DEFAULT_REGISTRY`). Raises `RunnerUnreachable` naming what was tried when nothing answers.
     """
     tried: list[str] = []
     if os.environ.get(ENV_HOST):
@@ -129,7 +112,7 @@ def locate(*, start: bool = True) -> RunnerLocation:
     tried.append(f"${ENV_HOST} (not set)")
 
     parent = os.environ.get("JPY_PARENT_PID")
-    if parent:
+    if parent and store is None:
         info = _read_json(jupyter_runtime_dir() / f"jpserver-{parent}.json")
         if info.get("url"):
             url = _normalize(str(info["url"])) + "modelrunner/"
@@ -141,25 +124,16 @@ def locate(*, start: bool = True) -> RunnerLocation:
         else:
             tried.append(f"the Jupyter server that started this kernel (pid {parent}): no jpserver-{parent}.json")
 
-    for path, what in ((standalone_server_file(), "`jupyter modelrunner serve`"),):
-        info = _read_json(path)
-        if not info:
-            tried.append(f"{what} ({path}: none)")
-        elif not _alive(info.get("pid")):
-            tried.append(f"{what} ({path}: its process {info.get('pid')} has exited)")
-        else:
-            url, token = _normalize(str(info.get("url", ""))), str(info.get("token") or "")
-            problem = _answers(url, token)
-            if problem is None:
-                return RunnerLocation(url, token, f"{what} (pid {info['pid']})")
-            tried.append(f"{what} at {url}: {problem}")
-
-    embedded = _reuse_embedded(tried)
-    if embedded is not None:
-        return embedded
+    root = Path(store).expanduser() if store else default_store_path()
+    owner = read_owner(root)
+    if owner is not None:
+        # The lease proves the owner is alive; its answer to the actual request says the rest (no extra probe).
+        return RunnerLocation(_normalize(owner.url), owner.token, f"the owner of the store {root}: {owner.describe()}",
+                              tuple(tried))
+    tried.append(f"the owner of the store {root} (none is running)")
     if not start:
         raise RunnerUnreachable(_unreachable_message(tried))
-    return _start_embedded(tried)
+    return _start_embedded(root, registry if registry is not None else os.environ.get(ENV_REGISTRY, ""), tried)
 
 
 def _unreachable_message(tried: Sequence[str]) -> str:
@@ -168,91 +142,46 @@ def _unreachable_message(tried: Sequence[str]) -> str:
             f"`jupyter modelrunner serve`, or set {ENV_HOST} (and {ENV_TOKEN}) to a running one.")
 
 
-def _reuse_embedded(tried: list[str]) -> RunnerLocation | None:
-    info = _read_json(embedded_server_file())
-    if not info:
-        return None
-    wanted = desired_settings()
-    mismatch = [key for key in wanted if str(info.get(key, "")) != wanted[key]]
-    if not _alive(info.get("pid")):
-        tried.append(f"the embedded runner (pid {info.get('pid')} has exited)")
-        return None
-    if mismatch:
-        tried.append(f"the embedded runner (pid {info['pid']}): started with another {', '.join(mismatch)}")
-        return None
-    url, token = _normalize(str(info.get("url", ""))), str(info.get("token") or "")
-    problem = _answers(url, token)
-    if problem is not None:
-        tried.append(f"the embedded runner at {url}: {problem}")
-        return None
-    return RunnerLocation(url, token, f"the embedded runner (pid {info['pid']}, store {wanted['store']})",
-                          tuple(tried))
+def _start_embedded(store: Path, registry: str, tried: list[str]) -> RunnerLocation:
+    """Start `jupyter modelrunner serve --embedded` for `store` in the background and wait for it to own the store.
 
-
-def _start_embedded(tried: list[str]) -> RunnerLocation:
-    """Start `jupyter modelrunner serve` for this user in the background, replacing a stale or mismatched one.
-
-    A lock in the runtime directory makes two kernels starting at once share one runner.
+    It outlives this process (the next kernel or CLI command reuses it) and stops after EMBEDDED_IDLE_SECONDS
+    without work. A lock under the store makes two processes starting at once share one runner.
     """
     from filelock import FileLock
 
-    runtime = jupyter_runtime_dir()
-    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with FileLock(str(runtime / "modelrunner-embedded.lock"), timeout=EMBEDDED_START_TIMEOUT + 30):
-        found = _reuse_embedded([])  # another process may have started one while we waited for the lock
-        if found is not None:
-            return found
-        path = embedded_server_file()
-        _stop_embedded(_read_json(path))
-        with contextlib.suppress(OSError):
-            path.unlink()
-        settings = desired_settings()
-        argv = [sys.executable, "-m", "jupyter_modelrunner", "--store", settings["store"]]
-        if settings["registry"]:
-            argv += ["--registry", settings["registry"]]
+    folder = store / LEASE_DIR
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with FileLock(str(folder / "start.lock"), timeout=EMBEDDED_START_TIMEOUT + 30):
+        owner = read_owner(store)  # another process may have started one while we waited for the lock
+        if owner is not None:
+            return RunnerLocation(_normalize(owner.url), owner.token, f"the owner of the store {store}: "
+                                  f"{owner.describe()}", tuple(tried))
+        argv = [sys.executable, "-m", "jupyter_modelrunner", "--store", str(store)]
+        if registry:
+            argv += ["--registry", registry]
         argv += ["serve", "--port", "0", "--embedded", "--idle-timeout", str(EMBEDDED_IDLE_SECONDS)]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             argv.append("--allow-root")
-        log_path = runtime / "modelrunner-embedded.log"
+        log_path = folder / "embedded.log"
         env = {k: v for k, v in os.environ.items() if k not in (ENV_HOST, ENV_TOKEN)}
         with log_path.open("ab") as log:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=env, start_new_session=True)  # outlives this kernel, for the next one
+                                       env=env, start_new_session=True)  # outlives this process, for the next one
         deadline = time.monotonic() + EMBEDDED_START_TIMEOUT
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
                 tried.append(f"starting an embedded runner: it exited with code {process.returncode}")
                 raise RunnerUnreachable(f"{_unreachable_message(tried)}\nIts log ({log_path}):\n{tail}")
-            info = _read_json(path)
-            if info.get("pid") == process.pid:
-                url, token = _normalize(str(info["url"])), str(info.get("token") or "")
-                if _answers(url, token) is None:
-                    return RunnerLocation(url, token, f"an embedded runner started now (pid {process.pid}, "
-                                          f"store {settings['store']}; log {log_path})", tuple(tried))
-            time.sleep(0.1)
+            owner = read_owner(store)
+            if owner is not None and owner.pid == process.pid:
+                return RunnerLocation(_normalize(owner.url), owner.token, f"an embedded runner started now (pid "
+                                      f"{process.pid}, store {store}; log {log_path})", tuple(tried))
+            time.sleep(0.05)
         process.terminate()
         tried.append(f"starting an embedded runner: not ready within {EMBEDDED_START_TIMEOUT:.0f} s (log {log_path})")
         raise RunnerUnreachable(_unreachable_message(tried))
-
-
-def _stop_embedded(info: dict[str, Any]) -> None:
-    """Stop a previous embedded runner (SIGTERM, which unloads its engines) if it is still ours and alive."""
-    pid = info.get("pid")
-    if not _alive(pid):
-        return
-    try:  # never signal a recycled pid: it must still be a model runner
-        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
-    except OSError:
-        cmdline = b"jupyter_modelrunner"  # no /proc (macOS): trust the file, which only we write
-    if b"jupyter_modelrunner" not in cmdline:
-        return
-    with contextlib.suppress(OSError):
-        os.kill(int(pid), signal.SIGTERM)
-    for _ in range(100):
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
 
 
 # -- the active runner ----------------------------------------------------------------------------------
@@ -260,11 +189,11 @@ def _stop_embedded(info: dict[str, Any]) -> None:
 _active: RunnerClient | None = None
 
 
-def runner(*, start: bool = True) -> RunnerClient:
+def runner(*, start: bool = True, store: Path | str | None = None, registry: str | None = None) -> RunnerClient:
     """The client of the runner this process uses: found once (see `locate`), or set by `connect`."""
     global _active
     if _active is None:
-        _active = RunnerClient(location=locate(start=start))
+        _active = RunnerClient(location=locate(start=start, store=store, registry=registry))
     return _active
 
 
@@ -451,6 +380,34 @@ class RunnerClient:
     def logs(self, model: str, lines: int = 200) -> str:
         return self._send("GET", "engines/logs", params={"model": model, "lines": str(lines)}, text=True)
 
+    def follow_logs(self, model: str, lines: int = 200) -> Iterator[str]:
+        """The last `lines` of the engine's output, then each new line as it is printed, until the caller stops."""
+        import httpx
+
+        params = {"model": model, "lines": str(lines), "follow": "true"}
+        try:
+            with self._http.stream("GET", "engines/logs", params=params, timeout=httpx.Timeout(30.0, read=None)) as r:
+                if r.status_code >= 400:
+                    self._raise_for_status(r.status_code, r.read())
+                yield from r.iter_lines()
+        except httpx.TransportError as exc:
+            raise RunnerUnreachable(f"The model runner at {self.url} stopped answering ({exc.__class__.__name__}).") \
+                from exc
+
+    def load(self, model: str, *, engine: str | None = None, mode: str = "completion") -> dict[str, Any]:
+        """Start the model's engine now (preload); the runner as `ps` shows it, plus `load_seconds`."""
+        return self.post("models/load", {"model": model, "engine": engine, "mode": mode}, timeout=None)
+
+    def settings(self, model: str) -> dict[str, Any]:
+        """The model's saved settings (context size, keep_alive in seconds, engine flags)."""
+        return self._send("GET", "engines/_configure", params={"model": model})
+
+    def purge(self) -> dict[str, Any]:
+        return self._send("DELETE", "models/purge")
+
+    def gc(self, *, min_age: float = 3600.0) -> dict[str, Any]:
+        return self.post("models/gc", {"min_age": min_age})
+
     def status(self) -> dict[str, Any]:
         return self.get("engines/status")
 
@@ -485,8 +442,8 @@ class RunnerClient:
     def get(self, path: str) -> Any:
         return self._send("GET", path)
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self._send("POST", path, json_body=body)
+    def post(self, path: str, body: dict[str, Any] | None = None, **options: Any) -> Any:
+        return self._send("POST", path, json_body=body, **options)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
@@ -501,8 +458,8 @@ class RunnerClient:
             ) from exc
 
     def _send(self, method: str, path: str, *, json_body: dict[str, Any] | None = None,
-              params: dict[str, str] | None = None, text: bool = False) -> Any:
-        response = self._request(method, path, json=json_body, params=params)
+              params: dict[str, str] | None = None, text: bool = False, **options: Any) -> Any:
+        response = self._request(method, path, json=json_body, params=params, **options)
         self._raise_for_status(response.status_code, response.content)
         if text:
             return response.text
@@ -511,13 +468,15 @@ class RunnerClient:
     def _raise_for_status(self, status: int, content: bytes) -> None:
         if status < 400:
             return
-        if status in (401, 403):
-            raise ModelRunnerError(f"The model runner at {self.url} refused the token; set {ENV_TOKEN} to the "
-                                   "server's token (or use `%model connect URL --token T`).")
         message = content.decode(errors="replace").strip()
+        ours = False  # an error the runner explains itself (a registry refusing credentials is a 401 too)
         with contextlib.suppress(ValueError, AttributeError):
             doc = json.loads(message.splitlines()[0] if message else "{}")
+            ours = isinstance(doc.get("error"), dict) or "type" in doc
             message = doc.get("message") or (doc.get("error") or {}).get("message") or message
+        if status in (401, 403) and (not ours or message in ("Forbidden", "Unauthorized")):
+            raise ModelRunnerError(f"The model runner at {self.url} refused the token; set {ENV_TOKEN} to the "
+                                   "server's token (or use `%model connect URL --token T`).")
         error: ModelRunnerError = ModelNotFound(message) if status == 404 else ModelRunnerError(message)
         error.http_status = status
         raise error

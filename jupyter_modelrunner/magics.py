@@ -30,8 +30,8 @@ from .errors import ModelRunnerError
 ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
 #: At most this many display updates per second while an answer streams (the last one always shows all).
 UPDATES_PER_SECOND = 16
-MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "ps", "unload", "logs",
-               "configure", "df", "status")
+MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "load", "ps", "unload", "logs",
+               "configure", "df", "gc", "status")
 #: `%%chat` options that take a value (the rest of a line-form `%chat` is the prompt, kept verbatim).
 CHAT_VALUE_OPTIONS = {"--system", "--temperature", "--max-tokens", "--engine"}
 
@@ -163,7 +163,18 @@ class ModelRunnerMagics(Magics):
             return None
         args.runtime_flags = passthrough
         verb = {"list": "ls"}.get(args.verb, args.verb)
-        return self._run(getattr(self, f"_model_{verb}"), args, debug=debug)
+        own = getattr(self, f"_model_{verb}", None)  # the verbs only a notebook has (connect, use, picker, …)
+        if own is not None:
+            return self._run(own, args, debug=debug)
+        from .commands import run_verb
+
+        def shared(parsed: argparse.Namespace) -> None:
+            run_verb(verb, self.client, parsed, _NotebookConsole(self))
+            if verb == "rm":
+                for name in parsed.models:
+                    self.conversations.pop(name, None)
+
+        return self._run(shared, args, debug=debug)
 
     def _run(self, action: Callable[[argparse.Namespace], Any], args: argparse.Namespace, *, debug: bool) -> Any:
         try:
@@ -175,140 +186,6 @@ class ModelRunnerMagics(Magics):
             if debug:
                 raise
             raise ModelRunnerError(f"{exc.__class__.__name__}: {exc}") from exc
-
-    def _model_pull(self, args: argparse.Namespace) -> None:
-        from .distribution.progress import format_bytes
-
-        progress = self._progress_view(f"Pulling {args.model}")
-        result: dict[str, Any] = {}
-        try:
-            for event in self.client.pull(args.model):
-                if event.get("type") == "success":
-                    result = event
-                elif event.get("type") == "warning":
-                    print(f"Warning: {event.get('message')}", file=sys.stderr)
-                elif not args.quiet:
-                    progress.update(event)
-        except KeyboardInterrupt:
-            progress.fail("Interrupted. Finished layers and partial downloads are kept; pull again to resume.")
-            return
-        except ModelRunnerError as exc:
-            progress.fail(str(exc))
-            raise
-        model = self.client.inspect(args.model)
-        config = model.get("config") or {}
-        progress.done(result.get("message") or f"Pulled {args.model}")
-        details = ", ".join(x for x in (config.get("format"), config.get("parameters") and
-                                        f"{config['parameters']} parameters", config.get("quantization"),
-                                        format_bytes(model.get("size") or 0)) if x)
-        print(f"{result.get('message') or 'Pulled ' + args.model}\n  {details}\n  {_engine_line(model)}")
-
-    def _model_push(self, args: argparse.Namespace) -> None:
-        progress = self._progress_view(f"Pushing {args.model}")
-        result: dict[str, Any] = {}
-        try:
-            for event in self.client.push(args.model, args.to):
-                if event.get("type") == "success":
-                    result = event
-                elif not args.quiet:
-                    progress.update(event)
-        except ModelRunnerError as exc:
-            progress.fail(str(exc))
-            raise
-        progress.done(result.get("message", "Pushed"))
-        print(result.get("message", f"Pushed {args.model}"))
-
-    def _model_ls(self, args: argparse.Namespace) -> Any:
-        models = self.client.models()
-        if args.json:
-            print(json.dumps(models, indent=2))
-        elif args.quiet:
-            print("\n".join(str(m["id"]).removeprefix("sha256:")[:12] for m in models))
-        elif not models:
-            print("No models yet. Pull one: %model pull ai/smollm2")
-        else:
-            from .tables import models_table
-
-            print(models_table(models))
-        return None
-
-    def _model_inspect(self, args: argparse.Namespace) -> None:
-        model = self.client.inspect(args.model)
-        print(json.dumps(model, indent=2))
-
-    def _model_rm(self, args: argparse.Namespace) -> None:
-        from .distribution.progress import format_bytes
-
-        for name in args.models:
-            result = self.client.remove(name, force=args.force)
-            for tag in result.get("untagged") or []:
-                print(f"Untagged: {tag}")
-            if result.get("deleted"):
-                print(f"Deleted: {result['deleted']} (freed {format_bytes(result.get('freed_bytes') or 0)})")
-            self.conversations.pop(name, None)
-
-    def _model_tag(self, args: argparse.Namespace) -> None:
-        model = self.client.tag(args.source, args.target)
-        print(f"Tagged {str(model['id']).removeprefix('sha256:')[:12]} as {args.target}")
-
-    def _model_package(self, args: argparse.Namespace) -> None:
-        model = self.client.package(args.tag, gguf=args.gguf or (), safetensors_dir=args.safetensors_dir,
-                                    license_files=args.license, chat_template=args.chat_template,
-                                    context_size=args.context_size)
-        config = model.get("config") or {}
-        print(f"Packaged {args.tag} ({str(model['id']).removeprefix('sha256:')[:12]}): {config.get('format')}, "
-              f"{config.get('parameters') or '?'} parameters\n  {_engine_line(model)}")
-        if args.push:
-            self._model_push(argparse.Namespace(model=args.tag, to=None, quiet=False))
-
-    def _model_ps(self, args: argparse.Namespace) -> None:
-        runners = self.client.ps()
-        if args.json:
-            print(json.dumps(runners, indent=2))
-        elif not runners:
-            print("No model is loaded. The first request to a model loads it (%%chat MODEL).")
-        else:
-            from .tables import runners_table
-
-            print(runners_table(runners))
-
-    def _model_unload(self, args: argparse.Namespace) -> None:
-        if not args.all and not args.models:
-            raise ModelRunnerError("Name the models to unload, or use --all.")
-        names = self.client.unload(args.models, all=args.all)
-        print(f"Unloaded {len(names)} model{'s' if len(names) != 1 else ''}{': ' + ', '.join(names) if names else ''}")
-
-    def _model_logs(self, args: argparse.Namespace) -> None:
-        text = self.client.logs(args.model, args.lines)
-        print(text if text else f"No engine has run {args.model} yet.")
-
-    def _model_configure(self, args: argparse.Namespace) -> None:
-        config = self.client.configure(args.model, context_size=args.context_size, keep_alive=args.keep_alive,
-                                       runtime_flags=args.runtime_flags or None, engine=args.engine)
-        print(f"{args.model}: context size {config.get('context_size') or 'default'}, keep_alive "
-              f"{config.get('keep_alive') or 'default'}, flags {' '.join(config.get('runtime_flags') or []) or 'none'}")
-
-    def _model_df(self, args: argparse.Namespace) -> None:
-        from .distribution.progress import format_bytes
-
-        usage = self.client.df()
-        if args.json:
-            print(json.dumps(usage, indent=2))
-            return
-        print(f"Store: {usage.get('store', '')}")
-        for label, key in (("Models", "models"), ("Unused blobs", "orphans"), ("Partial downloads", "incomplete"),
-                           ("Total", "total")):
-            print(f"{label + ':':<19}{format_bytes(usage.get(key) or 0):>12}")
-
-    def _model_status(self, args: argparse.Namespace) -> None:
-        status = self.client.status()
-        if args.json:
-            print(json.dumps(status, indent=2))
-            return
-        from .tables import status_text
-
-        print(f"Runner: {self.client.url} (found via {self.client.location.source})")
-        print(status_text(status))
 
     def _model_connect(self, args: argparse.Namespace) -> None:
         from . import client as client_module
@@ -467,11 +344,23 @@ def _schema_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64] or "schema"
 
 
-def _engine_line(model: dict[str, Any]) -> str:
-    engine = model.get("engine")
-    if engine:
-        return f"Runs on {engine['engine']} ({engine.get('device', '')}): {engine.get('reason', '')}"
-    return f"No engine can run it here: {model.get('engine_error') or 'unknown format'}"
+class _NotebookConsole:
+    """Where the shared verbs (commands.py) write in a notebook: the cell's output, a progress widget (or the CLI's
+    line in a terminal IPython)."""
+
+    command = "%model"
+
+    def __init__(self, magics: ModelRunnerMagics) -> None:
+        self._magics = magics
+
+    def print(self, text: str = "") -> None:
+        print(text)
+
+    def warn(self, text: str) -> None:
+        print(text, file=sys.stderr)
+
+    def progress(self, title: str) -> Any:
+        return self._magics._progress_view(title)
 
 
 class _TextProgress:

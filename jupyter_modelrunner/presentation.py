@@ -1,7 +1,8 @@
-"""The tables `ls` and `ps` print, laid out like `docker model ls/ps`: one layout for the CLI and the magics.
+"""What the CLI and the magics print, in one place: `ls`/`ps` tables laid out like `docker model ls/ps`, `df`,
+`status`, a model's summary and its engine, a model's settings.
 
-Both take the runner's JSON (a model's `to_json()`, a runner's `status()`), so a table looks the same
-whether it was read from the store in the CLI or over HTTP in a kernel.
+Everything takes the runner's JSON (a model's, a runner's `ps` entry, `engines/status`), so a terminal and a
+notebook show the same words for the same answer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .distribution.progress import format_bytes
+
+__all__ = ["ago", "df_text", "engine_line", "format_bytes", "model_summary", "models_table", "runners_table",
+           "settings_line", "status_text"]
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -36,13 +40,36 @@ def models_table(models: Sequence[dict[str, Any]]) -> str:
 def runners_table(runners: Sequence[dict[str, Any]]) -> str:
     """What `ps` shows: the model, its engine and device, whether it is busy, the context each request gets (and
     how many requests the engine serves at once), its memory and keep-alive."""
-    rows = [("MODEL NAME", "ENGINE", "MODE", "DEVICE", "STATE", "IN USE", "CONTEXT", "MEMORY", "KEEP ALIVE",
+    rows = [("MODEL NAME", "ENGINE", "MODE", "DEVICE", "STATE", "IN USE", "CONTEXT", "MEMORY", "UNLOADS",
              "LAST USED")]
     for r in runners:
         rows.append((r["model_name"], r["backend_name"], r["mode"], r.get("device", ""), r.get("state", ""),
                      "yes" if r["in_use"] else "no", context_cell(r), format_bytes(r.get("memory", 0)),
-                     str(r["keep_alive"]), ago(r["last_used"])))
+                     expires_text(r), ago(r["last_used"])))
     return format_table(rows)
+
+
+def keep_alive_text(seconds: float | None) -> str:
+    """`5m`, `30s`, `never`, `default`: what `configure --keep-alive` takes back."""
+    if seconds is None:
+        return "default"
+    if seconds < 0:
+        return "never"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+def expires_text(runner: dict[str, Any]) -> str:
+    """When an idle model unloads: `never`, `in 4m 10s`, `after this request`, or the keep-alive while in use."""
+    keep = runner.get("keep_alive")
+    if keep is not None and keep < 0:
+        return "never"
+    expires = runner.get("expires_at")
+    if expires is None:
+        return f"{keep_alive_text(keep)} after use"
+    left = max(0, int(expires - time.time()))
+    return f"in {left // 60}m {left % 60:02d}s" if left >= 60 else f"in {left}s"
 
 
 def context_cell(runner: dict[str, Any]) -> str:
@@ -68,6 +95,11 @@ def ago(timestamp: float) -> str:
 def status_text(status: dict[str, Any]) -> str:
     """`status`: the machine, then each engine — available or not, why, its version, device and where it lives."""
     lines = [f"Machine: {status.get('hardware', '')}"]
+    if status.get("store"):
+        lines.append(f"Store: {status['store']}")
+    if status.get("memory_budget"):
+        lines.append(f"Memory budget: {format_bytes(status['memory_budget'])}; idle models unload after "
+                     f"{keep_alive_text(status.get('keep_alive'))} (unless configured per model)")
     for engine in status.get("engines") or []:
         mark = "available" if engine.get("available") else "not available"
         lines.append(f"{engine['engine']:<10} {mark:<14} {engine.get('reason', '')}")
@@ -76,3 +108,37 @@ def status_text(status: dict[str, Any]) -> str:
             lines.append(f"{'':<25} {what} {engine.get('version') or ''} on {engine.get('device', 'cpu')}: "
                          f"{engine['location']}".replace("  ", " "))
     return "\n".join(lines)
+
+
+def engine_line(model: dict[str, Any]) -> str:
+    """`Runs on llama.cpp (cpu): <why>`, or why no engine can run it here."""
+    engine = model.get("engine")
+    if engine:
+        return f"Runs on {engine['engine']} ({engine.get('device', '')}): {engine.get('reason', '')}"
+    return f"No engine can run it here: {model.get('engine_error') or 'unknown format'}"
+
+
+def model_summary(model: dict[str, Any]) -> str:
+    """Two indented lines after a pull: what the model is, and which engine runs it here and why."""
+    config = model.get("config") or {}
+    details = ", ".join(x for x in (config.get("format"), config.get("parameters") and
+                                    f"{config['parameters']} parameters", config.get("quantization"),
+                                    format_bytes(model.get("size") or 0)) if x)
+    return f"  {details}\n  {engine_line(model)}"
+
+
+def df_text(usage: dict[str, Any]) -> str:
+    lines = [f"Store: {usage.get('store', '')}"]
+    for label, key in (("Models", "models"), ("Unused blobs", "orphans"), ("Partial downloads", "incomplete"),
+                       ("Manifests", "manifests"), ("Total", "total")):
+        lines.append(f"{label + ':':<19}{format_bytes(usage.get(key) or 0):>12}")
+    lines.append(f"{'Model count:':<19}{usage.get('model_count', 0):>12}")
+    return "\n".join(lines)
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    """A model's settings as `configure` shows them (or a runner's, from `ps`)."""
+    context = settings.get("context_size")
+    flags = " ".join(settings.get("runtime_flags") or []) or "none"
+    return (f"context size {context or 'default'}, keep_alive {keep_alive_text(settings.get('keep_alive'))}, "
+            f"flags {flags}")

@@ -66,6 +66,15 @@ class Reference:
         prefix = f"{DOCKER_HUB}/"
         return full[len(prefix) :] if full.startswith(prefix) else full
 
+    def relative_to(self, default: str | None = None) -> str:
+        """The name as users type it where bare names go to `default` (None: `$MODEL_RUNNER_DEFAULT_REGISTRY`, else
+        Docker Hub): that registry's host is left out, and Docker Hub's is kept when it is not the default (a bare
+        name would mean the other registry)."""
+        home = default_registry(default)
+        if home == DOCKER_HUB:
+            return self.familiar
+        return self.full[len(home) + 1:] if self.registry == home else self.full
+
     @property
     def target(self) -> str:
         """What the registry's `/manifests/<target>` endpoint is asked for."""

@@ -18,8 +18,9 @@ from .engines.base import RunConfig
 from .errors import ModelRunnerError
 
 CONFIG_FILE = "runner-config.json"
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
+_PART = re.compile(rf"({_NUMBER})(ns|us|µs|ms|s|m|h|d)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class InvalidSetting(ModelRunnerError, ValueError):
@@ -27,19 +28,32 @@ class InvalidSetting(ModelRunnerError, ValueError):
 
 
 def parse_keep_alive(value: str | float | int) -> float:
-    """`5m`, `300`, `1h`, `-1` (never unload), `0` (unload after each request) → seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    """How long an idle model stays loaded, in seconds, from anything a user or a client sends: seconds (`300`),
+    a duration (`30s`, `10m`, `1h`, Go's `1h30m` and `300ms` as Ollama clients send them), `-1` or any negative
+    value or `never` for "never unload" (returned as -1), `0` for "unload after each request".
+
+    The one parser of keep_alive: `configure`, the server's setting and Ollama's per-request field all use it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidSetting(f"Invalid keep_alive {value!r}: use seconds or a duration like 30s, 10m, 1h; -1 means "
+                             "never.")
+    if isinstance(value, int | float):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise InvalidSetting(
-                f"Invalid keep_alive {value!r}: use seconds or a duration like 30s, 10m, 1h; -1 means never."
-            )
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds < 0 and seconds != -1:
-        raise InvalidSetting(f"Invalid keep_alive {value!r}: the only negative value is -1 (never unload).")
-    return seconds
+        text = value.strip().lower()
+        negative = text.startswith("-")
+        body = text.lstrip("+-")
+        if text == "never":
+            return -1.0
+        if re.fullmatch(_NUMBER, body):
+            seconds = float(body)
+        elif body and re.fullmatch(rf"(?:{_PART.pattern})+", body):
+            seconds = sum(float(number) * _UNITS[unit] for number, unit in _PART.findall(body))
+        else:
+            raise InvalidSetting(f"Invalid keep_alive {value!r}: use seconds or a duration like 30s, 10m, 1h; -1 "
+                                 "means never.")
+        seconds = -seconds if negative else seconds
+    return -1.0 if seconds < 0 else seconds
 
 
 def format_keep_alive(seconds: float | None) -> str:

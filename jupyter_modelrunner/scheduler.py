@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -35,7 +36,7 @@ from .engines import hardware as hw
 from .engines.base import CONTEXT_CONFIGURED, MODE_COMPLETION, MODES, Engine, Launch, LoadPlan, RunConfig
 from .engines.select import EngineChoice, default_engines, select_engine
 from .errors import ModelRunnerError
-from .runner_config import RunConfigFile, format_keep_alive, parse_keep_alive
+from .runner_config import RunConfigFile, parse_keep_alive
 from .store import Model, Store
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,13 @@ class Runner:
     workdir: Path
     process: asyncio.subprocess.Process
     memory: int
+    #: Seconds an idle runner stays loaded after a request that named no keep_alive of its own (-1: never unload).
     keep_alive: float
     plan: LoadPlan | None = None
+    #: When the runner unloads if nothing uses it (Unix time); each request's lease can only push it later.
+    expires_at: float | None = None
+    #: A request asked to keep it loaded for good (Ollama's negative keep_alive): only an unload stops it.
+    pinned: bool = False
     #: The context one request may use, as the started engine reports it (the plan's until it has said).
     context_size: int | None = None
     state: RunnerState = RunnerState.LOADING
@@ -116,7 +122,8 @@ class Runner:
             "in_use": self.in_use > 0,
             "requests": self.in_use,
             "last_used": int(self.last_used),
-            "keep_alive": format_keep_alive(self.keep_alive),
+            "keep_alive": self.keep_alive,
+            "expires_at": None if self.pinned or self.in_use else self.expires_at,
             "memory": self.memory,
             "pid": self.process.pid,
             "context_size": self.context_size,
@@ -226,6 +233,8 @@ class Scheduler:
         self._runtime_parent = runtime_dir
         self._runtime: Path | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._log_writer = LogWriter()
+        self._log_followers: dict[str, set[asyncio.Queue[str]]] = {}
         self.stats = {"loads": 0, "load_failures": 0, "evictions": 0, "crashes": 0}
 
     # -- choosing ------------------------------------------------------------------------------------
@@ -239,12 +248,14 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def use(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None,
-                  context_size: int | None = None) -> AsyncIterator[Runner]:
+                  context_size: int | None = None, keep_alive: float | None = None) -> AsyncIterator[Runner]:
         """Hold a ready runner for `name` for the duration of one request, loading it if needed.
 
         `context_size` is a request's own wish (Ollama's `options.num_ctx`): it starts the engine with that
         context unless the model has a configured one, and restarts a loaded engine with another context once
-        its requests in flight are done, as Ollama does.
+        its requests in flight are done, as Ollama does. `keep_alive` (seconds; negative: for good) is how long this
+        request wants the model kept after it: it can only make the runner stay longer, never shorten what another
+        client's request asked for.
         """
         if mode not in MODES:
             raise ModelRunnerError(f"Unknown mode {mode!r}; expected one of {', '.join(MODES)}.")
@@ -269,6 +280,11 @@ class Scheduler:
         finally:
             runner.in_use -= 1
             runner.last_used = time.time()
+            wanted = runner.keep_alive if keep_alive is None else keep_alive
+            if wanted < 0:
+                runner.pinned = True
+            else:
+                runner.expires_at = max(runner.expires_at or 0.0, runner.last_used + wanted)
             if runner.in_use == 0:
                 runner.idle.set()
                 if runner.state == RunnerState.READY:
@@ -288,9 +304,10 @@ class Scheduler:
         return None
 
     async def load(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None,
-                   context_size: int | None = None) -> Runner:
-        """Load without a request (`run -d`): the runner then idles out after its keep_alive."""
-        async with self.use(name, mode=mode, engine=engine, context_size=context_size) as runner:
+                   context_size: int | None = None, keep_alive: float | None = None) -> Runner:
+        """Load without a request (preload, `run -d`): the runner then idles out after its keep_alive."""
+        async with self.use(name, mode=mode, engine=engine, context_size=context_size,
+                            keep_alive=keep_alive) as runner:
             return runner
 
     async def _ensure(self, model: Model, choice: EngineChoice, mode: str, context_size: int | None = None) -> Runner:
@@ -318,9 +335,11 @@ class Scheduler:
                                    cache_dir=self.store.root / "cache" / engine.name.replace(".", ""), plan=plan)
             self._on_event("loading", {"model": model.short_id, "engine": engine.name, "reason": choice.reason})
             log.info("starting %s for %s: %s", engine.name, model.short_id, " ".join(launch.argv))
+            # No preexec_fn: forking with a Python callback is unsafe in a threaded server. The engine gets its own
+            # session from the C side, and its parent-death signal from a tiny launcher that then execs it.
             process = await asyncio.create_subprocess_exec(
-                *launch.argv, env=launch.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                *_dying_with_parent(launch.argv), env=launch.env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                 limit=1024 * 1024,
             )
             keep_alive = config.keep_alive if config.keep_alive is not None else self.keep_alive
@@ -403,13 +422,17 @@ class Scheduler:
     # -- idle, unload, shutdown -----------------------------------------------------------------------
 
     def _schedule_idle(self, runner: Runner) -> None:
-        if runner.keep_alive < 0:
+        if runner._idle_timer:
+            runner._idle_timer.cancel()
+            runner._idle_timer = None
+        if runner.pinned or runner.expires_at is None:
             return
-        if runner.keep_alive == 0:
-            self._background(self._stop(runner, "keep_alive 0"))
+        delay = runner.expires_at - time.time()
+        if delay <= 0:
+            self._background(self._expire(runner))
             return
         loop = asyncio.get_running_loop()
-        runner._idle_timer = loop.call_later(runner.keep_alive, lambda: self._background(self._expire(runner)))
+        runner._idle_timer = loop.call_later(delay, lambda: self._background(self._expire(runner)))
 
     def _background(self, coro: Any) -> None:
         """Run `coro` detached, keeping a reference so it is not garbage-collected mid-flight."""
@@ -418,8 +441,9 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _expire(self, runner: Runner) -> None:
-        if runner.in_use == 0 and runner.state == RunnerState.READY:
-            await self._stop(runner, f"idle for {format_keep_alive(runner.keep_alive)}")
+        if runner.in_use == 0 and runner.state == RunnerState.READY and not runner.pinned:
+            idle = max(0.0, time.time() - runner.last_used)
+            await self._stop(runner, f"idle for {idle:.0f} s (keep_alive)")
 
     async def unload(self, names: Sequence[str] = (), *, all: bool = False, engine: str | None = None) -> list[str]:
         """Stop the runners of `names` (any tag, digest or id), or every runner; returns what stopped."""
@@ -479,25 +503,41 @@ class Scheduler:
                                        "exit_code": runner.exit_code})
 
     async def _pump_log(self, runner: Runner) -> None:
+        """Keep the engine's output: the last lines in memory (ps, crash reports, followers) and all of it in
+        `<store>/logs/`, written by the log thread so a slow disk never stalls the event loop."""
         stream = runner.process.stdout
         assert stream is not None
         log_file = self.store.root / "logs" / f"{runner.key.engine.replace('.', '')}-{runner.model.short_id}.log"
-        log_file.parent.mkdir(exist_ok=True)
-        if log_file.exists() and log_file.stat().st_size > 8 * 1024**2:
-            log_file.replace(log_file.with_suffix(".log.1"))
-        with log_file.open("a", encoding="utf-8", errors="replace") as sink:
-            sink.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(runner.launch.argv)}\n")
+        header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(runner.launch.argv)}"
+        runner.log.append(header)  # `logs` of a loaded model starts with how its engine was started
+        self._log_writer.open(log_file, header)
+        followers = self._log_followers
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the buffer: keep going
+                continue
+            if not line:
+                break
+            text = line.decode("utf-8", "replace").rstrip()
+            runner.log.append(text)
+            self._log_writer.write(log_file, text)
+            for inbox in followers.get(runner.key.model_id, ()):
+                inbox.put_nowait(text)
+
+    async def follow_logs(self, model_id: str, heartbeat: float = 1.0) -> AsyncIterator[str | None]:
+        """Every line the model's engines print from now on, across restarts; `None` every `heartbeat` seconds of
+        silence, so a caller can notice its client has gone."""
+        inbox: asyncio.Queue[str] = asyncio.Queue()
+        self._log_followers.setdefault(model_id, set()).add(inbox)
+        try:
             while True:
                 try:
-                    line = await stream.readline()
-                except ValueError:  # a line longer than the buffer: keep going
-                    continue
-                if not line:
-                    break
-                text = line.decode("utf-8", "replace").rstrip()
-                runner.log.append(text)
-                sink.write(text + "\n")
-                sink.flush()
+                    yield await asyncio.wait_for(inbox.get(), heartbeat)
+                except TimeoutError:
+                    yield None
+        finally:
+            self._log_followers.get(model_id, set()).discard(inbox)
 
     # -- status and settings --------------------------------------------------------------------------
 
@@ -505,11 +545,16 @@ class Scheduler:
         return [r.status() for r in sorted(self.runners.values(), key=lambda r: r.started)]
 
     def logs(self, name: str, lines: int = 200) -> str:
-        """The runner's recent output, or the last run's log file when it is not loaded."""
+        """The runner's recent output, or the last run's log file when it is not loaded (on the event loop)."""
         model = self.store.resolve(name)
-        live = [r for r in self.runners.values() if r.key.model_id == model.id]
-        if live:
-            return live[0].log_tail(lines)
+        live = self.live_runner(model.id)
+        return live.log_tail(lines) if live else self.logged(model, lines)
+
+    def live_runner(self, model_id: str) -> Runner | None:
+        return next((r for r in list(self.runners.values()) if r.key.model_id == model_id), None)
+
+    def logged(self, model: Model, lines: int = 200) -> str:
+        """The last `lines` of the model's newest engine log file (disk only, safe in a worker thread)."""
         files = sorted((self.store.root / "logs").glob(f"*-{model.short_id}.log"), key=lambda p: p.stat().st_mtime)
         if not files:
             return ""
@@ -517,22 +562,52 @@ class Scheduler:
 
     def configure(self, name: str, *, context_size: int | None = None, keep_alive: str | float | None = None,
                   runtime_flags: Sequence[str] | None = None, engine: str | None = None) -> RunConfig:
-        """Persist settings for a model; flags are checked against the allowlist of the engine that runs it."""
+        """Persist settings for a model and apply its keep_alive to a loaded runner (call on the event loop, or
+        with no loop at all; from a worker thread use `save_settings` there and `apply_settings` on the loop)."""
+        model_id, config = self.save_settings(name, context_size=context_size, keep_alive=keep_alive,
+                                              runtime_flags=runtime_flags, engine=engine)
+        if keep_alive is not None:
+            self.apply_settings(model_id, config)
+        return config
+
+    def save_settings(self, name: str, *, context_size: int | None = None, keep_alive: str | float | None = None,
+                      runtime_flags: Sequence[str] | None = None, engine: str | None = None) -> tuple[str, RunConfig]:
+        """Check and persist a model's settings (disk only, safe in a worker thread); flags are checked against the
+        allowlist of the engine that runs it, and a start with them is planned, so what would fail fails now."""
         model, choice = self.choose(name, engine)
         if context_size is not None and context_size <= 0:
             raise ModelRunnerError("The context size must be a positive number of tokens.")
         flags = choice.engine.check_flags(runtime_flags) if runtime_flags is not None else None
-        if flags is not None or context_size is not None:  # refuse now what the engine would refuse at start
+        if flags is not None or context_size is not None:
             current = self.settings.get(model.id)
             choice.engine.plan(model, RunConfig(context_size or current.context_size,
                                                 current.runtime_flags if flags is None else flags),
                                budget=self.memory_budget)
         seconds = parse_keep_alive(keep_alive) if keep_alive is not None else None
-        config = self.settings.update(model.id, context_size=context_size, keep_alive=seconds, runtime_flags=flags)
-        for runner in self.runners.values():
-            if runner.key.model_id == model.id and seconds is not None:
-                runner.keep_alive = seconds
-        return config
+        return model.id, self.settings.update(model.id, context_size=context_size, keep_alive=seconds,
+                                              runtime_flags=flags)
+
+    def apply_settings(self, model_id: str, config: RunConfig) -> None:
+        """A changed keep_alive takes effect on the model's loaded runners at once (on the event loop)."""
+        if config.keep_alive is None:
+            return
+        for runner in list(self.runners.values()):
+            if runner.key.model_id != model_id:
+                continue
+            runner.keep_alive = config.keep_alive
+            runner.pinned = config.keep_alive < 0
+            runner.expires_at = None if runner.pinned else runner.last_used + config.keep_alive
+            if runner.in_use == 0 and runner.state == RunnerState.READY:
+                with contextlib.suppress(RuntimeError):  # no running loop: nothing is scheduled yet anyway
+                    self._schedule_idle(runner)
+
+    def settings_of(self, name: str) -> dict[str, Any]:
+        """A model's saved settings as `GET engines/_configure` shows them (disk only)."""
+        model = self.store.resolve(name)
+        config = self.settings.get(model.id)
+        return {"model": name, "model_id": model.id, "context_size": config.context_size,
+                "runtime_flags": list(config.runtime_flags), "keep_alive": config.keep_alive,
+                "default_keep_alive": self.keep_alive}
 
     def status(self) -> dict[str, Any]:
         """Engines on this machine: installed or not, the device, and why."""
@@ -560,8 +635,59 @@ class Scheduler:
             _signal_group(runner.process.pid, signal.SIGKILL)
 
 
+class LogWriter:
+    """Appends engine output to log files from a thread of its own (started on first use): the event loop hands
+    lines over and moves on. Files rotate once at 8 MiB (`.log.1`)."""
+
+    ROTATE_BYTES = 8 * 1024**2
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Path, str | None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def open(self, path: Path, header: str) -> None:
+        self._put(path, None)
+        self._put(path, header)
+
+    def write(self, path: Path, line: str) -> None:
+        self._put(path, line)
+
+    def _put(self, path: Path, line: str | None) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="modelrunner-engine-logs", daemon=True)
+            self._thread.start()
+        self._queue.put((path, line))
+
+    def _run(self) -> None:
+        handles: dict[Path, Any] = {}
+        while True:
+            path, line = self._queue.get()
+            try:
+                if line is None:  # a new run: rotate a big file, reopen
+                    if path in handles:
+                        handles.pop(path).close()
+                    path.parent.mkdir(exist_ok=True)
+                    if path.exists() and path.stat().st_size > self.ROTATE_BYTES:
+                        path.replace(path.with_suffix(".log.1"))
+                    continue
+                handle = handles.get(path)
+                if handle is None:
+                    handle = handles[path] = path.open("a", encoding="utf-8", errors="replace")
+                handle.write(line + "\n")
+                if self._queue.empty():
+                    for open_handle in handles.values():
+                        open_handle.flush()
+            except OSError:
+                log.debug("could not write engine log %s", path, exc_info=True)
+
+
 def _client_for(launch: Launch, engine: Engine) -> httpx.AsyncClient:
-    transport = httpx.AsyncHTTPTransport(uds=str(launch.socket)) if launch.socket else None
+    """The engine's HTTP client: a new connection for each request. Engines close idle connections on their own
+    schedule (llama-server after 5 s), and a request sent on one the engine is closing that moment fails with
+    "disconnected without a response"; a Unix socket connects in microseconds, so nothing is kept alive."""
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    transport = httpx.AsyncHTTPTransport(uds=str(launch.socket), limits=no_keepalive) if launch.socket \
+        else httpx.AsyncHTTPTransport(limits=no_keepalive)
     return httpx.AsyncClient(
         base_url=launch.base_url, transport=transport, headers=launch.headers,
         timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
@@ -573,14 +699,21 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-_PR_SET_PDEATHSIG = 1
+# Run by `python -I -S -c` before the engine: ask Linux to SIGTERM this process when its parent dies (even by
+# SIGKILL), give up if the parent is already gone, then become the engine (the setting survives exec).
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the engine if its owner dies, even by SIGKILL: no orphaned engines."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` started through the launcher that ties it to this process (Linux; elsewhere unchanged)."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
 
 
 def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:

@@ -8,25 +8,29 @@ engine when the server stops. Only assembling and lifetime live here; the logic 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-from pathlib import Path
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
+from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
 from ._version import __version__
-from .api import routes
+from .api import metrics, routes
 from .api.base import SERVICE_SETTING
+from .api.forward import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
 from .errors import ModelRunnerError
-from .paths import standalone_server_file
 from .service import ModelRunnerService
 
 URL_PREFIX = "modelrunner"
+#: How often a server that defers to the store's owner checks whether it has to take over.
+OWNER_CHECK_SECONDS = 1.0
+#: How often work in progress is reported to Jupyter as activity.
+ACTIVITY_SECONDS = 5.0
 
 
 class ModelRunner(ExtensionApp):
@@ -82,10 +86,15 @@ class ModelRunner(ExtensionApp):
         help="""Serve the routes at the server's root instead of under modelrunner/ (the standalone
         `jupyter modelrunner serve`, so clients written for Docker Model Runner's port 12434 work unchanged).""",
     )
-    server_file = Unicode(
-        "", config=True,
-        help="""With mount_at_root: the user-only file where the URL, token and settings are written for clients
-        on this machine (empty: modelrunner-serve.json in Jupyter's runtime directory).""",
+    idle_timeout = Integer(
+        0, config=True,
+        help="""Stop the server after this many seconds without model runner work (0: never). Work in progress — a
+        pull, a streaming answer, a model loading — is never interrupted, whatever the timeout. The embedded runner
+        that kernels and the CLI start for themselves uses this.""",
+    )
+    runner_kind = Unicode(
+        "jupyter server", config=True,
+        help="""What this runner is, as other processes on the store see it (`jupyter server`, `serve`, `embedded`).""",
     )
     set_kernel_env = Bool(
         True, config=True,
@@ -114,6 +123,7 @@ class ModelRunner(ExtensionApp):
     def initialize_settings(self) -> None:
         from .engines.llamacpp import LlamaCppEngine
         from .engines.vllm import VllmEngine
+        from .events import attach as attach_events
         from .runner_config import parse_keep_alive
         from .store import Store
 
@@ -128,9 +138,17 @@ class ModelRunner(ExtensionApp):
             memory_budget=self.memory_budget or None, keep_alive=parse_keep_alive(self.keep_alive),
         )
         service.subscribe(self._log_engine_event)
+        self._detach_events = attach_events(service, self.serverapp.event_logger)
         self.settings[SERVICE_SETTING] = service
+        self.settings[PREFIX_SETTING] = self.api_path
         self.service = service
-        self.log.info("Model runner: store %s, API at %s", store.root, self.api_path)
+        metrics.attach(service)  # our counters on Jupyter's own /metrics too
+        if service.claim_store():
+            self.log.info("Model runner: store %s, API at %s", store.root, self.api_path)
+        else:
+            owner = service.remote_owner
+            self.log.info("Model runner: store %s is run by %s; this server relays its model runner requests there "
+                          "and takes over if it stops", store.root, owner.describe() if owner else "another process")
         self._export_location()
 
     def initialize_handlers(self) -> None:
@@ -139,44 +157,79 @@ class ModelRunner(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         # The port is final only once the server has bound it (port 0, port retries).
         self._export_location()
+        if self.service.owns_store:
+            self._publish()
         if self.mount_at_root:
-            self._write_server_file()
+            self._announce()
+        self._watchers = [PeriodicCallback(self._watch_owner, OWNER_CHECK_SECONDS * 1000),
+                          PeriodicCallback(self._record_activity, ACTIVITY_SECONDS * 1000)]
+        if self.idle_timeout > 0:
+            period = max(0.5, min(30.0, self.idle_timeout / 4))
+            self._watchers.append(PeriodicCallback(self._stop_when_idle, period * 1000))
+        for watcher in self._watchers:
+            watcher.start()
+
+    def current_activity(self) -> list[str] | None:
+        """Pulls, answers and loads in progress: jupyter_server's idle shutdown waits for them."""
+        service = getattr(self, "service", None)
+        return list(service.active.values()) or None if service is not None else None
+
+    def _publish(self) -> None:
+        """Tell the other processes on this store where its owner listens (the lease record, user-only)."""
+        server = self.serverapp
+        assert server is not None
+        url = "" if server.sock else self._server_origin() + self.api_path
+        token = getattr(server.identity_provider, "token", "") if server.identity_provider else ""
+        self.service.lease.publish(url, token, kind=self.runner_kind)
+
+    def _watch_owner(self) -> None:
+        """While another process owns the store, follow it (its address may change) and take over when it is gone."""
+        service = self.service
+        if service.owns_store:
+            return
+        if service.claim_store():
+            self._publish()
+            self.log.warning("Model runner: the store's owner is gone; this server runs its engines now")
+        elif service.remote_owner is None:
+            self.log.debug("Model runner: the store's owner has not published its address yet")
+
+    def _record_activity(self) -> None:
+        """While work is in progress, tell Jupyter (and so JupyterHub's culler, through /api/status) it is active."""
+        if self.service.active:
+            self.service.last_activity = time.time()
+            self.settings["modelrunner_last_activity"] = datetime.now(UTC)
+
+    def _stop_when_idle(self) -> None:
+        service = self.service
+        idle = time.time() - service.last_activity
+        if service.active or idle < self.idle_timeout:
+            return
+        self.log.info("Model runner: no work for %d s; stopping (idle_timeout)", idle)
+        for watcher in getattr(self, "_watchers", []):
+            watcher.stop()
+        assert self.serverapp is not None
+        self.serverapp.stop()
 
     async def stop_extension(self) -> None:
+        for watcher in getattr(self, "_watchers", []):
+            watcher.stop()
         service = getattr(self, "service", None)
         if service is not None:
+            metrics.detach(service)
             self.log.info("Model runner: stopping engines")
             await service.shutdown()
-        if self.mount_at_root:
-            self._remove_server_file()
+        detach_events = getattr(self, "_detach_events", None)
+        if detach_events is not None:
+            detach_events()
 
-    def _write_server_file(self) -> None:
-        """Leave URL and token in a user-only file, so `jupyter modelrunner ps` and notebooks find this server."""
+    def _announce(self) -> None:
+        """`serve` prints where it listens and its token (the lease record under the store holds both too)."""
         server = self.serverapp
         assert server is not None
         url = self._server_origin() + server.base_url
         token = getattr(server.identity_provider, "token", "")
-        path = self._server_file_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Written under a temporary name and renamed: a client polling for it never reads half a file.
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump({"url": url, "token": token, "pid": os.getpid(), "version": __version__,
-                       "store": str(self.service.store.root.resolve()), "registry": self.default_registry}, out)
-        partial.replace(path)
-        self.log.info("Model runner API at %s (token in %s)", url, path)
-        print(f"Model runner API at {url}\nToken: {token}\n(also in {path}, readable only by you)", flush=True)
-
-    @property
-    def _server_file_path(self) -> Path:
-        return Path(self.server_file) if self.server_file else standalone_server_file()
-
-    def _remove_server_file(self) -> None:
-        path = self._server_file_path
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
+        self.log.info("Model runner API at %s", url)
+        print(f"Model runner API at {url}\nToken: {token}", flush=True)
 
     @property
     def api_path(self) -> str:

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
+import os
 import threading
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
 from ._version import __version__
 from .errors import ModelRunnerError
+from .lease import Owner, StoreLease
 from .scheduler import Scheduler
 from .store import Model, Store
 
@@ -30,16 +34,35 @@ log = logging.getLogger(__name__)
 PROGRESS_BACKLOG = 256
 
 
-@dataclass
 class Metrics:
-    """Our own counters, exported at `GET metrics` next to the engines' metrics."""
+    """Our own counters and gauges, in a registry of this service's own (a process may hold several services).
 
-    pulls: Counter[str] = field(default_factory=Counter)  # by outcome: success / error / cancelled
-    pushes: Counter[str] = field(default_factory=Counter)
-    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (endpoint, model)
-    errors: Counter[str] = field(default_factory=Counter)  # by endpoint
-    engine_events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (event, engine)
-    started: float = field(default_factory=time.time)
+    `GET metrics` renders them with the engines' metrics; Jupyter's `/metrics` shows them too (see api/metrics.py).
+    """
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        # by outcome: success / error / cancelled
+        self.pulls = Counter("modelrunner_pulls_total", "Model pulls by outcome.", ["outcome"], registry=registry)
+        self.pushes = Counter("modelrunner_pushes_total", "Model pushes by outcome.", ["outcome"], registry=registry)
+        #: Counted once the model is resolved, under its familiar name: a mistyped name makes no series.
+        self.requests = Counter("modelrunner_requests_total", "Inference requests by endpoint and model.",
+                                ["endpoint", "model"], registry=registry)
+        self.errors = Counter("modelrunner_request_errors_total", "Inference requests that failed, by endpoint.",
+                              ["endpoint"], registry=registry)
+        self.engine_events = Counter("modelrunner_engine_events_total",
+                                     "Engine lifecycle events (loading, ready, unloaded, crashed).",
+                                     ["event", "engine"], registry=registry)
+        self.started = Gauge("modelrunner_start_time_seconds", "When the runner started (Unix time).",
+                             registry=registry)
+        self.started.set(time.time())
+        self.scrape_duration = Gauge("modelrunner_scrape_duration_seconds",
+                                     "Time the last `GET metrics` spent collecting the engines' metrics.",
+                                     registry=registry)
+
+
+#: `watcher(mode, name)` → the callback for that transfer's events (see `ModelRunnerService.watch_transfers`).
+TransferWatcher = Callable[[str, str], Callable[[dict[str, Any] | None], None]]
 
 
 class ModelRunnerService:
@@ -51,7 +74,16 @@ class ModelRunnerService:
         self.registry = registry
         self.metrics = Metrics()
         self.version = __version__
+        #: The store's lease (see lease.py) once claimed; while another process owns the store, `remote_owner` says
+        #: where it is and the HTTP layer forwards every request there instead of running engines here.
+        self.lease = StoreLease(store.root)
+        self.remote_owner: Owner | None = None
+        #: Work in progress (requests, pulls, streams), so idle shutdown and cullers never stop the runner mid-way.
+        self.active: dict[int, str] = {}
+        self.last_activity = time.time()
+        self._activity_ids = itertools.count()
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._transfer_watchers: list[TransferWatcher] = []
 
     @classmethod
     def create(cls, store: Store, *, registry: str | None = None, **scheduler_options: Any) -> ModelRunnerService:
@@ -63,15 +95,74 @@ class ModelRunnerService:
         holder.append(service)
         return service
 
+    # -- ownership and activity ---------------------------------------------------------------------------
+
+    @property
+    def owns_store(self) -> bool:
+        return self.lease.held
+
+    def claim_store(self) -> bool:
+        """Take the store's lease if it is free: True when this service now runs the store's engines. Otherwise
+        `remote_owner` names the process that does (None while it has not yet said where it listens)."""
+        if self.lease.acquire():
+            self.remote_owner = None
+            return True
+        self.remote_owner = self.lease.owner()
+        return False
+
+    def begin_activity(self, what: str) -> int:
+        """Count `what` as work in progress until `end_activity(key)` with the key returned."""
+        key = next(self._activity_ids)
+        self.active[key] = what
+        self.last_activity = time.time()
+        return key
+
+    def end_activity(self, key: int) -> None:
+        if self.active.pop(key, None) is not None:
+            self.last_activity = time.time()
+
+    @contextlib.contextmanager
+    def activity(self, what: str) -> Iterator[None]:
+        """Count `what` as work in progress for as long as the block runs."""
+        key = self.begin_activity(what)
+        try:
+            yield
+        finally:
+            self.end_activity(key)
+
     def subscribe(self, listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
         """Call `listener(kind, data)` on every engine event; returns the function that unsubscribes."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
+    def watch_transfers(self, watcher: TransferWatcher) -> Callable[[], None]:
+        """For each pull or push as it starts, `watcher(mode, name)` returns a callback that then gets the transfer's
+        events as its client reads them, and `None` once it is over (after `success`/`error`, or when the client went
+        away, which cancels it). Called on the event loop. Returns the function that stops watching."""
+        self._transfer_watchers.append(watcher)
+        return lambda: self._transfer_watchers.remove(watcher) if watcher in self._transfer_watchers else None
+
+    def _watch_transfer(self, mode: str, name: str) -> Callable[[dict[str, Any] | None], None]:
+        callbacks = []
+        for watcher in list(self._transfer_watchers):
+            try:
+                callbacks.append(watcher(mode, name))
+            except Exception:  # a broken watcher must not break the transfer
+                log.exception("transfer watcher failed")
+
+        def tell(event: dict[str, Any] | None) -> None:
+            for callback in callbacks:
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("transfer watcher failed")
+
+        return tell
+
     def _engine_event(self, kind: str, data: dict[str, Any]) -> None:
         engine = str(data.get("engine") or data.get("backend_name") or "")
         if kind != "loading" or "elapsed" not in data:  # not the once-a-second "still loading" ticks
-            self.metrics.engine_events[(kind, engine)] += 1
+            self.metrics.engine_events.labels(kind, engine).inc()
         for listener in list(self._listeners):
             try:
                 listener(kind, data)
@@ -85,7 +176,18 @@ class ModelRunnerService:
         return await asyncio.to_thread(lambda: [self._describe(m) for m in self.store.models()])
 
     async def model(self, name: str) -> dict[str, Any]:
-        return await asyncio.to_thread(lambda: self._describe(self.store.resolve(name)))
+        """One model in full (`inspect`): the listing's fields, every config key (the GGUF's metadata included)
+        and the manifest."""
+
+        def work() -> dict[str, Any]:
+            model = self.store.resolve(name)
+            doc = self._describe(model)
+            raw = model.config.raw.get("config") or {}
+            doc["config"] = {**doc["config"], **{k: v for k, v in raw.items() if k not in doc["config"]}}
+            doc["manifest"] = json.loads(model.manifest.raw)
+            return doc
+
+        return await asyncio.to_thread(work)
 
     def _describe(self, model: Model) -> dict[str, Any]:
         """DMR's model object plus `engine` ({engine, device, reason}) and `engine_error`: users see the choice."""
@@ -136,25 +238,28 @@ class ModelRunnerService:
         usage = await asyncio.to_thread(self.store.df)
         return {**usage.to_json(), "store": str(self.store.root)}
 
-    def pull(self, reference: str) -> AsyncIterator[dict[str, Any]]:
+    def pull(self, reference: str, *, cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
         """Pull in a worker thread, yielding FORMAT §4 progress events and ending with `success` or `error`.
 
-        Closing the iterator early (the HTTP client went away) cancels the pull; what was downloaded is
-        kept and the next pull resumes it.
+        Setting `cancel` (the HTTP client went away) stops the download within one read and ends the events
+        with an `error` of status 499; closing the iterator early sets it too. What was downloaded is kept
+        and the next pull resumes it.
         """
-        return self._transfer("pull", reference)
+        return self._transfer("pull", reference, cancel=cancel)
 
-    def push(self, name: str, target: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    def push(self, name: str, target: str | None = None, *,
+             cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
         """Push a stored model (to its own tag, or `target`), yielding progress events like `pull`."""
-        return self._transfer("push", name, target)
+        return self._transfer("push", name, target, cancel=cancel)
 
-    async def _transfer(self, mode: str, name: str, target: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def _transfer(self, mode: str, name: str, target: str | None = None, *,
+                        cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
         from .distribution import pull, push
         from .distribution.progress import format_bytes
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        cancel = threading.Event()
+        cancel = threading.Event() if cancel is None else cancel
         counter = self.metrics.pulls if mode == "pull" else self.metrics.pushes
 
         def emit(event: dict[str, Any] | None) -> None:
@@ -172,61 +277,104 @@ class ModelRunnerService:
             try:
                 if mode == "pull":
                     result = pull(name, self.store, on_progress=on_progress, registry=self.registry, cancel=cancel)
-                    model = result.model.to_json()
+                    model = self._describe(result.model)  # with its engine: the client needs no second request
                     how = (f"downloaded {format_bytes(result.downloaded_bytes)}" if result.downloaded_bytes
                            else "already up to date")
                     emit({"type": "success", "mode": mode, "model": model,
-                          "message": f"Pulled {result.reference.familiar} ({result.model.short_id}), {how}"})
+                          "message": f"Pulled {result.reference.relative_to(self.registry)} ({result.model.short_id}), "
+                                     f"{how}"})
                 else:
                     result = push(self.store, name, target=target, on_progress=on_progress, registry=self.registry)
                     emit({"type": "success", "mode": mode, "digest": result.digest,
-                          "message": f"Pushed {result.reference.familiar}: uploaded "
+                          "message": f"Pushed {result.reference.relative_to(self.registry)}: uploaded "
                                      f"{format_bytes(result.uploaded_bytes)}, "
                                      f"{format_bytes(result.skipped_bytes)} already there"})
-                counter["success"] += 1
+                counter.labels("success").inc()
             except ModelRunnerError as exc:
-                counter["cancelled" if cancel.is_set() else "error"] += 1
+                counter.labels("cancelled" if cancel.is_set() else "error").inc()
                 emit({"type": "error", "mode": mode, "message": str(exc), "status": exc.http_status})
             except _Cancelled:
-                counter["cancelled"] += 1
+                counter.labels("cancelled").inc()
             except OSError as exc:
-                counter["error"] += 1
+                counter.labels("error").inc()
                 emit({"type": "error", "mode": mode, "status": 500,
                       "message": f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"})
             except Exception as exc:  # the stream must always end with an event, whatever happened
-                counter["error"] += 1
+                counter.labels("error").inc()
                 log.exception("%s of %s failed", mode, name)
                 emit({"type": "error", "mode": mode, "status": 500, "message": f"{mode} failed: {exc!r}"})
             finally:
                 emit(None)
 
+        watchers = self._watch_transfer(mode, name)
         thread = threading.Thread(target=work, name=f"modelrunner-{mode}", daemon=True)
         thread.start()
         try:
             while (event := await queue.get()) is not None:
+                watchers(event)
                 yield event
         finally:
-            cancel.set()  # no one is listening any more: stop at the next chunk, keep the partial files
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(thread.join)
+            cancel.set()  # no one is listening any more: stop at the next read, keep the partial files
+            try:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(thread.join)
+            finally:
+                watchers(None)  # even when the wait is cancelled: watchers always hear the end
 
     # -- engines --------------------------------------------------------------------------------------
 
     async def configure(self, name: str, **settings: Any) -> dict[str, Any]:
-        from .runner_config import format_keep_alive
+        """Check and save a model's settings (on disk, in a thread), then apply them to its loaded runner."""
+        model_id, config = await asyncio.to_thread(lambda: self.scheduler.save_settings(name, **settings))
+        self.scheduler.apply_settings(model_id, config)
+        return {"model": name, "model_id": model_id, "context_size": config.context_size,
+                "runtime_flags": list(config.runtime_flags), "keep_alive": config.keep_alive}
 
-        config = await asyncio.to_thread(self.scheduler.configure, name, **settings)
-        return {"model": name, "context_size": config.context_size, "runtime_flags": list(config.runtime_flags),
-                "keep_alive": format_keep_alive(config.keep_alive) if config.keep_alive is not None else None}
+    async def settings(self, name: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.scheduler.settings_of, name)
+
+    async def load(self, name: str, *, engine: str | None = None, mode: str = "completion") -> dict[str, Any]:
+        """Start a model's engine now (Docker's preload) and say how it runs; the runner then idles out as usual."""
+        started = time.monotonic()
+        runner = await self.scheduler.load(name, engine=engine, mode=mode)
+        return {**runner.status(), "load_seconds": round(time.monotonic() - started, 3)}
 
     async def status(self) -> dict[str, Any]:
-        return {**await asyncio.to_thread(self.scheduler.status), "version": self.version}
+        from .lease import owner_json
+
+        status = await asyncio.to_thread(self.scheduler.status)
+        owner = self.remote_owner
+        return {**status, "version": self.version, "pid": os.getpid(), "store": str(self.store.root),
+                "default_registry": self.registry, "keep_alive": self.scheduler.keep_alive,
+                "owner": "this runner" if self.owns_store else owner_json(owner) if owner else None}
 
     async def logs(self, name: str, lines: int = 200) -> str:
-        return await asyncio.to_thread(self.scheduler.logs, name, lines)
+        model = await asyncio.to_thread(self.store.resolve, name)
+        live = self.scheduler.live_runner(model.id)
+        return live.log_tail(lines) if live else await asyncio.to_thread(self.scheduler.logged, model, lines)
+
+    async def follow_logs(self, name: str) -> AsyncIterator[str | None]:
+        """New lines of the model's engine output as they come (None: a second without any)."""
+        model = await asyncio.to_thread(self.store.resolve, name)
+        async for line in self.scheduler.follow_logs(model.id):
+            yield line
+
+    async def purge(self) -> dict[str, Any]:
+        """Docker's `model purge`: every model goes (their engines stop first), and what nothing uses any more."""
+        await self.scheduler.unload(all=True)
+        deleted, freed = [], 0
+        for model in await asyncio.to_thread(self.store.models):
+            result = await asyncio.to_thread(self.store.remove, model.id, force=True)
+            deleted.append(result.deleted)
+            freed += result.freed_bytes
+        return {"deleted": deleted, "freed_bytes": freed}
+
+    async def gc(self, min_age: float = 3600.0) -> dict[str, Any]:
+        return (await asyncio.to_thread(self.store.gc, min_age_seconds=min_age)).to_json()
 
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()
+        self.lease.release()
 
 
 class _Cancelled(Exception):

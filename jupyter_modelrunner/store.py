@@ -72,6 +72,8 @@ class Model:
     config: ModelConfig
     bundle: Path
     size: int
+    #: Where bare names go for the store that holds it: tags under it are shown without the host (`ai/smollm2`).
+    default_registry: str | None = None
 
     @property
     def short_id(self) -> str:
@@ -97,7 +99,7 @@ class Model:
         config["format"] = self.format
         return {
             "id": self.id,
-            "tags": [_familiar(tag) for tag in self.tags],
+            "tags": [_familiar(tag, self.default_registry) for tag in self.tags],
             "created": self.created,
             "config": config,
             "size": self.size,
@@ -309,13 +311,13 @@ class Store:
         with self._locked_index() as entries:
             entry = self._find_by_tag(entries, ref)
             if entry is None:
-                raise ModelNotFound(f"No model is tagged {ref.familiar!r}.")
+                raise ModelNotFound(f"No model is tagged {ref.relative_to(self.registry)!r}.")
             tag = self._matching_tag(entry, ref)
             entry["tags"].remove(tag)
             deleted, freed = (None, 0)
             if not entry["tags"]:
                 deleted, freed = entry["id"], self._delete_entries(entries, [entry])
-        return RemoveResult(untagged=(_familiar(tag),), deleted=deleted, freed_bytes=freed)
+        return RemoveResult(untagged=(_familiar(tag, self.registry),), deleted=deleted, freed_bytes=freed)
 
     def remove(self, name: str, *, force: bool = False) -> RemoveResult:
         """Remove a tag, or the model when it was the last tag (or when named by id with `force`).
@@ -333,11 +335,12 @@ class Store:
             if entry is None:
                 raise ModelNotFound(f"Model {name!r} was removed meanwhile.")
             if by_tag is None and len(entry["tags"]) > 1 and not force:
+                names = ", ".join(_familiar(t, self.registry) for t in entry["tags"])
                 raise StoreError(
-                    f"Model {model.short_id} is tagged {', '.join(_familiar(t) for t in entry['tags'])}; "
+                    f"Model {model.short_id} is tagged {names}; "
                     f"remove one tag at a time, or use --force to remove the model and all its tags."
                 )
-            tags = tuple(_familiar(t) for t in entry["tags"])
+            tags = tuple(_familiar(t, self.registry) for t in entry["tags"])
             freed = self._delete_entries(entries, [entry])
         return RemoveResult(untagged=tags, deleted=model.id, freed_bytes=freed)
 
@@ -425,7 +428,7 @@ class Store:
         return Model(
             id=model_id, tags=tuple(entry.get("tags", [])), files=tuple(entry.get("files", [])),
             manifest=manifest, config=config, bundle=self.bundle_path(model_id),
-            size=sum(layer.size for layer in manifest.layers),
+            size=sum(layer.size for layer in manifest.layers), default_registry=self.registry,
         )
 
     def _try_parse(self, name: str) -> Reference | None:
@@ -623,8 +626,8 @@ def _extract_tar(blob: Path, into: Path, model_dir: Path) -> None:
         raise UnsupportedArtifact(f"A tar layer of the model is not a valid tar archive ({exc}).") from exc
 
 
-def _familiar(tag: str) -> str:
+def _familiar(tag: str, default: str | None = None) -> str:
     try:
-        return parse_reference(tag).familiar
+        return parse_reference(tag).relative_to(default)
     except InvalidReference:
         return tag

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 import traitlets
 
-from .distribution.progress import format_bytes
 from .errors import ModelRunnerError
+from .presentation import context_cell, expires_text, format_bytes
 
 if TYPE_CHECKING:
     from .client import RunnerClient
@@ -34,7 +34,6 @@ _ERROR_STYLE = "color: var(--jp-error-color1, #d32f2f); white-space: pre-wrap"
 _WARN_STYLE = ("color: var(--jp-warn-color0, #8a5a00); background: var(--jp-warn-color3, #fff3cd); "
                "padding: 2px 6px; border-radius: 3px; white-space: pre-wrap")
 _MUTED_STYLE = "color: var(--jp-ui-font-color2, #616161)"
-_LOAD_MESSAGES = [{"role": "user", "content": "Hi"}]
 _ACTIVE_STATES = ("loading", "ready")
 
 
@@ -318,7 +317,7 @@ class ModelPicker(_UsesRunner, w.VBox):
         return self._background(f"modelrunner-pull {reference}", self._pull, reference)
 
     def load(self) -> threading.Thread | None:
-        """Start the selected model's engine in the background (a one-token chat makes the runner load it)."""
+        """Start the selected model's engine in the background (`models/load`, the runner's preload)."""
         return self._start_engine_action(self.value, "Loading…", self._load)
 
     def unload(self) -> threading.Thread | None:
@@ -391,9 +390,7 @@ class ModelPicker(_UsesRunner, w.VBox):
         return self._background(f"modelrunner-{busy.rstrip('…').lower()} {name}", run)
 
     def _load(self, name: str) -> None:
-        with self.client.chat(name, _LOAD_MESSAGES, max_tokens=1) as stream:
-            for _piece in stream:
-                pass
+        self.client.load(name)
 
     def _unload(self, name: str) -> None:
         self.client.unload([name])
@@ -540,7 +537,7 @@ class RunnerStatus(_UsesRunner, w.VBox):
     def _table(runners: list[dict[str, Any]]) -> str:
         if not runners:
             return f'<span style="{_MUTED_STYLE}">No model is loaded.</span>'
-        head = ("Model", "Engine", "Device", "State", "Memory", "In use", "Keep-alive")
+        head = ("Model", "Engine", "Device", "State", "Context", "Memory", "In use", "Unloads")
         rows = []
         for entry in runners:
             memory = entry.get("memory")
@@ -550,9 +547,10 @@ class RunnerStatus(_UsesRunner, w.VBox):
                 entry.get("backend_name", ""),
                 entry.get("device", ""),
                 entry.get("state", ""),
+                context_cell(entry),
                 format_bytes(memory) if isinstance(memory, int) and memory else "",
                 f"yes ({requests})" if entry.get("in_use") else "no",
-                entry.get("keep_alive", ""),
+                expires_text(entry),
             )
             rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
         header = "<tr>" + "".join(f"<th style='text-align:left'>{h}</th>" for h in head) + "</tr>"

@@ -54,6 +54,10 @@ def isolated_env(monkeypatch, tmp_path_factory) -> None:
     monkeypatch.setenv("MODEL_RUNNER_STORE", str(tmp_path_factory.mktemp("default-store")))
     monkeypatch.delenv("MODEL_RUNNER_DEFAULT_REGISTRY", raising=False)
     monkeypatch.delenv("MODEL_RUNNER_INSECURE_REGISTRIES", raising=False)
+    # An in-process server extension (pytest-jupyter) exports where it listens for its kernels; it must not
+    # send a later test's commands to a server that has stopped.
+    monkeypatch.delenv("MODEL_RUNNER_HOST", raising=False)
+    monkeypatch.delenv("MODEL_RUNNER_TOKEN", raising=False)
 
 
 @pytest.fixture(scope="session")

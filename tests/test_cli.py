@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from jupyter_modelrunner.lease import lease_is_held, read_owner
 
 from .support.registry import find_free_port
 
@@ -23,9 +28,20 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subproce
 
 @pytest.fixture
 def cli_env(tmp_path, registry, monkeypatch):
-    monkeypatch.setenv("MODEL_RUNNER_STORE", str(tmp_path / "store"))
+    """A store of the test's own; the embedded runner the first command starts for it is stopped afterwards."""
+    store = tmp_path / "store"
+    monkeypatch.setenv("MODEL_RUNNER_STORE", str(store))
     monkeypatch.setenv("MODEL_RUNNER_DEFAULT_REGISTRY", registry.host)
-    return tmp_path
+    for name in ("MODEL_RUNNER_HOST", "MODEL_RUNNER_TOKEN", "JPY_PARENT_PID"):
+        monkeypatch.delenv(name, raising=False)
+    yield tmp_path
+    owner = read_owner(store)
+    if owner is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(owner.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while lease_is_held(store) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def test_help_lists_the_docker_model_verbs():
@@ -145,13 +161,26 @@ def test_ps_and_unload_talk_to_the_running_server(standalone):
     assert json.loads(run_cli("ps", "--json", env=env).stdout) == []
 
 
-def test_the_standalone_server_is_found_through_its_runtime_file(standalone):
-    env = {"JUPYTER_RUNTIME_DIR": standalone.env["JUPYTER_RUNTIME_DIR"], "MODEL_RUNNER_HOST": "",
-           "MODEL_RUNNER_TOKEN": ""}
-    runtime_file = Path(env["JUPYTER_RUNTIME_DIR"]) / "modelrunner-serve.json"
-    assert oct(runtime_file.stat().st_mode & 0o777) == "0o600"
-    assert json.loads(runtime_file.read_text())["token"] == standalone.token
-    assert json.loads(run_cli("ps", "--json", env=env).stdout) == []
+def test_commands_start_an_embedded_runner_that_the_next_ones_reuse(cli_env, seeded):
+    """The first command starts a runner for the store (as Docker's CLI starts its daemon); it then owns the store,
+    the next commands go to it, and the model stays loaded between them (keep_alive)."""
+    run_cli("pull", "-q", "ai/tiny")
+    owner = read_owner(cli_env / "store")
+    assert owner is not None and owner.kind == "embedded"
+    run_cli("run", "--max-tokens", "2", "ai/tiny", "hi")
+    assert [r["model_name"] for r in json.loads(run_cli("ps", "--json").stdout)] == ["ai/tiny:latest"]
+    assert read_owner(cli_env / "store").pid == owner.pid
+    loaded = run_cli("load", "ai/tiny").stdout
+    assert loaded.startswith("Loaded ai/tiny:latest on llama.cpp")
+
+
+def test_ps_and_unload_with_no_runner_start_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODEL_RUNNER_STORE", str(tmp_path / "empty-store"))
+    for name in ("MODEL_RUNNER_HOST", "MODEL_RUNNER_TOKEN", "JPY_PARENT_PID"):
+        monkeypatch.delenv(name, raising=False)
+    assert "no model is loaded" in run_cli("ps").stdout
+    assert "nothing to unload" in run_cli("unload", "--all").stdout
+    assert read_owner(tmp_path / "empty-store") is None
 
 
 def test_ps_without_a_server_says_what_to_start():

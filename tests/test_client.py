@@ -1,13 +1,14 @@
 """Finding the runner (each of the four ways, and the message when none works) and the typed client API,
-against real servers: `jupyter server` with the extension, `jupyter modelrunner serve`, and embedded runners
-started by the client itself."""
+against real servers: `jupyter server` with the extension, `jupyter modelrunner serve` (found as its store's
+owner), and embedded runners started by the client itself."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 from jupyter_modelrunner import client as client_module
 from jupyter_modelrunner.client import RunnerClient, RunnerLocation, RunnerUnreachable, locate
 from jupyter_modelrunner.errors import ModelNotFound, ModelRunnerError
+from jupyter_modelrunner.lease import read_owner
 
+from .support.faultproxy import FaultProxy
 from .support.registry import find_free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -38,18 +41,19 @@ def runtime_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def embedded(runtime_dir, registry, seeded, tmp_path, monkeypatch) -> Iterator[Path]:
     """Settings for an embedded runner (a store and the test registry); every runner started is stopped after."""
-    monkeypatch.setenv("MODEL_RUNNER_STORE", str(tmp_path / "embedded-store"))
+    store = tmp_path / "embedded-store"
+    monkeypatch.setenv("MODEL_RUNNER_STORE", str(store))
     monkeypatch.setenv("MODEL_RUNNER_DEFAULT_REGISTRY", registry.host)
     started: list[int] = []
     real_start = client_module._start_embedded
 
-    def tracking(tried):
-        location = real_start(tried)
-        started.append(json.loads((runtime_dir / "modelrunner-embedded.json").read_text())["pid"])
+    def tracking(root, registry_host, tried):
+        location = real_start(root, registry_host, tried)
+        started.append(read_owner(root).pid)
         return location
 
     monkeypatch.setattr(client_module, "_start_embedded", tracking)
-    yield runtime_dir / "modelrunner-embedded.json"
+    yield store
     for pid in started:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -88,56 +92,88 @@ def test_a_kernel_finds_the_jupyter_server_that_started_it(runtime_dir, monkeypa
     location = locate(start=False)
     assert location.url.endswith(f":{jupyter.port}/modelrunner/") and location.token == jupyter.token
     assert "started this kernel" in location.source
-    assert any(tag.endswith("/ai/tiny:latest") for m in RunnerClient(location=location).models() for tag in m["tags"])
+    assert any(tag == "ai/tiny:latest" for m in RunnerClient(location=location).models() for tag in m["tags"])
 
 
-def test_a_running_standalone_server_is_found_through_its_runtime_file(runtime_dir, monkeypatch, standalone):
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", standalone.env["JUPYTER_RUNTIME_DIR"])
+def test_the_owner_of_the_store_is_found_through_its_lease(runtime_dir, monkeypatch, standalone, live_store):
+    monkeypatch.setenv("MODEL_RUNNER_STORE", str(live_store.root))
     location = locate(start=False)
-    assert location.url == standalone.url and "serve" in location.source
+    assert location.url == standalone.url and location.token == standalone.token
+    assert "the owner of the store" in location.source and "serve" in location.source
     assert client_module.base_url() == standalone.url + "engines/v1"
     assert client_module.api_key() == standalone.token
 
 
-def test_nothing_reachable_says_what_was_tried(runtime_dir, monkeypatch):
+def test_nothing_reachable_says_what_was_tried(runtime_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("JPY_PARENT_PID", "999999")
-    (runtime_dir / "modelrunner-serve.json").write_text(json.dumps({"url": "http://127.0.0.1:9/", "pid": 999999}))
+    monkeypatch.setenv("MODEL_RUNNER_STORE", str(tmp_path / "nobody-runs-it"))
     with pytest.raises(RunnerUnreachable) as caught:
         locate(start=False)
     message = str(caught.value)
     assert "$MODEL_RUNNER_HOST (not set)" in message
     assert "jpserver-999999.json" in message
-    assert "process 999999 has exited" in message
+    assert "nobody-runs-it (none is running)" in message
     assert "jupyter modelrunner serve" in message
 
 
-def test_an_embedded_runner_is_started_once_and_reused(embedded, registry):
+def test_an_embedded_runner_is_started_once_then_found_as_the_stores_owner(embedded, registry):
     first = locate()
     assert "embedded runner started now" in first.source
-    info = json.loads(embedded.read_text())
-    assert oct(embedded.stat().st_mode & 0o777) == "0o600"
-    assert info["registry"] == registry.host and info["store"].endswith("embedded-store")
+    owner = read_owner(embedded)
+    assert owner.kind == "embedded" and first.url == owner.url
+    assert oct((embedded / "runner" / "owner.token").stat().st_mode & 0o777) == "0o600"
     again = locate()
-    assert again.url == first.url and "embedded runner (pid" in again.source
+    assert again.url == first.url and "the owner of the store" in again.source
     client = RunnerClient(location=again)
     events = list(client.pull("ai/tiny"))
     assert events[-1]["type"] == "success"
-    assert [m["tags"] for m in client.models()] == [[f"{registry.host}/ai/tiny:latest"]]
+    assert [m["tags"] for m in client.models()] == [["ai/tiny:latest"]]  # as users name it, not host-qualified
+    assert client.status()["default_registry"] == registry.host
 
 
-def test_a_mismatched_or_dead_embedded_runner_is_replaced(embedded, monkeypatch, tmp_path):
+def test_another_store_gets_its_own_runner_and_a_killed_one_is_replaced(embedded, monkeypatch, tmp_path):
     first = locate()
-    first_pid = json.loads(embedded.read_text())["pid"]
-    monkeypatch.setenv("MODEL_RUNNER_STORE", str(tmp_path / "another-store"))
+    first_pid = read_owner(embedded).pid
+    other = tmp_path / "another-store"
+    monkeypatch.setenv("MODEL_RUNNER_STORE", str(other))
     second = locate()
-    second_pid = json.loads(embedded.read_text())["pid"]
+    second_pid = read_owner(other).pid
     assert second_pid != first_pid and second.url != first.url
-    assert _wait_gone(first_pid), "the mismatched runner should have been stopped"
+    assert read_owner(embedded).pid == first_pid  # still the owner of its own store: one owner per store
     os.kill(second_pid, signal.SIGKILL)
     assert _wait_gone(second_pid)
     third = locate()
-    assert json.loads(embedded.read_text())["pid"] not in (first_pid, second_pid)
-    assert "exited" in " ".join(third.tried)
+    assert read_owner(other).pid not in (first_pid, second_pid)
+    assert "embedded runner started now" in third.source
+
+
+def test_a_pull_longer_than_the_idle_timeout_completes(tmp_path, registry, seeded):
+    """An embedded runner stops after its idle timeout, but never in the middle of work: a slow pull outlasts the
+    timeout and completes; once nothing is left to do, the runner stops by itself."""
+    store = tmp_path / "idle-store"
+    env = {**os.environ, "MODEL_RUNNER_STORE": str(store), "MODEL_RUNNER_DEFAULT_REGISTRY": registry.host}
+    with FaultProxy(registry.host) as proxy:
+        proxy.rate = 150 * 1024  # ~560 KB of weights: about 4 s, twice the idle timeout
+        runner = subprocess.Popen([sys.executable, "-m", "jupyter_modelrunner", "--store", str(store), "serve",
+                                   "--port", "0", "--embedded", "--idle-timeout", "2", "--allow-root"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while read_owner(store) is None:
+                assert runner.poll() is None and time.monotonic() < deadline, "the runner did not start"
+                time.sleep(0.05)
+            owner = read_owner(store)
+            client = RunnerClient(location=RunnerLocation(owner.url, owner.token))
+            started = time.monotonic()
+            events = list(client.pull(f"{proxy.host}/ai/tiny"))
+            assert events[-1]["type"] == "success" and time.monotonic() - started > 2
+            assert runner.poll() is None  # still up right after the pull
+            assert runner.wait(timeout=30) == 0  # then idle: it stops itself
+        finally:
+            if runner.poll() is None:
+                runner.terminate()
+                runner.wait()
 
 
 def test_connect_switches_runner_and_refuses_a_dead_one(runtime_dir, standalone):

@@ -121,8 +121,38 @@ def test_keep_alive_zero_and_short_keep_alive_unload(local_store):
 
     after_zero, loaded, later = run(scenario())
     assert after_zero == []
-    assert loaded and loaded[0]["keep_alive"] == "1s"
+    assert loaded and loaded[0]["keep_alive"] == 1.0 and loaded[0]["expires_at"] <= time.time() + 1.0
     assert later == []
+
+
+def test_a_requests_keep_alive_only_lengthens_its_own_lease(local_store):
+    """Ollama's per-request keep_alive: one client's `0` must not unload a model another client's request keeps;
+    a longer one keeps it longer; a negative one keeps it until it is unloaded."""
+
+    async def scenario():
+        scheduler = Scheduler(local_store, keep_alive=60)
+        try:
+            async with scheduler.use("ai/tiny"):
+                pass  # another client: the default, 60 s
+            async with scheduler.use("ai/tiny", keep_alive=0):
+                pass
+            await asyncio.sleep(0.3)
+            after_zero = scheduler.ps()
+            async with scheduler.use("ai/tiny", keep_alive=3600):
+                pass
+            longer = scheduler.ps()[0]["expires_at"]
+            async with scheduler.use("ai/tiny", keep_alive=-1):
+                pass
+            pinned = scheduler.ps()[0]
+            return after_zero, longer, pinned
+        finally:
+            await scheduler.shutdown()
+
+    started = time.time()
+    after_zero, longer, pinned = run(scenario())
+    assert len(after_zero) == 1 and after_zero[0]["expires_at"] >= started + 59
+    assert longer >= started + 3599
+    assert pinned["expires_at"] is None and pinned["state"] == "ready"
 
 
 def test_idle_runner_is_evicted_lru_to_fit_the_budget(local_store):
@@ -141,8 +171,8 @@ def test_idle_runner_is_evicted_lru_to_fit_the_budget(local_store):
             await scheduler.shutdown()
 
     first, second, evictions = run(scenario())
-    assert first == ["127.0.0.1:1/ai/tiny:latest"]
-    assert second == ["127.0.0.1:1/ai/tiny-other:latest"] and evictions == 1
+    assert first == ["ai/tiny:latest"]
+    assert second == ["ai/tiny-other:latest"] and evictions == 1
 
 
 def _config(store, name):

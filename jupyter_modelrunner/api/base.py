@@ -9,14 +9,18 @@ body that both OpenAI clients (`{"error": {...}}`) and Jupyter clients (`{"messa
 from __future__ import annotations
 
 import json
+import weakref
 from http.client import responses
 from typing import Any
 
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.utils import HTTP_METHOD_TO_AUTH_ACTION
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from ..errors import ModelRunnerError
 from ..service import ModelRunnerService
+from .forward import forward
 
 #: The authorizer's resource for every route: `c.ServerApp.authorizer_class` may grant or deny it as a whole.
 AUTH_RESOURCE = "modelrunner"
@@ -53,6 +57,38 @@ class ModelRunnerHandler(APIHandler):
     @property
     def service(self) -> ModelRunnerService:
         return self.settings[SERVICE_SETTING]
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Authenticate as every route does, then relay to the store's owner when it is another process.
+
+        The check happens here, before the relay, because the relay answers in place of the route's own method
+        (which would otherwise authenticate and authorize through its decorators).
+        """
+        await super().prepare()
+        owner = self.service.remote_owner
+        if owner is None or self._finished:
+            if not self._track_activity:  # a Prometheus scrape is not work that keeps a runner up
+                return
+            # Work in progress until the answer is complete; a handler dropped without finishing (its client
+            # vanished) ends it when collected, so no stale entry keeps an idle runner alive.
+            key = self.service.begin_activity(f"{self.request.method} {self.request.path}")
+            weakref.finalize(self, self.service.end_activity, key)
+            self._activity = key
+            return
+        if self.current_user is None:
+            raise web.HTTPError(403)
+        action = HTTP_METHOD_TO_AUTH_ACTION.get(self.request.method, "write")
+        if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, action, AUTH_RESOURCE)):
+            raise web.HTTPError(403, f"User is not authorized to {action} on resource: {AUTH_RESOURCE}.")
+        await forward(self, owner)
+
+    _activity: int | None = None
+
+    def on_finish(self) -> None:
+        if self._activity is not None:
+            self.service.end_activity(self._activity)
+            self._activity = None
+        super().on_finish()
 
     def json_body(self) -> dict[str, Any]:
         """The request's JSON object (an empty one when there is no body); 400 on anything else."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from jupyter_server.auth.decorator import authorized
 from tornado import web
+from tornado.iostream import StreamClosedError
 
 from .base import ModelRunnerHandler
 
@@ -53,7 +56,16 @@ class EngineUnloadHandler(ModelRunnerHandler):
 
 
 class EngineConfigureHandler(ModelRunnerHandler):
-    """`POST engines/_configure {"model", "context-size", "runtime-flags", "keep_alive"}`: per-model settings."""
+    """`GET engines/_configure?model=NAME` shows a model's settings; `POST engines/_configure {"model",
+    "context-size", "runtime-flags", "keep_alive"}` changes them (keep_alive in seconds, -1 never, or a duration)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        model = self.get_argument("model", "")
+        if not model:
+            raise web.HTTPError(400, "Say whose settings: ?model=ai/smollm2")
+        self.send_json(await self.service.settings(model))
 
     @web.authenticated
     @authorized
@@ -74,7 +86,10 @@ class EngineConfigureHandler(ModelRunnerHandler):
 
 
 class EngineLogsHandler(ModelRunnerHandler):
-    """`GET engines/logs?model=NAME[&lines=N]`: the engine's recent output for a model, as text."""
+    """`GET engines/logs?model=NAME[&lines=N][&follow=true]`: the engine's recent output for a model, as text;
+    with `follow`, then every new line as the engine prints it, until the client leaves (`logs -f`)."""
+
+    _gone = False
 
     @web.authenticated
     @authorized
@@ -86,7 +101,30 @@ class EngineLogsHandler(ModelRunnerHandler):
             lines = max(1, min(10000, int(self.get_argument("lines", "200"))))
         except ValueError as exc:
             raise web.HTTPError(400, "?lines must be a number.") from exc
-        self.finish(await self.service.logs(model, lines), set_content_type="text/plain; charset=utf-8")
+        text = await self.service.logs(model, lines)
+        if self.get_argument("follow", "false").lower() not in ("1", "true", "yes"):
+            self.finish(text, set_content_type="text/plain; charset=utf-8")
+            return
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Accel-Buffering", "no")
+        if text:
+            self.write(text + "\n")
+        try:
+            await self.flush()
+            async with contextlib.aclosing(self.service.follow_logs(model)) as lines:
+                async for line in lines:
+                    if self._gone:
+                        break
+                    if line is not None:
+                        self.write(line + "\n")
+                        await self.flush()
+        except StreamClosedError:
+            return
+        with contextlib.suppress(StreamClosedError):
+            self.finish()
+
+    def on_connection_close(self) -> None:
+        self._gone = True
 
 
 default_handlers = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,12 +22,30 @@ class ProgressStreamMixin:
     The status line waits for the first event, so a request that fails at once (a bad reference, a
     registry that is down) is answered with a real error status and its one `error` event; once the
     transfer has started the status is 200 and a failure is the stream's last event.
+
+    A client that goes away cancels the transfer at once (`transfer_cancel`, set by tornado's
+    `on_connection_close`), not at the next progress line, which a slow download writes only every 4 MiB.
     """
+
+    _transfer_cancel: threading.Event | None = None
+
+    @property
+    def transfer_cancel(self) -> threading.Event:
+        """Give it to the service's `pull`/`push`: set when the client closes the connection."""
+        if self._transfer_cancel is None:
+            self._transfer_cancel = threading.Event()
+        return self._transfer_cancel
+
+    def on_connection_close(self: Any) -> None:
+        self.transfer_cancel.set()
+        super().on_connection_close()  # type: ignore[misc]
 
     async def relay_progress(self: Any, events: AsyncIterator[dict[str, Any]]) -> None:
         first = True
         try:
             async for event in events:
+                if self.transfer_cancel.is_set():
+                    break  # the client is gone; the transfer ends with what it had
                 if first and event.get("type") == "error":
                     self.set_status(int(event.get("status") or 500))
                 first = False
@@ -64,7 +83,7 @@ class ModelCreateHandler(ProgressStreamMixin, ModelRunnerHandler):
         if not isinstance(reference, str) or not reference.strip():
             raise web.HTTPError(400, 'Say which model to pull: {"from": "ai/smollm2"}.')
         self.set_header("Content-Type", NDJSON)
-        await self.relay_progress(self.service.pull(reference.strip()))
+        await self.relay_progress(self.service.pull(reference.strip(), cancel=self.transfer_cancel))
 
 
 class ModelPackageHandler(ModelRunnerHandler):
@@ -130,7 +149,45 @@ class ModelPushHandler(ProgressStreamMixin, ModelRunnerHandler):
     async def post(self, name: str) -> None:
         target = self.json_body().get("target")
         self.set_header("Content-Type", NDJSON)
-        await self.relay_progress(self.service.push(name, target))
+        await self.relay_progress(self.service.push(name, target, cancel=self.transfer_cancel))
+
+
+class ModelLoadHandler(ModelRunnerHandler):
+    """`POST models/load {"model", "engine"?, "mode"?}`: start the model's engine now (Docker's preload), so the first
+    question does not wait; answers with the runner as `engines/ps` shows it, and how long the load took."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise web.HTTPError(400, 'Name the model: {"model": "ai/smollm2"}.')
+        mode = body.get("mode", "completion")
+        if mode not in ("completion", "embedding"):
+            raise web.HTTPError(400, '"mode" is "completion" or "embedding".')
+        self.send_json(await self.service.load(model, engine=body.get("engine") or None, mode=mode))
+
+
+class ModelPurgeHandler(ModelRunnerHandler):
+    """`DELETE models/purge`: every model goes, engines first (Docker's `model purge`)."""
+
+    @web.authenticated
+    @authorized
+    async def delete(self) -> None:
+        self.send_json(await self.service.purge())
+
+
+class ModelGcHandler(ModelRunnerHandler):
+    """`POST models/gc {"min_age": seconds}`: delete blobs no model uses and abandoned partial downloads."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        min_age = self.json_body().get("min_age", 3600)
+        if isinstance(min_age, bool) or not isinstance(min_age, int | float) or min_age < 0:
+            raise web.HTTPError(400, '"min_age" is a number of seconds (files younger than that are kept).')
+        self.send_json(await self.service.gc(float(min_age)))
 
 
 _NAME = r"(?P<name>[^?#]+?)"
@@ -139,6 +196,9 @@ default_handlers = [
     (r"models", ModelsHandler),
     (r"models/create", ModelCreateHandler),
     (r"models/package", ModelPackageHandler),
+    (r"models/load", ModelLoadHandler),  # before models/{name}: these names are not models
+    (r"models/purge", ModelPurgeHandler),
+    (r"models/gc", ModelGcHandler),
     (rf"models/{_NAME}/tag", ModelTagHandler),
     (rf"models/{_NAME}/push", ModelPushHandler),
     (rf"models/{_NAME}", ModelHandler),

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ from tornado.iostream import StreamClosedError
 
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
 from ..errors import ModelRunnerError
-from ..scheduler import sse_events
 from . import ollama_translate as translate
-from .base import ModelRunnerHandler, error_status
+from .base import ModelRunnerHandler
+from .models import ProgressStreamMixin
 from .openai import ENGINE_MODEL_NAME
+from .relay import StreamRelayMixin, sse_data
 
 NDJSON = "application/x-ndjson"
 #: What `GET api/version` answers: clients check it against the Ollama features they need.
@@ -48,10 +50,8 @@ class OllamaHandler(ModelRunnerHandler):
         await self.flush()
 
 
-class OllamaInferenceHandler(OllamaHandler):
+class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
     """`POST api/chat` and `POST api/generate`."""
-
-    _work: asyncio.Task | None = None
 
     @web.authenticated
     @authorized
@@ -68,31 +68,25 @@ class OllamaInferenceHandler(OllamaHandler):
         except ValueError as exc:
             raise web.HTTPError(400, str(exc)) from exc
         model = request["model"]
-        self.service.metrics.requests[(f"ollama/{kind}", model)] += 1
         if (kind == "generate" and not body.get("prompt") and not body.get("raw")) or (
             kind == "chat" and not request["messages"]
         ):
-            await self._load_or_unload(kind, model, keep_alive == 0, context_size)  # Ollama's idiom: (un)load
+            await self._load_or_unload(kind, model, keep_alive, context_size)  # Ollama's idiom: (un)load
             return
-        # Ollama's per-request keep_alive: how long the model stays loaded after this request.
-        keep = (-1.0 if keep_alive is None else keep_alive) if "keep_alive" in body else None
-        self._work = asyncio.get_running_loop().create_task(
-            self._answer(kind, model, path, request, started, keep, context_size))
-        await asyncio.wait({self._work})
-        if not self._work.cancelled() and self._work.exception() is not None:
-            self.service.metrics.errors[f"ollama/{kind}"] += 1
-            raise self._work.exception()  # type: ignore[misc]
+        # Ollama's per-request keep_alive: how long the model stays loaded after *this* request (the scheduler's
+        # lease: it can keep a model longer, never unload it under another client).
+        exc = await self.run_answer(self._answer(kind, model, path, request, started, keep_alive, context_size))
+        if exc is not None:
+            self.service.metrics.errors.labels(f"ollama/{kind}").inc()
+            raise exc
 
-    def on_connection_close(self) -> None:
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
-
-    async def _load_or_unload(self, kind: str, model: str, unload: bool, context_size: int | None) -> None:
-        if unload:
+    async def _load_or_unload(self, kind: str, model: str, keep_alive: float | None, context_size: int | None) -> None:
+        if keep_alive == 0:
             await self.service.scheduler.unload([model])
             reason = "unload"
         else:
-            await self.service.scheduler.load(model, mode=MODE_COMPLETION, context_size=context_size)
+            await self.service.scheduler.load(model, mode=MODE_COMPLETION, context_size=context_size,
+                                              keep_alive=keep_alive)
             reason = "load"
         final = translate.chat_response_to_ollama(model, {"choices": [{"finish_reason": reason}]}, time.monotonic(),
                                                   kind)  # type: ignore[arg-type]
@@ -102,10 +96,10 @@ class OllamaInferenceHandler(OllamaHandler):
     async def _answer(self, kind: str, model: str, path: str, request: dict[str, Any], started: float,
                       keep_alive: float | None, context_size: int | None) -> None:
         request = {**request, "model": ENGINE_MODEL_NAME}
-        async with self.service.scheduler.use(model, mode=MODE_COMPLETION, context_size=context_size) as runner:
+        async with self.service.scheduler.use(model, mode=MODE_COMPLETION, context_size=context_size,
+                                              keep_alive=keep_alive) as runner:
+            self.service.metrics.requests.labels(f"ollama/{kind}", runner.name).inc()
             request = runner.choice.engine.adapt_request(path.removeprefix("/v1/"), request)
-            if keep_alive is not None:
-                runner.keep_alive = keep_alive
             if not request.get("stream"):
                 response = await runner.request("POST", path, json=request)
                 if response.status_code != 200:
@@ -119,21 +113,10 @@ class OllamaInferenceHandler(OllamaHandler):
                                         _engine_message(b"".join([c async for c in upstream])))
                 self.set_header("Content-Type", NDJSON)
                 converter = translate.OllamaStream(model, "chat" if kind == "chat" else "generate", started)
-                try:
-                    async for chunk in sse_events(upstream):
-                        if "error" in chunk:
-                            raise ModelRunnerError(str((chunk["error"] or {}).get("message", chunk["error"])))
-                        for obj in converter.feed(chunk):
-                            await self.write_line(obj)
-                    await self.write_line(converter.finish())
-                except StreamClosedError:
-                    return
-                except (ModelRunnerError, ValueError) as exc:
-                    _, message = error_status(exc, 502)
-                    with contextlib.suppress(StreamClosedError):
-                        await self.write_line(translate.error_body(message))
-                with contextlib.suppress(StreamClosedError):
-                    self.finish(set_content_type=NDJSON)
+                await self.relay(upstream, lambda events: _ollama_lines(converter, events),
+                                 end=lambda: _ollama_final_line(converter),
+                                 on_error=lambda _status, message: _ndjson([translate.error_body(message)]),
+                                 content_type=NDJSON)
 
 
 class OllamaEmbedHandler(OllamaHandler):
@@ -228,8 +211,9 @@ class OllamaDeleteHandler(OllamaHandler):
         self.finish()
 
 
-class OllamaPullHandler(OllamaHandler):
-    """`POST api/pull {"model", "stream"}`: our pull, reported in Ollama's progress shape."""
+class OllamaPullHandler(ProgressStreamMixin, OllamaHandler):
+    """`POST api/pull {"model", "stream"}`: our pull, reported in Ollama's progress shape (a client that
+    leaves cancels it at once, as on `models/create`)."""
 
     @web.authenticated
     @authorized
@@ -239,12 +223,12 @@ class OllamaPullHandler(OllamaHandler):
         if not isinstance(name, str) or not name:
             raise web.HTTPError(400, "model is required")
         stream = body.get("stream") is not False
-        events = self.service.pull(name)
+        events = self.service.pull(name, cancel=self.transfer_cancel)
         last: dict[str, Any] = {}
         try:
             async for event in events:
                 last = event
-                if event["type"] == "error":
+                if event["type"] == "error" or self.transfer_cancel.is_set():
                     break
                 if stream:
                     self.set_header("Content-Type", NDJSON)
@@ -263,6 +247,28 @@ class OllamaPullHandler(OllamaHandler):
             return
         with contextlib.suppress(StreamClosedError):
             self.finish(set_content_type=NDJSON)
+
+
+def _ndjson(objects: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(obj) + "\n" for obj in objects).encode()
+
+
+def _ollama_lines(converter: translate.OllamaStream, events: bytes) -> bytes:
+    """Ollama's lines for an engine's complete SSE events; an error event from the engine ends the stream."""
+    objects = []
+    for chunk in sse_data(events):
+        if "error" in chunk:
+            error = chunk["error"]
+            raise ModelRunnerError(str(error.get("message", error) if isinstance(error, dict) else error))
+        objects.extend(converter.feed(chunk))
+    return _ndjson(objects)
+
+
+def _ollama_final_line(converter: translate.OllamaStream) -> bytes:
+    try:
+        return _ndjson([converter.finish()])
+    except ValueError as exc:  # a tool call whose arguments are not a JSON object
+        raise ModelRunnerError(str(exc)) from exc
 
 
 def _ollama_progress(event: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from ..runner_config import InvalidSetting, parse_keep_alive
+
 Kind = Literal["chat", "generate"]
 
 CHAT_PATH = "/v1/chat/completions"
@@ -25,10 +27,6 @@ COMPLETIONS_PATH = "/v1/completions"
 _SAME_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 # Go's largest time.Duration: what Ollama adds to "now" for a model kept loaded forever (so a date in ~2318).
 _FOREVER = timedelta(microseconds=(2**63 - 1) // 1000)
-_DEFAULT_KEEP_ALIVE = 300.0  # Ollama's "5m"
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"  # exponents: our own formatter writes "1e+07s"
-_DURATION_PART = f"({_NUMBER})(ns|us|µs|ms|s|m|h)"
 _NO_IMAGES = "images are not supported: the model runner serves text-only models"
 
 
@@ -38,21 +36,14 @@ def error_body(message: str) -> dict[str, str]:
 
 
 def keep_alive_seconds(value: Any) -> float | None:
-    """Seconds a model stays loaded after use (None: forever) from what Ollama accepts as `keep_alive` (seconds
-    or a Go duration like "1h30m", negative for forever) plus what `runner_config.format_keep_alive` writes
-    ("never", "default"); no value means the default of 5 minutes, Ollama's and our scheduler's."""
-    if value is None or value == "default":
-        return _DEFAULT_KEEP_ALIVE
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"keep_alive must be a number of seconds or a duration like '5m', not {value!r}")
-    text = str(value).strip()
-    if text.lower() == "never" or text.startswith("-"):
+    """A request's `keep_alive` in seconds (-1: keep loaded for good), or None when it names none (the model's own
+    setting then applies). Parsed by the runner's one keep_alive parser, which reads Ollama's Go durations."""
+    if value is None:
         return None
-    if re.fullmatch(_NUMBER, text):
-        return float(text)
-    if not re.fullmatch(f"(?:{_DURATION_PART})+", text):
-        raise ValueError(f"keep_alive must be a number of seconds or a duration like '5m', not {value!r}")
-    return sum(float(number) * _UNITS[unit] for number, unit in re.findall(_DURATION_PART, text))
+    try:
+        return parse_keep_alive(value)
+    except InvalidSetting as exc:
+        raise ValueError(str(exc)) from None
 
 
 def context_size(body: dict[str, Any]) -> int | None:
@@ -302,11 +293,16 @@ def tags_entry(name: str, model_json: dict[str, Any]) -> dict[str, Any]:
 
 
 def ps_entry(name: str, model_json: dict[str, Any], runner_status: dict[str, Any]) -> dict[str, Any]:
-    """One model of `/api/ps`: `size` is the runner's memory and it expires `keep_alive` after last use;
+    """One model of `/api/ps`: `size` is the runner's memory and it expires when the runner says (`expires_at`);
     `size_vram` is 0 because we do not know how the engine split the model between host and GPU memory."""
-    keep = keep_alive_seconds(runner_status.get("keep_alive"))
-    last_used = datetime.fromtimestamp(runner_status.get("last_used") or time.time(), UTC)
-    expires = last_used + (_FOREVER if keep is None else timedelta(seconds=min(keep, _FOREVER.total_seconds())))
+    expires_at = runner_status.get("expires_at")
+    keep = runner_status.get("keep_alive")
+    if expires_at is not None:
+        expires = datetime.fromtimestamp(expires_at, UTC)
+    else:  # in use, or kept for good: due keep_alive after its last use, or never
+        last_used = datetime.fromtimestamp(runner_status.get("last_used") or time.time(), UTC)
+        forever = keep is None or keep < 0 or runner_status.get("pinned")
+        expires = last_used + (_FOREVER if forever else timedelta(seconds=min(keep, _FOREVER.total_seconds())))
     entry = {"name": name, "model": name, "size": int(runner_status.get("memory") or model_json.get("size") or 0),
              "digest": _digest(model_json), "details": _details(model_json), "expires_at": _rfc3339(expires),
              "size_vram": 0}

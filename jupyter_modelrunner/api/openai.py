@@ -4,24 +4,21 @@ A reverse proxy to the engine that runs the requested model. Requests name model
 (`ai/smollm2`, `smollm2`, an id); the engine knows its model as `model`, and answers are rewritten to
 say the name the client asked for. Streams are passed on event by event with a flush after each, so
 the first token reaches the notebook as soon as the engine produces it; a client that goes away
-closes the engine request (which stops the generation) and frees the runner.
+closes the engine request (which stops the generation) and frees the runner (see `relay`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
-from tornado.iostream import StreamClosedError
 
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
-from ..errors import ModelRunnerError
-from .base import ModelRunnerHandler, error_status, openai_error
+from .base import ModelRunnerHandler, openai_error
+from .relay import StreamRelayMixin
 
 #: The name every engine serves its one model under (see engines/*.py `--served-model-name`/`--model_alias`).
 ENGINE_MODEL_NAME = "model"
@@ -37,10 +34,8 @@ def rename_model(data: bytes, name: str) -> bytes:
     return _ENGINE_MODEL_FIELD.sub(lambda _m: replacement, data)
 
 
-class OpenAIProxyHandler(ModelRunnerHandler):
+class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
     """`POST .../v1/chat/completions`, `.../v1/completions`, `.../v1/embeddings`."""
-
-    _work: asyncio.Task | None = None
 
     @web.authenticated
     @authorized
@@ -49,34 +44,17 @@ class OpenAIProxyHandler(ModelRunnerHandler):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise web.HTTPError(400, "Name the model in the request body, e.g. {\"model\": \"ai/smollm2\", ...}.")
-        self.service.metrics.requests[(endpoint, model)] += 1
-        # Run the proxying in a task of its own so a client that disconnects can cancel it (on_connection_close).
-        self._work = asyncio.get_running_loop().create_task(self._proxy(endpoint, engine, model, body))
-        await asyncio.wait({self._work})
-        if self._work.cancelled():
-            return
-        exc = self._work.exception()
+        exc = await self.run_answer(self._proxy(endpoint, engine, model, body))
         if exc is not None:
-            self.service.metrics.errors[endpoint] += 1
+            self.service.metrics.errors.labels(endpoint).inc()
             raise exc
-
-    _client_gone = False
-    _streaming = False
-
-    def on_connection_close(self) -> None:
-        self._client_gone = True
-        # While an answer streams, the relay stops at the next chunk and closes the engine request normally;
-        # cancelling a read from the engine's socket instead could leave that connection open, and the engine
-        # (which serves one request at a time) blocked on it. Before the stream (a model still loading) there
-        # is nothing open to the engine, so the work is simply cancelled.
-        if self._work is not None and not self._work.done() and not self._streaming:
-            self._work.cancel()
 
     async def _proxy(self, endpoint: str, engine: str | None, model: str, body: dict[str, Any]) -> None:
         mode = MODE_EMBEDDING if endpoint == "embeddings" else MODE_COMPLETION
         stream = bool(body.get("stream")) and endpoint != "embeddings"
         upstream_body = {**body, "model": ENGINE_MODEL_NAME}
         async with self.service.scheduler.use(model, mode=mode, engine=engine) as runner:
+            self.service.metrics.requests.labels(endpoint, runner.name).inc()
             upstream_body = runner.choice.engine.adapt_request(endpoint, upstream_body)
             # Which engine answered, for clients that show it (the %%chat magic, the sidebar).
             self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
@@ -97,34 +75,15 @@ class OpenAIProxyHandler(ModelRunnerHandler):
                 self.set_header("Content-Type", "text/event-stream; charset=utf-8")
                 self.set_header("Cache-Control", "no-cache")
                 self.set_header("X-Accel-Buffering", "no")  # nginx in front of JupyterHub: do not buffer
-                await self._relay(upstream, model)
+                await self.relay(upstream, lambda events: rename_model(events, model),
+                                 on_error=lambda status, message: self._stream_error(model, status, message),
+                                 content_type="text/event-stream; charset=utf-8")
 
-    async def _relay(self, upstream: Any, model: str) -> None:
-        """Forward whole SSE events as they come; an engine failure mid-stream becomes an error event."""
-        pending = b""
-        self._streaming = True
-        try:
-            async for chunk in upstream:
-                if self._client_gone:
-                    return  # leaving the block closes the engine request, which stops the generation
-                pending += chunk
-                cut = pending.rfind(b"\n\n")
-                if cut < 0:
-                    continue
-                events, pending = pending[: cut + 2], pending[cut + 2 :]
-                self.write(rename_model(events, model))
-                await self.flush()
-            if pending:
-                self.write(rename_model(pending, model))
-        except StreamClosedError:
-            return  # the client is gone; leaving the block closes the engine request
-        except ModelRunnerError as exc:
-            status, message = error_status(exc, 502)
-            self.service.metrics.errors["stream"] += 1
-            self.log.warning("engine failed mid-stream for %s: %s", model, message.splitlines()[0])
-            self.write(b"data: " + json.dumps(openai_error(status, message)).encode() + b"\n\n")
-        with contextlib.suppress(StreamClosedError):
-            self.finish(set_content_type="text/event-stream; charset=utf-8")
+    def _stream_error(self, model: str, status: int, message: str) -> bytes:
+        """An engine failure mid-stream, as the SSE event OpenAI clients raise as an `APIError`."""
+        self.service.metrics.errors.labels("stream").inc()
+        self.log.warning("engine failed mid-stream for %s: %s", model, message.splitlines()[0])
+        return b"data: " + json.dumps(openai_error(status, message)).encode() + b"\n\n"
 
     def _copy_headers(self, headers: Any) -> None:
         for name, value in headers.items():

@@ -3,11 +3,21 @@ push and delete, and the errors a user meets."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
+import time
 
+import filelock
+import httpx
 import pytest
 
+from jupyter_modelrunner import mediatypes as mt
 from jupyter_modelrunner.store import Store
+
+from ..support.faultproxy import FaultProxy
+from ..support.publish import gguf_config, publish_raw
 
 pytestmark = pytest.mark.timeout(120)
 API = "modelrunner"
@@ -27,7 +37,20 @@ async def test_pull_streams_progress_and_ends_with_success(jp_fetch, jp_serverap
     progress = [e for e in events if e["type"] == "progress"]
     assert progress and progress[-1]["pulled"] == progress[-1]["total"]
     listed = json.loads((await jp_fetch(API, "models")).body)
-    assert any(tag.endswith("ai/tiny-st:latest") for model in listed for tag in model["tags"])
+    assert any(tag == "ai/tiny-st:latest" for model in listed for tag in model["tags"])
+
+
+async def test_names_are_shown_as_users_type_them_where_a_default_registry_is_set(jp_fetch, registry):
+    """With the default registry set (here, the test registry), no list shows its host: `ls`, `/v1/models`,
+    Ollama's tags and `ps` all say `ai/tiny:latest`, the name a user types."""
+    listed = json.loads((await jp_fetch(API, "models")).body)
+    openai_ids = [m["id"] for m in json.loads((await jp_fetch(API, "v1", "models")).body)["data"]]
+    ollama_names = [m["name"] for m in json.loads((await jp_fetch(API, "api", "tags")).body)["models"]]
+    await jp_fetch(API, "models", "load", method="POST", body=json.dumps({"model": "ai/tiny"}))
+    running = [r["model_name"] for r in json.loads((await jp_fetch(API, "engines", "ps")).body)]
+    assert [m["tags"] for m in listed] == [["ai/tiny:latest"]]
+    assert openai_ids == ollama_names == running == ["ai/tiny:latest"]
+    assert registry.host not in json.dumps([listed, openai_ids, ollama_names, running])
 
 
 async def test_pull_of_a_bad_reference_is_a_400_with_one_error_event(jp_fetch):
@@ -104,7 +127,7 @@ async def test_package_makes_a_model_from_files_on_the_server(jp_fetch, tiny_ggu
                               body=json.dumps({"tag": "ai/packaged", "gguf": [str(tiny_gguf)], "context_size": 256}))
     assert response.code == 201
     model = json.loads(response.body)
-    assert model["tags"][0].endswith("/ai/packaged:latest") and model["engine"]["engine"] == "llama.cpp"
+    assert model["tags"][0] == "ai/packaged:latest" and model["engine"]["engine"] == "llama.cpp"
     missing = await jp_fetch(API, "models", "package", method="POST", raise_error=False,
                              body=json.dumps({"tag": "ai/nope", "gguf": [str(tmp_path / "absent.gguf")]}))
     assert missing.code in (400, 404, 422) and "absent.gguf" in json.loads(missing.body)["message"]
@@ -113,5 +136,67 @@ async def test_package_makes_a_model_from_files_on_the_server(jp_fetch, tiny_ggu
 async def test_a_safetensors_model_lists_why_no_engine_can_run_it(jp_fetch, jp_serverapp, registry, seeded):
     await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "ai/tiny-st"}))
     listed = {m["tags"][0]: m for m in json.loads((await jp_fetch(API, "models")).body)}
-    entry = listed[f"{registry.host}/ai/tiny-st:latest"]
+    entry = listed["ai/tiny-st:latest"]
     assert (entry["engine"] or {}).get("engine") == "vllm" or "vLLM" in entry["engine_error"]
+
+
+SLOW_BLOB_BYTES = 8 * 1024 * 1024
+#: A slow network (1 MiB/s) that the proxy delivers in pieces of 16 KiB: each read of the body gets about one.
+SLOW_RATE = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def slow_model(registry) -> tuple[str, str]:
+    """A model with one 8 MiB layer (two of the pull's 4 MiB progress steps), and that layer's digest."""
+    payload = b"GGUF" + os.urandom(SLOW_BLOB_BYTES - 4)
+    publish_raw(registry.host, "ai/slow", "latest", gguf_config(), mt.MODEL_CONFIG_V01, [(payload, mt.GGUF, {})])
+    return "ai/slow:latest", "sha256:" + hashlib.sha256(payload).hexdigest()
+
+
+async def poll(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_client_that_leaves_stops_the_pull_within_a_read_and_the_next_pull_resumes(
+    jp_fetch, jp_http_port, jp_base_url, jp_auth_header, registry, runner_store: Store, slow_model
+):
+    name, layer = slow_model
+    partial, lock = runner_store.incomplete_path(layer), runner_store.blob_lock(layer)
+
+    def size() -> int:
+        return partial.stat().st_size if partial.exists() else 0
+
+    def download_over() -> bool:  # the downloader holds the layer's lock until it has stopped writing
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        lock.release()
+        return True
+
+    with FaultProxy(registry.host) as proxy:
+        proxy.rate = SLOW_RATE
+        url = f"http://localhost:{jp_http_port}{jp_base_url}{API}/models/create"
+        async with (httpx.AsyncClient(headers=jp_auth_header, trust_env=False) as http,
+                    http.stream("POST", url, json={"from": f"{proxy.host}/{name}"}) as response):
+            assert response.status_code == 200
+            await poll(lambda: size() >= 1024 * 1024, "the first MiB on disk")  # mid-blob, mid-step
+        # Leaving the block closed the connection: the user's cancel.
+        at_close, closed_at = size(), time.monotonic()
+        await poll(download_over, "the download to stop")
+        stopped_after, have = time.monotonic() - closed_at, size()
+        # Within a read or two of the slow network, not at the end of the 4 MiB progress step.
+        assert have - at_close <= 4 * (SLOW_RATE // 64), (have, at_close)
+        assert stopped_after < 1.0
+        assert 0 < have < SLOW_BLOB_BYTES  # the partial download is kept
+
+        proxy.rate = None
+        proxy.reset_counters()
+        response = await jp_fetch(API, "models", "create", method="POST",
+                                  body=json.dumps({"from": f"{proxy.host}/{name}"}))
+        assert lines(response)[-1]["type"] == "success"
+        assert proxy.bytes_downstream < SLOW_BLOB_BYTES - have + 256 * 1024  # the rest, not the whole layer
+    assert runner_store.has_blob(layer) and not partial.exists()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import ollama
 import pytest
 from pydantic import BaseModel
@@ -11,6 +15,8 @@ from ..conftest import TOOL_CALL_PREFILL, WEATHER_TOOL
 pytestmark = pytest.mark.timeout(300)
 HELLO = [{"role": "user", "content": "Say hello"}]
 OPTIONS = {"temperature": 0, "seed": 1, "num_predict": 12}
+#: With `ai/tiny-long`, a stream that lasts seconds: the tiny model never picks its end token at temperature 0.
+LONG_OPTIONS = {"temperature": 0, "num_predict": 12000}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +54,55 @@ def test_ps_shows_the_loaded_model(client):
     client.generate(model="ai/tiny", prompt="hi", options=OPTIONS)
     running = client.ps().models
     assert any(m.model.endswith("ai/tiny:latest") for m in running)
+
+
+def runner_of(jupyter, model: str) -> dict:
+    with jupyter.client() as http:
+        return next(r for r in http.get("engines/ps").json() if r["model_name"].endswith(model + ":latest"))
+
+
+def leave_mid_stream(client: ollama.Client) -> None:
+    """Read a few parts of a long streamed chat, then hang up, as an interrupted cell does."""
+    stream = client.chat(model="ai/tiny-long", messages=HELLO, options=LONG_OPTIONS, stream=True)
+    for count, part in enumerate(stream):
+        assert not part.done
+        if count == 5:
+            break
+    stream.close()  # closes the HTTP response, and so the connection
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_engine_and_is_answered_again_at_once(jupyter, client):
+    """The interrupted-cell case, as with the OpenAI routes: the next request needs no waiting."""
+    for _ in range(5):
+        leave_mid_stream(client)
+        started = time.monotonic()
+        assert client.chat(model="ai/tiny-long", messages=HELLO, options=OPTIONS).message.content
+        assert time.monotonic() - started < 5  # the engine is not still generating the abandoned answer
+    deadline = time.monotonic() + 5
+    while runner_of(jupyter, "ai/tiny-long")["in_use"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not runner_of(jupyter, "ai/tiny-long")["in_use"]
+    # No connection to the engine was left open: it stops at once when asked (one left open holds its exit until
+    # the scheduler's grace period, 10 s, runs out and it is killed).
+    started = time.monotonic()
+    with jupyter.client() as http:
+        assert http.post("engines/unload", json={"models": ["ai/tiny-long"]}).json()["unloaded_runners"] == 1
+    assert time.monotonic() - started < 5
+
+
+def test_engine_killed_mid_stream_ends_the_stream_with_ollamas_error_and_the_next_chat_works(jupyter, client):
+    client.chat(model="ai/tiny-long", messages=HELLO, options=OPTIONS)
+    pid = runner_of(jupyter, "ai/tiny-long")["pid"]
+    received = 0
+    with pytest.raises(ollama.ResponseError) as caught:
+        for _part in client.chat(model="ai/tiny-long", messages=HELLO, options=LONG_OPTIONS, stream=True):
+            received += 1
+            if received == 3:
+                os.killpg(pid, signal.SIGKILL)
+    assert received >= 3
+    assert "llama.cpp" in caught.value.error
+    assert client.chat(model="ai/tiny-long", messages=HELLO, options=OPTIONS).message.content  # a fresh engine
+    assert runner_of(jupyter, "ai/tiny-long")["pid"] != pid
 
 
 def test_unknown_model_raises_the_clients_error_with_our_message(client):

@@ -19,7 +19,6 @@ from jupyter_modelrunner.api.ollama_translate import (
     show_response,
     tags_entry,
 )
-from jupyter_modelrunner.runner_config import format_keep_alive
 
 DIGEST = "ab" * 32
 MODEL_JSON = {
@@ -192,16 +191,10 @@ def test_generate_suffix_is_rejected():
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
-    (None, 300), ("5m", 300), ("1h30m", 5400), ("0s", 0), ("0", 0), (0, 0), (90, 90), ("1.5s", 1.5), ("250ms", 0.25),
-    ("never", None), (-1, None), ("-1m", None)])
+    (None, None), ("5m", 300), ("1h30m", 5400), ("0s", 0), ("0", 0), (0, 0), (90, 90), ("1.5s", 1.5), ("250ms", 0.25),
+    ("never", -1), (-1, -1), ("-1m", -1)])
 def test_keep_alive_accepts_ollama_durations(value, seconds):
     assert keep_alive_seconds(value) == seconds
-
-
-@pytest.mark.parametrize("seconds", [None, -1, 0, 0.5, 30, 300, 5400, 1_000_010])
-def test_keep_alive_reads_what_the_scheduler_reports(seconds):
-    expected = 300 if seconds is None else None if seconds < 0 else seconds
-    assert keep_alive_seconds(format_keep_alive(seconds)) == expected
 
 
 @pytest.mark.parametrize("value", ["soon", "5 minutes", "nan", "inf", True, [5]])
@@ -335,10 +328,12 @@ def test_tags_entry_has_ollamas_shape():
     }
 
 
-@pytest.mark.parametrize(("keep_alive", "expires_at"), [
-    ("5m", "2024-11-19T07:11:40.000000Z"), ("0s", "2024-11-19T07:06:40.000000Z"), ("never", "2317-")])
-def test_ps_entry_expires_keep_alive_after_last_use(keep_alive, expires_at):
-    status = {"memory": 200_000_000, "keep_alive": keep_alive, "last_used": 1732000000}
+@pytest.mark.parametrize(("status", "expires_at"), [
+    ({"keep_alive": 300, "expires_at": 1732000300}, "2024-11-19T07:11:40.000000Z"),
+    ({"keep_alive": 300, "expires_at": None}, "2024-11-19T07:11:40.000000Z"),  # in use: due keep_alive after use
+    ({"keep_alive": -1, "expires_at": None}, "2317-")])
+def test_ps_entry_expires_when_the_runner_says(status, expires_at):
+    status = {"memory": 200_000_000, "last_used": 1732000000, **status}
     entry = ps_entry("ai/smollm2:latest", MODEL_JSON, status)
     assert entry["expires_at"].startswith(expires_at)
     assert (entry["size"], entry["size_vram"], entry["digest"]) == (200_000_000, 0, DIGEST)
@@ -349,7 +344,7 @@ def test_ps_entry_expires_keep_alive_after_last_use(keep_alive, expires_at):
 
 def test_ps_entry_reports_a_known_context_size():
     model_json = MODEL_JSON | {"config": MODEL_JSON["config"] | {"context_size": 8192}}
-    entry = ps_entry("m", model_json, {"memory": 1, "keep_alive": "5m", "last_used": 1732000000})
+    entry = ps_entry("m", model_json, {"memory": 1, "keep_alive": 300, "last_used": 1732000000})
     assert entry["context_length"] == 8192
 
 
@@ -385,7 +380,7 @@ def test_everything_is_json_serialisable():
     clock = Clock()
     stream = OllamaStream("m", "chat", clock.now, clock=clock)
     objects = [*run_stream(stream, clock, llamacpp_stream()), tags_entry("m", MODEL_JSON),
-               ps_entry("m", MODEL_JSON, {"memory": 1, "keep_alive": "never", "last_used": 0}),
+               ps_entry("m", MODEL_JSON, {"memory": 1, "keep_alive": -1, "last_used": 0}),
                show_response(MODEL_JSON, "t", RAW_CONFIG)]
     for obj in objects:
         assert json.loads(json.dumps(obj)) == obj
@@ -417,7 +412,7 @@ def test_ollama_client_parses_listings():
     ollama = pytest.importorskip("ollama")
     listed = ollama.ListResponse.model_validate({"models": [tags_entry("ai/smollm2:latest", MODEL_JSON)]})
     assert listed.models[0].details.parameter_size == "135M"
-    status = {"memory": 1024, "keep_alive": "never", "last_used": 1732000000}
+    status = {"memory": 1024, "keep_alive": -1, "last_used": 1732000000}
     running = ollama.ProcessResponse.model_validate({"models": [ps_entry("ai/smollm2:latest", MODEL_JSON, status)]})
     assert running.models[0].expires_at.year == 2317
     shown = ollama.ShowResponse.model_validate(show_response(MODEL_JSON, "t", RAW_CONFIG))

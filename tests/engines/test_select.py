@@ -75,8 +75,8 @@ def test_keep_alive_durations():
     assert parse_keep_alive("1h") == 3600 and parse_keep_alive(30) == 30 and parse_keep_alive("250ms") == 0.25
     with pytest.raises(InvalidSetting):
         parse_keep_alive("soon")
-    with pytest.raises(InvalidSetting):
-        parse_keep_alive("-5")
+    assert parse_keep_alive("-5") == -1 and parse_keep_alive("never") == -1  # any negative: never unload
+    assert parse_keep_alive("1h30m") == 5400 and parse_keep_alive("300ms") == 0.3  # Go durations, as Ollama sends
 
 
 def test_hardware_probe_is_cheap_and_cached():

@@ -1,0 +1,229 @@
+"""The verbs of `jupyter modelrunner` and `%model`, once: each asks the runner through `client.RunnerClient` and
+says what happened through a `Console`, so a terminal and a notebook show the same words.
+
+Front ends differ only in their console (where text goes, how progress is drawn, how a command is spelled in a
+hint) and in the few verbs that are theirs alone (`serve`, `install-runner`; `connect`, `picker`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from .errors import ModelRunnerError
+from .presentation import (
+    df_text,
+    engine_line,
+    format_bytes,
+    model_summary,
+    models_table,
+    runners_table,
+    settings_line,
+    status_text,
+)
+
+
+class ProgressView(Protocol):
+    def update(self, event: dict[str, Any]) -> None: ...
+    def done(self, message: str) -> None: ...
+    def fail(self, message: str) -> None: ...
+
+
+class Console(Protocol):
+    """Where a verb's output goes."""
+
+    #: How the user types a verb here (`jupyter modelrunner`, `%model`), for hints in messages.
+    command: str
+
+    def print(self, text: str = "") -> None: ...
+    def warn(self, text: str) -> None: ...
+    def progress(self, title: str) -> ProgressView: ...
+
+
+def run_verb(verb: str, client: Any, args: argparse.Namespace, console: Console) -> Any:
+    """Do `verb` (`ls`, `pull`, …) with `args` as the shared parser made them."""
+    action: Callable[[Any, argparse.Namespace, Console], Any] | None = VERBS.get({"list": "ls"}.get(verb, verb))
+    if action is None:
+        raise ModelRunnerError(f"Unknown command {verb!r}.")
+    return action(client, args, console)
+
+
+# -- models ---------------------------------------------------------------------------------------------------
+
+
+def transfer(events: Iterable[dict[str, Any]], view: ProgressView, console: Console, *, quiet: bool) -> dict[str, Any]:
+    """Follow a pull or push's events on `view`; the final `success` event (a failure raises, with its message)."""
+    result: dict[str, Any] = {}
+    try:
+        for event in events:
+            kind = event.get("type")
+            if kind == "success":
+                result = event
+            elif kind == "warning":
+                console.warn(f"Warning: {event.get('message')}")
+            elif not quiet:
+                view.update(event)
+    except ModelRunnerError as exc:
+        view.fail(str(exc))
+        raise
+    except KeyboardInterrupt:
+        view.fail("Interrupted. Finished layers and partial downloads are kept; run it again to resume.")
+        raise
+    view.done(result.get("message", ""))
+    return result
+
+
+def pull(client: Any, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    result = transfer(client.pull(args.model), console.progress(f"Pulling {args.model}"), console,
+                      quiet=getattr(args, "quiet", False))
+    model = result.get("model") or client.inspect(args.model)
+    console.print(f"{result.get('message') or 'Pulled ' + args.model}\n{model_summary(model)}")
+    return model
+
+
+def push(client: Any, args: argparse.Namespace, console: Console) -> None:
+    result = transfer(client.push(args.model, args.to), console.progress(f"Pushing {args.model}"), console,
+                      quiet=getattr(args, "quiet", False))
+    console.print(result.get("message") or f"Pushed {args.model}")
+
+
+def package(client: Any, args: argparse.Namespace, console: Console) -> None:
+    model = client.package(args.tag, gguf=args.gguf or (), safetensors_dir=args.safetensors_dir,
+                           license_files=args.license, chat_template=args.chat_template,
+                           context_size=args.context_size)
+    config = model.get("config") or {}
+    console.print(f"Packaged {args.tag} ({_short(model)}): {config.get('format')}, "
+                  f"{config.get('parameters') or '?'} parameters\n  {engine_line(model)}")
+    if args.push:
+        push(client, argparse.Namespace(model=args.tag, to=None, quiet=False), console)
+
+
+def tag(client: Any, args: argparse.Namespace, console: Console) -> None:
+    model = client.tag(args.source, args.target)
+    console.print(f"Tagged {_short(model)} as {args.target}")
+
+
+def ls(client: Any, args: argparse.Namespace, console: Console) -> None:
+    models = client.models()
+    if args.json:
+        console.print(json.dumps(models, indent=2))
+    elif args.quiet:
+        console.print("\n".join(dict.fromkeys(_short(m) for m in models)))
+    elif not models:
+        console.print(f"No models yet. Pull one: {console.command} pull ai/smollm2")
+    else:
+        console.print(models_table(models))
+
+
+def inspect(client: Any, args: argparse.Namespace, console: Console) -> None:
+    console.print(json.dumps(client.inspect(args.model), indent=2))
+
+
+def rm(client: Any, args: argparse.Namespace, console: Console) -> None:
+    failed: list[str] = []
+    for name in args.models:
+        try:
+            result = client.remove(name, force=args.force)
+        except ModelRunnerError as exc:
+            if len(args.models) == 1:
+                raise
+            console.warn(f"Error: {exc}")  # the other names are still removed
+            failed.append(name)
+            continue
+        for untagged in result.get("untagged") or []:
+            console.print(f"Untagged: {untagged}")
+        if result.get("deleted"):
+            console.print(f"Deleted: {result['deleted']} (freed {format_bytes(result.get('freed_bytes') or 0)})")
+    if failed:
+        raise ModelRunnerError(f"Could not remove {', '.join(failed)}.")
+
+
+def purge(client: Any, args: argparse.Namespace, console: Console) -> None:
+    if not args.force:
+        raise ModelRunnerError(f"This deletes every model in the store. Run `{console.command} purge --force` to do "
+                               "it.")
+    result = client.purge()
+    freed = format_bytes(result.get("freed_bytes", 0))
+    console.print(f"Deleted {len(result.get('deleted') or [])} models (freed {freed})")
+
+
+def df(client: Any, args: argparse.Namespace, console: Console) -> None:
+    usage = client.df()
+    console.print(json.dumps(usage, indent=2) if args.json else df_text(usage))
+
+
+def gc(client: Any, args: argparse.Namespace, console: Console) -> None:
+    freed = client.gc(min_age=args.min_age)
+    console.print(f"Freed {format_bytes(freed.get('total', 0))} ({format_bytes(freed.get('orphans', 0))} unused "
+                  f"blobs, {format_bytes(freed.get('incomplete', 0))} partial downloads)")
+
+
+# -- engines --------------------------------------------------------------------------------------------------
+
+
+def load(client: Any, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """Start a model's engine now (Docker's preload), so the first question does not wait for it."""
+    runner = client.load(args.model, engine=getattr(args, "engine", None))
+    console.print(f"Loaded {runner.get('model_name', args.model)} on {runner.get('backend_name')} "
+                  f"({runner.get('device')}) in {runner.get('load_seconds', 0):.1f} s; {settings_line(runner)}")
+    return runner
+
+
+def ps(client: Any, args: argparse.Namespace, console: Console) -> None:
+    runners = client.ps()
+    if args.json:
+        console.print(json.dumps(runners, indent=2))
+    elif not runners:
+        console.print("No model is loaded. The first request to a model loads it "
+                      f"(or `{console.command} load MODEL`).")
+    else:
+        console.print(runners_table(runners))
+
+
+def unload(client: Any, args: argparse.Namespace, console: Console) -> None:
+    if not args.all and not args.models:
+        raise ModelRunnerError("Name the models to unload, or use --all.")
+    names = client.unload(args.models, all=args.all)
+    console.print(f"Unloaded {len(names)} model{'s' if len(names) != 1 else ''}"
+                  f"{': ' + ', '.join(names) if names else ''}")
+
+
+def configure(client: Any, args: argparse.Namespace, console: Console) -> None:
+    """Change a model's settings, or show them when nothing is given to change."""
+    flags = list(getattr(args, "runtime_flags", None) or [])
+    if args.context_size is None and args.keep_alive is None and not flags:
+        settings = client.settings(args.model)
+    else:
+        settings = client.configure(args.model, context_size=args.context_size, keep_alive=args.keep_alive,
+                                    runtime_flags=flags or None, engine=args.engine)
+    console.print(f"{args.model}: {settings_line(settings)}")
+
+
+def logs(client: Any, args: argparse.Namespace, console: Console) -> None:
+    if getattr(args, "follow", False):
+        for line in client.follow_logs(args.model, args.lines):
+            console.print(line)
+        return
+    text = client.logs(args.model, args.lines)
+    console.print(text if text else f"No engine has run {args.model} yet.")
+
+
+def status(client: Any, args: argparse.Namespace, console: Console) -> None:
+    status = client.status()
+    if args.json:
+        console.print(json.dumps(status, indent=2))
+        return
+    console.print(f"Runner: {client.url} (found via {client.location.source})\n{status_text(status)}")
+
+
+def _short(model: dict[str, Any]) -> str:
+    return str(model.get("id", "")).removeprefix("sha256:")[:12]
+
+
+VERBS: dict[str, Callable[[Any, argparse.Namespace, Console], Any]] = {
+    "pull": pull, "push": push, "package": package, "tag": tag, "ls": ls, "inspect": inspect, "rm": rm,
+    "purge": purge, "df": df, "gc": gc, "load": load, "ps": ps, "unload": unload, "configure": configure,
+    "logs": logs, "status": status,
+}
