@@ -19,6 +19,7 @@ from .presentation import (
     format_bytes,
     model_summary,
     models_table,
+    preload_hint,
     runners_table,
     settings_line,
     status_text,
@@ -80,6 +81,8 @@ def pull(client: Any, args: argparse.Namespace, console: Console) -> dict[str, A
                       quiet=getattr(args, "quiet", False))
     model = result.get("model") or client.inspect(args.model)
     console.print(f"{result.get('message') or 'Pulled ' + args.model}\n{model_summary(model)}")
+    if hint := preload_hint(model, args.model, console.command):
+        console.print(hint)
     return model
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 SCHEMA_ID = "https://events.jupyter.org/jupyter_modelrunner/engine/v1"
 SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "engine" / "v1.yaml"
-ENGINE_ACTIONS = ("loading", "ready", "unloaded", "crashed")
+ENGINE_ACTIONS = ("loading", "ready", "unloaded", "crashed", "sleeping", "waking")
 #: A running pull is summarized at most this often (its chunks arrive many times a second).
 PULL_SUMMARY_SECONDS = 1.0
 #: The status of a pull's `error` event when it was cancelled (distribution.pulling.PullCancelled).

@@ -127,6 +127,14 @@ def model_summary(model: dict[str, Any]) -> str:
     return f"  {details}\n  {engine_line(model)}"
 
 
+def preload_hint(model: dict[str, Any], name: str, command: str) -> str | None:
+    """After a pull: for an engine whose start takes tens of seconds (vLLM), how to start it before the first
+    question instead of during it (Docker's preload)."""
+    if (model.get("engine") or {}).get("engine") != "vllm":
+        return None
+    return f"  vLLM takes a while to start a model: `{command} load {name}` starts it now, before the first question."
+
+
 def df_text(usage: dict[str, Any]) -> str:
     lines = [f"Store: {usage.get('store', '')}"]
     for label, key in (("Models", "models"), ("Unused blobs", "orphans"), ("Partial downloads", "incomplete"),

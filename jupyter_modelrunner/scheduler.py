@@ -33,7 +33,16 @@ import httpx
 
 from .distribution.progress import format_bytes
 from .engines import hardware as hw
-from .engines.base import CONTEXT_CONFIGURED, MODE_COMPLETION, MODES, Engine, Launch, LoadPlan, RunConfig
+from .engines.base import (
+    CONTEXT_CONFIGURED,
+    MODE_COMPLETION,
+    MODES,
+    Engine,
+    Launch,
+    LoadPlan,
+    RunConfig,
+    StandbySpec,
+)
 from .engines.select import EngineChoice, default_engines, select_engine
 from .errors import ModelRunnerError
 from .runner_config import RunConfigFile, parse_keep_alive
@@ -57,9 +66,18 @@ class EngineFailed(ModelRunnerError):
     http_status = 502
 
 
+#: The longest parent folder for engine sockets that leaves room below it (see Scheduler.runtime_dir).
+MAX_RUNTIME_PARENT = 30
+#: How long the runner is idle before it prepares a replacement standby (which takes a CPU while it imports).
+STANDBY_QUIET_SECONDS = 3.0
+
+
 class RunnerState(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
+    #: Idle on a GPU with its weights offloaded to RAM (vLLM's sleep mode): the process stays, the GPU is free.
+    SLEEPING = "sleeping"
+    WAKING = "waking"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -89,6 +107,22 @@ class Runner:
     expires_at: float | None = None
     #: A request asked to keep it loaded for good (Ollama's negative keep_alive): only an unload stops it.
     pinned: bool = False
+    #: How its start went: from a standby or a new process, imports done ahead, seconds until ready.
+    phases: dict[str, Any] = field(default_factory=dict)
+    _started_monotonic: float = 0.0
+    #: GPU memory its plan takes while awake (0 on the CPU).
+    vram: int = 0
+    _sleep_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def vram_held(self) -> int:
+        """GPU memory it holds now: none while asleep."""
+        return 0 if self.state in (RunnerState.SLEEPING, RunnerState.STOPPED) else self.vram
+
+    @property
+    def memory_held(self) -> int:
+        """RAM it holds now: its process, and the weights it offloaded while asleep."""
+        return self.memory + (self.model.size if self.state == RunnerState.SLEEPING else 0)
     #: The context one request may use, as the started engine reports it (the plan's until it has said).
     context_size: int | None = None
     state: RunnerState = RunnerState.LOADING
@@ -124,12 +158,14 @@ class Runner:
             "last_used": int(self.last_used),
             "keep_alive": self.keep_alive,
             "expires_at": None if self.pinned or self.in_use else self.expires_at,
-            "memory": self.memory,
+            "memory": self.memory_held,
+            "vram": self.vram_held,
             "pid": self.process.pid,
             "context_size": self.context_size,
             "context_source": self.plan.context_source if self.plan else None,
             "slots": self.plan.slots if self.plan else None,
             "implementation": self.implementation,
+            "load": self.phases,
         }
 
     @property
@@ -206,6 +242,30 @@ class EngineStream:
         return self.chunks
 
 
+@dataclass
+class Standby:
+    """An engine interpreter started ahead of time with its imports done, waiting for the next load to adopt it."""
+
+    engine: Engine
+    spec: StandbySpec
+    process: asyncio.subprocess.Process
+    started: float = field(default_factory=time.time)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    import_seconds: float | None = None
+    output: list[str] = field(default_factory=list)
+    _reader: asyncio.Task | None = None
+
+    def status(self) -> dict[str, Any]:
+        """A `ps` entry of its own (mode and state `standby`), with the memory it really holds."""
+        return {"backend_name": self.engine.name, "model_name": "(standby)", "model_id": "", "mode": "standby",
+                "device": "", "reason": f"a {self.engine.name} interpreter with its imports done, for the next load",
+                "state": "standby" if self.ready.is_set() else "loading", "loading": not self.ready.is_set(),
+                "in_use": False, "requests": 0, "last_used": int(self.started), "keep_alive": -1,
+                "expires_at": None, "memory": _resident_bytes(self.process.pid) or self.spec.memory,
+                "pid": self.process.pid, "context_size": None, "context_source": None, "slots": None,
+                "implementation": self.engine.name, "import_seconds": self.import_seconds}
+
+
 class Scheduler:
     """Owns the engine processes for one store. Create one per server (or CLI run), in its event loop."""
 
@@ -216,14 +276,18 @@ class Scheduler:
         engines: Sequence[Engine] | None = None,
         hardware: hw.Hardware | None = None,
         memory_budget: int | None = None,
+        vram_budget: int | None = None,
         keep_alive: float = DEFAULT_KEEP_ALIVE,
         runtime_dir: Path | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        standby: bool = False,
     ) -> None:
         self.store = store
         self.engines = list(engines or default_engines())
         self.hardware = hardware or hw.probe()
         self.memory_budget = memory_budget or int(self.hardware.memory_total * 0.8)
+        #: GPU memory the engines may use together (a budget of its own): 90 % of the GPUs' memory by default.
+        self.vram_budget = vram_budget or int(sum(gpu.memory_total for gpu in self.hardware.gpus) * 0.9)
         self.keep_alive = keep_alive
         self.settings = RunConfigFile(store.root)
         self.runners: dict[RunnerKey, Runner] = {}
@@ -234,6 +298,11 @@ class Scheduler:
         self._runtime: Path | None = None
         self._tasks: set[asyncio.Task] = set()
         self._log_writer = LogWriter()
+        #: Keep an engine interpreter with its imports done for the next load (vLLM: see prepare_standby).
+        self.standby_enabled = standby
+        self._standby: Standby | None = None
+        self._standby_lock = asyncio.Lock()
+        self._last_busy = time.monotonic()
         self._log_followers: dict[str, set[asyncio.Queue[str]]] = {}
         self.stats = {"loads": 0, "load_failures": 0, "evictions": 0, "crashes": 0}
 
@@ -262,6 +331,9 @@ class Scheduler:
         # Resolving reads the index, manifest and config, and an engine's availability check looks at
         # installed packages: off the event loop, which may be the notebook server's.
         model = await asyncio.to_thread(self.store.resolve, name)
+        asleep = self._runner_of(model.id, mode, engine, (RunnerState.SLEEPING, RunnerState.WAKING))
+        if asleep is not None:
+            await self._wake(asleep)  # requests that arrive while it wakes wait for it here, they do not fail
         runner = self._ready_runner(model.id, mode, engine)
         while runner is not None and self._wants_other_context(runner, context_size):
             await runner.idle.wait()
@@ -280,6 +352,7 @@ class Scheduler:
         finally:
             runner.in_use -= 1
             runner.last_used = time.time()
+            self._last_busy = time.monotonic()
             wanted = runner.keep_alive if keep_alive is None else keep_alive
             if wanted < 0:
                 runner.pinned = True
@@ -297,8 +370,12 @@ class Scheduler:
                     and plan.context_size != context_size)
 
     def _ready_runner(self, model_id: str, mode: str, engine: str | None) -> Runner | None:
+        return self._runner_of(model_id, mode, engine, (RunnerState.READY,))
+
+    def _runner_of(self, model_id: str, mode: str, engine: str | None,
+                   states: tuple[RunnerState, ...]) -> Runner | None:
         for runner in self.runners.values():
-            if (runner.key.model_id == model_id and runner.key.mode == mode and runner.state == RunnerState.READY
+            if (runner.key.model_id == model_id and runner.key.mode == mode and runner.state in states
                     and engine in (None, runner.key.engine)):
                 return runner
         return None
@@ -326,25 +403,42 @@ class Scheduler:
     async def _load(self, key: RunnerKey, model: Model, choice: EngineChoice, context_size: int | None) -> Runner:
         engine = choice.engine
         config = self.settings.get(model.id)
-        plan = engine.plan(model, config, budget=self.memory_budget, request_context=context_size, mode=key.mode)
+        plan = engine.plan(model, config, budget=self.memory_budget, request_context=context_size, mode=key.mode,
+                           hardware=self.hardware, vram_budget=self.vram_budget)
         memory = plan.memory
         async with self._admission:
-            await self._make_room(memory, model, engine)
+            await self._make_room(plan.memory, model, engine, vram=plan.vram)
             workdir = Path(tempfile.mkdtemp(prefix=f"{engine.name.replace('.', '')}-", dir=self.runtime_dir))
             launch = engine.launch(model, workdir=workdir, config=config, hardware=self.hardware, mode=key.mode,
-                                   cache_dir=self.store.root / "cache" / engine.name.replace(".", ""), plan=plan)
+                                   cache_dir=self._cache_dir(engine), plan=plan)
             self._on_event("loading", {"model": model.short_id, "engine": engine.name, "reason": choice.reason})
-            log.info("starting %s for %s: %s", engine.name, model.short_id, " ".join(launch.argv))
-            # No preexec_fn: forking with a Python callback is unsafe in a threaded server. The engine gets its own
-            # session from the C side, and its parent-death signal from a tiny launcher that then execs it.
-            process = await asyncio.create_subprocess_exec(
-                *_dying_with_parent(launch.argv), env=launch.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                limit=1024 * 1024,
-            )
+            standby = await self._take_standby(engine)
+            started = time.monotonic()
+            if standby is not None:
+                log.info("handing %s for %s to the standby (pid %d): %s", engine.name, model.short_id,
+                         standby.process.pid, " ".join(launch.argv))
+                process = standby.process
+                assert process.stdin is not None
+                process.stdin.write((json.dumps(engine.handover(launch, standby.spec)) + "\n").encode())
+                await process.stdin.drain()
+                process.stdin.close()
+            else:
+                log.info("starting %s for %s: %s", engine.name, model.short_id, " ".join(launch.argv))
+                # No preexec_fn: forking with a Python callback is unsafe in a threaded server. The engine gets its
+                # own session from the C side, and its parent-death signal from a tiny launcher that then execs it.
+                process = await asyncio.create_subprocess_exec(
+                    *_dying_with_parent(launch.argv), env=launch.env, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                    limit=1024 * 1024,
+                )
             keep_alive = config.keep_alive if config.keep_alive is not None else self.keep_alive
             runner = Runner(key, model, choice, launch, workdir, process, memory, keep_alive, plan=plan,
-                            context_size=plan.context_size)
+                            context_size=plan.context_size, vram=plan.vram)
+            runner.phases = {"started_from": "standby" if standby else "new process",
+                             "imports_done_ahead_seconds": standby.import_seconds if standby else None}
+            runner._started_monotonic = started
+            if standby is not None:
+                runner.log.extend(standby.output)
             runner.idle.set()
             runner.client = _client_for(launch, engine)
             self.runners[key] = runner
@@ -357,9 +451,12 @@ class Scheduler:
             await self._stop(runner, "failed to start")
             raise
         runner.context_size = await engine.reported_context(runner.client) or plan.context_size
+        runner.phases["ready_seconds"] = round(time.monotonic() - runner._started_monotonic, 3)
         runner.state = RunnerState.READY
         self.stats["loads"] += 1
         self._on_event("ready", runner.status())
+        if self.standby_enabled and engine.standby(self.hardware, self._cache_dir(engine)) is not None:
+            self._background(self._replace_standby_when_quiet())  # the next load gets one too
         return runner
 
     async def _wait_ready(self, runner: Runner, timeout: float) -> None:
@@ -388,10 +485,104 @@ class Scheduler:
             f"Last lines of its log:\n{runner.log_tail(15)}"
         )
 
+    # -- standby --------------------------------------------------------------------------------------
+
+    def _cache_dir(self, engine: Engine) -> Path:
+        return self.store.root / "cache" / engine.name.replace(".", "")
+
+    async def prepare_standby(self) -> Standby | None:
+        """Start an engine interpreter with its imports done, for the next load, if an engine has one and memory
+        allows (the budget with what runs now, and what the machine has free). It never touches a device."""
+        if not self.standby_enabled:
+            return None
+        async with self._standby_lock:
+            if self._standby is not None and self._standby.process.returncode is None:
+                return self._standby
+            for engine in self.engines:
+                spec = await asyncio.to_thread(engine.standby, self.hardware, self._cache_dir(engine))
+                if spec is None:
+                    continue
+                used = sum(r.memory for r in self.runners.values() if r.state != RunnerState.STOPPED)
+                if used + spec.memory > self.memory_budget or hw.memory_available() < 2 * spec.memory:
+                    log.info("no %s standby: %s would not fit the memory budget", engine.name,
+                             format_bytes(spec.memory))
+                    return None
+                process = await asyncio.create_subprocess_exec(
+                    *_dying_with_parent(spec.argv), env=spec.env, stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                    limit=1024 * 1024,
+                )
+                standby = Standby(engine, spec, process)
+                standby._reader = asyncio.get_running_loop().create_task(self._read_standby(standby))
+                self._standby = standby
+                log.info("started a %s standby (pid %d)", engine.name, process.pid)
+                return standby
+        return None
+
+    async def _replace_standby_when_quiet(self) -> None:
+        """Prepare the next standby once no request or load has run for STANDBY_QUIET_SECONDS: its imports take a
+        whole CPU for seconds, which would otherwise come out of the first answers of the model just loaded."""
+        while self.standby_enabled and self._standby is None:
+            busy = bool(self._loads) or any(r.in_use for r in self.runners.values())
+            if busy:
+                self._last_busy = time.monotonic()
+            elif time.monotonic() - self._last_busy >= STANDBY_QUIET_SECONDS:
+                await self.prepare_standby()
+                return
+            await asyncio.sleep(0.25)
+
+    async def _read_standby(self, standby: Standby) -> None:
+        """Wait for the standby's `ready` line, keeping what it printed before (it goes to its runner's log)."""
+        stream = standby.process.stdout
+        assert stream is not None
+        while not standby.ready.is_set():
+            line = await stream.readline()
+            if not line:  # it died before being used
+                if self._standby is standby:
+                    self._standby = None
+                standby.ready.set()
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            if text.startswith("{") and '"standby": "ready"' in text:
+                standby.import_seconds = json.loads(text).get("import_seconds")
+                standby.ready.set()
+            else:
+                standby.output.append(text)
+
+    async def _take_standby(self, engine: Engine) -> Standby | None:
+        """The standby for `engine`, once it is ready (a starting one is still sooner than a new process)."""
+        standby = self._standby
+        if standby is None or standby.engine is not engine or standby.process.returncode is not None:
+            return None
+        self._standby = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(standby.ready.wait(), engine.load_timeout)
+        if standby.process.returncode is not None or standby.import_seconds is None:
+            await self._stop_standby(standby)
+            return None
+        return standby
+
+    async def _stop_standby(self, standby: Standby | None = None) -> None:
+        standby = standby or self._standby
+        if standby is None:
+            return
+        if self._standby is standby:
+            self._standby = None
+        _signal_group(standby.process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(standby.process.wait(), STOP_GRACE_SECONDS)
+        except TimeoutError:
+            _signal_group(standby.process.pid, signal.SIGKILL)
+            await standby.process.wait()
+        if standby._reader is not None:
+            standby._reader.cancel()
+
     # -- memory ---------------------------------------------------------------------------------------
 
-    async def _make_room(self, needed: int, model: Model, engine: Engine) -> None:
-        """Evict idle runners (LRU first) until `needed` bytes fit; refuse with numbers if they cannot."""
+    async def _make_room(self, needed: int, model: Model, engine: Engine, *, vram: int = 0,
+                         keep: Runner | None = None) -> None:
+        """Evict idle runners (LRU first) until `needed` bytes of RAM and `vram` of GPU memory fit their budgets;
+        refuse with the numbers when they cannot. `keep` is the runner being made room for (a waking one)."""
         label = model.to_json()["tags"][0] if model.tags else model.short_id
         if needed > self.memory_budget:
             raise NotEnoughMemory(
@@ -399,16 +590,35 @@ class Scheduler:
                 f"more than the memory budget of {format_bytes(self.memory_budget)}. Use a smaller context size "
                 f"(`configure {label} --context-size N`), a smaller quantization, or raise the budget."
             )
+        if vram > self.vram_budget:
+            gpus = ", ".join(f"{g.name} ({format_bytes(g.memory_total)})" for g in self.hardware.gpus) or "no GPU"
+            raise NotEnoughMemory(
+                f"{label} needs about {format_bytes(vram)} of GPU memory with {engine.name} (weights, KV caches and "
+                f"the engine's runtime), more than the GPU budget of {format_bytes(self.vram_budget)} ({gpus}). Use a "
+                f"smaller context size (`configure {label} --context-size N`) or a smaller quantization."
+            )
         while True:
-            live = [r for r in self.runners.values() if r.state != RunnerState.STOPPED]
-            used = sum(r.memory for r in live)
+            live = [r for r in self.runners.values() if r.state != RunnerState.STOPPED and r is not keep]
+            used = sum(r.memory_held for r in live) + (self._standby.spec.memory if self._standby else 0)
+            used_vram = sum(r.vram_held for r in live)
             free_now = hw.memory_available() + used  # memory our own runners hold comes back when they stop
-            if used + needed <= min(self.memory_budget, free_now):
+            ram_short = used + needed > min(self.memory_budget, free_now)
+            vram_short = used_vram + vram > self.vram_budget
+            if not ram_short and not vram_short:
                 return
-            idle = sorted((r for r in live if r.in_use == 0 and r.state == RunnerState.READY),
-                          key=lambda r: r.last_used)
+            if ram_short and self._standby is not None:  # cheaper to start again than a model
+                await self._stop_standby()
+                continue
+            idle = sorted((r for r in live if r.in_use == 0 and r.state in (RunnerState.READY, RunnerState.SLEEPING)
+                           and (ram_short or r.vram_held)), key=lambda r: r.last_used)
             if not idle:
-                busy = ", ".join(f"{r.name} ({format_bytes(r.memory)})" for r in live) or "other programs"
+                if vram_short:
+                    busy = ", ".join(f"{r.name} ({format_bytes(r.vram_held)})" for r in live if r.vram_held)
+                    raise NotEnoughMemory(
+                        f"Not enough GPU memory to load {label} (needs about {format_bytes(vram)}; GPU budget "
+                        f"{format_bytes(self.vram_budget)}, {format_bytes(self.vram_budget - used_vram)} free). In "
+                        f"use: {busy}. Try again when they finish, or unload them.")
+                busy = ", ".join(f"{r.name} ({format_bytes(r.memory_held)})" for r in live) or "other programs"
                 raise NotEnoughMemory(
                     f"Not enough memory to load {label} (needs about {format_bytes(needed)}; budget "
                     f"{format_bytes(self.memory_budget)}, {format_bytes(max(0, free_now - used))} available). "
@@ -418,6 +628,44 @@ class Scheduler:
             self.stats["evictions"] += 1
             log.info("evicting %s to make room for %s", victim.name, label)
             await self._stop(victim, f"evicted to make room for {label}")
+
+    # -- sleep ----------------------------------------------------------------------------------------
+
+    async def _sleep(self, runner: Runner) -> None:
+        """Give an idle runner's GPU memory back but keep its process (its weights go to RAM): faster to wake."""
+        async with runner._sleep_lock:
+            if runner.state != RunnerState.READY or runner.in_use:
+                return
+            # Sleeping from here on: a request that comes now waits for this lock in _wake, then wakes it.
+            runner.state = RunnerState.SLEEPING
+            try:
+                await runner.choice.engine.sleep(runner.client)
+            except Exception as exc:  # an engine that cannot sleep after all: stop it as keep_alive says
+                log.warning("%s for %s could not sleep (%s); stopping it", runner.key.engine, runner.name, exc)
+                await self._stop(runner, "idle (keep_alive), could not sleep")
+                return
+            self._on_event("sleeping", {"model": runner.model.short_id, "engine": runner.key.engine,
+                                        "why": "idle (keep_alive)"})
+
+    async def _wake(self, runner: Runner) -> None:
+        """Bring a sleeping runner back, once its GPU memory fits again; concurrent callers wait for one wake."""
+        async with runner._sleep_lock:
+            if runner.state not in (RunnerState.SLEEPING, RunnerState.WAKING):
+                return
+            async with self._admission:
+                await self._make_room(0, runner.model, runner.choice.engine, vram=runner.vram, keep=runner)
+                runner.state = RunnerState.WAKING
+            self._on_event("waking", {"model": runner.model.short_id, "engine": runner.key.engine})
+            started = time.monotonic()
+            try:
+                await runner.choice.engine.wake(runner.client)
+            except Exception as exc:
+                await self._stop(runner, f"could not wake ({exc})")
+                raise EngineFailed(f"{runner.key.engine} could not wake {runner.name} ({exc}); it was stopped, "
+                                   "the next request starts it again.") from exc
+            runner.phases["woke_seconds"] = round(time.monotonic() - started, 3)
+            runner.state = RunnerState.READY
+            self._on_event("ready", runner.status())
 
     # -- idle, unload, shutdown -----------------------------------------------------------------------
 
@@ -442,8 +690,16 @@ class Scheduler:
 
     async def _expire(self, runner: Runner) -> None:
         if runner.in_use == 0 and runner.state == RunnerState.READY and not runner.pinned:
+            if runner.vram and runner.choice.engine.can_sleep(self.hardware) and self._ram_for(runner.model.size):
+                await self._sleep(runner)  # a GPU engine sleeps instead (its weights go to RAM): waking is fast
+                return
             idle = max(0.0, time.time() - runner.last_used)
             await self._stop(runner, f"idle for {idle:.0f} s (keep_alive)")
+
+    def _ram_for(self, size: int) -> bool:
+        """Whether `size` more bytes of RAM fit the budget and the machine now (a sleeping engine's weights)."""
+        used = sum(r.memory_held for r in self.runners.values() if r.state != RunnerState.STOPPED)
+        return used + size <= self.memory_budget and size < hw.memory_available()
 
     async def unload(self, names: Sequence[str] = (), *, all: bool = False, engine: str | None = None) -> list[str]:
         """Stop the runners of `names` (any tag, digest or id), or every runner; returns what stopped."""
@@ -459,6 +715,8 @@ class Scheduler:
         return [r.name for r in targets]
 
     async def shutdown(self) -> None:
+        self.standby_enabled = False
+        await self._stop_standby()
         for task in list(self._loads.values()):
             task.cancel()
         await asyncio.gather(*(self._stop(r, "shutting down") for r in list(self.runners.values())),
@@ -542,7 +800,11 @@ class Scheduler:
     # -- status and settings --------------------------------------------------------------------------
 
     def ps(self) -> list[dict[str, Any]]:
-        return [r.status() for r in sorted(self.runners.values(), key=lambda r: r.started)]
+        """The runners, oldest first, and the standby interpreter when there is one (mode `standby`)."""
+        entries = [r.status() for r in sorted(self.runners.values(), key=lambda r: r.started)]
+        if self._standby is not None:
+            entries.append(self._standby.status())
+        return entries
 
     def logs(self, name: str, lines: int = 200) -> str:
         """The runner's recent output, or the last run's log file when it is not loaded (on the event loop)."""
@@ -618,13 +880,16 @@ class Scheduler:
                             "version": availability.version, "reason": availability.reason,
                             "formats": sorted(engine.formats), "location": availability.location,
                             "implementation": availability.implementation})
-        return {"hardware": self.hardware.describe(), "memory_budget": self.memory_budget, "engines": engines}
+        return {"hardware": self.hardware.describe(), "memory_budget": self.memory_budget,
+                "vram_budget": self.vram_budget, "engines": engines}
 
     @property
     def runtime_dir(self) -> Path:
-        """A user-only folder for engine sockets (short path: Unix sockets allow ~100 characters)."""
+        """A user-only folder for engine sockets. Its path must stay short: a Unix socket's path has at most 107
+        bytes, and vLLM puts sockets named by a UUID in its temporary folder below it (about 75 bytes more)."""
         if self._runtime is None:
-            base = self._runtime_parent or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+            candidates = [os.environ.get("XDG_RUNTIME_DIR") or "", tempfile.gettempdir(), "/tmp"]
+            base = self._runtime_parent or Path(next(c for c in candidates if c and len(c) <= MAX_RUNTIME_PARENT))
             self._runtime = Path(tempfile.mkdtemp(prefix="modelrunner-", dir=base))
             self._runtime.chmod(0o700)
         return self._runtime
@@ -692,6 +957,17 @@ def _client_for(launch: Launch, engine: Engine) -> httpx.AsyncClient:
         base_url=launch.base_url, transport=transport, headers=launch.headers,
         timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
     )
+
+
+def _resident_bytes(pid: int) -> int | None:
+    """A process's resident memory (Linux /proc), or None where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _signal_group(pid: int, sig: int) -> None:

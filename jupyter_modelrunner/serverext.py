@@ -8,6 +8,7 @@ engine when the server stops. Only assembling and lifetime live here; the logic 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from datetime import UTC, datetime
@@ -61,6 +62,12 @@ class ModelRunner(ExtensionApp):
         help="""Bytes of memory the engines may use together (weights and KV caches). Idle models are unloaded
         to make room, least recently used first; a model that cannot fit is refused. 0: 80% of the machine's RAM.""",
     )
+    gpu_memory_budget = Integer(
+        0, config=True,
+        help="""Bytes of GPU memory the engines may use together, a budget apart from RAM: each plan counts its
+        weights, KV caches and the engine's device runtime; idle models are evicted for a new one, least recently
+        used first. 0: 90% of the NVIDIA GPUs' memory.""",
+    )
     load_timeout = Float(
         0, config=True,
         help="""Seconds to wait for an engine to become ready (0: the engine's default, minutes for vLLM).""",
@@ -80,6 +87,12 @@ class ModelRunner(ExtensionApp):
         help="""Python interpreter of the environment with vLLM (empty: $MODEL_RUNNER_VLLM_PYTHON, else the one
         `jupyter modelrunner install-runner vllm` made). vLLM lives in its own environment so its pins do not
         constrain yours.""",
+    )
+    vllm_standby = Bool(
+        True, config=True,
+        help="""Keep a vLLM interpreter with its imports done (7-8 s of a CPU start) waiting for the next safetensors
+        model, and a new one after each load, when vLLM is installed and the memory budget has room (~1 GiB). Off:
+        $MODEL_RUNNER_VLLM_STANDBY=0.""",
     )
     mount_at_root = Bool(
         False, config=True,
@@ -101,6 +114,10 @@ class ModelRunner(ExtensionApp):
         help="""Export MODEL_RUNNER_HOST and MODEL_RUNNER_TOKEN to the server's environment so the kernels it
         starts find this runner (jupyter_modelrunner.base_url() and api_key() read them).""",
     )
+
+    @default("vllm_standby")
+    def _vllm_standby_default(self) -> bool:
+        return os.environ.get("MODEL_RUNNER_VLLM_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
 
     @default("default_registry")
     def _default_registry_default(self) -> str:
@@ -135,7 +152,8 @@ class ModelRunner(ExtensionApp):
                 engine.load_timeout = self.load_timeout
         service = ModelRunnerService.create(
             store, registry=self.default_registry or None, engines=engines,
-            memory_budget=self.memory_budget or None, keep_alive=parse_keep_alive(self.keep_alive),
+            memory_budget=self.memory_budget or None, vram_budget=self.gpu_memory_budget or None,
+            keep_alive=parse_keep_alive(self.keep_alive), standby=self.vllm_standby,
         )
         service.subscribe(self._log_engine_event)
         self._detach_events = attach_events(service, self.serverapp.event_logger)
@@ -159,6 +177,7 @@ class ModelRunner(ExtensionApp):
         self._export_location()
         if self.service.owns_store:
             self._publish()
+            self._prepare_standby()
         if self.mount_at_root:
             self._announce()
         self._watchers = [PeriodicCallback(self._watch_owner, OWNER_CHECK_SECONDS * 1000),
@@ -189,9 +208,16 @@ class ModelRunner(ExtensionApp):
             return
         if service.claim_store():
             self._publish()
+            self._prepare_standby()
             self.log.warning("Model runner: the store's owner is gone; this server runs its engines now")
         elif service.remote_owner is None:
             self.log.debug("Model runner: the store's owner has not published its address yet")
+
+    def _prepare_standby(self) -> None:
+        """Start the vLLM standby in the background (the server answers meanwhile)."""
+        if self.vllm_standby:
+            task = asyncio.get_running_loop().create_task(self.service.scheduler.prepare_standby())
+            self._standby_task = task  # keep a reference until it is done
 
     def _record_activity(self) -> None:
         """While work is in progress, tell Jupyter (and so JupyterHub's culler, through /api/status) it is active."""

@@ -58,6 +58,7 @@ def isolated_env(monkeypatch, tmp_path_factory) -> None:
     # send a later test's commands to a server that has stopped.
     monkeypatch.delenv("MODEL_RUNNER_HOST", raising=False)
     monkeypatch.delenv("MODEL_RUNNER_TOKEN", raising=False)
+    monkeypatch.setenv("MODEL_RUNNER_VLLM_STANDBY", "0")  # runners the tests start: see server_env
 
 
 @pytest.fixture(scope="session")
@@ -132,6 +133,8 @@ def server_env(workdir: Path, store: Path, registry_host: str) -> dict[str, str]
     env.update({"HOME": str(workdir / "home"), "JUPYTER_CONFIG_DIR": str(workdir / "config"),
                 "JUPYTER_DATA_DIR": str(workdir / "data"), "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
                 "MODEL_RUNNER_STORE": str(store), "MODEL_RUNNER_DEFAULT_REGISTRY": registry_host,
+                # A vLLM standby per test server would cost each 7 s of CPU and 0.5 GiB; its own tests turn it on.
+                "MODEL_RUNNER_VLLM_STANDBY": "0",
                 "NO_PROXY": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"})
     return env
 
@@ -187,7 +190,8 @@ def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess
         yield server
 
 
-ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_python_server", "llama-server", "vllm.entrypoints")
+ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_python_server", "llama-server", "vllm.entrypoints",
+                  "vllm_standby.py", "VLLM::")
 # Every process this session starts inherits this variable (engines included: they drop only MODEL_RUNNER_*
 # and JPY_*), so the check below judges this session's engines, not those of another run on the machine.
 SESSION_MARKER = f"PYTEST_MODELRUNNER_SESSION={os.getpid()}-{os.urandom(4).hex()}"

@@ -17,6 +17,7 @@ from IPython.utils.capture import capture_output
 from jupyter_modelrunner import client as client_module
 from jupyter_modelrunner import magics as magics_module
 from jupyter_modelrunner.distribution import package_gguf
+from jupyter_modelrunner.engines.vllm import default_vllm_python
 from jupyter_modelrunner.magics import ModelRunnerMagics, split_chat_line
 from jupyter_modelrunner.reference import parse_reference
 
@@ -66,6 +67,16 @@ def test_pull_ls_inspect_tag_rm(shell, registry):
     assert result.success and "Tagged" in out
     out, _, result = run(shell, "%model rm ai/tiny-copy:v1")
     assert result.success and "Untagged: ai/tiny-copy:v1" in out
+
+
+def test_pull_of_a_vllm_model_offers_to_start_it_before_the_first_question(shell):
+    if default_vllm_python() is None:
+        pytest.skip("no vLLM environment (jupyter modelrunner install-runner vllm)")
+    out, _, result = run(shell, "%model pull ai/tiny-st")
+    assert result.success, out
+    assert "Runs on vllm" in out and "`%model load ai/tiny-st` starts it now" in out
+    out, _, _ = run(shell, "%model pull ai/tiny")  # llama.cpp starts in a second: no such advice
+    assert "Runs on llama.cpp" in out and "%model load" not in out
 
 
 def test_push_package_configure_logs_df_status(shell, registry, tiny_gguf, tmp_path):

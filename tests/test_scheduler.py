@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from jupyter_modelrunner.distribution import package_gguf
+from jupyter_modelrunner.distribution.progress import format_bytes
 from jupyter_modelrunner.engines.base import EngineFlagRefused
+from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
 from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduler import EngineFailed, NotEnoughMemory, Scheduler, sse_events
@@ -329,3 +335,153 @@ def test_a_chat_template_layer_replaces_the_gguf_template(tmp_path, tiny_gguf):
 
     plain_tokens, chatml_tokens = run(scenario())
     assert plain_tokens < chatml_tokens  # no <|im_start|>user … <|im_end|> wrapping
+
+
+# -- GPU admission and sleep, on a simulated GPU ------------------------------------------------------------------
+# This machine has no NVIDIA GPU. These tests give the scheduler a hardware probe that reports one (a named fake,
+# SIMULATED_GPU): the planning, the VRAM budget, eviction and the sleep/wake states are the real code, and the
+# engines are the real llama-server (a CPU build, which ignores its --n-gpu-layers).
+
+SIMULATED_GPU = "SIMULATED GPU (test fake: no device is touched)"
+
+
+def simulated_cuda(memory: int) -> Hardware:
+    """The real CPU and RAM of this machine, with one fake NVIDIA GPU of `memory` bytes."""
+    real = probe()
+    return dataclasses.replace(real, gpus=(Gpu(SIMULATED_GPU, memory, memory),))
+
+
+def _vram_of(store: Store, name: str) -> int:
+    hardware = simulated_cuda(80 * 1024**3)
+    plan = LlamaCppEngine().plan(store.resolve(name), _config(store, name), budget=probe().memory_total,
+                                 hardware=hardware, vram_budget=80 * 1024**3)
+    return plan.vram
+
+
+def test_gpu_admission_shares_the_device_evicts_lru_and_refuses_with_numbers(local_store, tiny_gguf):
+    package_gguf(local_store, tiny_gguf, parse_reference("127.0.0.1:1/ai/tiny-third"), context_size=512)
+    tiny, other = _vram_of(local_store, "ai/tiny"), _vram_of(local_store, "ai/tiny-other")
+    third = _vram_of(local_store, "ai/tiny-third")
+    assert tiny >= third >= other > 0
+    budget = tiny + other + (other // 2)  # two fit together; a third of either size does not
+
+    async def scenario():
+        scheduler = Scheduler(local_store, keep_alive=60, hardware=simulated_cuda(budget * 2), vram_budget=budget)
+        try:
+            await chat(scheduler, "ai/tiny")
+            await chat(scheduler, "ai/tiny-other")
+            shared = {r["model_name"]: r["vram"] for r in scheduler.ps()}
+            await chat(scheduler, "ai/tiny-third")
+            after = [r["model_name"] for r in scheduler.ps()]
+            return shared, after, scheduler.stats["evictions"], scheduler.status()
+        finally:
+            await scheduler.shutdown()
+
+    shared, after, evictions, status = run(scenario())
+    assert shared == {"ai/tiny:latest": tiny, "ai/tiny-other:latest": other}  # both on the one GPU at once
+    assert after == ["ai/tiny-other:latest", "ai/tiny-third:latest"] and evictions == 1  # ai/tiny was LRU
+    assert status["vram_budget"] == budget
+
+    async def never_fits():
+        scheduler = Scheduler(local_store, hardware=simulated_cuda(tiny), vram_budget=tiny // 2)
+        try:
+            await chat(scheduler, "ai/tiny")
+        finally:
+            await scheduler.shutdown()
+
+    with pytest.raises(NotEnoughMemory) as refused:
+        run(never_fits())
+    message = str(refused.value)
+    # the planner shrank its slots first (memory permitting); what it still needs is named, with the budget
+    assert re.search(rf"needs about [\d.]+ MiB of GPU memory .* more than the GPU budget of "
+                     rf"{re.escape(format_bytes(tiny // 2))} \({re.escape(SIMULATED_GPU)}", message)
+
+
+class SleepyLlamaCpp(LlamaCppEngine):
+    """A test fake of an engine that can sleep (vLLM's sleep mode needs CUDA): llama-server that pretends to
+    offload its weights. Waking waits for the test to open `wake_gate`, so the test sees the `waking` state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.wake_gate = asyncio.Event()
+
+    def can_sleep(self, hardware: Hardware) -> bool:
+        return hardware.cuda
+
+    async def sleep(self, client) -> None:
+        self.calls.append("sleep")
+
+    async def wake(self, client) -> None:
+        self.calls.append("wake")
+        await self.wake_gate.wait()
+
+
+async def _poll(predicate, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the state")
+        await asyncio.sleep(0.05)
+    return value
+
+
+def test_idle_gpu_engine_sleeps_and_wakes_for_the_requests_that_wait(local_store):
+    engine = SleepyLlamaCpp()
+    events: list[str] = []
+
+    async def scenario():
+        scheduler = Scheduler(local_store, engines=[engine], keep_alive=0.5, hardware=simulated_cuda(80 * 1024**3),
+                              on_event=lambda kind, data: events.append(kind))
+        try:
+            await chat(scheduler)
+            (loaded,) = scheduler.ps()
+            asleep = await _poll(lambda: [r for r in scheduler.ps() if r["state"] == "sleeping"])
+            # Two requests arrive while it is asleep: both wait for the one wake, neither fails.
+            requests = [asyncio.create_task(chat(scheduler)) for _ in range(2)]
+            waking = await _poll(lambda: [r for r in scheduler.ps() if r["state"] == "waking"])
+            await asyncio.sleep(0.3)
+            pending = [not task.done() for task in requests]
+            engine.wake_gate.set()
+            answers = await asyncio.gather(*requests)
+            (awake,) = scheduler.ps()
+            return loaded, asleep[0], waking[0], pending, answers, awake
+        finally:
+            await scheduler.shutdown()
+
+    loaded, asleep, waking, pending, answers, awake = run(scenario())
+    assert loaded["state"] == "ready" and loaded["vram"] > 0
+    assert asleep["pid"] == loaded["pid"] and asleep["vram"] == 0  # the process stays, the GPU is given back
+    assert waking["pid"] == loaded["pid"] and pending == [True, True]
+    assert all(a["choices"][0]["message"]["content"] for a in answers)
+    assert awake["state"] == "ready" and awake["pid"] == loaded["pid"] and awake["vram"] == loaded["vram"]
+    assert awake["load"]["woke_seconds"] >= 0.3 and engine.calls[:2] == ["sleep", "wake"]
+    assert events[events.index("sleeping"):events.index("sleeping") + 3] == ["sleeping", "waking", "ready"]
+
+
+def test_an_engine_that_cannot_sleep_is_stopped_when_idle(local_store):
+    """On the CPU (or with an engine without a sleep mode), keep_alive stops the process as before."""
+
+    async def scenario():
+        scheduler = Scheduler(local_store, engines=[SleepyLlamaCpp()], keep_alive=0.3)
+        try:
+            await chat(scheduler)
+            return await _poll(lambda: scheduler.ps() == [] or None)
+        finally:
+            await scheduler.shutdown()
+
+    assert run(scenario())
+
+
+def test_engine_sockets_live_in_a_short_user_only_folder(local_store, monkeypatch, tmp_path):
+    """A Unix socket's path has at most 107 bytes and vLLM makes its own below the engine's folder: a long
+    XDG_RUNTIME_DIR is passed over for the temporary folder."""
+    long_runtime = tmp_path / ("x" * 60)
+    long_runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(long_runtime))
+    folder = Scheduler(local_store).runtime_dir
+    assert len(str(folder)) <= 30 + len("/modelrunner-12345678") and not str(folder).startswith(str(long_runtime))
+    assert folder.stat().st_mode & 0o777 == 0o700
+    short_runtime = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_runtime))
+    assert Scheduler(local_store).runtime_dir.parent == short_runtime

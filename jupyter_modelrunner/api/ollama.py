@@ -166,6 +166,8 @@ class OllamaPsHandler(OllamaHandler):
         models = {m["id"]: m for m in await self.service.models()}
         entries = []
         for status in self.service.scheduler.ps():
+            if status.get("mode") == "standby":
+                continue  # not a model: Ollama clients would not know what to make of it
             model = models.get(status["model_id"], {"id": status["model_id"], "tags": [status["model_name"]]})
             entries.append(translate.ps_entry(status["model_name"], model, status))
         self.send_json({"models": entries})

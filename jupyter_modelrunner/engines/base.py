@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ModelRunnerError
 from .hardware import Hardware
@@ -107,6 +107,8 @@ class LoadPlan:
     slots: int
     memory: int
     flags: tuple[str, ...] = ()
+    #: GPU memory it takes (weights, KV caches, the engine's device runtime); 0 on the CPU. A budget of its own.
+    vram: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,15 @@ class ModelFacts:
         return 2 * self.layers * context * self.kv_heads * self.head_dim * bytes_per_value
 
 
+@dataclass(frozen=True)
+class StandbySpec:
+    """How to start an interpreter that has done an engine's imports ahead of a load, and what it costs."""
+
+    argv: list[str]
+    env: dict[str, str]
+    memory: int
+
+
 class Engine(ABC):
     """An inference engine: one subclass per engine, stateless, safe to share."""
 
@@ -198,18 +209,23 @@ class Engine(ABC):
 
     #: Requests one engine process serves at once when the user sets nothing (each slot has its own KV cache).
     default_slots: ClassVar[int] = 1
+    #: GPU memory the engine takes beyond weights and KV caches where it runs on a GPU (its device runtime).
+    gpu_runtime_bytes: ClassVar[int] = 512 * 1024**2
 
     def plan(self, model: Model, config: RunConfig, *, budget: int, request_context: int | None = None,
-             mode: str = MODE_COMPLETION) -> LoadPlan:
+             mode: str = MODE_COMPLETION, hardware: Hardware | None = None, vram_budget: int = 0) -> LoadPlan:
         """Decide the context size, slots and memory for a start, from the strongest source that says something.
 
         Context, in order: the model's `configure` setting (or a context flag among its runtime flags) → the
         request's (Ollama's `options.num_ctx`) → the artifact config's `context_size` → the model's training
-        context, capped so that weights and the KV cache of every slot fit `budget` → 4096.
+        context, capped so that weights and the KV cache of every slot fit the budget → 4096. On a GPU (`hardware`
+        with CUDA) the weights and KV caches are counted in `vram` against `vram_budget`, RAM holds the process.
         """
         flags = self.check_flags(config.runtime_flags)
         flag_context, flag_slots, flags = self.absorb_flags(flags)
         facts = ModelFacts.of(model)
+        on_gpu = bool(hardware and hardware.cuda and vram_budget)
+        limit = vram_budget if on_gpu else budget
         fixed = self.fixed_slots(mode)
         slots = fixed or flag_slots or self.default_slots
         if config.context_size or flag_context:
@@ -219,27 +235,32 @@ class Engine(ABC):
         elif model.config.context_size and model.config.context_size > 0:
             context, source = model.config.context_size, CONTEXT_ARTIFACT
         else:
-            context, source = self.auto_context(facts, budget=budget, slots=slots)
+            context, source = self.auto_context(facts, budget=limit, slots=slots, on_gpu=on_gpu)
         if not (fixed or flag_slots):  # "memory permitting": fewer slots before a model that would not fit
-            while slots > 1 and self.memory_for(facts, context, slots) > budget:
+            while slots > 1 and self.memory_for(facts, context, slots, on_gpu=on_gpu) > limit:
                 slots //= 2
+        if on_gpu:
+            return LoadPlan(context, source, slots, self.overhead_bytes, flags,
+                            vram=self.memory_for(facts, context, slots, on_gpu=True))
         return LoadPlan(context, source, slots, self.memory_for(facts, context, slots), flags)
 
-    def auto_context(self, facts: ModelFacts, *, budget: int, slots: int) -> tuple[int, str]:
+    def auto_context(self, facts: ModelFacts, *, budget: int, slots: int, on_gpu: bool = False) -> tuple[int, str]:
         """The context when nothing names one: the training context if the KV cache of every slot fits."""
         if not facts.context_length:
             return DEFAULT_CONTEXT, CONTEXT_DEFAULT
         wanted = facts.context_length
         per_token = facts.kv_cache_bytes(1) * slots
-        room = budget - self.overhead_bytes - facts.weights_bytes
+        room = budget - (self.gpu_runtime_bytes if on_gpu else self.overhead_bytes) - facts.weights_bytes
         if per_token and wanted * per_token > room:
             fits = max(256, (room // per_token) // 256 * 256) if room > 0 else 256
             return min(wanted, max(fits, min(wanted, DEFAULT_CONTEXT))), CONTEXT_TRAINING_CAPPED
         return wanted, CONTEXT_TRAINING
 
-    def memory_for(self, facts: ModelFacts, context: int, slots: int) -> int:
-        """Runtime + weights + a KV cache of `context` tokens for each slot (f16)."""
-        return self.overhead_bytes + facts.weights_bytes + slots * facts.kv_cache_bytes(context)
+    def memory_for(self, facts: ModelFacts, context: int, slots: int, *, on_gpu: bool = False) -> int:
+        """Runtime + weights + a KV cache of `context` tokens for each slot (f16): in RAM, or on the GPU's memory
+        (with its device runtime) when `on_gpu`."""
+        runtime = self.gpu_runtime_bytes if on_gpu else self.overhead_bytes
+        return runtime + facts.weights_bytes + slots * facts.kv_cache_bytes(context)
 
     def fixed_slots(self, mode: str) -> int | None:
         """Slots an engine always uses in `mode` whatever the user says (None: the user or the default decide)."""
@@ -266,6 +287,26 @@ class Engine(ABC):
     async def reported_context(self, client: object) -> int | None:
         """The context size per request the started engine reports (None when it cannot say)."""
         return None
+
+    def can_sleep(self, hardware: Hardware) -> bool:
+        """Whether an idle engine can give its device memory back and keep its process (faster than a new start)."""
+        return False
+
+    async def sleep(self, client: Any) -> None:
+        """Offload the weights (the engine keeps its process and answers `wake`)."""
+        raise NotImplementedError
+
+    async def wake(self, client: Any) -> None:
+        """Bring the weights back to the device; requests work again after it returns."""
+        raise NotImplementedError
+
+    def standby(self, hardware: Hardware, cache_dir: Path) -> StandbySpec | None:
+        """An interpreter to start before any model needs it, for engines whose start is mostly imports (None)."""
+        return None
+
+    def handover(self, launch: Launch, spec: StandbySpec) -> dict:
+        """The line that turns a standby started from `spec` into the server `launch` describes."""
+        raise NotImplementedError
 
     def check_flags(self, flags: Sequence[str]) -> tuple[str, ...]:
         """Return `flags` if every one is allowlisted (with a value where one is needed), else refuse."""

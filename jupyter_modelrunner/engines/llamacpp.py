@@ -221,18 +221,23 @@ class LlamaCppEngine(Engine):
     # -- planning -------------------------------------------------------------------------------------------
 
     def plan(self, model: Model, config: RunConfig, *, budget: int, request_context: int | None = None,
-             mode: str = MODE_COMPLETION) -> LoadPlan:
-        plan = super().plan(model, config, budget=budget, request_context=request_context, mode=mode)
-        if self.server is not None and plan.context_size % CONTEXT_GRANULE:
+             mode: str = MODE_COMPLETION, hardware: Hardware | None = None, vram_budget: int = 0) -> LoadPlan:
+        plan = super().plan(model, config, budget=budget, request_context=request_context, mode=mode,
+                            hardware=hardware, vram_budget=vram_budget)
+        context, slots = plan.context_size, plan.slots
+        if self.server is not None and context % CONTEXT_GRANULE:
             # llama.cpp pads each slot's context to a whole number of 256-token blocks: plan what it will allocate.
-            context = -(-plan.context_size // CONTEXT_GRANULE) * CONTEXT_GRANULE
-            plan = LoadPlan(context, plan.context_source, plan.slots,
-                            self.memory_for(ModelFacts.of(model), context, plan.slots), plan.flags)
+            context = -(-context // CONTEXT_GRANULE) * CONTEXT_GRANULE
         if self.server is None:  # the fallback serves one request at a time, and knows fewer flags
             _python_flags(plan.flags)
-            return LoadPlan(plan.context_size, plan.context_source, 1,
-                            self.memory_for(ModelFacts.of(model), plan.context_size, 1), plan.flags)
-        return plan
+            slots = 1
+        if (context, slots) == (plan.context_size, plan.slots):
+            return plan
+        facts = ModelFacts.of(model)
+        if plan.vram:
+            return LoadPlan(context, plan.context_source, slots, plan.memory, plan.flags,
+                            vram=self.memory_for(facts, context, slots, on_gpu=True))
+        return LoadPlan(context, plan.context_source, slots, self.memory_for(facts, context, slots), plan.flags)
 
     def absorb_flags(self, flags: tuple[str, ...]) -> tuple[int | None, int | None, tuple[str, ...]]:
         context = slots = None

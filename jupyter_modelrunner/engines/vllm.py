@@ -28,6 +28,7 @@ from .base import (
     LoadPlan,
     ModelFacts,
     RunConfig,
+    StandbySpec,
 )
 from .hardware import Hardware
 
@@ -35,6 +36,13 @@ if TYPE_CHECKING:
     from ..store import Model
 
 ENV_VLLM_PYTHON = "MODEL_RUNNER_VLLM_PYTHON"
+#: Set in a vLLM engine's environment to the device it runs on (the standby handover reads it).
+ENV_VLLM_DEVICE = "MODEL_RUNNER_VLLM_DEVICE"
+STANDBY_SCRIPT = Path(__file__).with_name("vllm_standby.py")
+#: A standby's resident memory with its imports done: ~540 MiB measured here, with room to spare.
+STANDBY_MEMORY = 1024**3
+#: Whole-context sequences a GPU start of vLLM sizes its KV pool for (more then share it; vLLM pages the rest).
+GPU_SEQUENCES = 8
 CPU_KV_CACHE_BYTES = 256 * 1024**2
 _PROBE = (
     "import importlib.metadata as m, json\n"
@@ -111,7 +119,7 @@ class VllmEngine(Engine):
             return Availability(False, f"vLLM {installed['vllm']} is installed but no NVIDIA GPU was found; {fix}")
         return Availability(False, f"{self.python} has no vLLM installed; {fix}")
 
-    def auto_context(self, facts: ModelFacts, *, budget: int, slots: int) -> tuple[int, str]:
+    def auto_context(self, facts: ModelFacts, *, budget: int, slots: int, on_gpu: bool = False) -> tuple[int, str]:
         """vLLM sizes its own KV pool; without a setting the context is the model's, at most 4096 tokens (a CPU KV
         cache of 256 MiB holds about that much for small models, and vLLM refuses a context it cannot hold)."""
         if not facts.context_length:
@@ -120,8 +128,11 @@ class VllmEngine(Engine):
             return 4096, CONTEXT_TRAINING_CAPPED
         return facts.context_length, CONTEXT_TRAINING
 
-    def memory_for(self, facts: ModelFacts, context: int, slots: int) -> int:
-        # On the CPU we give vLLM a fixed KV cache; on a GPU it takes its utilization share itself.
+    def memory_for(self, facts: ModelFacts, context: int, slots: int, *, on_gpu: bool = False) -> int:
+        """On the CPU we give vLLM a fixed KV cache. On a GPU it gets a share of the device sized for the weights and
+        GPU_SEQUENCES whole-context sequences (not a fixed 90 %), so that two models that fit can share a GPU."""
+        if on_gpu:
+            return self.gpu_runtime_bytes + facts.weights_bytes + GPU_SEQUENCES * facts.kv_cache_bytes(context)
         return self.overhead_bytes + facts.weights_bytes + CPU_KV_CACHE_BYTES
 
     def absorb_flags(self, flags: tuple[str, ...]) -> tuple[int | None, int | None, tuple[str, ...]]:
@@ -129,6 +140,18 @@ class VllmEngine(Engine):
             i = flags.index("--max-model-len")
             return int(flags[i + 1]), None, flags[:i] + flags[i + 2:]
         return None, None, flags
+
+    def standby(self, hardware: Hardware, cache_dir: Path) -> StandbySpec | None:
+        """vLLM's OpenAI server with its imports done (7-8 s of torch, transformers and vLLM on a CPU), waiting on
+        stdin for the model (engines/vllm_standby.py; `-P` keeps this package's folder off its path)."""
+        if not self.python or not self.availability(hardware).ok:
+            return None
+        env = self._env(cache_dir, hardware)
+        return StandbySpec([self.python, "-P", str(STANDBY_SCRIPT)], env, STANDBY_MEMORY)
+
+    def handover(self, launch: Launch, spec: StandbySpec) -> dict:
+        changed = {k: v for k, v in launch.env.items() if spec.env.get(k) != v}
+        return {"argv": launch.argv[3:], "env": changed, "cpu": launch.env.get(ENV_VLLM_DEVICE) == "cpu"}
 
     async def reported_context(self, client: Any) -> int | None:
         """vLLM lists its model with `max_model_len`."""
@@ -160,7 +183,9 @@ class VllmEngine(Engine):
             argv += ["--dtype", "float32" if facts.weights_bytes < 64 * 1024**2 else "bfloat16", "--enforce-eager",
                      "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
         else:
-            argv += ["--gpu-memory-utilization", "0.9"]
+            if "--gpu-memory-utilization" not in plan.flags:
+                argv += ["--gpu-memory-utilization", f"{gpu_share(plan, hardware):.3f}"]
+            argv += ["--enable-sleep-mode"]  # idle models sleep (weights offloaded) instead of stopping
         if mode == MODE_EMBEDDING:
             argv += ["--runner", "pooling", "--convert", "embed"]
         elif "--tool-call-parser" not in plan.flags:
@@ -173,16 +198,52 @@ class VllmEngine(Engine):
         # Temporary files stay with this process; compile caches persist, so the next load is faster
         # (~10 s of a ~45 s CPU start here).
         tmp = workdir / "tmp"
-        cache = cache_dir or workdir / "cache"
+        env = {**self._env(cache_dir or workdir / "cache", hardware), "TMPDIR": str(tmp),
+               ENV_VLLM_DEVICE: availability.device}
+        if availability.device != "cpu":
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # the /sleep and /wake_up routes are development routes in vLLM
+        tmp.mkdir(parents=True, exist_ok=True)
+        return Launch(argv=argv, env=env, socket=socket, health_path="/health", plan=plan)
+
+    def can_sleep(self, hardware: Hardware) -> bool:
+        """vLLM's sleep mode offloads the weights of an idle model to RAM and frees the GPU; it needs CUDA."""
+        return hardware.cuda
+
+    async def sleep(self, client: Any) -> None:
+        response = await client.post("/sleep", params={"level": "1"}, timeout=300.0)
+        response.raise_for_status()
+
+    async def wake(self, client: Any) -> None:
+        response = await client.post("/wake_up", timeout=300.0)
+        response.raise_for_status()
+
+    def _env(self, cache: Path, hardware: Hardware) -> dict[str, str]:
+        """What every vLLM start of this store shares (a standby is started with it): offline, no telemetry, and
+        the compile caches in the store, kept per vLLM version so nothing is computed twice."""
+        version = self.availability(hardware).version or "unknown"
+        cache = cache / version
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("MODEL_RUNNER_", "JPY_"))},
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1", "TMPDIR": str(tmp), "VLLM_CACHE_ROOT": str(cache / "vllm"),
+            "DO_NOT_TRACK": "1", "VLLM_CACHE_ROOT": str(cache / "vllm"),
             "XDG_CACHE_HOME": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
         }
-        tmp.mkdir(parents=True, exist_ok=True)
-        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Launch(argv=argv, env=env, socket=socket, health_path="/health", plan=plan)
+        if not hardware.cuda and "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ:
+            # Measured (benchmarks/vllm_start.py): on the CPU, running the model in the API server's own process
+            # (no engine-core and worker processes) starts in half the time; on a GPU vLLM's default stays.
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            if "OMP_NUM_THREADS" not in os.environ:
+                # One core stays with the server's event loop (tokenizing, streaming), as vLLM keeps one for its
+                # scheduler process: on 2 cores this doubled 16-stream throughput (1045 -> 2153 tokens/s).
+                env["OMP_NUM_THREADS"] = str(max(1, hardware.cpu_count - 1))
+        return env
+
+
+def gpu_share(plan: LoadPlan, hardware: Hardware) -> float:
+    """vLLM's `--gpu-memory-utilization`: the fraction of the (first) GPU the plan's VRAM is, within 5-95 %."""
+    total = hardware.gpus[0].memory_total if hardware.gpus else 0
+    return min(0.95, max(0.05, plan.vram / total)) if total else 0.9
 
 
 # How a chat template asks the model to write tool calls → the vLLM parser that reads them back, first match wins.

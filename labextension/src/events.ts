@@ -10,7 +10,7 @@ import type { Model, Runner } from './types';
 /** The schema's `$id`: JupyterLab's event stream carries it as each emission's `schema_id`. */
 export const EVENT_SCHEMA_ID = 'https://events.jupyter.org/jupyter_modelrunner/engine/v1';
 
-export type EngineAction = 'loading' | 'ready' | 'unloaded' | 'crashed';
+export type EngineAction = 'loading' | 'ready' | 'unloaded' | 'crashed' | 'sleeping' | 'waking';
 
 /** An engine's lifecycle: `loading` (then a tick a second with `elapsed` and `log`), `ready`, `unloaded`, `crashed`. */
 export interface EngineEvent {
@@ -56,7 +56,7 @@ export interface PullSummary {
 
 export type ServerEvent = EngineEvent | PullSummary;
 
-const ENGINE_ACTIONS: readonly string[] = ['loading', 'ready', 'unloaded', 'crashed'];
+const ENGINE_ACTIONS: readonly string[] = ['loading', 'ready', 'unloaded', 'crashed', 'sleeping', 'waking'];
 
 /** Our event in one emission of JupyterLab's event stream (`{schema_id, ...data}`), or null for any other. */
 export function parseEmission(emission: unknown): ServerEvent | null {
@@ -162,6 +162,15 @@ export function applyServerEvent(
         state: { ...state, runners: replace(state.runners, existing, row), crash: null },
         refresh: { models: false }
       };
+    }
+    case 'sleeping':
+    case 'waking': {
+      // A GPU engine idle with its weights in RAM (vLLM's sleep mode), or on its way back: the row stays.
+      if (!existing) {
+        return { state, refresh: { models: false } };
+      }
+      const row: Runner = { ...existing, state: event.action, loading: event.action === 'waking', vram: 0 };
+      return { state: { ...state, runners: replace(state.runners, existing, row) }, refresh: { models: false } };
     }
     case 'unloaded':
       return { state: { ...state, runners: rest, crash: null }, refresh: { models: false } };

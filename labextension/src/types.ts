@@ -58,9 +58,11 @@ export interface Runner {
   backend_name: string;
   model_name: string;
   model_id: string;
+  /** `completion`, `embedding`, or `standby` (an engine interpreter waiting for the next model to load). */
   mode: string;
   device: string;
   reason: string;
+  /** loading, ready, sleeping (a GPU engine idle with its weights in RAM), waking, standby. */
   state: string;
   loading: boolean;
   in_use: boolean;
@@ -71,8 +73,9 @@ export interface Runner {
   keep_alive: number | string;
   /** When it unloads if nothing uses it (Unix seconds); null while in use or kept for good. */
   expires_at?: number | null;
-  /** Bytes. */
+  /** Bytes of RAM (a sleeping engine's offloaded weights included), and of GPU memory (none while it sleeps). */
   memory: number;
+  vram?: number;
   pid?: number;
   /** Tokens of context one request may use, as the engine reports it, and how many requests it serves at once. */
   context_size?: number | null;

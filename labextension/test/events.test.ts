@@ -102,6 +102,16 @@ describe('server events', () => {
     expect(fold([loading], [MODEL], crashed.state).state.crash).toBeNull();
   });
 
+  it('shows a GPU engine that sleeps, and wakes, without dropping its row', () => {
+    const sleeping = { action: 'sleeping', model: SHORT, engine: 'llama.cpp', why: 'idle (keep_alive)' } as const;
+    const waking = { action: 'waking', model: SHORT, engine: 'llama.cpp' } as const;
+    const asleep = fold([loading, ready, sleeping]).state.runners;
+    expect(asleep.map(r => [r.state, r.loading, r.vram])).toEqual([['sleeping', false, 0]]);
+    expect(fold([loading, ready, sleeping, waking]).state.runners[0].state).toBe('waking');
+    expect(fold([loading, ready, sleeping, waking, ready]).state.runners[0].state).toBe('ready');
+    expect(fold([sleeping]).state.runners).toEqual([]);  // nothing to show for a row never seen
+  });
+
   it('tells runners of one model apart by mode when the event says', () => {
     const completion = fold([ready]).state.runners[0];
     const embedding = { ...completion, mode: 'embedding' };

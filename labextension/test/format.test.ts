@@ -8,6 +8,8 @@ import {
   nameParts,
   shortId
 } from '../src/format';
+import type { ModelRunnerState } from '../src/state';
+import { statusText } from '../src/statustext';
 import type { Runner } from '../src/types';
 
 const runner = (over: Partial<Runner> = {}): Runner => ({
@@ -70,5 +72,22 @@ describe('nameParts', () => {
   it('cuts after slashes and before colons, losing nothing', () => {
     expect(nameParts('127.0.0.1:5000/ai/tiny:latest')).toEqual(['127.0.0.1', ':5000/', 'ai/', 'tiny', ':latest']);
     expect(nameParts('tiny')).toEqual(['tiny']);
+  });
+});
+
+describe('status bar', () => {
+  const runner = (overrides: Partial<Runner>): Runner => ({
+    backend_name: 'vllm', model_name: 'ai/smollm2-vllm:latest', model_id: 'sha256:1', mode: 'completion',
+    device: 'cuda', reason: '', state: 'ready', loading: false, in_use: false, requests: 0, last_used: 0,
+    keep_alive: 300, memory: 1, ...overrides
+  });
+  const state = (runners: Runner[]) =>
+    ({ runners, pulling: false, pull: null, remotePulls: [] }) as unknown as ModelRunnerState;
+
+  it('names a sleeping model as sleeping, and never counts the standby interpreter as a model', () => {
+    expect(statusText(state([runner({ state: 'sleeping' })])).text).toBe('ai/smollm2-vllm:latest · vllm (sleeping)');
+    const standby = runner({ model_name: '(standby)', mode: 'standby', state: 'standby', model_id: '' });
+    expect(statusText(state([standby])).text).toBe('No model loaded');
+    expect(statusText(state([runner({}), standby])).text).toBe('ai/smollm2-vllm:latest · vllm');
   });
 });

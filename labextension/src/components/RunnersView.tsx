@@ -59,6 +59,7 @@ function RunnerRow(props: { state: ModelRunnerState; runner: Runner; now: number
           {runner.log}
         </div>
       )}
+      {runner.mode !== 'standby' && (
       <div className="jp-ModelRunner-actions">
         <button
           type="button"
@@ -89,6 +90,7 @@ function RunnerRow(props: { state: ModelRunnerState; runner: Runner; now: number
           Unload
         </button>
       </div>
+      )}
       {error && (
         <div className="jp-ModelRunner-error" role="alert">
           {error}
