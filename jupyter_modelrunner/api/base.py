@@ -49,10 +49,17 @@ def openai_error(status: int, message: str) -> dict[str, Any]:
                                           "code": status}}
 
 
+#: What a scoped inference key (not the Jupyter token) may reach: routes that answer with a model, never manage.
+SCOPE_INFERENCE = "inference"
+SCOPE_MANAGE = "manage"
+
+
 class ModelRunnerHandler(APIHandler):
     """Base of all model runner routes."""
 
     auth_resource = AUTH_RESOURCE
+    #: SCOPE_INFERENCE on routes a scoped inference key may use (chat, completions, embeddings, model lists...).
+    api_scope = SCOPE_MANAGE
 
     @property
     def service(self) -> ModelRunnerService:
