@@ -152,11 +152,16 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("model")
     p.add_argument("--engine", help="force an engine (llama.cpp or vllm)")
 
-    p = verbs.add_parser("configure", help="per-model settings: context size, keep_alive, engine flags "
+    p = verbs.add_parser("configure", help="per-model settings: context size, keep_alive, thinking, engine flags "
                          "(without options: show them)")
     p.add_argument("model")
     p.add_argument("--context-size", type=int, metavar="N")
     p.add_argument("--keep-alive", metavar="DURATION", help="how long an idle model stays loaded (10m, 1h, -1 never)")
+    p.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether a reasoning model thinks before answering when a request does not say "
+                        "(default: as its chat template decides)")
+    p.add_argument("--reasoning-budget", type=int, metavar="N",
+                   help="tokens a reasoning model may think for (0: none, -1: no limit)")
     p.add_argument("--engine", help="the engine the flags are for (default: the one that runs the model)")
     p.epilog = "Engine flags go after `--` (e.g. `-- --n_threads 4`) and must be on the engine's allowlist."
 

@@ -233,8 +233,10 @@ def api_key() -> str:
 class ChatStream:
     """The answer to one chat request, as text pieces while they arrive (`for piece in stream`).
 
-    `engine` and `device` say what answered; `text` is everything received so far; `close()` (or leaving a
-    `with` block, or an interrupt) ends the request, which stops the generation on the engine.
+    `engine` and `device` say what answered; `text` is the answer received so far and `thinking` what a reasoning
+    model thought before it (apart: `reasoning_content` in the stream); `close()` (or leaving a `with` block, or an
+    interrupt) ends the request, which stops the generation on the engine. Iterating gives the answer's pieces;
+    `parts()` gives thinking and answer pieces as they come, for views that show both.
     """
 
     def __init__(self, raw: Any) -> None:
@@ -243,6 +245,7 @@ class ChatStream:
         self.device = raw.headers.get("x-model-runner-device", "")
         self._chunks = raw.parse()
         self.pieces: list[str] = []
+        self.thinking_pieces: list[str] = []
         self.finish_reason: str | None = None
         self.usage: Any = None
 
@@ -250,7 +253,15 @@ class ChatStream:
     def text(self) -> str:
         return "".join(self.pieces)
 
+    @property
+    def thinking(self) -> str:
+        return "".join(self.thinking_pieces)
+
     def __iter__(self) -> Iterator[str]:
+        return (piece for kind, piece in self.parts() if kind == "content")
+
+    def parts(self) -> Iterator[tuple[str, str]]:
+        """`("thinking", piece)` and `("content", piece)` in the order the model writes them."""
         try:
             for chunk in self._chunks:
                 if chunk.usage is not None:
@@ -258,9 +269,16 @@ class ChatStream:
                 for choice in chunk.choices:
                     if choice.finish_reason:
                         self.finish_reason = choice.finish_reason
-                    if choice.delta and choice.delta.content:
+                    if not choice.delta:
+                        continue
+                    # Not a field of the SDK's types: the runner's (and llama-server's) extension, kept as an extra.
+                    thought = getattr(choice.delta, "reasoning_content", None)
+                    if isinstance(thought, str) and thought:
+                        self.thinking_pieces.append(thought)
+                        yield "thinking", thought
+                    if choice.delta.content:
                         self.pieces.append(choice.delta.content)
-                        yield choice.delta.content
+                        yield "content", choice.delta.content
         except Exception as exc:
             raise _openai_error(exc) from exc
         finally:
@@ -370,9 +388,10 @@ class RunnerClient:
         return list(dict.fromkeys(names))
 
     def configure(self, model: str, *, context_size: int | None = None, keep_alive: str | None = None,
-                  runtime_flags: Sequence[str] | None = None, engine: str | None = None) -> dict[str, Any]:
+                  runtime_flags: Sequence[str] | None = None, engine: str | None = None, think: bool | None = None,
+                  reasoning_budget: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "context-size": context_size, "keep_alive": keep_alive,
-                                "backend": engine}
+                                "backend": engine, "think": think, "reasoning-budget": reasoning_budget}
         if runtime_flags is not None:
             body["runtime-flags"] = list(runtime_flags)
         return self.post("engines/_configure", body)

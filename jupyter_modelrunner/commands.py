@@ -196,11 +196,13 @@ def unload(client: Any, args: argparse.Namespace, console: Console) -> None:
 def configure(client: Any, args: argparse.Namespace, console: Console) -> None:
     """Change a model's settings, or show them when nothing is given to change."""
     flags = list(getattr(args, "runtime_flags", None) or [])
-    if args.context_size is None and args.keep_alive is None and not flags:
+    think, budget = getattr(args, "think", None), getattr(args, "reasoning_budget", None)
+    if args.context_size is None and args.keep_alive is None and think is None and budget is None and not flags:
         settings = client.settings(args.model)
     else:
         settings = client.configure(args.model, context_size=args.context_size, keep_alive=args.keep_alive,
-                                    runtime_flags=flags or None, engine=args.engine)
+                                    runtime_flags=flags or None, engine=args.engine, think=think,
+                                    reasoning_budget=budget)
     console.print(f"{args.model}: {settings_line(settings)}")
 
 

@@ -13,6 +13,7 @@ are plain text written as they arrive.
 from __future__ import annotations
 
 import argparse
+import html
 import io
 import json
 import os
@@ -78,6 +79,8 @@ def _chat_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", action="store_true", help="start a new conversation")
     p.add_argument("--engine", metavar="E", help="force an engine (llama.cpp or vllm)")
     p.add_argument("--raw", action="store_true", help="plain text, not Markdown")
+    p.add_argument("--no-think", action="store_true",
+                   help="a reasoning model answers without thinking first (reasoning_effort none)")
     p.add_argument("--json", metavar="NAME", dest="json_schema",
                    help="answer as JSON matching NAME, a Pydantic model or a JSON-schema dict in the notebook; "
                         "_chat is then the parsed object")
@@ -239,8 +242,8 @@ class ModelRunnerMagics(Magics):
     @line_cell_magic
     def chat(self, line: str, cell: str | None = None) -> None:
         """Stream a model's answer into the output: `%%chat MODEL [--system T] [--temperature T] [--max-tokens N]
-        [--new] [--engine E] [--raw] [--json NAME]` with the prompt as the cell, or `%chat MODEL prompt` on one
-        line."""
+        [--new] [--engine E] [--raw] [--no-think] [--json NAME]` with the prompt as the cell, or `%chat MODEL prompt`
+        on one line. A reasoning model's thinking shows collapsed above its answer."""
         if cell is None:  # `%chat [options] MODEL prompt…`: the prompt follows the model, verbatim
             tokens, prompt = split_chat_line(line)
         else:  # `%%chat MODEL [options]`: options anywhere on the line, the prompt is the cell
@@ -275,22 +278,26 @@ class ModelRunnerMagics(Magics):
         view = _MarkdownAnswer(model, code="json" if structured else None) if self.rich and not args.raw \
             else _TextAnswer(model)
         started = time.perf_counter()
-        options = {"response_format": structured.response_format} if structured else {}
+        options: dict[str, Any] = {"response_format": structured.response_format} if structured else {}
+        if args.no_think:
+            options["reasoning_effort"] = "none"  # both engines read it as the template's no-thinking path
         stream = self.client.chat(model, messages, engine=args.engine, temperature=args.temperature,
                                   max_tokens=args.max_tokens, **options)
         interrupted = False
         try:
-            for _piece in stream:
-                view.update(stream.text)
+            for _kind, _piece in stream.parts():
+                view.update(stream.thinking, stream.text)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             stream.close()  # closing the request stops the generation on the engine
         elapsed = time.perf_counter() - started
+        tokens = len(stream.pieces) + len(stream.thinking_pieces)
         footer = f"{model} · {stream.engine or 'engine'}{f' ({stream.device})' if stream.device else ''} · " \
-                 f"{len(stream.pieces)} tokens in {elapsed:.1f} s" + (" · stopped" if interrupted else "")
-        view.finish(stream.text, footer)
-        # What the user saw is what the model said: a stopped answer stays in the conversation as it is.
+                 f"{tokens} tokens in {elapsed:.1f} s" + (" · stopped" if interrupted else "")
+        view.finish(stream.thinking, stream.text, footer)
+        # What the user saw is what the model said: a stopped answer stays in the conversation as it is. The thinking
+        # does not (chat templates of reasoning models drop earlier turns' thinking anyway), nor goes into `_chat`.
         history.append({"role": "user", "content": prompt})
         history.append({"role": "assistant", "content": stream.text})
         if self.shell is not None:
@@ -382,7 +389,11 @@ class _TextProgress:
 
 
 class _MarkdownAnswer:
-    """One Markdown display, replaced in place at most UPDATES_PER_SECOND times a second."""
+    """One Markdown display, replaced in place at most UPDATES_PER_SECOND times a second.
+
+    A reasoning model's thinking shows above the answer in an HTML `<details>` block: open while the model thinks
+    (the thinking streams into it), closed once the answer starts, so the answer is what the cell shows.
+    """
 
     def __init__(self, model: str, code: str | None = None) -> None:
         from IPython.display import Markdown, display
@@ -391,33 +402,74 @@ class _MarkdownAnswer:
         self._code = code  # shown as a fenced code block (a JSON answer) rather than as Markdown
         self._handle = display(Markdown(f"*{model} is thinking…*"), display_id=True)
         self._next = time.monotonic() + 1 / UPDATES_PER_SECOND
+        self._started = time.monotonic()
+        self._thought_for: float | None = None
 
-    def _render(self, text: str) -> str:
-        return f"```{self._code}\n{text}\n```" if self._code is not None else text
+    def _render(self, thinking: str, text: str) -> str:
+        answer = f"```{self._code}\n{text}\n```" if self._code is not None else text
+        if not thinking:
+            return answer
+        if text and self._thought_for is None:
+            self._thought_for = time.monotonic() - self._started
+        return thinking_details(thinking, self._thought_for) + answer
 
-    def update(self, text: str) -> None:
+    def update(self, thinking: str, text: str) -> None:
         now = time.monotonic()
         if now >= self._next:
             self._next = now + 1 / UPDATES_PER_SECOND
-            self._handle.update(self._markdown(self._render(text) + " ▍"))
+            self._handle.update(self._markdown(self._render(thinking, text) + " ▍"))
 
-    def finish(self, text: str, footer: str) -> None:
-        self._handle.update(self._markdown(f"{self._render(text)}\n\n<sub>{footer}</sub>"))
+    def finish(self, thinking: str, text: str, footer: str) -> None:
+        if self._thought_for is None and thinking:
+            self._thought_for = time.monotonic() - self._started
+        self._handle.update(self._markdown(f"{self._render(thinking, text)}\n\n<sub>{footer}</sub>"))
+
+
+def thinking_details(thinking: str, thought_for: float | None) -> str:
+    """The thinking as a collapsible block in Markdown: open (and "Thinking…") while the model still thinks, closed
+    with how long it thought once the answer has started. The thinking is quoted and HTML-escaped, so neither its
+    Markdown nor stray tags in it change the page."""
+    quoted = "\n".join("> " + html.escape(line) for line in thinking.strip("\n").splitlines()) or ">"
+    if thought_for is None:
+        return f"<details open><summary>Thinking…</summary>\n\n{quoted}\n\n</details>\n\n"
+    return f"<details><summary>Thought for {thought_for:.1f} s</summary>\n\n{quoted}\n\n</details>\n\n"
 
 
 class _TextAnswer:
-    """Plain text written as it arrives (a terminal, or `--raw`)."""
+    """Plain text written as it arrives (a terminal, or `--raw`); a reasoning model's thinking first, each line
+    prefixed with `│ ` (and dimmed on a terminal), then the answer."""
 
     def __init__(self, model: str) -> None:
         self._written = 0
+        self._thought = 0
+        self._dim = sys.stdout.isatty()
 
-    def update(self, text: str) -> None:
-        sys.stdout.write(text[self._written :])
+    def _think(self, thinking: str) -> None:
+        new = thinking[self._thought :]
+        if not new:
+            return
+        if self._thought == 0:
+            new = new.lstrip("\n")
+            sys.stdout.write(self._style("Thinking:\n│ "))
+        sys.stdout.write(self._style(new.replace("\n", "\n│ ")))
+        self._thought = len(thinking)
+
+    def _style(self, text: str) -> str:
+        return f"\x1b[2m{text}\x1b[0m" if self._dim else text
+
+    def update(self, thinking: str, text: str) -> None:
+        if not self._written:
+            self._think(thinking)
+        if text[self._written :]:
+            if self._thought and not self._written:
+                sys.stdout.write("\n\n")  # the answer starts below the thinking
+            sys.stdout.write(text[self._written :])
+            self._written = len(text)
         sys.stdout.flush()
-        self._written = len(text)
 
-    def finish(self, text: str, footer: str) -> None:
-        print(f"{text[self._written :]}\n[{footer}]")
+    def finish(self, thinking: str, text: str, footer: str) -> None:
+        self.update(thinking, text)
+        print(f"\n[{footer}]")
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -39,13 +39,16 @@ def models_table(models: Sequence[dict[str, Any]]) -> str:
 
 def runners_table(runners: Sequence[dict[str, Any]]) -> str:
     """What `ps` shows: the model, its engine and device, whether it is busy, the context each request gets (and
-    how many requests the engine serves at once), its memory and keep-alive."""
+    how many requests the engine serves at once), its memory and keep-alive; and, when a loaded model has thinking
+    settings, them."""
+    thinking = any(r.get("think") is not None or r.get("reasoning_budget") is not None for r in runners)
     rows = [("MODEL NAME", "ENGINE", "MODE", "DEVICE", "STATE", "IN USE", "CONTEXT", "MEMORY", "UNLOADS",
-             "LAST USED")]
+             "LAST USED") + (("THINKING",) if thinking else ())]
     for r in runners:
         rows.append((r["model_name"], r["backend_name"], r["mode"], r.get("device", ""), r.get("state", ""),
                      "yes" if r["in_use"] else "no", context_cell(r), format_bytes(r.get("memory", 0)),
-                     expires_text(r), ago(r["last_used"])))
+                     expires_text(r), ago(r["last_used"]))
+                    + ((thinking_text(r).removesuffix(", ").removeprefix("thinking "),) if thinking else ()))
     return format_table(rows)
 
 
@@ -149,4 +152,14 @@ def settings_line(settings: dict[str, Any]) -> str:
     context = settings.get("context_size")
     flags = " ".join(settings.get("runtime_flags") or []) or "none"
     return (f"context size {context or 'default'}, keep_alive {keep_alive_text(settings.get('keep_alive'))}, "
-            f"flags {flags}")
+            f"{thinking_text(settings)}flags {flags}")
+
+
+def thinking_text(settings: dict[str, Any]) -> str:
+    """`thinking off, ` / `thinking on, reasoning budget 256 tokens, `: a model's thinking settings where any is set
+    (most models do not think, so nothing is said about them by default)."""
+    think, budget = settings.get("think"), settings.get("reasoning_budget")
+    parts = [] if think is None else [f"thinking {'on' if think else 'off'}"]
+    if budget is not None:
+        parts.append("reasoning budget " + ("unlimited" if budget < 0 else f"{budget} tokens"))
+    return "".join(f"{part}, " for part in parts)

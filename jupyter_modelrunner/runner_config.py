@@ -1,4 +1,4 @@
-"""Per-model runner settings (context size, keep_alive, engine flags), kept in the store directory.
+"""Per-model runner settings (context size, keep_alive, thinking, engine flags), kept in the store directory.
 
 They survive restarts and are shared by every process using the store, so `configure` in a terminal
 applies to the model the notebook server loads next.
@@ -67,7 +67,8 @@ def format_keep_alive(seconds: float | None) -> str:
 
 
 class RunConfigFile:
-    """`runner-config.json` in the store: `{model id: {context_size, keep_alive, runtime_flags}}`."""
+    """`runner-config.json` in the store: `{model id: {context_size, keep_alive, think, reasoning_budget,
+    runtime_flags}}`."""
 
     def __init__(self, store_root: Path) -> None:
         self.path = Path(store_root) / CONFIG_FILE
@@ -88,6 +89,8 @@ class RunConfigFile:
             context_size=entry.get("context_size"),
             runtime_flags=tuple(entry.get("runtime_flags") or ()),
             keep_alive=entry.get("keep_alive"),
+            think=entry.get("think"),
+            reasoning_budget=entry.get("reasoning_budget"),
         )
 
     def update(self, model_id: str, **changes: Any) -> RunConfig:

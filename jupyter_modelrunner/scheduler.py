@@ -36,10 +36,13 @@ from .engines import hardware as hw
 from .engines.base import (
     CONTEXT_CONFIGURED,
     MODE_COMPLETION,
+    MODE_RERANK,
     MODES,
     Engine,
     Launch,
     LoadPlan,
+    ModelFacts,
+    NotAReranker,
     RunConfig,
     StandbySpec,
 )
@@ -112,6 +115,8 @@ class Runner:
     _started_monotonic: float = 0.0
     #: GPU memory its plan takes while awake (0 on the CPU).
     vram: int = 0
+    #: Why it must restart once its requests are done (its settings changed since it started), or None.
+    restart_reason: str | None = None
     _sleep_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -164,6 +169,8 @@ class Runner:
             "context_size": self.context_size,
             "context_source": self.plan.context_source if self.plan else None,
             "slots": self.plan.slots if self.plan else None,
+            "think": self.plan.think if self.plan else None,
+            "reasoning_budget": self.plan.reasoning_budget if self.plan else None,
             "implementation": self.implementation,
             "load": self.phases,
         }
@@ -331,13 +338,18 @@ class Scheduler:
         # Resolving reads the index, manifest and config, and an engine's availability check looks at
         # installed packages: off the event loop, which may be the notebook server's.
         model = await asyncio.to_thread(self.store.resolve, name)
+        if mode == MODE_RERANK and not await asyncio.to_thread(lambda: ModelFacts.of(model).reranker):
+            raise NotAReranker(
+                f"{name} is not a reranker: rerank and score need a model with a classification head (a "
+                "cross-encoder such as bge-reranker or a *ForSequenceClassification model; in GGUF, rank pooling or "
+                "classifier labels). Use embeddings to compare texts with other models.")
         asleep = self._runner_of(model.id, mode, engine, (RunnerState.SLEEPING, RunnerState.WAKING))
         if asleep is not None:
             await self._wake(asleep)  # requests that arrive while it wakes wait for it here, they do not fail
         runner = self._ready_runner(model.id, mode, engine)
-        while runner is not None and self._wants_other_context(runner, context_size):
+        while runner is not None and (self._wants_other_context(runner, context_size) or runner.restart_reason):
             await runner.idle.wait()
-            await self._stop(runner, f"restarting with a context of {context_size} tokens")
+            await self._stop(runner, runner.restart_reason or f"restarting with a context of {context_size} tokens")
             runner = self._ready_runner(model.id, mode, engine)
         if runner is None:  # the engine check (~3 ms) only when something has to start
             choice = await asyncio.to_thread(select_engine, model, self.hardware, self.engines, forced=engine)
@@ -823,22 +835,31 @@ class Scheduler:
         return "\n".join(files[-1].read_text(errors="replace").splitlines()[-lines:])
 
     def configure(self, name: str, *, context_size: int | None = None, keep_alive: str | float | None = None,
-                  runtime_flags: Sequence[str] | None = None, engine: str | None = None) -> RunConfig:
+                  runtime_flags: Sequence[str] | None = None, engine: str | None = None, think: bool | None = None,
+                  reasoning_budget: int | None = None) -> RunConfig:
         """Persist settings for a model and apply its keep_alive to a loaded runner (call on the event loop, or
         with no loop at all; from a worker thread use `save_settings` there and `apply_settings` on the loop)."""
         model_id, config = self.save_settings(name, context_size=context_size, keep_alive=keep_alive,
-                                              runtime_flags=runtime_flags, engine=engine)
-        if keep_alive is not None:
+                                              runtime_flags=runtime_flags, engine=engine, think=think,
+                                              reasoning_budget=reasoning_budget)
+        if keep_alive is not None or think is not None or reasoning_budget is not None:
             self.apply_settings(model_id, config)
         return config
 
     def save_settings(self, name: str, *, context_size: int | None = None, keep_alive: str | float | None = None,
-                      runtime_flags: Sequence[str] | None = None, engine: str | None = None) -> tuple[str, RunConfig]:
+                      runtime_flags: Sequence[str] | None = None, engine: str | None = None, think: bool | None = None,
+                      reasoning_budget: int | None = None) -> tuple[str, RunConfig]:
         """Check and persist a model's settings (disk only, safe in a worker thread); flags are checked against the
-        allowlist of the engine that runs it, and a start with them is planned, so what would fail fails now."""
+        allowlist of the engine that runs it, and a start with them is planned, so what would fail fails now.
+
+        `think` and `reasoning_budget` are the model's thinking defaults (engine flags like llama-server's
+        `--reasoning-budget` mean the same and are read into them; these win). They apply from the next load."""
         model, choice = self.choose(name, engine)
         if context_size is not None and context_size <= 0:
             raise ModelRunnerError("The context size must be a positive number of tokens.")
+        if reasoning_budget is not None and (isinstance(reasoning_budget, bool) or not isinstance(reasoning_budget, int)
+                                             or reasoning_budget < -1):
+            raise ModelRunnerError("The reasoning budget is a number of tokens: 0 for no thinking, -1 for no limit.")
         flags = choice.engine.check_flags(runtime_flags) if runtime_flags is not None else None
         if flags is not None or context_size is not None:
             current = self.settings.get(model.id)
@@ -847,10 +868,19 @@ class Scheduler:
                                budget=self.memory_budget)
         seconds = parse_keep_alive(keep_alive) if keep_alive is not None else None
         return model.id, self.settings.update(model.id, context_size=context_size, keep_alive=seconds,
-                                              runtime_flags=flags)
+                                              runtime_flags=flags, think=think, reasoning_budget=reasoning_budget)
 
     def apply_settings(self, model_id: str, config: RunConfig) -> None:
-        """A changed keep_alive takes effect on the model's loaded runners at once (on the event loop)."""
+        """A changed keep_alive takes effect on the model's loaded runners at once (on the event loop); changed
+        thinking settings, which an engine reads when it starts, restart a chat runner once its requests are done
+        (its next request waits for that)."""
+        for runner in list(self.runners.values()):
+            if runner.key.model_id != model_id or runner.key.mode != MODE_COMPLETION or runner.plan is None:
+                continue
+            plan = runner.plan
+            if ((config.think is not None and config.think != plan.think)
+                    or (config.reasoning_budget is not None and config.reasoning_budget != plan.reasoning_budget)):
+                runner.restart_reason = "restarting with new thinking settings"
         if config.keep_alive is None:
             return
         for runner in list(self.runners.values()):
@@ -869,6 +899,7 @@ class Scheduler:
         config = self.settings.get(model.id)
         return {"model": name, "model_id": model.id, "context_size": config.context_size,
                 "runtime_flags": list(config.runtime_flags), "keep_alive": config.keep_alive,
+                "think": config.think, "reasoning_budget": config.reasoning_budget,
                 "default_keep_alive": self.keep_alive}
 
     def status(self) -> dict[str, Any]:

@@ -328,7 +328,8 @@ class ModelRunnerService:
         model_id, config = await asyncio.to_thread(lambda: self.scheduler.save_settings(name, **settings))
         self.scheduler.apply_settings(model_id, config)
         return {"model": name, "model_id": model_id, "context_size": config.context_size,
-                "runtime_flags": list(config.runtime_flags), "keep_alive": config.keep_alive}
+                "runtime_flags": list(config.runtime_flags), "keep_alive": config.keep_alive,
+                "think": config.think, "reasoning_budget": config.reasoning_budget}
 
     async def settings(self, name: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.scheduler.settings_of, name)

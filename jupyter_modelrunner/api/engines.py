@@ -57,7 +57,8 @@ class EngineUnloadHandler(ModelRunnerHandler):
 
 class EngineConfigureHandler(ModelRunnerHandler):
     """`GET engines/_configure?model=NAME` shows a model's settings; `POST engines/_configure {"model",
-    "context-size", "runtime-flags", "keep_alive"}` changes them (keep_alive in seconds, -1 never, or a duration)."""
+    "context-size", "runtime-flags", "keep_alive", "think", "reasoning-budget"}` changes them (keep_alive in seconds,
+    -1 never, or a duration; think true/false; reasoning-budget in tokens, -1 no limit)."""
 
     @web.authenticated
     @authorized
@@ -81,8 +82,15 @@ class EngineConfigureHandler(ModelRunnerHandler):
         if flags is not None and (not isinstance(flags, list) or not all(isinstance(f, str) for f in flags)):
             raise web.HTTPError(400, '"runtime-flags" must be a list of strings, e.g. ["--n_threads", "4"].')
         keep_alive = body.get("keep_alive", body.get("keep-alive"))
+        think = body.get("think")
+        budget = body.get("reasoning-budget", body.get("reasoning_budget"))
+        if think is not None and not isinstance(think, bool):
+            raise web.HTTPError(400, '"think" must be true or false.')
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
+            raise web.HTTPError(400, '"reasoning-budget" must be a whole number of tokens (-1: no limit).')
         self.send_json(await self.service.configure(model, context_size=context, runtime_flags=flags,
-                                                    keep_alive=keep_alive, engine=body.get("backend")))
+                                                    keep_alive=keep_alive, engine=body.get("backend"), think=think,
+                                                    reasoning_budget=budget))
 
 
 class EngineLogsHandler(ModelRunnerHandler):

@@ -99,7 +99,7 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
         async with self.service.scheduler.use(model, mode=MODE_COMPLETION, context_size=context_size,
                                               keep_alive=keep_alive) as runner:
             self.service.metrics.requests.labels(f"ollama/{kind}", runner.name).inc()
-            request = runner.choice.engine.adapt_request(path.removeprefix("/v1/"), request)
+            request = runner.choice.engine.adapt_request(path.removeprefix("/v1/"), request, runner.plan)
             if not request.get("stream"):
                 response = await runner.request("POST", path, json=request)
                 if response.status_code != 200:

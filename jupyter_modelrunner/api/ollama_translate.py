@@ -28,6 +28,10 @@ _SAME_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "pres
 # Go's largest time.Duration: what Ollama adds to "now" for a model kept loaded forever (so a date in ~2318).
 _FOREVER = timedelta(microseconds=(2**63 - 1) // 1000)
 _NO_IMAGES = "images are not supported: the model runner serves text-only models"
+#: The `think` levels Ollama accepts besides true and false (gpt-oss's reasoning efforts).
+_THINK_LEVELS = ("low", "medium", "high")
+#: What a chat template of a thinking model contains (a think block, a thinking switch, harmony's channels).
+_THINKING_MARKERS = ("<think>", "enable_thinking", "reasoning_content", "[THINK]", "<|channel|>")
 
 
 def error_body(message: str) -> dict[str, str]:
@@ -59,7 +63,8 @@ def context_size(body: dict[str, Any]) -> int | None:
 
 def chat_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     """An Ollama `/api/chat` body as an OpenAI chat.completions body (`keep_alive` is the caller's business)."""
-    openai = {"model": _model(body), "messages": _messages(body.get("messages") or []), **_sampling(body)}
+    openai = {"model": _model(body), "messages": _messages(body.get("messages") or []), **_sampling(body),
+              **_thinking(body)}
     if body.get("tools"):
         openai["tools"] = body["tools"]  # Ollama's tool definitions already have OpenAI's shape
         choice = _tool_choice(body)
@@ -99,7 +104,24 @@ def generate_request_to_openai(body: dict[str, Any]) -> tuple[str, dict[str, Any
     else:
         system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
         path, openai = CHAT_PATH, {"model": _model(body), "messages": [*system, {"role": "user", "content": prompt}]}
-    return path, _with_stream({**openai, **_sampling(body)}, body)
+    thinking = _thinking(body) if path == CHAT_PATH else {}  # a raw prompt has no template to switch thinking in
+    return path, _with_stream({**openai, **_sampling(body), **thinking}, body)
+
+
+def _thinking(body: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's `think` in the OpenAI terms both engines read: `false` is `reasoning_effort: "none"` (the template's
+    no-thinking path), `true` asks the template to think (`chat_template_kwargs.enable_thinking`), and gpt-oss-style
+    levels (`"low"`, `"medium"`, `"high"`) are reasoning efforts. Unset: the model's own default."""
+    think = body.get("think")
+    if think is None:
+        return {}
+    if think is False:
+        return {"reasoning_effort": "none"}
+    if think is True:
+        return {"chat_template_kwargs": {"enable_thinking": True}}
+    if think in _THINK_LEVELS:
+        return {"reasoning_effort": think}
+    raise ValueError(f"think must be true, false, or one of {', '.join(map(repr, _THINK_LEVELS))}, not {think!r}")
 
 
 def _model(body: dict[str, Any]) -> str:
@@ -124,6 +146,7 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     `repeat_penalty` is multiplicative (1.0 = off) while OpenAI's `frequency_penalty` is additive (0 = off), so
     it is not mapped onto it; it is sent under llama.cpp's name (`repeat_penalty`) and vLLM's
     (`repetition_penalty`), which mean the same, and each engine ignores the name it does not know.
+    `options.grammar` (not Ollama's) is llama-server's GBNF `grammar`, passed on for GGUF models.
     """
     options = body.get("options") or {}
     if not isinstance(options, dict):
@@ -136,6 +159,8 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
         out["max_tokens"] = num_predict
     if options.get("repeat_penalty") is not None:
         out["repeat_penalty"] = out["repetition_penalty"] = options["repeat_penalty"]
+    if isinstance(options.get("grammar"), str) and options["grammar"]:
+        out["grammar"] = options["grammar"]  # llama.cpp's GBNF grammar (an extension, like `tool_choice` here)
     fmt = body.get("format")
     if fmt == "json":
         out["response_format"] = {"type": "json_object"}
@@ -205,6 +230,11 @@ class OllamaStream:
                 slot["name"] = slot["name"] or function.get("name") or ""  # sent once, with the first fragment
                 if isinstance(function.get("arguments"), str):
                     slot["arguments"] += function["arguments"]
+            thinking = _reasoning(delta)
+            if thinking:
+                self._started_generating()
+                self._pieces += 1
+                out.append(_ollama_object(self.model, self.kind, "", thinking))
             text = choice.get("text") if "text" in choice else delta.get("content")
             if text:
                 self._started_generating()
@@ -234,7 +264,8 @@ def chat_response_to_ollama(model: str, response: dict[str, Any], started: float
     the whole request counts as generation unless llama.cpp's `timings` say better."""
     choice = (response.get("choices") or [{}])[0]
     message = choice.get("message") or {}
-    obj = _ollama_object(model, kind, (choice.get("text") if "text" in choice else message.get("content")) or "")
+    obj = _ollama_object(model, kind, (choice.get("text") if "text" in choice else message.get("content")) or "",
+                         _reasoning(message))
     calls = [_tool_call((c.get("function") or {}).get("name") or "", (c.get("function") or {}).get("arguments"))
              for c in message.get("tool_calls") or []]
     if kind == "chat" and calls:
@@ -244,9 +275,24 @@ def chat_response_to_ollama(model: str, response: dict[str, Any], started: float
     return obj
 
 
-def _ollama_object(model: str, kind: Kind, text: str) -> dict[str, Any]:
-    body = {"message": {"role": "assistant", "content": text}} if kind == "chat" else {"response": text}
+def _ollama_object(model: str, kind: Kind, text: str, thinking: str | None = None) -> dict[str, Any]:
+    """One Ollama answer object: the text, and the thinking apart from it (`message.thinking` in a chat, `thinking`
+    beside `response` in a generate) when there is some, as Ollama sends it."""
+    if kind == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        body: dict[str, Any] = {"message": message}
+    else:
+        body = {"response": text, **({"thinking": thinking} if thinking else {})}
     return {"model": model, "created_at": _rfc3339(), **body, "done": False}
+
+
+def _reasoning(message: dict[str, Any]) -> str | None:
+    """The thinking in an OpenAI message or delta: `reasoning_content` (llama-server, and the runner's name for it)
+    or `reasoning` (vLLM's own)."""
+    text = message.get("reasoning_content") or message.get("reasoning")
+    return text if isinstance(text, str) and text else None
 
 
 def _final_fields(kind: Kind, finish_reason: str | None, usage: dict[str, Any], timings: dict[str, Any],
@@ -313,16 +359,27 @@ def ps_entry(name: str, model_json: dict[str, Any], runner_status: dict[str, Any
 
 
 def show_response(model_json: dict[str, Any], template: str | None, raw_config: dict[str, Any]) -> dict[str, Any]:
-    """`/api/show`: details, chat template, and `model_info` from the config blob's GGUF metadata. Capabilities
-    include "tools" when the template mentions tools, since clients check that before offering tool calling."""
+    """`/api/show`: details, chat template, and `model_info` from the config blob's GGUF metadata; `capabilities`
+    from the template (see `_capabilities`)."""
     name = (model_json.get("tags") or [model_json.get("id") or ""])[0]
     modelfile = f"# Modelfile generated by jupyter-modelrunner\nFROM {name}\n"
     if template:
         modelfile += f'TEMPLATE """{template}"""\n'
     return {"modelfile": modelfile, "parameters": "", "template": template or "", "details": _details(model_json),
             "model_info": _model_info(model_json.get("config") or {}, raw_config),
-            "capabilities": ["completion", "tools"] if template and "tools" in template else ["completion"],
+            "capabilities": _capabilities(template),
             "modified_at": _rfc3339(model_json.get("created") or 0)}
+
+
+def _capabilities(template: str | None) -> list[str]:
+    """Ollama's capabilities, read off the chat template: "tools" when it handles tools, "thinking" when it has a
+    thinking block or switch (clients check these before offering tool calling or `think`)."""
+    capabilities = ["completion"]
+    if template and "tools" in template:
+        capabilities.append("tools")
+    if template and any(marker in template for marker in _THINKING_MARKERS):
+        capabilities.append("thinking")
+    return capabilities
 
 
 def _details(model_json: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,8 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
         upstream_body = {**body, "model": ENGINE_MODEL_NAME}
         async with self.service.scheduler.use(model, mode=mode, engine=engine) as runner:
             self.service.metrics.requests.labels(endpoint, runner.name).inc()
-            upstream_body = runner.choice.engine.adapt_request(endpoint, upstream_body)
+            backend = runner.choice.engine
+            upstream_body = backend.adapt_request(endpoint, upstream_body, runner.plan)
             # Which engine answered, for clients that show it (the %%chat magic, the sidebar).
             self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
             self.set_header("X-Model-Runner-Device", runner.choice.device)
@@ -63,7 +64,7 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
                 response = await runner.request("POST", f"/v1/{endpoint}", json=upstream_body)
                 self.set_status(response.status_code)
                 self._copy_headers(response.headers)
-                self.finish(rename_model(response.content, model),
+                self.finish(rename_model(backend.adapt_response(endpoint, response.content), model),
                             set_content_type=response.headers.get("content-type", "application/json"))
                 return
             async with runner.stream("POST", f"/v1/{endpoint}", json=upstream_body) as upstream:
@@ -75,7 +76,8 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
                 self.set_header("Content-Type", "text/event-stream; charset=utf-8")
                 self.set_header("Cache-Control", "no-cache")
                 self.set_header("X-Accel-Buffering", "no")  # nginx in front of JupyterHub: do not buffer
-                await self.relay(upstream, lambda events: rename_model(events, model),
+                await self.relay(upstream,
+                                 lambda events: rename_model(backend.adapt_response(endpoint, events), model),
                                  on_error=lambda status, message: self._stream_error(model, status, message),
                                  content_type="text/event-stream; charset=utf-8")
 

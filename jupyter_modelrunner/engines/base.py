@@ -23,7 +23,11 @@ if TYPE_CHECKING:
 
 MODE_COMPLETION = "completion"
 MODE_EMBEDDING = "embedding"
-MODES = (MODE_COMPLETION, MODE_EMBEDDING)
+#: A reranker (a cross-encoder with a classification head) scoring documents against a query.
+MODE_RERANK = "rerank"
+MODES = (MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK)
+#: GGUF's `pooling_type` of a reranker (llama.cpp's LLAMA_POOLING_TYPE_RANK).
+GGUF_POOLING_RANK = "4"
 
 
 class EngineUnavailable(ModelRunnerError):
@@ -34,6 +38,12 @@ class EngineUnavailable(ModelRunnerError):
 
 class EngineFlagRefused(ModelRunnerError):
     """A runtime flag outside the engine's allowlist."""
+
+    http_status = 400
+
+
+class NotAReranker(ModelRunnerError):
+    """A rerank or score request for a model that has no classification head to score with."""
 
     http_status = 400
 
@@ -81,6 +91,10 @@ class RunConfig:
     context_size: int | None = None
     runtime_flags: tuple[str, ...] = ()
     keep_alive: float | None = None  # seconds; -1 never unload; None: the scheduler's default
+    #: Whether a reasoning model thinks before it answers when a request does not say (None: the template's default).
+    think: bool | None = None
+    #: Tokens a model may think for before it must answer (-1: no limit; None: the engine's default).
+    reasoning_budget: int | None = None
 
 
 #: Where a load plan's context size came from, strongest first (Docker Model Runner's most reported problem is
@@ -109,6 +123,10 @@ class LoadPlan:
     flags: tuple[str, ...] = ()
     #: GPU memory it takes (weights, KV caches, the engine's device runtime); 0 on the CPU. A budget of its own.
     vram: int = 0
+    #: Thinking by default (None: as the chat template decides), from `configure --think/--no-think` or a flag.
+    think: bool | None = None
+    #: The thinking budget in tokens (-1 or None: no limit), from `configure --reasoning-budget` or a flag.
+    reasoning_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,8 @@ class ModelFacts:
     layers: int | None = None
     kv_heads: int | None = None
     head_dim: int | None = None
+    #: A cross-encoder with a classification head, which scores (query, document) pairs: rerank mode runs it.
+    reranker: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -151,6 +171,9 @@ class ModelFacts:
             facts.head_dim = number("attention.key_length") or (embed // heads if heads and embed else None)
             if gguf.get(f"{arch}.pooling_type"):
                 facts.extra["pooling_type"] = gguf[f"{arch}.pooling_type"]
+            # A classification head (llama.cpp's converter writes its labels) or rank pooling: a reranker.
+            facts.reranker = (gguf.get(f"{arch}.pooling_type") == GGUF_POOLING_RANK
+                              or f"{arch}.classifier.output_labels" in gguf)
         else:
             config_path = model.bundle / "config.json"
             try:
@@ -163,6 +186,8 @@ class ModelFacts:
             facts.kv_heads = hf.get("num_key_value_heads") or heads
             hidden = hf.get("hidden_size")
             facts.head_dim = hf.get("head_dim") or (hidden // heads if heads and hidden else None)
+            architectures = hf.get("architectures") or []
+            facts.reranker = any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in architectures)
         return facts
 
     def kv_cache_bytes(self, context: int, bytes_per_value: int = 2) -> int:
@@ -223,6 +248,9 @@ class Engine(ABC):
         """
         flags = self.check_flags(config.runtime_flags)
         flag_context, flag_slots, flags = self.absorb_flags(flags)
+        flag_think, flag_budget, flags = self.absorb_reasoning_flags(flags)
+        think = config.think if config.think is not None else flag_think
+        budget = config.reasoning_budget if config.reasoning_budget is not None else flag_budget
         facts = ModelFacts.of(model)
         on_gpu = bool(hardware and hardware.cuda and vram_budget)
         limit = vram_budget if on_gpu else budget
@@ -241,8 +269,10 @@ class Engine(ABC):
                 slots //= 2
         if on_gpu:
             return LoadPlan(context, source, slots, self.overhead_bytes, flags,
-                            vram=self.memory_for(facts, context, slots, on_gpu=True))
-        return LoadPlan(context, source, slots, self.memory_for(facts, context, slots), flags)
+                            vram=self.memory_for(facts, context, slots, on_gpu=True), think=think,
+                            reasoning_budget=budget)
+        return LoadPlan(context, source, slots, self.memory_for(facts, context, slots), flags, think=think,
+                        reasoning_budget=budget)
 
     def auto_context(self, facts: ModelFacts, *, budget: int, slots: int, on_gpu: bool = False) -> tuple[int, str]:
         """The context when nothing names one: the training context if the KV cache of every slot fits."""
@@ -273,16 +303,31 @@ class Engine(ABC):
         """
         return None, None, flags
 
+    def absorb_reasoning_flags(self, flags: tuple[str, ...]) -> tuple[bool | None, int | None, tuple[str, ...]]:
+        """Pull the engine's own thinking switch and budget flags out of checked runtime flags, so that they and
+        `configure --think/--reasoning-budget` are one setting (the plan's; `configure` wins over a flag).
+
+        Returns `(think, budget, remaining flags)`; engines without such flags return them unchanged.
+        """
+        return None, None, flags
+
     def estimate_memory(self, model: Model, config: RunConfig, *, budget: int = 1 << 62) -> int:
         """The memory a start with `config` would need (the plan's figure)."""
         return self.plan(model, config, budget=budget).memory
 
-    def adapt_request(self, endpoint: str, body: dict) -> dict:
+    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None) -> dict:
         """Reshape an OpenAI request body for this engine's server where it understands the API differently.
 
-        The default passes it through unchanged; engines override it for the few fields they read otherwise.
+        `plan` is how the answering engine was started (its per-model settings, for engines that take some of them
+        per request). The default passes the body through unchanged; engines override it for the few fields they
+        read otherwise.
         """
         return body
+
+    def adapt_response(self, endpoint: str, data: bytes) -> bytes:
+        """Reshape the engine's answer (a whole JSON body, or complete SSE events) where its fields differ from
+        what clients expect of the runner. Bytes in, bytes out; the default changes nothing."""
+        return data
 
     async def reported_context(self, client: object) -> int | None:
         """The context size per request the started engine reports (None when it cannot say)."""

@@ -16,6 +16,7 @@ file's `runtime_flags` work unchanged); the fallback translates the few it under
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.metadata
 import importlib.util
@@ -29,9 +30,11 @@ from .. import mediatypes as mt
 from .base import (
     MODE_COMPLETION,
     MODE_EMBEDDING,
+    MODE_RERANK,
     Availability,
     Engine,
     EngineFlagRefused,
+    EngineUnavailable,
     FlagSpec,
     Launch,
     LoadPlan,
@@ -135,6 +138,11 @@ LLAMA_SERVER_FLAGS: dict[str, FlagSpec] = {
 }
 _CONTEXT_FLAGS = ("-c", "--ctx-size")
 _SLOT_FLAGS = ("-np", "--parallel")
+_THINK_FLAGS = ("-rea", "--reasoning")
+_BUDGET_FLAG = "--reasoning-budget"
+#: How llama-server returns thinking: apart from the answer, in `reasoning_content` (its `auto` means the same today;
+#: named so that a change of its default cannot put `<think>` blocks back into answers).
+REASONING_FORMAT = "deepseek"
 
 # The llama-server flags the fallback understands, as llama-cpp-python's server settings (value → its value).
 _PYTHON_FLAG_NAMES = {
@@ -235,9 +243,10 @@ class LlamaCppEngine(Engine):
             return plan
         facts = ModelFacts.of(model)
         if plan.vram:
-            return LoadPlan(context, plan.context_source, slots, plan.memory, plan.flags,
-                            vram=self.memory_for(facts, context, slots, on_gpu=True))
-        return LoadPlan(context, plan.context_source, slots, self.memory_for(facts, context, slots), plan.flags)
+            return dataclasses.replace(plan, context_size=context, slots=slots,
+                                       vram=self.memory_for(facts, context, slots, on_gpu=True))
+        return dataclasses.replace(plan, context_size=context, slots=slots,
+                                   memory=self.memory_for(facts, context, slots))
 
     def absorb_flags(self, flags: tuple[str, ...]) -> tuple[int | None, int | None, tuple[str, ...]]:
         context = slots = None
@@ -260,6 +269,29 @@ class LlamaCppEngine(Engine):
             rest.append(name)
             i += 1
         return context, slots, tuple(rest)
+
+    def absorb_reasoning_flags(self, flags: tuple[str, ...]) -> tuple[bool | None, int | None, tuple[str, ...]]:
+        """`--reasoning on|off|auto` is `configure --think/--no-think` (auto: the template decides), and
+        `--reasoning-budget N` is `configure --reasoning-budget N`: the plan carries them, the launch writes them."""
+        think: bool | None = None
+        budget: int | None = None
+        rest: list[str] = []
+        items = list(flags)
+        i = 0
+        while i < len(items):
+            name = items[i]
+            if name in _THINK_FLAGS:
+                value = items[i + 1] if i + 1 < len(items) and items[i + 1] in ("on", "off", "auto") else None
+                think = {"on": True, "off": False, "auto": None, None: True}[value]
+                i += 1 if value is None else 2
+                continue
+            if name == _BUDGET_FLAG and i + 1 < len(items):
+                budget = parse_reasoning_budget(items[i + 1])
+                i += 2
+                continue
+            rest.append(name)
+            i += 1
+        return think, budget, tuple(rest)
 
     # -- starting -------------------------------------------------------------------------------------------
 
@@ -289,11 +321,14 @@ class LlamaCppEngine(Engine):
             "--jinja", "--metrics", "--no-webui", "--cache-ram", str(PROMPT_CACHE_MIB), "--log-colors", "off",
         ]
         facts = ModelFacts.of(model)
-        if mode == MODE_EMBEDDING:
-            argv += ["--embeddings"]
-            if not facts.extra.get("pooling_type"):
-                argv += ["--pooling", "mean"]  # a generative model: one vector per input, as OpenAI clients expect
-            # An embedding is computed in one micro-batch, so a whole input must fit in one.
+        if mode in (MODE_EMBEDDING, MODE_RERANK):
+            if mode == MODE_RERANK:
+                argv += ["--rerank"]  # rank pooling through the model's classification head, and /v1/rerank
+            else:
+                argv += ["--embeddings"]
+                if not facts.extra.get("pooling_type"):
+                    argv += ["--pooling", "mean"]  # a generative model: one vector per input, as OpenAI clients expect
+            # An embedding (or a query-document pair's score) is computed in one micro-batch, so it must fit in one.
             batch = str(min(plan.context_size, 4096))
             argv += ["--batch-size", batch, "--ubatch-size", batch]
         else:
@@ -303,6 +338,7 @@ class LlamaCppEngine(Engine):
             mmproj = model.bundle / "model.mmproj"
             if mmproj.is_file():
                 argv += ["--mmproj", str(mmproj)]
+            argv += _reasoning_args(plan)
         argv += list(plan.flags)
         env = _engine_env()
         # The libraries built with it sit next to the binary (its runpath says so), but LD_LIBRARY_PATH would win
@@ -312,6 +348,9 @@ class LlamaCppEngine(Engine):
 
     def _python_launch(self, model: Model, gguf: Path, socket: Path, plan: LoadPlan, hardware: Hardware,
                        mode: str) -> Launch:
+        if mode == MODE_RERANK:
+            raise EngineUnavailable(f"Reranking needs llama.cpp's llama-server (llama-cpp-python's server has no "
+                                    f"rerank route): `{INSTALL_COMMAND}` installs it.")
         facts = ModelFacts.of(model)
         argv = [
             self.python, "-m", "jupyter_modelrunner.engines.llamacpp_python_server",
@@ -336,15 +375,18 @@ class LlamaCppEngine(Engine):
 
     # -- talking to it -------------------------------------------------------------------------------------
 
-    def adapt_request(self, endpoint: str, body: dict) -> dict:
+    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None) -> dict:
         """Fill the gaps between OpenAI's API and what each llama.cpp server reads.
 
         llama-server ignores a `tool_choice` that names a function (it reads only strings); the same meaning is
         "required" with that function as the only tool. llama-cpp-python's server refuses `json_schema` response
-        formats (HTTP 500); it takes the schema as a `json_object` format's `schema` instead.
+        formats (HTTP 500); it takes the schema as a `json_object` format's `schema` instead. llama-server reads
+        `reasoning_effort: "none"` as "do not think", but a level (`low`…`high`) only as a hint to templates that
+        know levels: on a model configured not to think, it must also switch thinking on, as vLLM does.
         """
         if endpoint != "chat/completions":
             return body
+        body = with_thinking_for_effort(body)
         choice = body.get("tool_choice")
         if isinstance(choice, dict) and isinstance(body.get("tools"), list):
             wanted = (choice.get("function") or {}).get("name")
@@ -369,6 +411,40 @@ class LlamaCppEngine(Engine):
         except Exception:  # an engine that cannot say is not an error
             return None
         return None
+
+
+def parse_reasoning_budget(value: str | int) -> int:
+    """A thinking budget in tokens: a whole number, -1 for no limit, 0 for no thinking at all."""
+    try:
+        budget = int(value)
+    except (TypeError, ValueError):
+        budget = -2
+    if isinstance(value, bool) or budget < -1:
+        raise EngineFlagRefused(f"Invalid reasoning budget {value!r}: a number of tokens, 0 for no thinking, -1 for "
+                                "no limit.")
+    return budget
+
+
+def _reasoning_args(plan: LoadPlan) -> list[str]:
+    """llama-server's reasoning flags for a chat model: thinking apart from the answer, and the model's settings."""
+    args = [] if "--reasoning-format" in plan.flags else ["--reasoning-format", REASONING_FORMAT]
+    if plan.think is not None:
+        args += ["--reasoning", "on" if plan.think else "off"]
+    if plan.reasoning_budget is not None:
+        args += [_BUDGET_FLAG, str(plan.reasoning_budget)]
+    return args
+
+
+def with_thinking_for_effort(body: dict) -> dict:
+    """A request that asks for a reasoning effort level (`low`, `high`, …) asks for thinking: say so to the chat
+    template (`enable_thinking`), unless the request already does."""
+    effort = body.get("reasoning_effort")
+    kwargs = body.get("chat_template_kwargs")
+    if not isinstance(effort, str) or effort in ("", "none"):
+        return body
+    if isinstance(kwargs, dict) and "enable_thinking" in kwargs:
+        return body
+    return {**body, "chat_template_kwargs": {**(kwargs if isinstance(kwargs, dict) else {}), "enable_thinking": True}}
 
 
 def _engine_env() -> dict[str, str]:

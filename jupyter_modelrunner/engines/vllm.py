@@ -8,9 +8,11 @@ separate virtual environment, configured with `MODEL_RUNNER_VLLM_PYTHON` or the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,9 @@ from .base import (
     CONTEXT_DEFAULT,
     CONTEXT_TRAINING,
     CONTEXT_TRAINING_CAPPED,
+    MODE_COMPLETION,
     MODE_EMBEDDING,
+    MODE_RERANK,
     Availability,
     Engine,
     FlagSpec,
@@ -97,6 +101,7 @@ class VllmEngine(Engine):
         "--max-model-len": FlagSpec(help="context size (same as `configure --context-size`)"),
         "--tool-call-parser": FlagSpec(help="how tool calls are read from the output (default: from the template)"),
         "--enable-auto-tool-choice": FlagSpec(takes_value=False),
+        "--reasoning-parser": FlagSpec(help="how thinking is read from the output (default: from the template)"),
     }
 
     def __init__(self, python: str | None = None) -> None:
@@ -134,6 +139,38 @@ class VllmEngine(Engine):
         if on_gpu:
             return self.gpu_runtime_bytes + facts.weights_bytes + GPU_SEQUENCES * facts.kv_cache_bytes(context)
         return self.overhead_bytes + facts.weights_bytes + CPU_KV_CACHE_BYTES
+
+    def plan(self, model: Model, config: RunConfig, *, budget: int, request_context: int | None = None,
+             mode: str = MODE_COMPLETION, hardware: Hardware | None = None, vram_budget: int = 0) -> LoadPlan:
+        """The base plan, with the reasoning parser read off the model (see `reasoning_parser`) among its flags
+        for a chat model: requests need to know whether one is on (a thinking budget needs it)."""
+        plan = super().plan(model, config, budget=budget, request_context=request_context, mode=mode,
+                            hardware=hardware, vram_budget=vram_budget)
+        if mode == MODE_COMPLETION and "--reasoning-parser" not in plan.flags:
+            parser = reasoning_parser(model.bundle)
+            if parser:
+                plan = dataclasses.replace(plan, flags=(*plan.flags, "--reasoning-parser", parser))
+        return plan
+
+    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None) -> dict:
+        """vLLM takes a thinking budget per request (`thinking_token_budget`, only with a reasoning parser): the
+        model's configured budget is the default of each of its chat requests. llama-server's per-request name
+        for it (`reasoning_budget_tokens`, also `thinking_budget_tokens`) is read as the same thing."""
+        if endpoint != "chat/completions" or plan is None or "--reasoning-parser" not in plan.flags:
+            return body
+        asked = next((body[k] for k in ("thinking_token_budget", "reasoning_budget_tokens", "thinking_budget_tokens")
+                      if body.get(k) is not None), plan.reasoning_budget)
+        body = {k: v for k, v in body.items() if k not in ("reasoning_budget_tokens", "thinking_budget_tokens")}
+        if asked is not None and asked != -1:
+            body["thinking_token_budget"] = asked
+        return body
+
+    def adapt_response(self, endpoint: str, data: bytes) -> bytes:
+        """vLLM names the thinking `reasoning`; llama-server, DeepSeek's API and most clients `reasoning_content`.
+        Both are sent, so a client of either convention finds it whichever engine answered."""
+        if b'"reasoning"' not in data or b'"reasoning_content"' in data:
+            return data
+        return _VLLM_REASONING.sub(rb'"reasoning":\1,"reasoning_content":\1', data)
 
     def absorb_flags(self, flags: tuple[str, ...]) -> tuple[int | None, int | None, tuple[str, ...]]:
         if "--max-model-len" in flags:
@@ -188,12 +225,20 @@ class VllmEngine(Engine):
             argv += ["--enable-sleep-mode"]  # idle models sleep (weights offloaded) instead of stopping
         if mode == MODE_EMBEDDING:
             argv += ["--runner", "pooling", "--convert", "embed"]
+        elif mode == MODE_RERANK:
+            # A `*ForSequenceClassification` cross-encoder: vLLM's pooling runner scores (query, document) pairs
+            # through its classification head, on its /v1/rerank and /v1/score routes.
+            argv += ["--runner", "pooling"]
         elif "--tool-call-parser" not in plan.flags:
             parser = tool_call_parser(model.bundle)
             if parser:  # tools in requests are then answered with parsed `tool_calls`, as OpenAI clients expect
                 argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
         elif "--enable-auto-tool-choice" not in plan.flags:
             argv += ["--enable-auto-tool-choice"]
+        if mode == MODE_COMPLETION and plan.think is not None:
+            # The model's thinking default, for templates with an `enable_thinking` switch (Qwen3, SmolLM3, ...);
+            # a request's `reasoning_effort` or `chat_template_kwargs` still decides for itself.
+            argv += ["--default-chat-template-kwargs", json.dumps({"enable_thinking": plan.think})]
         argv += list(plan.flags)
         # Temporary files stay with this process; compile caches persist, so the next load is faster
         # (~10 s of a ~45 s CPU start here).
@@ -271,6 +316,56 @@ def chat_template_text(bundle: Path) -> str:
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             return str(named.get("default") or next(iter(named.values()), "") or "")
     return ""
+
+
+#: vLLM's answer fields naming the thinking (a JSON string or null), copied under llama-server's name.
+_VLLM_REASONING = re.compile(rb'"reasoning":\s?(null|"(?:[^"\\]|\\.)*")')
+
+# How a chat template marks thinking → vLLM's reasoning parser for it, first match wins. Each parser finds its
+# markers as single tokens of the tokenizer and refuses to start without them: see `reasoning_parser`.
+_THINK = ("<think>", "</think>")
+_REASONING_MARKERS: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
+    (("<|channel|>",), "openai_gptoss", ()),                      # gpt-oss (harmony channels)
+    (("[THINK]",), "mistral", ("[THINK]", "[/THINK]")),           # Magistral, Ministral reasoning
+    (("<seed:think>",), "seed_oss", ()),                          # Seed-OSS
+    (("[gMASK]", "<think>"), "glm45", _THINK),                    # GLM-4.5/4.6/4.7
+    (("<|im_assistant|>", "<think>"), "kimi_k2", _THINK),         # Kimi K2 Thinking
+    (("]~b]ai", "<think>"), "minimax_m2", _THINK),                # MiniMax-M2
+    (("\uff5cAssistant\uff5c", "not thinking"), "deepseek_v3", _THINK),  # DeepSeek V3.1+ (a `thinking` switch)
+    (("\uff5cAssistant\uff5c", "<think>"), "deepseek_r1", _THINK),       # DeepSeek R1 and its distills
+    (("<think>", "enable_thinking"), "qwen3", _THINK),            # Qwen3, QwQ, SmolLM3, ... (a thinking switch)
+    (("<think>",), "deepseek_r1", _THINK),                        # any other <think>…</think> template
+)
+
+
+def reasoning_parser(bundle: Path) -> str | None:
+    """vLLM's reasoning parser for the model in `bundle`, read off its chat template (None: not a reasoning model).
+
+    vLLM's `<think>` parsers look their markers up as tokens and refuse to start when the tokenizer has none, so a
+    template that mentions `<think>` on a tokenizer without such tokens gets no parser (its thinking, if any,
+    stays in the answer) rather than an engine that cannot start.
+    """
+    template = chat_template_text(bundle)
+    for markers, parser, tokens in _REASONING_MARKERS:
+        if all(marker in template for marker in markers):
+            return parser if all(_has_token(bundle, token) for token in tokens) else None
+    return None
+
+
+def _has_token(bundle: Path, token: str) -> bool:
+    """Whether the tokenizer in `bundle` has `token` as one token (an added token or a vocabulary entry)."""
+    with contextlib.suppress(OSError, ValueError):
+        tokenizer = json.loads((bundle / "tokenizer.json").read_text(encoding="utf-8"))
+        if any(isinstance(t, dict) and t.get("content") == token for t in tokenizer.get("added_tokens") or []):
+            return True
+        vocab = (tokenizer.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict) and token in vocab:
+            return True
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((bundle / "tokenizer_config.json").read_text(encoding="utf-8"))
+        decoder = config.get("added_tokens_decoder") or {}
+        return any(isinstance(t, dict) and t.get("content") == token for t in decoder.values())
+    return False
 
 
 def tool_call_parser(bundle: Path) -> str | None:
