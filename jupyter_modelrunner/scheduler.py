@@ -48,7 +48,7 @@ from .engines.base import (
 )
 from .engines.select import EngineChoice, default_engines, select_engine
 from .errors import ModelRunnerError
-from .runner_config import RunConfigFile, parse_keep_alive
+from .runner_config import InvalidSetting, RunConfigFile, parse_keep_alive
 from .store import Model, Store
 
 log = logging.getLogger(__name__)
@@ -859,7 +859,7 @@ class Scheduler:
             raise ModelRunnerError("The context size must be a positive number of tokens.")
         if reasoning_budget is not None and (isinstance(reasoning_budget, bool) or not isinstance(reasoning_budget, int)
                                              or reasoning_budget < -1):
-            raise ModelRunnerError("The reasoning budget is a number of tokens: 0 for no thinking, -1 for no limit.")
+            raise InvalidSetting("The reasoning budget is a number of tokens: 0 for no thinking, -1 for no limit.")
         flags = choice.engine.check_flags(runtime_flags) if runtime_flags is not None else None
         if flags is not None or context_size is not None:
             current = self.settings.get(model.id)

@@ -173,6 +173,33 @@ def smollm2_tools(live_store, smollm2_file, registry, tmp_path_factory) -> str:
     return "ai/smollm2-tools"
 
 
+#: llama.cpp's copy of Qwen3's chat template: the model writes `<think>…</think>` before its answer, and
+#: `enable_thinking: false` (what `reasoning_effort: "none"` and Ollama's `think: false` become) renders an empty
+#: think block instead, the template's no-thinking path.
+THINK_TEMPLATE = "Qwen-Qwen3-0.6B.jinja"
+#: DeepSeek-R1-Distill's template (llama.cpp's copy): the prompt ends inside an open think block, so whatever a
+#: model writes is thinking until it closes the block; with thinking off, the template closes it at once.
+R1_TEMPLATE = "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
+#: A random-weight model never writes a think block of its own accord: this GBNF grammar (llama-server's `grammar`)
+#: makes it write one, then an answer, so the reasoning parser has something to split.
+THINK_GRAMMAR = 'root ::= "<think>\\n" [a-z ]{8,24} "\\n</think>\\n\\n" [a-z ]{4,16}'
+
+
+@pytest.fixture(scope="module")
+def reasoning_models(live_store, tiny_gguf, registry, tmp_path_factory) -> dict[str, str]:
+    """The tiny model packaged with real reasoning templates from llama.cpp's source (`package --chat-template`):
+    `ai/tiny-think` with Qwen3's, `ai/tiny-r1` with DeepSeek-R1-Distill's. Name → template file."""
+    from .support.models import llama_cpp_chat_template
+
+    folder = tmp_path_factory.mktemp("reasoning-templates")
+    models = {"ai/tiny-think": THINK_TEMPLATE, "ai/tiny-r1": R1_TEMPLATE}
+    for name, template_name in models.items():
+        template = folder / template_name
+        template.write_text(llama_cpp_chat_template(template_name))
+        package_gguf(live_store, tiny_gguf, parse_reference(f"{registry.host}/{name}"), chat_template=template)
+    return models
+
+
 @pytest.fixture(scope="module")
 def jupyter(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess]:
     """A real `jupyter server` with the extension (enabled by the config file the package installs)."""

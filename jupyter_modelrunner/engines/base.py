@@ -250,7 +250,7 @@ class Engine(ABC):
         flag_context, flag_slots, flags = self.absorb_flags(flags)
         flag_think, flag_budget, flags = self.absorb_reasoning_flags(flags)
         think = config.think if config.think is not None else flag_think
-        budget = config.reasoning_budget if config.reasoning_budget is not None else flag_budget
+        thinking_budget = config.reasoning_budget if config.reasoning_budget is not None else flag_budget
         facts = ModelFacts.of(model)
         on_gpu = bool(hardware and hardware.cuda and vram_budget)
         limit = vram_budget if on_gpu else budget
@@ -270,9 +270,9 @@ class Engine(ABC):
         if on_gpu:
             return LoadPlan(context, source, slots, self.overhead_bytes, flags,
                             vram=self.memory_for(facts, context, slots, on_gpu=True), think=think,
-                            reasoning_budget=budget)
+                            reasoning_budget=thinking_budget)
         return LoadPlan(context, source, slots, self.memory_for(facts, context, slots), flags, think=think,
-                        reasoning_budget=budget)
+                        reasoning_budget=thinking_budget)
 
     def auto_context(self, facts: ModelFacts, *, budget: int, slots: int, on_gpu: bool = False) -> tuple[int, str]:
         """The context when nothing names one: the training context if the KV cache of every slot fits."""
