@@ -158,9 +158,8 @@ class VllmEngine(Engine):
         for it (`reasoning_budget_tokens`, also `thinking_budget_tokens`) is read as the same thing."""
         if endpoint != "chat/completions" or plan is None or "--reasoning-parser" not in plan.flags:
             return body
-        asked = next((body[k] for k in ("thinking_token_budget", "reasoning_budget_tokens", "thinking_budget_tokens")
-                      if body.get(k) is not None), plan.reasoning_budget)
-        body = {k: v for k, v in body.items() if k not in ("reasoning_budget_tokens", "thinking_budget_tokens")}
+        asked = next((body[k] for k in _BUDGET_FIELDS if body.get(k) is not None), plan.reasoning_budget)
+        body = {k: v for k, v in body.items() if k not in _BUDGET_FIELDS}
         if asked is not None and asked != -1:
             body["thinking_token_budget"] = asked
         return body
@@ -318,6 +317,8 @@ def chat_template_text(bundle: Path) -> str:
     return ""
 
 
+#: A request's thinking budget under vLLM's name, then llama-server's two.
+_BUDGET_FIELDS = ("thinking_token_budget", "reasoning_budget_tokens", "thinking_budget_tokens")
 #: vLLM's answer fields naming the thinking (a JSON string or null), copied under llama-server's name.
 _VLLM_REASONING = re.compile(rb'"reasoning":\s?(null|"(?:[^"\\]|\\.)*")')
 

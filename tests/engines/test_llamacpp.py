@@ -143,6 +143,43 @@ def test_context_and_slot_flags_become_the_plan_and_are_not_passed_twice(store, 
     assert "-c" not in argv and argv.count("--parallel") == 1 and argv[-2:] == ["--threads", "1"]
 
 
+def test_thinking_settings_and_their_flags_are_one_setting_on_the_command_line(store, tmp_path):
+    """`configure --think/--no-think/--reasoning-budget` and llama-server's `--reasoning`/`--reasoning-budget` flags
+    mean the same: the plan carries one value (the configured one wins) and the command line says it once."""
+    engine = LlamaCppEngine(server="/x/llama-server")
+    model = store.resolve("ai/tiny")
+
+    def argv(config: RunConfig, mode: str = "completion") -> list[str]:
+        plan = engine.plan(model, config, budget=BUDGET, mode=mode)
+        return engine.launch(model, workdir=tmp_path, config=config, hardware=CPU_ONLY, mode=mode, plan=plan).argv
+
+    plain = argv(RunConfig())
+    assert plain[plain.index("--reasoning-format") + 1] == "deepseek"  # thinking apart, in reasoning_content
+    assert "--reasoning" not in plain and "--reasoning-budget" not in plain  # the template decides
+    flagged = engine.plan(model, RunConfig(runtime_flags=("--reasoning-budget", "64", "-rea", "off")), budget=BUDGET)
+    assert (flagged.think, flagged.reasoning_budget) == (False, 64) and flagged.flags == ()
+    both = argv(RunConfig(runtime_flags=("--reasoning-budget", "64", "--reasoning", "auto"), think=True,
+                          reasoning_budget=16))
+    assert both.count("--reasoning-budget") == 1 and both[both.index("--reasoning-budget") + 1] == "16"
+    assert both.count("--reasoning") == 1 and both[both.index("--reasoning") + 1] == "on"
+    own_format = argv(RunConfig(runtime_flags=("--reasoning-format", "none")))
+    assert own_format.count("--reasoning-format") == 1 and own_format[-2:] == ["--reasoning-format", "none"]
+    embed = argv(RunConfig(think=False), mode="embedding")
+    assert "--reasoning" not in embed and "--reasoning-format" not in embed
+    with pytest.raises(EngineFlagRefused, match="reasoning budget"):
+        engine.plan(model, RunConfig(runtime_flags=("--reasoning-budget", "-3")), budget=BUDGET)
+
+
+def test_a_reasoning_effort_level_asks_the_template_to_think():
+    engine = LlamaCppEngine(server="/x/llama-server")
+    ask = {"model": "model", "messages": []}
+    assert engine.adapt_request("chat/completions", {**ask, "reasoning_effort": "low"})["chat_template_kwargs"] == {
+        "enable_thinking": True}
+    assert "chat_template_kwargs" not in engine.adapt_request("chat/completions", {**ask, "reasoning_effort": "none"})
+    told = {**ask, "reasoning_effort": "high", "chat_template_kwargs": {"enable_thinking": False, "x": 1}}
+    assert engine.adapt_request("chat/completions", told) == told  # what the request says about thinking wins
+
+
 def test_the_fallback_translates_the_flags_it_knows_and_refuses_the_rest(store, tmp_path):
     fallback = LlamaCppEngine(server="none")
     model = store.resolve("ai/tiny")

@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_modelrunner.api.relay import sse_data
 from jupyter_modelrunner.distribution import package_safetensors, pull
-from jupyter_modelrunner.engines.base import RunConfig
+from jupyter_modelrunner.engines.base import LoadPlan, RunConfig
 from jupyter_modelrunner.engines.hardware import probe
 from jupyter_modelrunner.engines.select import select_engine
-from jupyter_modelrunner.engines.vllm import VllmEngine, default_vllm_python, tool_call_parser
+from jupyter_modelrunner.engines.vllm import VllmEngine, default_vllm_python, reasoning_parser, tool_call_parser
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduler import Scheduler, sse_events
 from jupyter_modelrunner.store import Store
 
-from ..conftest import TOOLS_TEMPLATE
-from ..support.models import llama_cpp_chat_template, smollm2_twin
+from ..conftest import R1_TEMPLATE, THINK_TEMPLATE, TOOLS_TEMPLATE
+from ..support.models import llama_cpp_chat_template, make_tiny_safetensors, smollm2_twin
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -147,3 +148,99 @@ def test_vllm_answers_tool_calls_and_json_schemas(tmp_path, vllm_python):
         assert call["name"] == "get_weather" and "city" in json.loads(call["arguments"]), answer
     city = json.loads(structured["choices"][0]["message"]["content"])
     assert city["name"] and city["country"], structured
+
+
+def test_the_reasoning_parser_is_read_off_the_template_where_the_tokenizer_has_its_markers(tmp_path):
+    qwen3 = make_tiny_safetensors(tmp_path / "qwen3", special_tokens=("<think>", "</think>"),
+                                  chat_template=llama_cpp_chat_template(THINK_TEMPLATE))
+    r1 = make_tiny_safetensors(tmp_path / "r1", special_tokens=("<think>", "</think>"),
+                               chat_template=llama_cpp_chat_template(R1_TEMPLATE))
+    no_tokens = make_tiny_safetensors(tmp_path / "no-tokens", chat_template=llama_cpp_chat_template(THINK_TEMPLATE))
+    chatml = make_tiny_safetensors(tmp_path / "chatml", special_tokens=("<think>", "</think>"))
+    assert reasoning_parser(qwen3) == "qwen3" and reasoning_parser(r1) == "deepseek_r1"
+    # vLLM's parser would refuse to start without `<think>` as a token: no parser, the thinking stays in the answer.
+    assert reasoning_parser(no_tokens) is None and reasoning_parser(chatml) is None
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    model = package_safetensors(store, qwen3, parse_reference("127.0.0.1:1/ai/tiny-qwen3"))
+    engine = VllmEngine(python="/x/python")
+
+    def argv(config: RunConfig, mode: str = "completion") -> list[str]:
+        return engine.launch(model, workdir=tmp_path, config=config, hardware=probe(), mode=mode).argv
+
+    plain = argv(RunConfig())
+    assert plain[plain.index("--reasoning-parser") + 1] == "qwen3" and "--default-chat-template-kwargs" not in plain
+    off = argv(RunConfig(think=False))
+    assert json.loads(off[off.index("--default-chat-template-kwargs") + 1]) == {"enable_thinking": False}
+    overridden = argv(RunConfig(runtime_flags=("--reasoning-parser", "deepseek_r1")))
+    assert overridden.count("--reasoning-parser") == 1 and overridden[-1] == "deepseek_r1"
+    assert "--reasoning-parser" not in argv(RunConfig(), mode="embedding")
+
+
+def test_a_configured_budget_is_each_requests_thinking_budget_on_vllm(tmp_path):
+    engine = VllmEngine(python="/x/python")
+    ask = {"model": "model", "messages": []}
+    plan = LoadPlan(512, "default", 1, 0, ("--reasoning-parser", "qwen3"), reasoning_budget=32)
+    assert engine.adapt_request("chat/completions", ask, plan)["thinking_token_budget"] == 32
+    # llama-server's name for it means the same; a request's own budget wins, -1 is no limit.
+    assert engine.adapt_request("chat/completions", {**ask, "reasoning_budget_tokens": 5}, plan) == {
+        **ask, "thinking_token_budget": 5}
+    assert "thinking_token_budget" not in engine.adapt_request("chat/completions", {**ask, "thinking_token_budget": -1},
+                                                               plan)
+    # Without a reasoning parser vLLM refuses a budget: none is sent.
+    assert engine.adapt_request("chat/completions", ask, LoadPlan(512, "default", 1, 0, (), reasoning_budget=32)) == ask
+
+
+def test_vllms_reasoning_field_is_also_sent_as_reasoning_content():
+    engine = VllmEngine(python="/x/python")
+    whole = b'{"message":{"content":null,"reasoning":"a \\"quoted\\" thought"}}'
+    assert json.loads(engine.adapt_response("chat/completions", whole))["message"] == {
+        "content": None, "reasoning": 'a "quoted" thought', "reasoning_content": 'a "quoted" thought'}
+    events = b'data: {"delta":{"reasoning":"x"}}\n\ndata: {"delta":{"reasoning": null,"content":"y"}}\n\n'
+    assert [e["delta"].get("reasoning_content") for e in sse_data(engine.adapt_response("chat/completions", events))] \
+        == ["x", None]
+    spoken = b'{"message":{"content":"I said \\"reasoning\\": \\"no\\""}}'  # the word inside text is left alone
+    assert engine.adapt_response("chat/completions", spoken) == spoken
+
+
+def test_vllm_starts_with_the_reasoning_parser_and_renders_the_thinking_switches(tmp_path, vllm_python):
+    """DeepSeek-R1's template (llama.cpp's copy: the prompt ends inside `<think>` unless `enable_thinking` is false or
+    undefined, which vLLM leaves it) on a tiny model whose tokenizer has the think tokens: vLLM starts with the parser
+    chosen from the template, what the model writes in the open block comes back as reasoning (under both names),
+    and `configure --think/--no-think` and `reasoning_effort` reach the template (read back from the prompt vLLM
+    rendered)."""
+    folder = make_tiny_safetensors(tmp_path / "r1", special_tokens=("<think>", "</think>"),
+                                   chat_template=llama_cpp_chat_template(R1_TEMPLATE))
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    package_safetensors(store, folder, parse_reference("127.0.0.1:1/ai/tiny-r1-st"))
+    ask = {"model": "model", "temperature": 0, "max_tokens": 8, "return_token_ids": True,
+           "messages": [{"role": "user", "content": "Hi"}]}
+
+    async def scenario():
+        scheduler = Scheduler(store, keep_alive=-1, engines=[VllmEngine(vllm_python)])
+        answers = {}
+        try:
+            for think in (True, False):
+                scheduler.configure("ai/tiny-r1-st", think=think)  # restarts the loaded engine for the next request
+                async with scheduler.use("ai/tiny-r1-st") as runner:
+                    engine = runner.choice.engine
+                    for name, extra in (("default", {}), ("none", {"reasoning_effort": "none"}),
+                                        ("high", {"reasoning_effort": "high"})):
+                        body = engine.adapt_request("chat/completions", {**ask, **extra}, runner.plan)
+                        response = await runner.request("POST", "/v1/chat/completions", json=body)
+                        answer = json.loads(engine.adapt_response("chat/completions", response.content))
+                        prompt = (await runner.request("POST", "/detokenize", json={
+                            "model": "model", "tokens": answer["prompt_token_ids"]})).json()["prompt"]
+                        answers[think, name] = answer["choices"][0]["message"], prompt
+                    argv = runner.launch.argv
+        finally:
+            await scheduler.shutdown()
+        return answers, argv
+
+    answers, argv = asyncio.run(scenario())
+    assert argv[argv.index("--reasoning-parser") + 1] == "deepseek_r1"
+    message, prompt = answers[True, "default"]
+    assert prompt.endswith("<think>\n") and message["reasoning_content"] == message["reasoning"]
+    assert message["reasoning_content"]  # what the model wrote inside the open think block
+    thinking = {key: prompt.endswith("<think>\n") for key, (_message, prompt) in answers.items()}
+    assert thinking == {(True, "default"): True, (True, "none"): False, (True, "high"): True,
+                        (False, "default"): False, (False, "none"): False, (False, "high"): True}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,12 @@ answers in one word. What is the answer? Yes or no. Jupyter notebooks hold code,
 """ * 20
 
 
-def make_tiny_safetensors(folder: Path) -> Path:
-    """A Hugging Face folder for a random-weight `LlamaForCausalLM` with a byte-level BPE tokenizer."""
+def make_tiny_safetensors(folder: Path, *, special_tokens: Sequence[str] = (),
+                          chat_template: str = CHATML_TEMPLATE) -> Path:
+    """A Hugging Face folder for a random-weight `LlamaForCausalLM` with a byte-level BPE tokenizer.
+
+    `special_tokens` are added to ChatML's as single tokens (a reasoning template's `<think>` and `</think>`, which
+    vLLM's reasoning parsers look up as tokens); `chat_template` is the one it carries."""
     from safetensors.numpy import save_file
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -154,7 +159,7 @@ def make_tiny_safetensors(folder: Path) -> Path:
     tensors["lm_head.weight"] = weight(TINY_VOCAB, hidden)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *special_tokens]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -179,13 +184,13 @@ def make_tiny_safetensors(folder: Path) -> Path:
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
         "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "model_max_length": 512,
-        "chat_template": CHATML_TEMPLATE,
+        "chat_template": chat_template,
     }, indent=2))
     (folder / "special_tokens_map.json").write_text(json.dumps({
         "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>",
     }))
-    (folder / "chat_template.jinja").write_text(CHATML_TEMPLATE)
+    (folder / "chat_template.jinja").write_text(chat_template)
     assert vocab <= TINY_VOCAB
     return folder
 
