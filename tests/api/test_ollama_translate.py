@@ -437,3 +437,63 @@ def test_num_ctx_is_the_requests_context_size():
     assert context_size({"options": {}}) is None and context_size({}) is None
     with pytest.raises(ValueError, match="num_ctx"):
         context_size({"options": {"num_ctx": "big"}})
+
+
+# --- thinking ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("think", "fields"), [
+    (None, {}),
+    (False, {"reasoning_effort": "none"}),
+    (True, {"chat_template_kwargs": {"enable_thinking": True}}),
+    ("low", {"reasoning_effort": "low"}),
+    ("high", {"reasoning_effort": "high"}),
+])
+def test_think_becomes_the_openai_fields_both_engines_read(think, fields):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "think": think}
+    request = chat_request_to_openai(body)
+    assert {k: request[k] for k in ("reasoning_effort", "chat_template_kwargs") if k in request} == fields
+    _path, generate = generate_request_to_openai({"model": "m", "prompt": "hi", "think": think})
+    assert {k: generate[k] for k in ("reasoning_effort", "chat_template_kwargs") if k in generate} == fields
+
+
+def test_think_is_not_sent_with_a_raw_prompt_and_unknown_values_are_refused():
+    _path, raw = generate_request_to_openai({"model": "m", "prompt": "<|im_start|>x", "raw": True, "think": False})
+    assert "reasoning_effort" not in raw
+    with pytest.raises(ValueError, match="think must be true, false"):
+        chat_request_to_openai({"model": "m", "messages": [], "think": "max"})
+
+
+def test_options_grammar_is_llama_cpps_grammar():
+    request = chat_request_to_openai({"model": "m", "messages": [], "options": {"grammar": 'root ::= "x"'}})
+    assert request["grammar"] == 'root ::= "x"'
+
+
+def test_streamed_thinking_becomes_message_thinking_before_the_content():
+    clock = Clock()
+    stream = OllamaStream("m", "chat", clock.now, clock=clock)
+    chunks = [chunk({"role": "assistant", "content": None}), chunk({"reasoning_content": "Let me see."}),
+              chunk({"reasoning": " Hm."}), chunk({"content": "Hi"}), chunk({}, "stop")]
+    *pieces, final = run_stream(stream, clock, chunks)
+    assert [(p["message"].get("thinking"), p["message"]["content"]) for p in pieces] == [
+        ("Let me see.", ""), (" Hm.", ""), (None, "Hi")]
+    assert final["eval_count"] == 3 and "thinking" not in final["message"]
+    generate = OllamaStream("m", "generate", clock.now, clock=clock)
+    assert [(p.get("thinking"), p["response"]) for p in generate.feed(chunk({"reasoning_content": "t"}))] == [
+        ("t", "")]
+
+
+def test_whole_answers_carry_thinking_apart_and_the_client_reads_it():
+    ollama = pytest.importorskip("ollama")
+    response = {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": "Hi",
+                                                                   "reasoning_content": "They greet me."}}]}
+    chat = ollama.ChatResponse.model_validate(chat_response_to_ollama("m", response, 0.0, "chat"))
+    assert (chat.message.thinking, chat.message.content) == ("They greet me.", "Hi")
+    generate = ollama.GenerateResponse.model_validate(chat_response_to_ollama("m", response, 0.0, "generate"))
+    assert (generate.thinking, generate.response) == ("They greet me.", "Hi")
+
+
+def test_show_response_advertises_thinking_for_reasoning_templates():
+    assert show_response(MODEL_JSON, "{{ '<think>' }}{% if tools %}{% endif %}", RAW_CONFIG)["capabilities"] == [
+        "completion", "tools", "thinking"]
+    assert "thinking" not in show_response(MODEL_JSON, "{{ messages }}", RAW_CONFIG)["capabilities"]
