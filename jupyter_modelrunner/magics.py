@@ -457,7 +457,7 @@ class _TextAnswer:
     def _style(self, text: str) -> str:
         return f"\x1b[2m{text}\x1b[0m" if self._dim else text
 
-    def update(self, thinking: str, text: str) -> None:
+    def _write(self, thinking: str, text: str) -> None:
         if not self._written:
             self._think(thinking)
         if text[self._written :]:
@@ -465,10 +465,13 @@ class _TextAnswer:
                 sys.stdout.write("\n\n")  # the answer starts below the thinking
             sys.stdout.write(text[self._written :])
             self._written = len(text)
+
+    def update(self, thinking: str, text: str) -> None:
+        self._write(thinking, text)
         sys.stdout.flush()
 
     def finish(self, thinking: str, text: str, footer: str) -> None:
-        self.update(thinking, text)
+        self._write(thinking, text)
         print(f"\n[{footer}]")
 
 

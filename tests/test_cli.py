@@ -140,6 +140,18 @@ def test_configure_logs_and_status(cli_env, seeded):
     assert "vllm" in engines and engines["vllm"]["reason"]
 
 
+def test_configure_thinking_is_shown_by_configure_and_ps(cli_env, seeded):
+    run_cli("pull", "-q", "ai/tiny")
+    out = run_cli("configure", "ai/tiny", "--no-think", "--reasoning-budget", "128")
+    assert "thinking off, reasoning budget 128 tokens" in out.stdout
+    assert "thinking off, reasoning budget 128 tokens" in run_cli("configure", "ai/tiny").stdout
+    run_cli("run", "-d", "ai/tiny")
+    ps = run_cli("ps").stdout
+    assert "THINKING" in ps and "off, reasoning budget 128 tokens" in ps
+    refused = run_cli("configure", "ai/tiny", "--reasoning-budget", "-2", check=False)
+    assert refused.returncode == 1 and "reasoning budget" in refused.stderr
+
+
 @pytest.mark.slow
 def test_smollm2_knows_the_capital_of_france(cli_env, registry, smollm2_file):
     from .support.publish import publish_gguf

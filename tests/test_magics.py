@@ -127,6 +127,33 @@ def test_chat_in_a_notebook_updates_one_markdown_display_in_place(shell, magics)
     assert final.startswith(shell.user_ns["_chat"]) and "llama.cpp" in final
 
 
+def test_thinking_shows_prefixed_above_the_answer_in_a_terminal_and_stays_out_of_chat(shell, magics,
+                                                                                     reasoning_models):
+    """DeepSeek-R1's template opens a think block, so the tiny model's words are all thinking: shown, marked as
+    thinking, and kept out of `_chat` and of the conversation; `--no-think` makes them the answer."""
+    out, _, result = run(shell, "%%chat ai/tiny-r1 --max-tokens 12 --temperature 0\nHello")
+    assert result.success, out
+    assert out.startswith("Thinking:\n│ ") and "tokens in" in out
+    assert shell.user_ns["_chat"] == "" and magics.conversations["ai/tiny-r1"][-1] == {"role": "assistant",
+                                                                                      "content": ""}
+    out, _, result = run(shell, "%%chat ai/tiny-r1 --new --no-think --max-tokens 12 --temperature 0\nHello")
+    assert result.success and "Thinking:" not in out
+    assert shell.user_ns["_chat"] and out.startswith(shell.user_ns["_chat"])
+
+
+def test_thinking_in_a_notebook_is_a_details_block_open_while_thinking_then_collapsed(shell, magics,
+                                                                                      reasoning_models):
+    magics.rich = True
+    with capture_output() as captured:
+        result = shell.run_cell("%%chat ai/tiny-r1 --max-tokens 200 --temperature 0\nTell me a story")
+    assert result.success
+    shown = [o.data["text/markdown"] for o in captured.outputs]
+    assert len({o.transient.get("display_id") for o in captured.outputs}) == 1, "one display, updated in place"
+    assert any(text.startswith("<details open><summary>Thinking…</summary>\n\n> ") for text in shown[1:-1])
+    assert shown[-1].startswith("<details><summary>Thought for ") and "</details>" in shown[-1]
+    assert "tokens in" in shown[-1] and shell.user_ns["_chat"] == ""
+
+
 def test_use_sets_the_default_model(shell):
     out, _, result = run(shell, "%%chat\nHello")
     assert not result.success and "%model use" in out
@@ -164,9 +191,9 @@ def test_interrupt_stops_the_stream_and_frees_the_runner(shell, magics, monkeypa
     shown = 0
     original = magics_module._TextAnswer.update
 
-    def interrupt_at_the_fifth_piece(self, text: str) -> None:  # Ctrl-C, delivered while the answer streams
+    def interrupt_at_the_fifth_piece(self, thinking: str, text: str) -> None:  # Ctrl-C while the answer streams
         nonlocal shown
-        original(self, text)
+        original(self, thinking, text)
         shown += 1
         if shown == 5:
             os.kill(os.getpid(), signal.SIGINT)
