@@ -11,6 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..engines.base import MODES
 from .base import ModelRunnerHandler
 
 NDJSON = "application/x-ndjson"
@@ -153,8 +154,9 @@ class ModelPushHandler(ProgressStreamMixin, ModelRunnerHandler):
 
 
 class ModelLoadHandler(ModelRunnerHandler):
-    """`POST models/load {"model", "engine"?, "mode"?}`: start the model's engine now (Docker's preload), so the first
-    question does not wait; answers with the runner as `engines/ps` shows it, and how long the load took."""
+    """`POST models/load {"model", "engine"?, "mode"?}` (mode: completion, embedding or rerank): start the model's
+    engine now (Docker's preload), so the first question does not wait; answers with the runner as `engines/ps` shows
+    it, and how long the load took."""
 
     @web.authenticated
     @authorized
@@ -164,8 +166,8 @@ class ModelLoadHandler(ModelRunnerHandler):
         if not isinstance(model, str) or not model:
             raise web.HTTPError(400, 'Name the model: {"model": "ai/smollm2"}.')
         mode = body.get("mode", "completion")
-        if mode not in ("completion", "embedding"):
-            raise web.HTTPError(400, '"mode" is "completion" or "embedding".')
+        if mode not in MODES:
+            raise web.HTTPError(400, f'"mode" is one of {", ".join(map(repr, MODES))}.')
         self.send_json(await self.service.load(model, engine=body.get("engine") or None, mode=mode))
 
 
