@@ -9,6 +9,7 @@ import pytest
 from tornado import web
 
 from jupyter_modelrunner.api import routes
+from jupyter_modelrunner.api.base import SCOPE_INFERENCE
 
 pytestmark = pytest.mark.timeout(120)
 SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp"}  # groups that are not a list of literal alternatives
@@ -44,9 +45,16 @@ ROUTES = every_route()
 def test_the_route_table_is_complete():
     paths = {path for _, path in ROUTES}
     for expected in ("models", "models/create", "engines/v1/chat/completions", "v1/models", "engines/status",
-                     "engines/unload", "api/chat", "api/tags", "metrics"):
+                     "engines/unload", "api/chat", "api/tags", "metrics", "v1/rerank", "v1/score",
+                     "engines/v1/rerank", "engines/llama.cpp/v1/score"):
         assert expected in paths
     assert len(ROUTES) >= 30
+
+
+def test_rerank_and_score_are_inference_routes():
+    """A scoped inference key may rerank and score: they answer with a model, and manage nothing."""
+    handlers = {handler for pattern, handler in routes("") if "rerank|score" in pattern}
+    assert handlers and all(handler.api_scope == SCOPE_INFERENCE for handler in handlers)
 
 
 @pytest.fixture(scope="module", params=["jupyter", "standalone"])

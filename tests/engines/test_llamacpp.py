@@ -17,6 +17,7 @@ from jupyter_modelrunner.engines.base import (
     CONTEXT_TRAINING,
     CONTEXT_TRAINING_CAPPED,
     EngineFlagRefused,
+    EngineUnavailable,
     RunConfig,
 )
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware
@@ -95,6 +96,12 @@ def test_llama_server_is_started_on_a_socket_with_slots_jinja_metrics_and_the_ar
     embed = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="embedding",
                           plan=plan).argv
     assert "--embeddings" in embed and embed[embed.index("--pooling") + 1] == "mean"
+
+    rerank = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="rerank",
+                           plan=plan).argv
+    assert "--rerank" in rerank and "--embeddings" not in rerank and "--pooling" not in rerank
+    assert rerank[rerank.index("--ubatch-size") + 1] == "1024"  # a query-document pair is scored in one micro-batch
+    assert "--reasoning-format" not in rerank
 
 
 def test_the_chat_template_and_projector_layers_are_passed(tmp_path, tiny_4k):
@@ -190,6 +197,8 @@ def test_the_fallback_translates_the_flags_it_knows_and_refuses_the_rest(store, 
     assert argv[-6:] == ["--n_threads", "2", "--flash_attn", "false", "--use_mmap", "false"]
     with pytest.raises(EngineFlagRefused, match=r"install-runner llama\.cpp"):
         fallback.plan(model, RunConfig(runtime_flags=("--cache-type-k", "q8_0")), budget=BUDGET)
+    with pytest.raises(EngineUnavailable, match=r"Reranking needs llama\.cpp's llama-server"):
+        fallback.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="rerank")
 
 
 # -- which implementation ---------------------------------------------------------------------------------

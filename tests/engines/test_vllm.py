@@ -174,6 +174,9 @@ def test_the_reasoning_parser_is_read_off_the_template_where_the_tokenizer_has_i
     overridden = argv(RunConfig(runtime_flags=("--reasoning-parser", "deepseek_r1")))
     assert overridden.count("--reasoning-parser") == 1 and overridden[-1] == "deepseek_r1"
     assert "--reasoning-parser" not in argv(RunConfig(), mode="embedding")
+    rerank = argv(RunConfig(), mode="rerank")
+    assert rerank[rerank.index("--runner") + 1] == "pooling" and "--convert" not in rerank
+    assert "--reasoning-parser" not in rerank and "--tool-call-parser" not in rerank
 
 
 def test_a_configured_budget_is_each_requests_thinking_budget_on_vllm(tmp_path):

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -293,15 +294,9 @@ _INSTALL_SDIST_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".ca
     "llama.cpp" / "sdist"
 
 
-def llama_cpp_chat_template(name: str, cache_dir: Path | None = None) -> str:
-    """A real model's chat template (e.g. `Qwen-Qwen2.5-7B-Instruct.jinja`) from llama.cpp's own collection.
-
-    llama.cpp keeps the templates it tests its tool-call and reasoning parsers with under `models/templates/`; the
-    llama-cpp-python sdist that install-runner builds from vendors that tree, so the file is read from that tarball
-    (install-runner's copy, else one downloaded into the test cache), never copied into this repository.
-    """
-    import tarfile
-
+def llama_cpp_sdist(cache_dir: Path | None = None) -> Path:
+    """The llama-cpp-python sdist that vendors llama.cpp's source: install-runner's copy, else one downloaded into the
+    test cache (never copied into this repository)."""
     cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
                  or Path.home() / ".cache" / "jupyter-modelrunner-tests")
     candidates = sorted(_INSTALL_SDIST_DIR.glob("llama_cpp_python-*.tar.gz")) + sorted(
@@ -317,10 +312,85 @@ def llama_cpp_chat_template(name: str, cache_dir: Path | None = None) -> str:
                 if result.returncode != 0:
                     raise RuntimeError(f"`pip download {LLAMA_CPP_PYTHON_SDIST}` failed:\n{result.stderr[-2000:]}")
         candidates = sorted((cache / "sdist").glob("llama_cpp_python-*.tar.gz"))
-    with tarfile.open(candidates[-1]) as sdist:
-        for member in sdist:
+    return candidates[-1]
+
+
+def llama_cpp_chat_template(name: str, cache_dir: Path | None = None) -> str:
+    """A real model's chat template (e.g. `Qwen-Qwen2.5-7B-Instruct.jinja`) from llama.cpp's own collection.
+
+    llama.cpp keeps the templates it tests its tool-call and reasoning parsers with under `models/templates/`; the
+    llama-cpp-python sdist that install-runner builds from vendors that tree, so the file is read from that tarball.
+    """
+    import tarfile
+
+    sdist = llama_cpp_sdist(cache_dir)
+    with tarfile.open(sdist) as archive:
+        for member in archive:
             if member.isfile() and member.name.endswith(_TEMPLATES_IN_SDIST + name):
-                source = sdist.extractfile(member)
+                source = archive.extractfile(member)
                 assert source is not None
                 return source.read().decode("utf-8")
-    raise FileNotFoundError(f"{name} is not among llama.cpp's templates in {candidates[-1]}")
+    raise FileNotFoundError(f"{name} is not among llama.cpp's templates in {sdist}")
+
+
+#: What llama.cpp's converter needs of its source tree: the script, its model classes and its own gguf package.
+_CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def llama_cpp_converter(cache_dir: Path | None = None) -> Path:
+    """A folder with llama.cpp's `convert_hf_to_gguf.py` (and what it imports), from the same sdist, cached."""
+    import tarfile
+
+    cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
+                 or Path.home() / ".cache" / "jupyter-modelrunner-tests")
+    sdist = llama_cpp_sdist(cache)
+    target = cache / "llama.cpp-converter" / sdist.name.removesuffix(".tar.gz")
+    done = target / ".complete"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return target
+        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extracting-"))
+        try:
+            with tarfile.open(sdist) as archive:
+                prefix = next(m.name for m in archive if m.name.endswith("/vendor/llama.cpp/convert_hf_to_gguf.py"))
+                root = prefix.removesuffix("convert_hf_to_gguf.py")
+                wanted = [m for m in archive if m.isfile() and m.name.startswith(root)
+                          and m.name[len(root):].startswith(_CONVERTER_PARTS)]
+                for member in wanted:
+                    member.name = member.name[len(root):]
+                archive.extractall(scratch, members=wanted, filter="data")
+            (scratch / ".complete").write_text(sdist.name + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            scratch.rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return target
+
+
+TINY_RERANKER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_tiny_reranker.py"
+
+
+def tiny_reranker(cache_dir: Path | None = None) -> Path:
+    """A tiny random-weight reranker (`BertForSequenceClassification`, one label), made with transformers in the
+    vLLM environment and converted with llama.cpp's converter, cached: `<dir>/hf` (safetensors, for vLLM) and
+    `<dir>/tiny-reranker.gguf` (for llama.cpp). ~10 s when made; a cached one costs no interpreter start."""
+    import importlib.util
+
+    cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
+                 or Path.home() / ".cache" / "jupyter-modelrunner-tests")
+    target = cache / "tiny-reranker"
+    spec = importlib.util.spec_from_file_location("make_tiny_reranker", TINY_RERANKER_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # the script imports torch only when it builds
+    if script.is_complete(target):
+        return target
+    python = vllm_python()
+    converter = llama_cpp_converter(cache)
+    result = subprocess.run([str(python), str(TINY_RERANKER_SCRIPT), str(converter), str(target)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{TINY_RERANKER_SCRIPT.name} failed:\n{result.stderr[-3000:]}")
+    return target
