@@ -42,9 +42,9 @@ from .engines.base import (
     Launch,
     LoadPlan,
     ModelFacts,
-    NotAReranker,
     RunConfig,
     StandbySpec,
+    UnsuitableModel,
 )
 from .engines.select import EngineChoice, default_engines, select_engine
 from .errors import ModelRunnerError
@@ -338,11 +338,6 @@ class Scheduler:
         # Resolving reads the index, manifest and config, and an engine's availability check looks at
         # installed packages: off the event loop, which may be the notebook server's.
         model = await asyncio.to_thread(self.store.resolve, name)
-        if mode == MODE_RERANK and not await asyncio.to_thread(lambda: ModelFacts.of(model).reranker):
-            raise NotAReranker(
-                f"{name} is not a reranker: rerank and score need a model with a classification head (a "
-                "cross-encoder such as bge-reranker or a *ForSequenceClassification model; in GGUF, rank pooling or "
-                "classifier labels). Use embeddings to compare texts with other models.")
         asleep = self._runner_of(model.id, mode, engine, (RunnerState.SLEEPING, RunnerState.WAKING))
         if asleep is not None:
             await self._wake(asleep)  # requests that arrive while it wakes wait for it here, they do not fail
@@ -351,7 +346,8 @@ class Scheduler:
             await runner.idle.wait()
             await self._stop(runner, runner.restart_reason or f"restarting with a context of {context_size} tokens")
             runner = self._ready_runner(model.id, mode, engine)
-        if runner is None:  # the engine check (~3 ms) only when something has to start
+        if runner is None:  # the engine and model checks (~3 ms) only when something has to start
+            await asyncio.to_thread(_check_mode, model, name, mode)
             choice = await asyncio.to_thread(select_engine, model, self.hardware, self.engines, forced=engine)
             runner = await self._ensure(model, choice, mode, context_size)
         runner.in_use += 1
@@ -975,6 +971,20 @@ class LogWriter:
                         open_handle.flush()
             except OSError:
                 log.debug("could not write engine log %s", path, exc_info=True)
+
+
+def _check_mode(model: Model, name: str, mode: str) -> None:
+    """Refuse a use the model was not made for, before an engine starts for it: reranking needs a reranker (a
+    classification head), and a reranker cannot chat."""
+    reranker = ModelFacts.of(model).reranker
+    if mode == MODE_RERANK and not reranker:
+        raise UnsuitableModel(
+            f"{name} is not a reranker: rerank and score need a model with a classification head (a cross-encoder "
+            "such as bge-reranker, a *ForSequenceClassification model; in GGUF, rank pooling or classifier labels). "
+            "Use embeddings to compare texts with other models.")
+    if mode == MODE_COMPLETION and reranker:
+        raise UnsuitableModel(f"{name} is a reranker: it scores documents against a query (POST v1/rerank or "
+                           "v1/score) and cannot chat or complete text.")
 
 
 def _client_for(launch: Launch, engine: Engine) -> httpx.AsyncClient:

@@ -42,8 +42,9 @@ class EngineFlagRefused(ModelRunnerError):
     http_status = 400
 
 
-class NotAReranker(ModelRunnerError):
-    """A rerank or score request for a model that has no classification head to score with."""
+class UnsuitableModel(ModelRunnerError):
+    """A request the model was not made for: reranking with a model that has no classification head to score
+    with, or chatting with a reranker."""
 
     http_status = 400
 

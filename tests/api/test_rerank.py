@@ -82,6 +82,13 @@ def test_a_model_that_is_not_a_reranker_is_a_clear_400(jupyter):
                     and r["model_name"].endswith("ai/tiny:latest")]  # refused before anything loaded
 
 
+def test_a_reranker_cannot_chat(jupyter, rerankers):
+    with jupyter.client() as http:
+        answer = http.post("v1/chat/completions", json={"model": "ai/tiny-reranker",
+                                                        "messages": [{"role": "user", "content": "Hi"}]})
+    assert answer.status_code == 400 and "is a reranker" in answer.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(("body", "says"), [
     ({"query": QUERY, "documents": DOCUMENTS}, "name the model"),
     ({"model": "ai/tiny-reranker", "documents": DOCUMENTS}, "query must be a non-empty string"),
