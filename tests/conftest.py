@@ -188,15 +188,19 @@ THINK_GRAMMAR = 'root ::= "<think>\\n" [a-z ]{8,24} "\\n</think>\\n\\n" [a-z ]{4
 @pytest.fixture(scope="module")
 def reasoning_models(live_store, tiny_gguf, registry, tmp_path_factory) -> dict[str, str]:
     """The tiny model packaged with real reasoning templates from llama.cpp's source (`package --chat-template`):
-    `ai/tiny-think` with Qwen3's, `ai/tiny-r1` with DeepSeek-R1-Distill's. Name → template file."""
-    from .support.models import llama_cpp_chat_template
+    `ai/tiny-think` with Qwen3's, `ai/tiny-r1` with DeepSeek-R1-Distill's, the latter with `<think>` and `</think>` as
+    single tokens, as real reasoning models have them (llama-server's thinking budget counts from that token).
+    Name → template file."""
+    from .support.models import llama_cpp_chat_template, make_tiny_gguf
 
     folder = tmp_path_factory.mktemp("reasoning-templates")
+    think_tokens = make_tiny_gguf(folder / "tiny-think-tokens.gguf", special_tokens=("<think>", "</think>"))
     models = {"ai/tiny-think": THINK_TEMPLATE, "ai/tiny-r1": R1_TEMPLATE}
     for name, template_name in models.items():
         template = folder / template_name
         template.write_text(llama_cpp_chat_template(template_name))
-        package_gguf(live_store, tiny_gguf, parse_reference(f"{registry.host}/{name}"), chat_template=template)
+        weights = think_tokens if template_name == R1_TEMPLATE else tiny_gguf
+        package_gguf(live_store, weights, parse_reference(f"{registry.host}/{name}"), chat_template=template)
     return models
 
 

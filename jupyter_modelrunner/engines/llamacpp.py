@@ -382,11 +382,14 @@ class LlamaCppEngine(Engine):
         "required" with that function as the only tool. llama-cpp-python's server refuses `json_schema` response
         formats (HTTP 500); it takes the schema as a `json_object` format's `schema` instead. llama-server reads
         `reasoning_effort: "none"` as "do not think", but a level (`low`…`high`) only as a hint to templates that
-        know levels: on a model configured not to think, it must also switch thinking on, as vLLM does.
+        know levels: on a model configured not to think, it must also switch thinking on, as vLLM does. vLLM's name
+        for a request's thinking budget (`thinking_token_budget`) is read as llama-server's.
         """
         if endpoint != "chat/completions":
             return body
         body = with_thinking_for_effort(body)
+        if body.get("thinking_token_budget") is not None and body.get("reasoning_budget_tokens") is None:
+            body = {**body, "reasoning_budget_tokens": body["thinking_token_budget"]}
         choice = body.get("tool_choice")
         if isinstance(choice, dict) and isinstance(body.get("tools"), list):
             wanted = (choice.get("function") or {}).get("name")

@@ -194,7 +194,11 @@ def test_configure_no_think_restarts_the_model_with_thinking_off_by_default(serv
     assert last_prompt(server, "ai/tiny-think").endswith(THINKING_PROMPT_END)
 
 
-def test_a_reasoning_budget_flag_is_the_same_setting_as_configure_reasoning_budget(server):
+def test_a_reasoning_budget_flag_is_the_same_setting_as_configure_reasoning_budget(server, sdk):
+    """R1's template opens the think block, so without a budget the tiny model thinks until `max_tokens`; with one,
+    llama-server ends the thinking after that many tokens and the model answers."""
+    unlimited = sdk.chat.completions.create(model="ai/tiny-r1", messages=HELLO, temperature=0, max_tokens=24)
+    assert not unlimited.choices[0].message.content
     with server.client() as http:
         http.post("engines/_configure", json={"model": "ai/tiny-r1", "runtime-flags": ["--reasoning-budget", "7"]})
         http.post("engines/unload", json={"models": ["ai/tiny-r1"]})
@@ -203,5 +207,9 @@ def test_a_reasoning_budget_flag_is_the_same_setting_as_configure_reasoning_budg
         assert entry["reasoning_budget"] == 7
         argv = engine_argv(server, "ai/tiny-r1")
         assert argv.count("--reasoning-budget") == 1 and argv[argv.index("--reasoning-budget") + 1] == "7"
+        capped = sdk.chat.completions.create(model="ai/tiny-r1", messages=HELLO, temperature=0, max_tokens=24)
+        message = capped.choices[0].message
+        assert message.content and message.model_extra["reasoning_content"]
+        assert message.model_extra["reasoning_content"] in unlimited.choices[0].message.model_extra["reasoning_content"]
         invalid = http.post("engines/_configure", json={"model": "ai/tiny-r1", "reasoning-budget": -5})
         assert invalid.status_code == 400 and "reasoning budget" in invalid.json()["message"]

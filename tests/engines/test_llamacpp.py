@@ -185,6 +185,7 @@ def test_a_reasoning_effort_level_asks_the_template_to_think():
     assert "chat_template_kwargs" not in engine.adapt_request("chat/completions", {**ask, "reasoning_effort": "none"})
     told = {**ask, "reasoning_effort": "high", "chat_template_kwargs": {"enable_thinking": False, "x": 1}}
     assert engine.adapt_request("chat/completions", told) == told  # what the request says about thinking wins
+    assert engine.adapt_request("chat/completions", {**ask, "thinking_token_budget": 8})["reasoning_budget_tokens"] == 8
 
 
 def test_the_fallback_translates_the_flags_it_knows_and_refuses_the_rest(store, tmp_path):

