@@ -348,9 +348,11 @@ def _cmd_run(client, args) -> int:
         history.append({"role": "user", "content": prompt})
         with client.chat(args.model, history, engine=args.engine, temperature=args.temperature,
                          max_tokens=args.max_tokens) as stream:
-            for piece in stream:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+            for kind, piece in stream.parts():
+                # A reasoning model's thinking goes to stderr (dimmed on a terminal): stdout is the answer alone.
+                out = sys.stderr if kind == "thinking" else sys.stdout
+                out.write(f"\x1b[2m{piece}\x1b[0m" if kind == "thinking" and out.isatty() else piece)
+                out.flush()
         print()
         history.append({"role": "assistant", "content": stream.text})
 

@@ -126,6 +126,24 @@ def test_run_pulls_loads_and_streams_an_answer(cli_env, seeded):
     assert run_cli("run", "-d", "ai/tiny").returncode == 0
 
 
+def test_run_writes_a_reasoning_models_thinking_to_stderr_and_the_answer_to_stdout(cli_env, tmp_path):
+    """DeepSeek-R1's template opens a think block, so the tiny model's words are thinking (on stderr, stdout stays
+    empty) until `configure --no-think` makes the template close the block (then they are the answer)."""
+    from .conftest import R1_TEMPLATE
+    from .support.models import llama_cpp_chat_template, make_tiny_gguf
+
+    template = tmp_path / R1_TEMPLATE
+    template.write_text(llama_cpp_chat_template(R1_TEMPLATE))
+    weights = make_tiny_gguf(tmp_path / "tiny-r1.gguf", special_tokens=("<think>", "</think>"))
+    run_cli("package", "--gguf", str(weights), "--chat-template", str(template), "ai/tiny-r1")
+    thinking = run_cli("run", "--temperature", "0", "--max-tokens", "8", "ai/tiny-r1", "Say hello")
+    assert thinking.stdout.strip() == ""
+    assert thinking.stderr.split("Loaded in", 1)[1].split("\n", 1)[1].strip()  # the thinking, after the load lines
+    run_cli("configure", "ai/tiny-r1", "--no-think")
+    answer = run_cli("run", "--temperature", "0", "--max-tokens", "8", "ai/tiny-r1", "Say hello")
+    assert answer.stdout.strip()
+
+
 def test_configure_logs_and_status(cli_env, seeded):
     run_cli("pull", "-q", "ai/tiny")
     out = run_cli("configure", "ai/tiny", "--context-size", "256", "--keep-alive", "10m", "--", "--threads", "1")
