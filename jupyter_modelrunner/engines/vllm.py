@@ -346,6 +346,14 @@ def reasoning_parser(bundle: Path) -> str | None:
     template that mentions `<think>` on a tokenizer without such tokens gets no parser (its thinking, if any,
     stays in the answer) rather than an engine that cannot start.
     """
+    return _reasoning_parser(str(bundle))
+
+
+@functools.lru_cache(maxsize=64)
+def _reasoning_parser(bundle_path: str) -> str | None:
+    """`reasoning_parser`, once per bundle: a bundle's files never change (it is named by the manifest's digest), and
+    a tokenizer.json of a real model is megabytes of JSON to read."""
+    bundle = Path(bundle_path)
     template = chat_template_text(bundle)
     for markers, parser, tokens in _REASONING_MARKERS:
         if all(marker in template for marker in markers):
@@ -354,18 +362,19 @@ def reasoning_parser(bundle: Path) -> str | None:
 
 
 def _has_token(bundle: Path, token: str) -> bool:
-    """Whether the tokenizer in `bundle` has `token` as one token (an added token or a vocabulary entry)."""
+    """Whether the tokenizer in `bundle` has `token` as one token: among the added tokens `tokenizer_config.json`
+    lists (a small file, where reasoning models declare `<think>`), else in `tokenizer.json`."""
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((bundle / "tokenizer_config.json").read_text(encoding="utf-8"))
+        decoder = config.get("added_tokens_decoder") or {}
+        if any(isinstance(t, dict) and t.get("content") == token for t in decoder.values()):
+            return True
     with contextlib.suppress(OSError, ValueError):
         tokenizer = json.loads((bundle / "tokenizer.json").read_text(encoding="utf-8"))
         if any(isinstance(t, dict) and t.get("content") == token for t in tokenizer.get("added_tokens") or []):
             return True
         vocab = (tokenizer.get("model") or {}).get("vocab")
-        if isinstance(vocab, dict) and token in vocab:
-            return True
-    with contextlib.suppress(OSError, ValueError):
-        config = json.loads((bundle / "tokenizer_config.json").read_text(encoding="utf-8"))
-        decoder = config.get("added_tokens_decoder") or {}
-        return any(isinstance(t, dict) and t.get("content") == token for t in decoder.values())
+        return isinstance(vocab, dict) and token in vocab
     return False
 
 
