@@ -135,6 +135,15 @@ def preload_hint(model: dict[str, Any], name: str, command: str) -> str | None:
     return f"  vLLM takes a while to start a model: `{command} load {name}` starts it now, before the first question."
 
 
+def keys_table(keys: list[dict[str, Any]]) -> str:
+    """`key list`: name, when it was made, how it begins (never the key)."""
+    if not keys:
+        return "No inference keys. Make one with `jupyter modelrunner key create NAME`."
+    rows = [("NAME", "CREATED", "BEGINS WITH")]
+    rows += [(k["name"], ago(k.get("created") or 0), (k.get("hint") or "") + "…") for k in keys]
+    return format_table(rows)
+
+
 def df_text(usage: dict[str, Any]) -> str:
     lines = [f"Store: {usage.get('store', '')}"]
     for label, key in (("Models", "models"), ("Unused blobs", "orphans"), ("Partial downloads", "incomplete"),

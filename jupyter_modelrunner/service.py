@@ -62,13 +62,15 @@ class Metrics:
 
 
 #: `watcher(mode, name)` → the callback for that transfer's events (see `ModelRunnerService.watch_transfers`).
+DEFAULT_MAX_CONCURRENT_PULLS = 3
 TransferWatcher = Callable[[str, str], Callable[[dict[str, Any] | None], None]]
 
 
 class ModelRunnerService:
     """Owns one store and one scheduler for the lifetime of a server (or a test)."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, *, registry: str | None = None) -> None:
+    def __init__(self, store: Store, scheduler: Scheduler, *, registry: str | None = None,
+                 max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS) -> None:
         self.store = store
         self.scheduler = scheduler
         self.registry = registry
@@ -84,14 +86,20 @@ class ModelRunnerService:
         self._activity_ids = itertools.count()
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._transfer_watchers: list[TransferWatcher] = []
+        #: Pulls that download at once; more wait their turn (each is a thread and a registry connection per layer).
+        self.max_concurrent_pulls = max(1, max_concurrent_pulls)
+        self._pull_slots: asyncio.Semaphore | None = None
+        self._pulls_running = 0
 
     @classmethod
-    def create(cls, store: Store, *, registry: str | None = None, **scheduler_options: Any) -> ModelRunnerService:
+    def create(cls, store: Store, *, registry: str | None = None,
+               max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS,
+               **scheduler_options: Any) -> ModelRunnerService:
         """A service whose scheduler reports engine events (loading, crashes) to the service's listeners."""
         holder: list[ModelRunnerService] = []
         scheduler = Scheduler(store, on_event=lambda kind, data: holder[0]._engine_event(kind, data),
                               **scheduler_options)
-        service = cls(store, scheduler, registry=registry)
+        service = cls(store, scheduler, registry=registry, max_concurrent_pulls=max_concurrent_pulls)
         holder.append(service)
         return service
 
@@ -307,6 +315,17 @@ class ModelRunnerService:
                 emit(None)
 
         watchers = self._watch_transfer(mode, name)
+        slots = None
+        if mode == "pull":
+            if self._pull_slots is None:
+                self._pull_slots = asyncio.Semaphore(self.max_concurrent_pulls)
+            slots = self._pull_slots
+            if slots.locked():
+                yield {"type": "progress", "mode": mode, "total": 0, "message":
+                       f"Waiting: {self._pulls_running} other pulls are downloading (at most "
+                       f"{self.max_concurrent_pulls} at once, c.ModelRunner.max_concurrent_pulls)"}
+            await slots.acquire()
+            self._pulls_running += 1
         thread = threading.Thread(target=work, name=f"modelrunner-{mode}", daemon=True)
         thread.start()
         try:
@@ -314,6 +333,9 @@ class ModelRunnerService:
                 watchers(event)
                 yield event
         finally:
+            if slots is not None:
+                self._pulls_running -= 1
+                slots.release()
             cancel.set()  # no one is listening any more: stop at the next read, keep the partial files
             try:
                 with contextlib.suppress(Exception):

@@ -193,3 +193,18 @@ def test_ps_without_a_server_says_what_to_start():
 def test_unload_needs_models_or_all():
     done = run_cli("unload", check=False)
     assert done.returncode == 2 and "--all" in done.stderr
+
+
+def test_key_create_list_revoke(tmp_path):
+    env = {"JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    made = run_cli("key", "create", "dashboard", env=env)
+    key = made.stdout.strip()
+    assert key.startswith("mrk-") and len(key) > 40 and "shown only now" in made.stderr
+    listing = run_cli("key", "list", env=env).stdout
+    assert "dashboard" in listing and key[:8] in listing and key not in listing
+    again = run_cli("key", "create", "dashboard", env=env, check=False)
+    assert again.returncode == 1 and "already a key named 'dashboard'" in again.stderr
+    assert "Revoked 'dashboard'" in run_cli("key", "revoke", "dashboard", env=env).stdout
+    assert "No inference keys" in run_cli("key", "list", env=env).stdout
+    unknown = run_cli("key", "revoke", "dashboard", env=env, check=False)
+    assert unknown.returncode == 1 and "No key named 'dashboard'" in unknown.stderr

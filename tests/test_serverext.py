@@ -72,3 +72,20 @@ def test_stopping_the_server_stops_its_engines(tmp_path, live_store, registry):
         pytest.fail(f"engine {runner['pid']} outlived the server:\n{server.log_tail()}")
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "engines/ps", timeout=2)
+
+
+SERVE_HIDES = [("GET", "api/kernels"), ("POST", "api/kernels"), ("GET", "api/contents"), ("PUT", "api/contents/x.py"),
+               ("GET", "api/sessions"), ("POST", "api/sessions"), ("GET", "api/terminals"), ("POST", "api/terminals"),
+               ("GET", "api/kernelspecs"), ("GET", "api/nbconvert"), ("GET", "files/x.txt"), ("GET", "lab"),
+               ("GET", "tree"), ("POST", "api/shutdown")]
+
+
+def test_serve_is_only_a_model_runner(standalone):
+    """Its token opens the model runner and nothing else: no kernel, file or terminal can be reached with it."""
+    with httpx.Client(base_url=standalone.origin, headers=standalone.headers, trust_env=False, timeout=30) as http:
+        answered = {f"{m} {p}": http.request(m, p, json={} if m != "GET" else None).status_code
+                    for m, p in SERVE_HIDES}
+        assert answered == {route: 404 for route in answered}
+        assert http.get("api/status").status_code == 200
+        for path in ("models", "engines/status", "engines/ps", "v1/models", "api/tags", "openapi.json"):
+            assert http.get(path).status_code == 200, path

@@ -23,7 +23,7 @@ from tornado.iostream import StreamClosedError
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
 from ..errors import ModelRunnerError
 from . import ollama_translate as translate
-from .base import ModelRunnerHandler
+from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .models import ProgressStreamMixin
 from .openai import ENGINE_MODEL_NAME
 from .relay import StreamRelayMixin, sse_data
@@ -52,6 +52,8 @@ class OllamaHandler(ModelRunnerHandler):
 
 class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
     """`POST api/chat` and `POST api/generate`."""
+
+    api_scope = SCOPE_INFERENCE
 
     @web.authenticated
     @authorized
@@ -122,6 +124,8 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
 class OllamaEmbedHandler(OllamaHandler):
     """`POST api/embed {"model", "input": str | [str]}` → `{"model", "embeddings": [[...]]}`."""
 
+    api_scope = SCOPE_INFERENCE
+
     @web.authenticated
     @authorized
     async def post(self) -> None:
@@ -150,6 +154,8 @@ class OllamaEmbedHandler(OllamaHandler):
 class OllamaTagsHandler(OllamaHandler):
     """`GET api/tags`: the store, one entry per tag."""
 
+    api_scope = SCOPE_INFERENCE
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -159,6 +165,8 @@ class OllamaTagsHandler(OllamaHandler):
 
 class OllamaPsHandler(OllamaHandler):
     """`GET api/ps`: the loaded models."""
+
+    api_scope = SCOPE_INFERENCE
 
     @web.authenticated
     @authorized
@@ -176,6 +184,8 @@ class OllamaPsHandler(OllamaHandler):
 class OllamaVersionHandler(OllamaHandler):
     """`GET api/version`."""
 
+    api_scope = SCOPE_INFERENCE
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -184,6 +194,8 @@ class OllamaVersionHandler(OllamaHandler):
 
 class OllamaShowHandler(OllamaHandler):
     """`POST api/show {"model"}`: details, template and GGUF metadata."""
+
+    api_scope = SCOPE_INFERENCE
 
     @web.authenticated
     @authorized

@@ -17,7 +17,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
-from .base import ModelRunnerHandler, openai_error
+from .base import SCOPE_INFERENCE, ModelRunnerHandler, openai_error
 from .relay import StreamRelayMixin
 
 #: The name every engine serves its one model under (see engines/*.py `--served-model-name`/`--model_alias`).
@@ -36,6 +36,8 @@ def rename_model(data: bytes, name: str) -> bytes:
 
 class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
     """`POST .../v1/chat/completions`, `.../v1/completions`, `.../v1/embeddings`."""
+
+    api_scope = SCOPE_INFERENCE
 
     @web.authenticated
     @authorized
@@ -93,6 +95,8 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
 
 class OpenAIModelsHandler(ModelRunnerHandler):
     """`GET .../v1/models`: every tag in the store, as OpenAI's model list (filtered by engine if named)."""
+
+    api_scope = SCOPE_INFERENCE
 
     @web.authenticated
     @authorized

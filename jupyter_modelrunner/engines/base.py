@@ -262,6 +262,10 @@ class Engine(ABC):
         runtime = self.gpu_runtime_bytes if on_gpu else self.overhead_bytes
         return runtime + facts.weights_bytes + slots * facts.kv_cache_bytes(context)
 
+    def capacity(self, plan: LoadPlan) -> int:
+        """Requests a started engine works on at once (more wait in it): its slots."""
+        return plan.slots
+
     def fixed_slots(self, mode: str) -> int | None:
         """Slots an engine always uses in `mode` whatever the user says (None: the user or the default decide)."""
         return None
