@@ -60,6 +60,7 @@ UNUSABLE = frozenset({MANIFEST_MISSING, MANIFEST_CORRUPT, BLOB_MISSING, BLOB_COR
 BUNDLE = frozenset({BUNDLE_MISSING, BUNDLE_LINK, BUNDLE_UNPACKED})
 
 _DROP = "removes the model from the index (pull it again)"
+_DROP_CORRUPT = "removes the model from the index and deletes the corrupt blob (pull it again)"
 _PARTIAL_NAME = re.compile(r"[0-9a-f]{64}\.incomplete")
 
 
@@ -183,7 +184,7 @@ def check(store: Store, *, on_progress: Callable[[ProgressEvent], None] | None =
                 what = "config" if blob is manifest.config else f"layer {_short(blob.digest)}{_file_of(manifest, blob)}"
                 report.problems.append(Problem(
                     BLOB_MISSING if verdict.state == "missing" else BLOB_CORRUPT, subject, f"{what} {verdict.detail}",
-                    _DROP + (" and deletes the corrupt blob" if verdict.state == "corrupt" else ""),
+                    _DROP_CORRUPT if verdict.state == "corrupt" else _DROP,
                     model_id=entry["id"], tags=tags, digest=blob.digest, identity=verdict.identity))
         if downloading:
             report.pulling.append(subject)
