@@ -230,6 +230,7 @@ def _check_blob(store: Store, blob: Layer, tracker: ProgressTracker, cancel: thr
         try:
             lock.acquire(timeout=0)
         except Timeout:
+            tracker.advance(blob.digest, blob.size)  # its pull checks it; the bar still ends at 100 %
             return _Verdict("downloading")
         try:
             present = path.exists()

@@ -112,10 +112,10 @@ def test_a_corrupt_manifest_makes_the_model_unusable(filled):
     path = filled.manifest_path(model.id)
     path.chmod(0o644)
     path.write_bytes(path.read_bytes() + b" ")
-    report = store_check.check(filled)
-    assert kinds(report) == [("ai/tiny:latest", store_check.MANIFEST_CORRUPT)]
-    store_check.repair_store(filled, report)
-    assert report.clean and "ai/tiny:latest" not in {t for m in filled.models() for t in m.tags}
+    assert kinds(store_check.check(filled)) == [("ai/tiny:latest", store_check.MANIFEST_CORRUPT)]
+    report = store_check.fsck(filled, repair=True)
+    assert report.clean and report.removed[0]["tags"] == ["ai/tiny:latest"]
+    assert "ai/tiny:latest" not in {t for m in filled.models() for t in m.tags}
     assert store_check.check(filled).clean
 
 
