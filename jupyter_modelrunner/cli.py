@@ -196,6 +196,13 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                    help="keep files younger than this (default 3600)")
 
+    p = verbs.add_parser("fsck", help="check that every model's blobs, manifest and folder are intact "
+                         "(exit status 1 when not)")
+    p.add_argument("--repair", action="store_true",
+                   help="drop models that cannot be used (pull them again), delete corrupt blobs and abandoned "
+                        "partial downloads, relink model folders")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
     p = verbs.add_parser("install-runner", help="build or install an engine: llama.cpp's llama-server, or vLLM")
     p.add_argument("engine", nargs="?", default="llama.cpp", metavar="ENGINE",
                    help="llama.cpp (default: compiles llama-server, ~10 min once), vllm (its own environment) or all")
@@ -284,10 +291,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return 0
     if args.verb == "run":
         return _cmd_run(client, args)
-    from .commands import run_verb
+    from .commands import exit_status, run_verb
 
-    run_verb(args.verb, client, args, TerminalConsole())
-    return 0
+    return exit_status(args.verb, run_verb(args.verb, client, args, TerminalConsole()))
 
 
 class _TerminalView:

@@ -408,6 +408,11 @@ class RunnerClient:
     def gc(self, *, min_age: float = 3600.0) -> dict[str, Any]:
         return self.post("models/gc", {"min_age": min_age})
 
+    def fsck(self, *, repair: bool = False) -> Iterator[dict[str, Any]]:
+        """Check the store (and with `repair`, fix it), yielding progress events while blobs are hashed; the last,
+        `success`, carries the report (`report`). Streamed, so a store that takes minutes to hash never times out."""
+        return self._progress("models/fsck", {"repair": repair, "stream": True})
+
     def status(self) -> dict[str, Any]:
         return self.get("engines/status")
 

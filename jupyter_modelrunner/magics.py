@@ -31,7 +31,7 @@ ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
 #: At most this many display updates per second while an answer streams (the last one always shows all).
 UPDATES_PER_SECOND = 16
 MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "load", "ps", "unload", "logs",
-               "configure", "df", "gc", "status")
+               "configure", "df", "gc", "fsck", "status")
 #: `%%chat` options that take a value (the rest of a line-form `%chat` is the prompt, kept verbatim).
 CHAT_VALUE_OPTIONS = {"--system", "--temperature", "--max-tokens", "--engine"}
 
@@ -142,7 +142,7 @@ class ModelRunnerMagics(Magics):
     @line_magic
     def model(self, line: str) -> Any:
         """Manage models like `docker model`: pull, ls, ps, rm, inspect, tag, push, package, unload, logs,
-        configure, df, status; and connect, use, picker, runners. `%model VERB --help` for each."""
+        configure, df, gc, fsck, status; and connect, use, picker, runners. `%model VERB --help` for each."""
         try:
             argv = shlex.split(line)
         except ValueError as exc:

@@ -394,6 +394,65 @@ class ModelRunnerService:
     async def gc(self, min_age: float = 3600.0) -> dict[str, Any]:
         return (await asyncio.to_thread(self.store.gc, min_age_seconds=min_age)).to_json()
 
+    async def fsck(self, *, repair: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None,
+                   cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Check the store against its index (store_check), and with `repair` fix what it found; the report as JSON.
+
+        Hashing runs in a worker thread: a store may hold hundreds of gigabytes and the loop must keep answering.
+        `on_progress` gets pull-shaped events (from that thread). The engines of models the repair will drop are
+        stopped first, as `remove` stops them. A `cancel` set during the check stops it with nothing changed.
+        """
+        from . import store_check
+
+        def progress(event: Any) -> None:
+            if on_progress is not None:
+                on_progress(event.to_json())
+
+        report = await asyncio.to_thread(store_check.check, self.store, on_progress=progress, cancel=cancel)
+        if repair and report.problems and not (cancel is not None and cancel.is_set()):
+            doomed = set(report.unusable_models())
+            loaded = list(dict.fromkeys(r.key.model_id for r in self.scheduler.runners.values()
+                                        if r.key.model_id in doomed))
+            if loaded:
+                await self.scheduler.unload(loaded)
+            report = await asyncio.to_thread(store_check.repair_store, self.store, report)
+        return report.to_json()
+
+    async def fsck_events(self, *, repair: bool = False,
+                          cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
+        """`fsck` as a pull's NDJSON events: `progress` while blobs are hashed, then `success` carrying the report
+        (`report`), or `error`. Closing the iterator early stops the check."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        cancel = threading.Event() if cancel is None else cancel
+
+        def on_progress(event: dict[str, Any]) -> None:
+            if queue.qsize() <= PROGRESS_BACKLOG:  # lossy under backpressure: the next event has newer numbers
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        task = asyncio.ensure_future(self.fsck(repair=repair, on_progress=on_progress, cancel=cancel))
+        # After the progress the worker thread queued: both reach the loop through call_soon_threadsafe, in order.
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            try:
+                report = task.result()
+            except Exception as exc:  # the stream must always end with an event, whatever happened
+                status = exc.http_status if isinstance(exc, ModelRunnerError) else 500
+                if status == 500 and not isinstance(exc, ModelRunnerError | OSError):
+                    log.exception("fsck failed")
+                yield {"type": "error", "mode": "fsck", "message": str(exc), "status": status}
+                return
+            left = report["remaining"]
+            yield {"type": "success", "mode": "fsck", "report": report,
+                   "message": "clean" if report["clean"] else f"{left} problem{'s' if left != 1 else ''} left"}
+        finally:
+            if not task.done():
+                cancel.set()  # nobody listens any more: stop hashing at the next 4 MiB
+                with contextlib.suppress(Exception):
+                    await task
+
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()
         self.lease.release()

@@ -88,6 +88,41 @@ def test_package_and_push(cli_env, registry, tiny_gguf, tiny_safetensors):
     assert run_cli("package", "--safetensors-dir", str(tiny_safetensors), "ai/st:v1").returncode == 0
 
 
+def test_fsck_finds_damage_and_repair_drops_only_the_broken_model(cli_env, seeded):
+    run_cli("pull", "-q", "ai/tiny")
+    run_cli("pull", "-q", "ai/tiny-st")
+    clean = run_cli("fsck")
+    assert clean.returncode == 0 and clean.stdout.strip().splitlines()[-1].endswith(": clean")
+
+    store = cli_env / "store"
+    inspected = json.loads(run_cli("inspect", "ai/tiny").stdout)
+    weights = store / "blobs" / "sha256" / inspected["manifest"]["layers"][0]["digest"].removeprefix("sha256:")
+    weights.chmod(0o644)
+    with weights.open("r+b") as handle:  # bytes flipped in place: the size still matches
+        handle.seek(100)
+        handle.write(b"\xff" * 8)
+    st_bundle = Path(json.loads(run_cli("inspect", "ai/tiny-st").stdout)["bundle"])
+    (st_bundle / "config.json").unlink()  # a broken link in the other model's folder
+
+    found = run_cli("fsck", check=False)
+    assert found.returncode == 1
+    lines = found.stdout.strip().splitlines()
+    assert any(line.startswith("ai/tiny:latest: layer") and "is corrupt" in line for line in lines), found.stdout
+    assert any(line.startswith("ai/tiny-st:latest: config.json") and "links it to its blob again" in line
+               for line in lines), found.stdout
+    assert lines[-1].endswith("2 problems (`jupyter modelrunner fsck --repair` fixes them)")
+
+    repaired = run_cli("fsck", "--repair")
+    assert repaired.returncode == 0 and "Removed from the index: ai/tiny:latest" in repaired.stdout
+    assert "jupyter modelrunner pull ai/tiny:latest" in repaired.stdout
+    assert repaired.stdout.strip().splitlines()[-1].endswith("2 problems, all repaired")
+    listing = run_cli("ls").stdout
+    assert "ai/tiny:latest" not in listing and "ai/tiny-st:latest" in listing
+    assert run_cli("fsck").stdout.strip().endswith(": clean")
+    run_cli("pull", "-q", "ai/tiny")
+    assert "ai/tiny:latest" in run_cli("ls").stdout and run_cli("fsck").returncode == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -79,7 +79,7 @@ def test_pull_of_a_vllm_model_offers_to_start_it_before_the_first_question(shell
     assert "Runs on llama.cpp" in out and "%model load" not in out
 
 
-def test_push_package_configure_logs_df_status(shell, registry, tiny_gguf, tmp_path):
+def test_push_package_configure_logs_df_fsck_status(shell, registry, tiny_gguf, tmp_path):
     out, _, result = run(shell, f"%model package --gguf {tiny_gguf} --context-size 256 ai/packaged-tiny")
     assert result.success, out
     assert "Packaged ai/packaged-tiny" in out and "llama.cpp" in out
@@ -92,6 +92,8 @@ def test_push_package_configure_logs_df_status(shell, registry, tiny_gguf, tmp_p
     assert not result.success and "Error:" in out and "Traceback" not in out
     out, _, _ = run(shell, "%model df")
     assert "Store:" in out and "Total:" in out
+    out, _, result = run(shell, "%model fsck")
+    assert result.success and out.strip().splitlines()[-1].endswith(": clean"), out
     out, _, _ = run(shell, "%model status")
     assert "llama.cpp" in out and "available" in out and "found via connect" in out
     out, _, _ = run(shell, "%model logs ai/packaged-tiny")

@@ -1,4 +1,5 @@
-"""Models: `models/create` (pull, streamed), list, inspect, delete, tag and push — DMR's routes (FORMAT §4)."""
+"""Models: `models/create` (pull, streamed), list, inspect, delete, tag and push — DMR's routes (FORMAT §4) — and
+ours: package, load, purge, gc, fsck."""
 
 from __future__ import annotations
 
@@ -190,6 +191,28 @@ class ModelGcHandler(ModelRunnerHandler):
         self.send_json(await self.service.gc(float(min_age)))
 
 
+class ModelFsckHandler(ProgressStreamMixin, ModelRunnerHandler):
+    """`POST models/fsck {"repair": false, "stream": false}`: check every indexed model's manifest, blobs (hashed)
+    and bundle, and partial downloads nobody owns; with `repair`, drop what cannot be used and relink bundles.
+
+    Answers with the report as JSON, or with `stream`, pull-shaped NDJSON progress while blobs are hashed ending
+    with a `success` event that carries it (`report`): a large store takes minutes, and the CLI shows a bar.
+    """
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        repair, stream = body.get("repair", False), body.get("stream", False)
+        if not isinstance(repair, bool) or not isinstance(stream, bool):
+            raise web.HTTPError(400, '"repair" and "stream" are true or false: {"repair": true}.')
+        if stream:
+            self.set_header("Content-Type", NDJSON)
+            await self.relay_progress(self.service.fsck_events(repair=repair, cancel=self.transfer_cancel))
+        else:
+            self.send_json(await self.service.fsck(repair=repair, cancel=self.transfer_cancel))
+
+
 _NAME = r"(?P<name>[^?#]+?)"
 
 default_handlers = [
@@ -199,6 +222,7 @@ default_handlers = [
     (r"models/load", ModelLoadHandler),  # before models/{name}: these names are not models
     (r"models/purge", ModelPurgeHandler),
     (r"models/gc", ModelGcHandler),
+    (r"models/fsck", ModelFsckHandler),
     (rf"models/{_NAME}/tag", ModelTagHandler),
     (rf"models/{_NAME}/push", ModelPushHandler),
     (rf"models/{_NAME}", ModelHandler),

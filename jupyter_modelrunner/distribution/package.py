@@ -44,15 +44,16 @@ def package_gguf(
             if handle.read(4) != b"GGUF":
                 raise UnsupportedArtifact(f"{path} is not a GGUF file (it does not start with the GGUF magic).")
     facts = gguf_facts(files)
-    layers = [_file_layer(store, path, mt.GGUF, annotate_title=len(files) > 1) for path in files]
-    layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
-    if chat_template is not None:
-        layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
     config_inner: dict[str, Any] = {"format": mt.FORMAT_GGUF, **facts["summary"]}
     if context_size is not None:
         config_inner["context_size"] = _positive(context_size)
     config_inner["gguf"] = facts["gguf"]
-    return _store_artifact(store, reference, mt.MODEL_CONFIG_V01, config_inner, layers)
+    with store.adding():  # its blobs stay until the model is indexed (see Store.adding)
+        layers = [_file_layer(store, path, mt.GGUF, annotate_title=len(files) > 1) for path in files]
+        layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
+        if chat_template is not None:
+            layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
+        return _store_artifact(store, reference, mt.MODEL_CONFIG_V01, config_inner, layers)
 
 
 def package_safetensors(
@@ -84,11 +85,6 @@ def package_safetensors(
     config_path = folder / "config.json"
     hf_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     summary, dtypes, header_meta = _safetensors_facts([p for p, _ in weights])
-    layers = [_file_layer(store, path, mt.SAFETENSORS, filepath=rel) for path, rel in weights]
-    layers += [_file_layer(store, path, mt.MODEL_FILE, filepath=rel) for path, rel in side_files]
-    layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
-    if chat_template is not None:
-        layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
     architectures = hf_config.get("architectures") or []
     config_inner: dict[str, Any] = {
         "format": mt.FORMAT_SAFETENSORS,
@@ -101,7 +97,13 @@ def package_safetensors(
     if context:
         config_inner["context_size"] = _positive(int(context))
     config_inner["safetensors"] = header_meta
-    return _store_artifact(store, reference, mt.MODEL_CONFIG_V02, config_inner, layers)
+    with store.adding():  # its blobs stay until the model is indexed (see Store.adding)
+        layers = [_file_layer(store, path, mt.SAFETENSORS, filepath=rel) for path, rel in weights]
+        layers += [_file_layer(store, path, mt.MODEL_FILE, filepath=rel) for path, rel in side_files]
+        layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
+        if chat_template is not None:
+            layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
+        return _store_artifact(store, reference, mt.MODEL_CONFIG_V02, config_inner, layers)
 
 
 def gguf_facts(files: Sequence[Path]) -> dict[str, Any]:

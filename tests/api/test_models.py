@@ -200,3 +200,51 @@ async def test_a_client_that_leaves_stops_the_pull_within_a_read_and_the_next_pu
         assert lines(response)[-1]["type"] == "success"
         assert proxy.bytes_downstream < SLOW_BLOB_BYTES - have + 256 * 1024  # the rest, not the whole layer
     assert runner_store.has_blob(layer) and not partial.exists()
+
+
+def _flip_weights(store: Store, name: str) -> None:
+    """Damage the model's weights blob in place (same size), as a failing disk would."""
+    model = store.resolve(name)
+    path = store.blob_path(model.manifest.layers[0].digest)
+    path.chmod(0o644)
+    with path.open("r+b") as handle:
+        handle.seek(64)
+        handle.write(b"\xff" * 16)
+    path.chmod(0o444)
+
+
+async def test_fsck_reports_and_repairs_through_the_api(jp_fetch, runner_store: Store):
+    async def fsck(**body):
+        return json.loads((await jp_fetch(API, "models", "fsck", method="POST", body=json.dumps(body))).body)
+
+    clean = await fsck()
+    assert clean["clean"] and clean["problems"] == [] and clean["models"] == 1 and clean["checked_bytes"] > 0
+
+    await jp_fetch(API, "models", "load", method="POST", body=json.dumps({"model": "ai/tiny"}))
+    _flip_weights(runner_store, "ai/tiny")
+    found = await fsck()
+    assert not found["clean"] and found["remaining"] == 1
+    (problem,) = found["problems"]
+    assert problem["model"] == "ai/tiny:latest" and problem["kind"] == "blob-corrupt" and not problem["repaired"]
+    assert "removes the model from the index" in problem["repair"]
+
+    repaired = await fsck(repair=True)
+    assert repaired["clean"] and repaired["repair_ran"] and repaired["removed"][0]["tags"] == ["ai/tiny:latest"]
+    assert json.loads((await jp_fetch(API, "models")).body) == []
+    assert json.loads((await jp_fetch(API, "engines", "ps")).body) == []  # its engine was stopped first
+    assert (await fsck())["clean"]
+    pulled = await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "ai/tiny"}))
+    assert lines(pulled)[-1]["type"] == "success"
+    assert (await fsck())["clean"]
+
+
+async def test_fsck_streams_progress_when_asked_and_refuses_a_bad_body(jp_fetch):
+    response = await jp_fetch(API, "models", "fsck", method="POST", body=json.dumps({"stream": True}))
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    events = lines(response)
+    assert events[-1]["type"] == "success" and events[-1]["report"]["clean"]
+    progress = [e for e in events if e["type"] == "progress"]
+    assert progress and progress[-1]["mode"] == "fsck" and progress[-1]["pulled"] == progress[-1]["total"]
+    refused = await jp_fetch(API, "models", "fsck", method="POST", body=json.dumps({"repair": "yes"}),
+                             raise_error=False)
+    assert refused.code == 400 and '"repair"' in json.loads(refused.body)["message"]
