@@ -42,6 +42,19 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                507: "insufficient_storage"}
 
 
+_validators: dict[int, Any] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A JSON Schema validator for one of api/schemas.py's module-level schemas (built once each)."""
+    validator = _validators.get(id(schema))
+    if validator is None:
+        from jsonschema import Draft202012Validator
+
+        validator = _validators[id(schema)] = Draft202012Validator(schema)
+    return validator
+
+
 def error_status(exc: BaseException | None, default: int) -> tuple[int, str]:
     """The status and message to answer with for `exc`: the single place exceptions become HTTP."""
     if isinstance(exc, ModelRunnerError):
@@ -207,12 +220,31 @@ class ModelRunnerHandler(APIHandler):
             self._activity = None
         super().on_finish()
 
-    def json_body(self) -> dict[str, Any]:
-        """The request's JSON object (an empty one when there is no body); 400 on anything else."""
-        body = self.get_json_body() or {}
+    def json_body(self, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request's JSON object (an empty one when there is no body), checked against `schema` (api/schemas.py,
+        what the OpenAPI description says); 400 saying what is wrong and where, on anything else."""
+        raw = bytes(self.request.body).strip()
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except UnicodeDecodeError as exc:
+            raise web.HTTPError(400, "The request body is not UTF-8 text; send JSON.") from exc
+        except ValueError as exc:
+            raise web.HTTPError(400, f"The request body is not valid JSON ({exc}).") from exc
         if not isinstance(body, dict):
             raise web.HTTPError(400, "The request body must be a JSON object.")
+        if schema is not None:
+            problem = next(iter(_validator(schema).iter_errors(body)), None)
+            if problem is not None:
+                where = "/".join(str(p) for p in problem.absolute_path)
+                raise web.HTTPError(400, f"The request body does not fit this route: {problem.message}"
+                                         f"{f' (at {where})' if where else ''}.")
         return body
+
+    def get_json_body(self) -> dict[str, Any] | None:
+        """Jupyter's name for it, for code that calls that: the same checks."""
+        return self.json_body() or None
 
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)

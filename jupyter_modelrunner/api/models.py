@@ -12,6 +12,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from . import schemas
 from .base import ModelRunnerHandler
 
 NDJSON = "application/x-ndjson"
@@ -79,7 +80,7 @@ class ModelCreateHandler(ProgressStreamMixin, ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body(schemas.PULL)
         reference = body.get("from") or body.get("model") or body.get("name")
         if not isinstance(reference, str) or not reference.strip():
             raise web.HTTPError(400, 'Say which model to pull: {"from": "ai/smollm2"}.')
@@ -97,7 +98,7 @@ class ModelPackageHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body(schemas.PACKAGE)
         tag = body.get("tag")
         gguf = body.get("gguf")
         if isinstance(gguf, str):
@@ -133,7 +134,7 @@ class ModelTagHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        target = self.json_body().get("target")
+        target = self.json_body(schemas.TARGET).get("target")
         if not target:
             repo, tag = self.get_argument("repo", ""), self.get_argument("tag", "latest")
             target = f"{repo}:{tag}" if repo else ""
@@ -148,7 +149,7 @@ class ModelPushHandler(ProgressStreamMixin, ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        target = self.json_body().get("target")
+        target = self.json_body(schemas.TARGET).get("target")
         self.set_header("Content-Type", NDJSON)
         await self.relay_progress(self.service.push(name, target, cancel=self.transfer_cancel))
 
@@ -160,7 +161,7 @@ class ModelLoadHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body(schemas.LOAD)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise web.HTTPError(400, 'Name the model: {"model": "ai/smollm2"}.')
@@ -185,7 +186,7 @@ class ModelGcHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        min_age = self.json_body().get("min_age", 3600)
+        min_age = self.json_body(schemas.GC).get("min_age", 3600)
         if isinstance(min_age, bool) or not isinstance(min_age, int | float) or min_age < 0:
             raise web.HTTPError(400, '"min_age" is a number of seconds (files younger than that are kept).')
         self.send_json(await self.service.gc(float(min_age)))
@@ -202,7 +203,7 @@ class ModelFsckHandler(ProgressStreamMixin, ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body(schemas.FSCK)
         repair, stream = body.get("repair", False), body.get("stream", False)
         if not isinstance(repair, bool) or not isinstance(stream, bool):
             raise web.HTTPError(400, '"repair" and "stream" are true or false: {"repair": true}.')

@@ -23,6 +23,7 @@ from tornado.iostream import StreamClosedError
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
 from ..errors import ModelRunnerError
 from . import ollama_translate as translate
+from . import schemas
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .models import ProgressStreamMixin
 from .openai import ENGINE_MODEL_NAME
@@ -39,8 +40,8 @@ class OllamaHandler(ModelRunnerHandler):
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return translate.error_body(message)
 
-    def ollama_body(self) -> dict[str, Any]:
-        body = self.json_body()
+    def ollama_body(self, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = self.json_body(schema)
         if "model" not in body and isinstance(body.get("name"), str):  # older clients send `name`
             body["model"] = body["name"]
         return body
@@ -58,7 +59,7 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
     @web.authenticated
     @authorized
     async def post(self, kind: str) -> None:
-        body = self.ollama_body()
+        body = self.ollama_body(schemas.OLLAMA_CHAT if kind == "chat" else schemas.OLLAMA_GENERATE)
         started = time.monotonic()
         try:
             if kind == "chat":
@@ -129,7 +130,7 @@ class OllamaEmbedHandler(OllamaHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.ollama_body()
+        body = self.ollama_body(schemas.OLLAMA_EMBED)
         model, texts = body.get("model"), body.get("input", body.get("prompt"))
         if not isinstance(model, str) or texts is None:
             raise web.HTTPError(400, "model and input are required")
@@ -200,7 +201,7 @@ class OllamaShowHandler(OllamaHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        name = self.ollama_body().get("model")
+        name = self.ollama_body(schemas.OLLAMA_NAME).get("model")
         if not isinstance(name, str) or not name:
             raise web.HTTPError(400, "model is required")
         model = await asyncio.to_thread(self.service.store.resolve, name)
@@ -218,7 +219,7 @@ class OllamaDeleteHandler(OllamaHandler):
     @web.authenticated
     @authorized
     async def delete(self) -> None:
-        name = self.ollama_body().get("model")
+        name = self.ollama_body(schemas.OLLAMA_NAME).get("model")
         if not isinstance(name, str) or not name:
             raise web.HTTPError(400, "model is required")
         await self.service.remove(name)
@@ -232,7 +233,7 @@ class OllamaPullHandler(ProgressStreamMixin, OllamaHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.ollama_body()
+        body = self.ollama_body(schemas.OLLAMA_PULL)
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise web.HTTPError(400, "model is required")

@@ -17,6 +17,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
+from . import schemas
 from .base import SCOPE_INFERENCE, ModelRunnerHandler, openai_error
 from .relay import StreamRelayMixin
 
@@ -34,6 +35,18 @@ def rename_model(data: bytes, name: str) -> bytes:
     return _ENGINE_MODEL_FIELD.sub(lambda _m: replacement, data)
 
 
+def engine_error(content: bytes) -> bytes:
+    """An engine's OpenAI error, with the top-level `message` every error of ours has (Jupyter clients read it)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return content
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) and "message" not in body:
+        body["message"] = str(body["error"].get("message", ""))
+        return json.dumps(body).encode()
+    return content
+
+
 class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
     """`POST .../v1/chat/completions`, `.../v1/completions`, `.../v1/embeddings`."""
 
@@ -42,7 +55,7 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self, endpoint: str, engine: str | None = None) -> None:
-        body = self.json_body()
+        body = self.json_body(_BODIES[endpoint])
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise web.HTTPError(400, "Name the model in the request body, e.g. {\"model\": \"ai/smollm2\", ...}.")
@@ -65,12 +78,13 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
                 response = await runner.request("POST", f"/v1/{endpoint}", json=upstream_body)
                 self.set_status(response.status_code)
                 self._copy_headers(response.headers)
-                self.finish(rename_model(response.content, model),
+                content = rename_model(response.content, model)
+                self.finish(engine_error(content) if response.status_code >= 400 else content,
                             set_content_type=response.headers.get("content-type", "application/json"))
                 return
             async with runner.stream("POST", f"/v1/{endpoint}", json=upstream_body) as upstream:
-                if upstream.status_code != 200:  # an error before the stream started: pass it on as it is
-                    content = b"".join([chunk async for chunk in upstream])
+                if upstream.status_code != 200:  # an error before the stream started: pass it on
+                    content = engine_error(b"".join([chunk async for chunk in upstream]))
                     self.set_status(upstream.status_code)
                     self.finish(content, set_content_type=upstream.headers.get("content-type", "application/json"))
                     return
@@ -118,7 +132,8 @@ class OpenAIModelsHandler(ModelRunnerHandler):
         self.send_json({"object": "list", "data": data})
 
 
-_ENGINE = r"(?P<engine>[a-z][a-z0-9._-]*)"
+_BODIES = {"chat/completions": schemas.CHAT, "completions": schemas.COMPLETION, "embeddings": schemas.EMBEDDING}
+_ENGINE = r"(?P<engine>[^/]+)"  # any segment: an unknown engine is answered with the known ones
 _ENDPOINT = r"(?P<endpoint>chat/completions|completions|embeddings)"
 
 default_handlers = [
