@@ -278,6 +278,11 @@ async def soak(server: ServerProcess, registry: LocalRegistry, args: argparse.Na
     at_rest: list[float] = []
     await status_poller(server, time.monotonic() + 3, at_rest)
     rss_start = rss(server.process.pid)
+    if os.environ.get("SOAK_PROFILE"):  # py-spy on the server while the load runs (a developer's aid)
+        import subprocess
+
+        subprocess.Popen(["py-spy", "record", "-d", "40", "-o", os.environ["SOAK_PROFILE"], "-f", "speedscope",
+                          "-p", str(server.process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     tally, status_samples, chaos_events = Tally(), [], []
     started = time.monotonic()
@@ -303,6 +308,7 @@ async def soak(server: ServerProcess, registry: LocalRegistry, args: argparse.Na
     print(f"{'completed latency p50 / p99 (s)':<36}{percentile(tally.latencies, 0.5):>10.2f}"
           f"{percentile(tally.latencies, 0.99):>10.2f}")
     at_rest_p99, loaded_p99 = percentile(at_rest, 0.99), percentile(status_samples, 0.99)
+    print(f"{'/api/status p50 loaded (ms)':<36}{percentile(status_samples, 0.5) * 1000:>10.1f}")
     print(f"{'/api/status p99 at rest / loaded (ms)':<36}{at_rest_p99 * 1000:>10.1f}{loaded_p99 * 1000:>10.1f}"
           f"   ratio {loaded_p99 / at_rest_p99:.1f}")
     print(f"{'server RSS start / end (MiB)':<36}{rss_start / 2**20:>10.1f}{rss_end / 2**20:>10.1f}")
