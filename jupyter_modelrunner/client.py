@@ -346,7 +346,7 @@ class RunnerClient:
 
     def package(self, tag: str, *, gguf: Sequence[str | Path] = (), safetensors_dir: str | Path | None = None,
                 license_files: Sequence[str | Path] = (), chat_template: str | Path | None = None,
-                context_size: int | None = None) -> dict[str, Any]:
+                context_size: int | None = None, mmproj: str | Path | None = None) -> dict[str, Any]:
         """Make a model from files on the runner's machine (paths are made absolute here)."""
         def absolute(path: str | Path) -> str:
             return str(Path(path).expanduser().absolute())
@@ -357,6 +357,8 @@ class RunnerClient:
             body["safetensors_dir"] = absolute(safetensors_dir)
         if chat_template:
             body["chat_template"] = absolute(chat_template)
+        if mmproj:
+            body["mmproj"] = absolute(mmproj)
         return self.post("models/package", body)
 
     # -- engines --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ._version import __version__
-from .errors import ModelRunnerError
+from .errors import ModelRunnerError, UnsupportedArtifact
 from .lease import Owner, StoreLease
 from .scheduler import Scheduler
 from .store import Model, Store
@@ -203,8 +203,11 @@ class ModelRunnerService:
 
     async def package(self, target: str, *, gguf: list[str] | None = None, safetensors_dir: str | None = None,
                       license_files: list[str] | None = None, chat_template: str | None = None,
-                      context_size: int | None = None) -> dict[str, Any]:
-        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel)."""
+                      context_size: int | None = None, mmproj: str | None = None) -> dict[str, Any]:
+        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel).
+
+        `mmproj` is a GGUF vision model's multimodal projector; safetensors models carry their vision tower in their
+        weights, so it is refused with them."""
         from .distribution import package_gguf, package_safetensors
         from .reference import parse_reference
 
@@ -214,7 +217,11 @@ class ModelRunnerService:
                                        "chat_template": Path(chat_template) if chat_template else None,
                                        "context_size": context_size}
             if gguf:
-                return package_gguf(self.store, [Path(p) for p in gguf], ref, **options)
+                return package_gguf(self.store, [Path(p) for p in gguf], ref, mmproj=Path(mmproj) if mmproj else None,
+                                    **options)
+            if mmproj:
+                raise UnsupportedArtifact("A multimodal projector (--mmproj) goes with GGUF weights, for llama.cpp; a "
+                                          "safetensors vision model carries its vision tower in its own weights.")
             if safetensors_dir:
                 return package_safetensors(self.store, Path(safetensors_dir), ref, **options)
             raise ModelRunnerError("Give the weights: a GGUF file or a folder of safetensors.")
