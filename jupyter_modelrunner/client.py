@@ -428,7 +428,7 @@ class RunnerClient:
                                                  timeout=600.0)
         return self._openai[engine]
 
-    def chat(self, model: str, messages: Sequence[dict[str, str]], *, engine: str | None = None,
+    def chat(self, model: str, messages: Sequence[dict[str, Any]], *, engine: str | None = None,
              temperature: float | None = None, max_tokens: int | None = None, **options: Any) -> ChatStream:
         """Start a streamed chat completion; iterate the result for text as it arrives."""
         extra = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None}

@@ -25,6 +25,7 @@ from .api.base import SERVICE_SETTING
 from .api.forward import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
 from .errors import ModelRunnerError
+from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES
 from .service import ModelRunnerService
 
 URL_PREFIX = "modelrunner"
@@ -94,6 +95,17 @@ class ModelRunner(ExtensionApp):
         model, and a new one after each load, when vLLM is installed and the memory budget has room (~1 GiB). Off:
         $MODEL_RUNNER_VLLM_STANDBY=0.""",
     )
+    max_image_bytes = Integer(
+        DEFAULT_MAX_IMAGE_BYTES, config=True,
+        help="""Largest image a chat request may carry (OpenAI `image_url` parts, Ollama `images`), in bytes once
+        decoded. Images named by an http(s) URL are downloaded by the runner, never by the engine, and the download
+        stops past this size. A larger image is refused with HTTP 400.""",
+    )
+    image_fetch_timeout = Float(
+        DEFAULT_FETCH_TIMEOUT, config=True,
+        help="""Seconds the runner gives the download of an image named by an http(s) URL in a chat request (the
+        whole download, redirects included); a slower one is refused with HTTP 400.""",
+    )
     mount_at_root = Bool(
         False, config=True,
         help="""Serve the routes at the server's root instead of under modelrunner/ (the standalone
@@ -122,6 +134,12 @@ class ModelRunner(ExtensionApp):
     @default("default_registry")
     def _default_registry_default(self) -> str:
         return os.environ.get("MODEL_RUNNER_DEFAULT_REGISTRY", "")
+
+    @validate("max_image_bytes", "image_fetch_timeout")
+    def _check_positive(self, proposal: dict[str, Any]) -> Any:
+        if proposal["value"] <= 0:
+            raise TraitError(f"ModelRunner.{proposal['trait'].name} must be positive, not {proposal['value']!r}.")
+        return proposal["value"]
 
     @validate("keep_alive")
     def _check_keep_alive(self, proposal: dict[str, Any]) -> str:
@@ -154,6 +172,7 @@ class ModelRunner(ExtensionApp):
             store, registry=self.default_registry or None, engines=engines,
             memory_budget=self.memory_budget or None, vram_budget=self.gpu_memory_budget or None,
             keep_alive=parse_keep_alive(self.keep_alive), standby=self.vllm_standby,
+            max_image_bytes=self.max_image_bytes, image_fetch_timeout=self.image_fetch_timeout,
         )
         service.subscribe(self._log_engine_event)
         self._detach_events = attach_events(service, self.serverapp.event_logger)
