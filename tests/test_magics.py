@@ -221,12 +221,13 @@ def test_split_chat_line_keeps_the_prompt_verbatim():
         ["--image", "a.png", "--image", "my cat.jpg", "--json", "City", "ai/x"], "What?")
 
 
-def test_chat_image_shows_the_model_files_and_urls(shell, magics, live_store, tiny_vision, registry, tmp_path):
+def test_chat_image_shows_the_model_files_and_urls(shell, magics, tiny_vision, tmp_path):
     from .support.imageserver import ImageServer
     from .support.vision import IMAGE_ENCODED_LOG, png
 
-    package_gguf(live_store, tiny_vision.gguf, parse_reference(f"{registry.host}/ai/tiny-vision"),
-                 mmproj=tiny_vision.mmproj)
+    out, _, result = run(shell, f"%model package --gguf {tiny_vision.gguf} --mmproj {tiny_vision.mmproj} "
+                                "ai/tiny-vision")
+    assert result.success and "with a multimodal projector" in out, out
     out, _, result = run(shell, "%model configure ai/tiny-vision -- -lv 4")  # llama-server then logs each image
     assert result.success, out
     picture = tmp_path / "red square.png"
