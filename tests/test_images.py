@@ -9,6 +9,7 @@ import copy
 
 import pytest
 
+from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine
 from jupyter_modelrunner.images import ImageRejected, image_parts, inline_images, sniff_media_type
 
 from .support.imageserver import ImageServer
@@ -116,3 +117,37 @@ def test_sniffing_knows_the_formats_vision_models_take():
     assert sniff_media_type(b"GIF89a...") == "image/gif"
     assert sniff_media_type(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp"
     assert sniff_media_type(b"<html>") is None
+
+
+def test_the_service_refuses_images_before_loading_when_the_engine_cannot_see(tmp_path, tiny_vision, tiny_gguf):
+    """What every route calls first: a model without a projector, or llama.cpp's Python fallback, is a 400 naming the
+    fix; nothing is loaded for it."""
+    if LlamaCppEngine().server is None:
+        pytest.skip("llama-server is not installed (jupyter modelrunner install-runner llama.cpp)")
+    import importlib.util
+
+    from jupyter_modelrunner.distribution import package_gguf
+    from jupyter_modelrunner.reference import parse_reference
+    from jupyter_modelrunner.service import ModelRunnerService
+    from jupyter_modelrunner.store import Store
+
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    package_gguf(store, tiny_vision.gguf, parse_reference("127.0.0.1:1/ai/seeing"), mmproj=tiny_vision.mmproj)
+    package_gguf(store, tiny_gguf, parse_reference("127.0.0.1:1/ai/blind"))
+    body = request(data_url(png()))
+
+    async def prepare(engine: LlamaCppEngine, name: str) -> dict:
+        service = ModelRunnerService.create(store, registry="127.0.0.1:1", engines=[engine])
+        try:
+            return await service.prepare_images(name, body)
+        finally:
+            assert not service.scheduler.runners
+            await service.shutdown()
+
+    assert asyncio.run(prepare(LlamaCppEngine(), "ai/seeing")) == body
+    with pytest.raises(ImageRejected, match="ai/blind has no multimodal projector"):
+        asyncio.run(prepare(LlamaCppEngine(), "ai/blind"))
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed: no fallback to refuse on")
+    with pytest.raises(ImageRejected, match=r"llama-cpp-python.*install-runner llama\.cpp"):
+        asyncio.run(prepare(LlamaCppEngine(server="none"), "ai/seeing"))

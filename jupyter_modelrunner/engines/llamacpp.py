@@ -366,9 +366,10 @@ class LlamaCppEngine(Engine):
             return (f"The model {name} has no multimodal projector, so it cannot take images. A vision model's GGUF "
                     "comes with one: package both with `jupyter modelrunner package --gguf MODEL.gguf --mmproj "
                     "MMPROJ.gguf NAME`.")
-        if self.server is None:
-            return (f"The model {name} runs on llama-cpp-python's server here (llama-server is not installed), which "
-                    f"cannot take images; `{INSTALL_COMMAND}` installs llama-server, which can.")
+        server = self.server
+        if server is None or _server_version(str(server)) is None:  # what availability() falls back from, too
+            return (f"The model {name} runs on llama-cpp-python's server here (llama-server is not installed or cannot "
+                    f"run), which cannot take images; `{INSTALL_COMMAND}` installs llama-server, which can.")
         return None
 
     async def reported_context(self, client: Any) -> int | None:

@@ -112,18 +112,18 @@ def test_the_chat_template_and_projector_layers_are_passed(tmp_path, tiny_vision
     assert "--mmproj" not in argv
 
 
-def test_images_are_refused_without_a_projector_and_on_the_fallback(tmp_path, tiny_vision, tiny_4k):
+def test_images_are_refused_without_a_projector_and_on_the_fallback(tmp_path, tiny_vision, tiny_4k, server_engine):
     store = Store(tmp_path / "store", registry="127.0.0.1:1")
     vision = package_gguf(store, tiny_vision.gguf, ref("ai/tiny-vision"), mmproj=tiny_vision.mmproj)
     text_only = package_gguf(store, tiny_4k, ref("ai/tiny-text"))
-    server = LlamaCppEngine(server="/x/llama-server")
+    server = server_engine
     assert server.image_refusal(vision, "ai/tiny-vision") is None
     refusal = server.image_refusal(text_only, "ai/tiny-text")
     assert refusal and "ai/tiny-text has no multimodal projector" in refusal and "package" in refusal
     assert "--mmproj" in refusal
-    fallback = LlamaCppEngine(server="none")
-    refusal = fallback.image_refusal(vision, "ai/tiny-vision")
-    assert refusal and "llama-cpp-python" in refusal and "jupyter modelrunner install-runner llama.cpp" in refusal
+    for fallback in (LlamaCppEngine(server="none"), LlamaCppEngine(server=str(tmp_path / "no-such-llama-server"))):
+        refusal = fallback.image_refusal(vision, "ai/tiny-vision")
+        assert refusal and "llama-cpp-python" in refusal and "jupyter modelrunner install-runner llama.cpp" in refusal
 
 
 def test_llama_server_encodes_an_image_through_the_projector(tmp_path, tiny_vision, server_engine):
