@@ -117,6 +117,8 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     source.add_argument("--safetensors-dir", metavar="DIR", type=Path, help="folder with *.safetensors and side files")
     p.add_argument("--license", metavar="FILE", type=Path, action="append", default=[], help="license file to include")
     p.add_argument("--chat-template", metavar="FILE", type=Path, help="Jinja chat template to include")
+    p.add_argument("--mmproj", metavar="FILE", type=Path,
+                   help="a vision model's multimodal projector (GGUF), so the model can see images")
     p.add_argument("--context-size", metavar="N", type=int, help="default context size recorded in the config")
     p.add_argument("--push", action="store_true", help="push to the registry after packaging")
     p.add_argument("tag", help="reference to store (and push) it as")

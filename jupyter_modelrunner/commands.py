@@ -107,10 +107,11 @@ def push(client: Any, args: argparse.Namespace, console: Console) -> None:
 def package(client: Any, args: argparse.Namespace, console: Console) -> None:
     model = client.package(args.tag, gguf=args.gguf or (), safetensors_dir=args.safetensors_dir,
                            license_files=args.license, chat_template=args.chat_template,
-                           context_size=args.context_size)
+                           context_size=args.context_size, mmproj=args.mmproj)
     config = model.get("config") or {}
+    sees = ", with a multimodal projector (it takes images)" if model.get("multimodal") else ""
     console.print(f"Packaged {args.tag} ({_short(model)}): {config.get('format')}, "
-                  f"{config.get('parameters') or '?'} parameters\n  {engine_line(model)}")
+                  f"{config.get('parameters') or '?'} parameters{sees}\n  {engine_line(model)}")
     if args.push:
         push(client, argparse.Namespace(model=args.tag, to=None, quiet=False), console)
 

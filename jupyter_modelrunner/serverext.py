@@ -26,6 +26,7 @@ from .api.base import KEYS_SETTING, MAX_BODY_SETTING, SERVICE_SETTING
 from .api.forward import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
 from .errors import ModelRunnerError
+from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES
 from .service import ModelRunnerService
 
 URL_PREFIX = "modelrunner"
@@ -117,6 +118,17 @@ class ModelRunner(ExtensionApp):
         3, config=True,
         help="""Pulls that download at the same time; more wait their turn (their progress says so).""",
     )
+    max_image_bytes = Integer(
+        DEFAULT_MAX_IMAGE_BYTES, config=True,
+        help="""Largest image a chat request may carry (OpenAI `image_url` parts, Ollama `images`), in bytes once
+        decoded. Images named by an http(s) URL are downloaded by the runner, never by the engine, and the download
+        stops past this size. A larger image is refused with HTTP 400.""",
+    )
+    image_fetch_timeout = Float(
+        DEFAULT_FETCH_TIMEOUT, config=True,
+        help="""Seconds the runner gives the download of an image named by an http(s) URL in a chat request (the
+        whole download, redirects included); a slower one is refused with HTTP 400.""",
+    )
     mount_at_root = Bool(
         False, config=True,
         help="""Serve the routes at the server's root instead of under modelrunner/ (the standalone
@@ -155,6 +167,12 @@ class ModelRunner(ExtensionApp):
     def _default_registry_default(self) -> str:
         return os.environ.get("MODEL_RUNNER_DEFAULT_REGISTRY", "")
 
+    @validate("max_image_bytes", "image_fetch_timeout")
+    def _check_positive(self, proposal: dict[str, Any]) -> Any:
+        if proposal["value"] <= 0:
+            raise TraitError(f"ModelRunner.{proposal['trait'].name} must be positive, not {proposal['value']!r}.")
+        return proposal["value"]
+
     @validate("keep_alive")
     def _check_keep_alive(self, proposal: dict[str, Any]) -> str:
         from .runner_config import parse_keep_alive
@@ -188,6 +206,7 @@ class ModelRunner(ExtensionApp):
             memory_budget=self.memory_budget or None, vram_budget=self.gpu_memory_budget or None,
             keep_alive=parse_keep_alive(self.keep_alive), standby=self.vllm_standby,
             max_waiting=self.max_waiting_requests or None, max_concurrent_pulls=self.max_concurrent_pulls,
+            max_image_bytes=self.max_image_bytes, image_fetch_timeout=self.image_fetch_timeout,
         )
         service.subscribe(self._log_engine_event)
         self._detach_events = attach_events(service, self.serverapp.event_logger)

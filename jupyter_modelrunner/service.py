@@ -23,7 +23,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ._version import __version__
-from .errors import ModelRunnerError
+from .errors import ModelRunnerError, UnsupportedArtifact
+from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, ImageRejected, image_parts, inline_images
 from .lease import Owner, StoreLease
 from .scheduler import Scheduler
 from .store import Model, Store
@@ -70,10 +71,15 @@ class ModelRunnerService:
     """Owns one store and one scheduler for the lifetime of a server (or a test)."""
 
     def __init__(self, store: Store, scheduler: Scheduler, *, registry: str | None = None,
-                 max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS) -> None:
+                 max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS,
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 image_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT) -> None:
         self.store = store
         self.scheduler = scheduler
         self.registry = registry
+        #: Limits on the images of chat requests (see images.py): bytes per image, seconds per download.
+        self.max_image_bytes = max_image_bytes
+        self.image_fetch_timeout = image_fetch_timeout
         self.metrics = Metrics()
         self.version = __version__
         #: The store's lease (see lease.py) once claimed; while another process owns the store, `remote_owner` says
@@ -94,12 +100,15 @@ class ModelRunnerService:
     @classmethod
     def create(cls, store: Store, *, registry: str | None = None,
                max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS,
+               max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+               image_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
                **scheduler_options: Any) -> ModelRunnerService:
         """A service whose scheduler reports engine events (loading, crashes) to the service's listeners."""
         holder: list[ModelRunnerService] = []
         scheduler = Scheduler(store, on_event=lambda kind, data: holder[0]._engine_event(kind, data),
                               **scheduler_options)
-        service = cls(store, scheduler, registry=registry, max_concurrent_pulls=max_concurrent_pulls)
+        service = cls(store, scheduler, registry=registry, max_concurrent_pulls=max_concurrent_pulls,
+                      max_image_bytes=max_image_bytes, image_fetch_timeout=image_fetch_timeout)
         holder.append(service)
         return service
 
@@ -211,8 +220,11 @@ class ModelRunnerService:
 
     async def package(self, target: str, *, gguf: list[str] | None = None, safetensors_dir: str | None = None,
                       license_files: list[str] | None = None, chat_template: str | None = None,
-                      context_size: int | None = None) -> dict[str, Any]:
-        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel)."""
+                      context_size: int | None = None, mmproj: str | None = None) -> dict[str, Any]:
+        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel).
+
+        `mmproj` is a GGUF vision model's multimodal projector; safetensors models carry their vision tower in their
+        weights, so it is refused with them."""
         from .distribution import package_gguf, package_safetensors
         from .reference import parse_reference
 
@@ -222,7 +234,11 @@ class ModelRunnerService:
                                        "chat_template": Path(chat_template) if chat_template else None,
                                        "context_size": context_size}
             if gguf:
-                return package_gguf(self.store, [Path(p) for p in gguf], ref, **options)
+                return package_gguf(self.store, [Path(p) for p in gguf], ref, mmproj=Path(mmproj) if mmproj else None,
+                                    **options)
+            if mmproj:
+                raise UnsupportedArtifact("A multimodal projector (--mmproj) goes with GGUF weights, for llama.cpp; a "
+                                          "safetensors vision model carries its vision tower in its own weights.")
             if safetensors_dir:
                 return package_safetensors(self.store, Path(safetensors_dir), ref, **options)
             raise ModelRunnerError("Give the weights: a GGUF file or a folder of safetensors.")
@@ -342,6 +358,24 @@ class ModelRunnerService:
                     await asyncio.to_thread(thread.join)
             finally:
                 watchers(None)  # even when the wait is cancelled: watchers always hear the end
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    async def prepare_images(self, name: str, body: dict[str, Any], *, engine: str | None = None) -> dict[str, Any]:
+        """A chat request ready for the engine as far as images go: unchanged without images; otherwise refused
+        (`ImageRejected`, before anything loads) when the model's engine cannot take them, and with every image
+        inline as a data URL (http(s) URLs fetched here, within `max_image_bytes` and `image_fetch_timeout`)."""
+        if not image_parts(body):
+            return body
+
+        def refusal() -> str | None:
+            model, choice = self.scheduler.choose(name, engine)
+            return choice.engine.image_refusal(model, name)
+
+        reason = await asyncio.to_thread(refusal)
+        if reason is not None:
+            raise ImageRejected(reason)
+        return await inline_images(body, max_bytes=self.max_image_bytes, timeout=self.image_fetch_timeout)
 
     # -- engines --------------------------------------------------------------------------------------
 

@@ -99,7 +99,8 @@ class Model:
             return 0
 
     def to_json(self) -> dict[str, Any]:
-        """DMR's model object: `{id, tags, created, config}` plus our `size` and `bundle`."""
+        """DMR's model object: `{id, tags, created, config}` plus our `size`, `bundle` and `multimodal` (it has a
+        projector: it takes images)."""
         config = self.config.summary()
         config["format"] = self.format
         return {
@@ -109,10 +110,19 @@ class Model:
             "config": config,
             "size": self.size,
             "bundle": str(self.bundle),
+            "multimodal": self.projector is not None,
         }
 
     def gguf_files(self) -> list[Path]:
         return sorted(self.bundle.glob("model*.gguf"))
+
+    @property
+    def projector(self) -> Path | None:
+        """The multimodal projector an engine loads to see images (`model.mmproj` in the bundle), when the artifact
+        has one (a layer of either of Docker's mmproj media types); read from the manifest, no disk access."""
+        if any(layer.media_type in (mt.MMPROJ, mt.MMPROJ_SPEC) for layer in self.manifest.layers):
+            return self.bundle / "model.mmproj"
+        return None
 
 
 @dataclass(frozen=True)

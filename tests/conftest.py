@@ -114,6 +114,15 @@ def smollm2_file() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vision():
+    """A random-weight Gemma 3 with its multimodal projector, as two GGUFs made by llama.cpp's converter from a
+    transformers model (see support/make_tiny_vision.py): made once (~20 s with the vLLM environment), cached."""
+    from .support.vision import tiny_vision_model
+
+    return tiny_vision_model(TEST_CACHE)
+
+
+@pytest.fixture(scope="session")
 def seeded(registry, tiny_gguf, tiny_safetensors) -> dict[str, str]:
     """The test registry holding the tiny models under `ai/`, in every packaging; name → manifest digest."""
     host = registry.host

@@ -123,6 +123,21 @@ def test_fsck_finds_damage_and_repair_drops_only_the_broken_model(cli_env, seede
     assert "ai/tiny:latest" in run_cli("ls").stdout and run_cli("fsck").returncode == 0
 
 
+def test_package_a_vision_model_with_its_projector(cli_env, registry, tiny_vision, tiny_safetensors):
+    out = run_cli("package", "--gguf", str(tiny_vision.gguf), "--mmproj", str(tiny_vision.mmproj), "--push",
+                  "ai/seeing:v1").stdout
+    assert "with a multimodal projector (it takes images)" in out and "Pushed" in out
+    run_cli("rm", "ai/seeing:v1")
+    run_cli("pull", "ai/seeing:v1")
+    inspected = json.loads(run_cli("inspect", "ai/seeing:v1").stdout)
+    assert inspected["multimodal"] is True
+    assert "application/vnd.docker.ai.mmproj" in [layer["mediaType"] for layer in inspected["manifest"]["layers"]]
+    assert (Path(inspected["bundle"]) / "model.mmproj").read_bytes() == tiny_vision.mmproj.read_bytes()
+    refused = run_cli("package", "--safetensors-dir", str(tiny_safetensors), "--mmproj", str(tiny_vision.mmproj),
+                      "ai/st-vision", check=False)
+    assert refused.returncode == 1 and "goes with GGUF weights" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -219,6 +219,49 @@ def test_split_chat_line_keeps_the_prompt_verbatim():
                                                                        "What's \"up\"?")
     assert split_chat_line("--new --system 'Be kind.'") == (["--new", "--system", "Be kind."], "")
     assert split_chat_line("ai/x") == (["ai/x"], "")
+    assert split_chat_line("--image a.png --image 'my cat.jpg' --json City ai/x What?") == (
+        ["--image", "a.png", "--image", "my cat.jpg", "--json", "City", "ai/x"], "What?")
+
+
+def test_chat_image_shows_the_model_files_and_urls(shell, magics, tiny_vision, tmp_path):
+    from .support.imageserver import ImageServer
+    from .support.vision import IMAGE_ENCODED_LOG, png
+
+    out, _, result = run(shell, f"%model package --gguf {tiny_vision.gguf} --mmproj {tiny_vision.mmproj} "
+                                "ai/tiny-vision")
+    assert result.success and "with a multimodal projector" in out, out
+    out, _, result = run(shell, "%model configure ai/tiny-vision -- -lv 4")  # llama-server then logs each image
+    assert result.success, out
+    picture = tmp_path / "red square.png"
+    picture.write_bytes(png(rgb=(230, 20, 20)))
+    out, _, result = run(shell, f"%%chat ai/tiny-vision --image '{picture}' --max-tokens 8 --temperature 0\n"
+                                "What is in the image?")
+    assert result.success, out
+    assert shell.user_ns["_chat"] and "llama.cpp" in out
+    sent = magics.conversations["ai/tiny-vision"][0]["content"]
+    assert sent[0] == {"type": "text", "text": "What is in the image?"}
+    assert sent[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    out, _, _ = run(shell, "%model logs -n 2000 ai/tiny-vision")
+    assert out.count(IMAGE_ENCODED_LOG) == 1
+
+    with ImageServer() as web:  # a URL goes to the runner, which fetches it
+        out, _, result = run(shell, f"%chat --new --image {web.url('/green.png')} --max-tokens 8 --temperature 0 "
+                                    "ai/tiny-vision Describe it")
+        assert result.success, out
+        assert web.hits["/green.png"] == 1
+    out, _, _ = run(shell, "%model logs -n 2000 ai/tiny-vision")
+    assert out.count(IMAGE_ENCODED_LOG) == 2
+
+    out, _, result = run(shell, f"%%chat ai/tiny-vision --image {tmp_path / 'nowhere.png'}\nHi")
+    assert not result.success and "no such file" in out and "Traceback" not in out
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    out, _, result = run(shell, f"%%chat ai/tiny-vision --image {notes}\nHi")
+    assert not result.success and "not an image file" in out
+    out, _, result = run(shell, f"%%chat ai/tiny --new --image '{picture}'\nHi")
+    assert not result.success and "no multimodal projector" in out
+    out, _, _ = run(shell, "%chat --help")
+    assert "--image PATH_OR_URL" in out
 
 
 def test_load_ext_is_cheap():

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def jp_server_config(tmp_path):
     return {"ServerApp": {"jpserver_extensions": {"jupyter_modelrunner": True}},
-            "ModelRunner": {"store_path": str(tmp_path / "store"), "keep_alive": "2m"}}
+            "ModelRunner": {"store_path": str(tmp_path / "store"), "keep_alive": "2m", "max_image_bytes": 12345,
+                            "image_fetch_timeout": 4.5}}
 
 
 @pytest.fixture
@@ -44,12 +45,18 @@ def test_kernels_inherit_where_the_runner_is_and_its_token(monkeypatch, jp_serve
     assert jupyter_modelrunner.base_url() == expected + "engines/v1"
     assert jupyter_modelrunner.api_key() == jp_serverapp.identity_provider.token
     assert extension.service.scheduler.keep_alive == 120
+    assert (extension.service.max_image_bytes, extension.service.image_fetch_timeout) == (12345, 4.5)
 
 
 def test_configuration_is_checked():
     with pytest.raises(TraitError, match="keep_alive"):
         ModelRunner(keep_alive="soon")
     assert "memory" in ModelRunner.class_get_trait_help(ModelRunner.memory_budget).lower()
+    with pytest.raises(TraitError, match="max_image_bytes must be positive"):
+        ModelRunner(max_image_bytes=0)
+    with pytest.raises(TraitError, match="image_fetch_timeout must be positive"):
+        ModelRunner(image_fetch_timeout=-1.0)
+    assert "downloaded by the runner" in ModelRunner.class_get_trait_help(ModelRunner.max_image_bytes)
 
 
 def test_stopping_the_server_stops_its_engines(tmp_path, live_store, registry):

@@ -89,7 +89,8 @@ class ModelCreateHandler(ProgressStreamMixin, ModelRunnerHandler):
 
 
 class ModelPackageHandler(ModelRunnerHandler):
-    """`POST models/package {"tag", "gguf": [paths] | "safetensors_dir": path, ...}`: a model from local files.
+    """`POST models/package {"tag", "gguf": [paths] | "safetensors_dir": path, "mmproj"?, "chat_template"?, ...}`:
+    a model from local files.
 
     The paths are on the server's machine, which is the kernel's for the extension; whoever holds the
     server's token can read those files through Jupyter's contents API already.
@@ -108,7 +109,7 @@ class ModelPackageHandler(ModelRunnerHandler):
                                 'or {"tag": ..., "safetensors_dir": "/path/folder"}.')
         model = await self.service.package(
             tag, gguf=gguf, safetensors_dir=body.get("safetensors_dir"), license_files=body.get("license"),
-            chat_template=body.get("chat_template"), context_size=body.get("context_size"),
+            chat_template=body.get("chat_template"), context_size=body.get("context_size"), mmproj=body.get("mmproj"),
         )
         self.send_json(model, status=201)
 

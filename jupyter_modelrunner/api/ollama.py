@@ -98,6 +98,8 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
 
     async def _answer(self, kind: str, model: str, path: str, request: dict[str, Any], started: float,
                       keep_alive: float | None, context_size: int | None) -> None:
+        # Ollama's images became image_url parts: checked (can this model see? is it an image?) before anything loads.
+        request = await self.service.prepare_images(model, request)
         request = {**request, "model": ENGINE_MODEL_NAME}
         async with self.service.scheduler.use(model, mode=MODE_COMPLETION, context_size=context_size,
                                               keep_alive=keep_alive) as runner:

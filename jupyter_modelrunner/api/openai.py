@@ -67,6 +67,8 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
     async def _proxy(self, endpoint: str, engine: str | None, model: str, body: dict[str, Any]) -> None:
         mode = MODE_EMBEDDING if endpoint == "embeddings" else MODE_COMPLETION
         stream = bool(body.get("stream")) and endpoint != "embeddings"
+        if endpoint == "chat/completions":  # image_url parts: checked, and fetched here rather than by the engine
+            body = await self.service.prepare_images(model, body, engine=engine)
         upstream_body = {**body, "model": ENGINE_MODEL_NAME}
         async with self.service.scheduler.use(model, mode=mode, engine=engine) as runner:
             self.service.metrics.requests.labels(endpoint, runner.name).inc()

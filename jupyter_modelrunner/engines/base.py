@@ -288,6 +288,12 @@ class Engine(ABC):
         """
         return body
 
+    def image_refusal(self, model: Model, name: str) -> str | None:
+        """Why this engine cannot take images for `model` (asked for as `name`), as the sentence of a 400; None when
+        it can. Asked before a request with images loads anything. The default lets the engine judge: vLLM knows
+        whether its model has a vision tower, and says so in its own error."""
+        return None
+
     async def reported_context(self, client: object) -> int | None:
         """The context size per request the started engine reports (None when it cannot say)."""
         return None

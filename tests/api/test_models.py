@@ -133,6 +133,15 @@ async def test_package_makes_a_model_from_files_on_the_server(jp_fetch, tiny_ggu
     assert missing.code in (400, 404, 422) and "absent.gguf" in json.loads(missing.body)["message"]
 
 
+async def test_package_takes_a_projector(jp_fetch, tiny_vision, tiny_gguf):
+    response = await jp_fetch(API, "models", "package", method="POST", body=json.dumps(
+        {"tag": "ai/seeing", "gguf": [str(tiny_vision.gguf)], "mmproj": str(tiny_vision.mmproj)}))
+    assert response.code == 201 and json.loads(response.body)["multimodal"] is True
+    wrong = await jp_fetch(API, "models", "package", method="POST", raise_error=False, body=json.dumps(
+        {"tag": "ai/nope", "gguf": [str(tiny_vision.gguf)], "mmproj": str(tiny_gguf)}))
+    assert wrong.code == 422 and "not a multimodal projector" in json.loads(wrong.body)["message"]
+
+
 async def test_a_safetensors_model_lists_why_no_engine_can_run_it(jp_fetch, jp_serverapp, registry, seeded):
     await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "ai/tiny-st"}))
     listed = {m["tags"][0]: m for m in json.loads((await jp_fetch(API, "models")).body)}

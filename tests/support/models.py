@@ -288,15 +288,9 @@ _INSTALL_SDIST_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".ca
     "llama.cpp" / "sdist"
 
 
-def llama_cpp_chat_template(name: str, cache_dir: Path | None = None) -> str:
-    """A real model's chat template (e.g. `Qwen-Qwen2.5-7B-Instruct.jinja`) from llama.cpp's own collection.
-
-    llama.cpp keeps the templates it tests its tool-call and reasoning parsers with under `models/templates/`; the
-    llama-cpp-python sdist that install-runner builds from vendors that tree, so the file is read from that tarball
-    (install-runner's copy, else one downloaded into the test cache), never copied into this repository.
-    """
-    import tarfile
-
+def llama_cpp_sdist(cache_dir: Path | None = None) -> Path:
+    """The pinned llama-cpp-python sdist, whose `vendor/llama.cpp` is the source of the llama-server the tests run:
+    install-runner's copy, else one downloaded with pip into the test cache (under a lock, once)."""
     cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
                  or Path.home() / ".cache" / "jupyter-modelrunner-tests")
     candidates = sorted(_INSTALL_SDIST_DIR.glob("llama_cpp_python-*.tar.gz")) + sorted(
@@ -312,10 +306,23 @@ def llama_cpp_chat_template(name: str, cache_dir: Path | None = None) -> str:
                 if result.returncode != 0:
                     raise RuntimeError(f"`pip download {LLAMA_CPP_PYTHON_SDIST}` failed:\n{result.stderr[-2000:]}")
         candidates = sorted((cache / "sdist").glob("llama_cpp_python-*.tar.gz"))
-    with tarfile.open(candidates[-1]) as sdist:
+    return candidates[-1]
+
+
+def llama_cpp_chat_template(name: str, cache_dir: Path | None = None) -> str:
+    """A real model's chat template (e.g. `Qwen-Qwen2.5-7B-Instruct.jinja`) from llama.cpp's own collection.
+
+    llama.cpp keeps the templates it tests its tool-call and reasoning parsers with under `models/templates/`; the
+    llama-cpp-python sdist that install-runner builds from vendors that tree, so the file is read from that tarball
+    (install-runner's copy, else one downloaded into the test cache), never copied into this repository.
+    """
+    import tarfile
+
+    sdist_path = llama_cpp_sdist(cache_dir)
+    with tarfile.open(sdist_path) as sdist:
         for member in sdist:
             if member.isfile() and member.name.endswith(_TEMPLATES_IN_SDIST + name):
                 source = sdist.extractfile(member)
                 assert source is not None
                 return source.read().decode("utf-8")
-    raise FileNotFoundError(f"{name} is not among llama.cpp's templates in {candidates[-1]}")
+    raise FileNotFoundError(f"{name} is not among llama.cpp's templates in {sdist_path}")
