@@ -26,7 +26,7 @@ from . import ollama_translate as translate
 from .base import ModelRunnerHandler
 from .models import ProgressStreamMixin
 from .openai import ENGINE_MODEL_NAME
-from .relay import StreamRelayMixin, sse_data
+from .relay import StreamRelayMixin, engine_message, sse_data
 
 NDJSON = "application/x-ndjson"
 #: What `GET api/version` answers: clients check it against the Ollama features they need.
@@ -103,14 +103,14 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
             if not request.get("stream"):
                 response = await runner.request("POST", path, json=request)
                 if response.status_code != 200:
-                    raise web.HTTPError(response.status_code, _engine_message(response.content))
+                    raise web.HTTPError(response.status_code, engine_message(response.content))
                 self.send_json(translate.chat_response_to_ollama(model, response.json(), started,
                                                                  "chat" if kind == "chat" else "generate"))
                 return
             async with runner.stream("POST", path, json=request) as upstream:
                 if upstream.status_code != 200:
                     raise web.HTTPError(upstream.status_code,
-                                        _engine_message(b"".join([c async for c in upstream])))
+                                        engine_message(b"".join([c async for c in upstream])))
                 self.set_header("Content-Type", NDJSON)
                 converter = translate.OllamaStream(model, "chat" if kind == "chat" else "generate", started)
                 await self.relay(upstream, lambda events: _ollama_lines(converter, events),
@@ -139,7 +139,7 @@ class OllamaEmbedHandler(OllamaHandler):
             response = await runner.request("POST", "/v1/embeddings",
                                             json={"model": ENGINE_MODEL_NAME, "input": inputs})
         if response.status_code != 200:
-            raise web.HTTPError(response.status_code, _engine_message(response.content))
+            raise web.HTTPError(response.status_code, engine_message(response.content))
         data = response.json()
         vectors = [item["embedding"] for item in sorted(data.get("data", []), key=lambda d: d.get("index", 0))]
         self.send_json({"model": model, "embeddings": vectors,
@@ -281,14 +281,6 @@ def _ollama_progress(event: dict[str, Any]) -> dict[str, Any]:
         return {"status": f"pulling {layer['id'].removeprefix('sha256:')[:12]}", "digest": layer["id"],
                 "total": layer["size"], "completed": layer["current"]}
     return {"status": event.get("message", "")}
-
-
-def _engine_message(content: bytes) -> str:
-    with contextlib.suppress(ValueError, AttributeError):
-        data = json.loads(content)
-        error = data.get("error", data)
-        return str(error.get("message", error) if isinstance(error, dict) else error)
-    return content.decode("utf-8", "replace")[:500]
 
 
 def _read_text(path: Path) -> str | None:

@@ -44,7 +44,8 @@ ROUTES = every_route()
 def test_the_route_table_is_complete():
     paths = {path for _, path in ROUTES}
     for expected in ("models", "models/create", "engines/v1/chat/completions", "v1/models", "engines/status",
-                     "engines/unload", "api/chat", "api/tags", "metrics"):
+                     "engines/unload", "api/chat", "api/tags", "metrics", "v1/messages", "v1/messages/count_tokens",
+                     "anthropic/v1/messages", "engines/llama.cpp/v1/messages"):
         assert expected in paths
     assert len(ROUTES) >= 30
 
