@@ -11,7 +11,8 @@ from tornado import web
 from jupyter_modelrunner.api import routes
 
 pytestmark = pytest.mark.timeout(120)
-SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp"}  # groups that are not a list of literal alternatives
+#: Values for the URL groups that are not a list of literal alternatives.
+SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp", "response_id": "resp_0"}
 VERBS = ("get", "post", "put", "patch", "delete")
 
 
@@ -45,7 +46,8 @@ def test_the_route_table_is_complete():
     paths = {path for _, path in ROUTES}
     for expected in ("models", "models/create", "engines/v1/chat/completions", "v1/models", "engines/status",
                      "engines/unload", "api/chat", "api/tags", "metrics", "v1/messages", "v1/messages/count_tokens",
-                     "anthropic/v1/messages", "engines/llama.cpp/v1/messages"):
+                     "anthropic/v1/messages", "engines/llama.cpp/v1/messages", "v1/responses", "responses",
+                     "engines/v1/responses/resp_0", "v1/responses/resp_0/input_items", "v1/responses/input_tokens"):
         assert expected in paths
     assert len(ROUTES) >= 30
 
