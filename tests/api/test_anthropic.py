@@ -11,6 +11,8 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from jupyter_modelrunner.engines.vllm import default_vllm_python
+
 from ..conftest import TOOL_CALL_PREFILL, WEATHER_TOOL
 
 pytestmark = pytest.mark.timeout(300)
@@ -120,6 +122,29 @@ def test_a_wrong_key_is_refused(jupyter):
     # The token as a bearer (`auth_token`) works as well as `api_key`.
     bearer = anthropic.Anthropic(base_url=jupyter.url.rstrip("/"), auth_token=jupyter.token, max_retries=0)
     assert answer(bearer).content
+
+
+def test_on_vllm_count_tokens_and_stop_sequences_work_as_on_llama_cpp(jupyter, client):
+    """vLLM counts with its own `/tokenize` (messages in, template applied) and names the matched stop sequence in
+    `stop_reason`: the same answers through the same routes as llama-server's."""
+    if default_vllm_python() is None:
+        pytest.skip("no vLLM environment (jupyter modelrunner install-runner vllm)")
+    with jupyter.client() as http:
+        assert http.post("models/create", json={"from": "ai/tiny-st"}).status_code == 200
+    counted = client.messages.count_tokens(model="ai/tiny-st", system="Be brief.", messages=HELLO)
+    message = answer(client, model="ai/tiny-st", system="Be brief.", max_tokens=24)
+    assert message.model == "ai/tiny-st" and message.content[0].text
+    assert counted.input_tokens == message.usage.input_tokens
+    text = message.content[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 2]  # the byte-level tiny model's output has few spaces
+    stopped = answer(client, model="ai/tiny-st", system="Be brief.", max_tokens=24, stop_sequences=[stop])
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", stop)
+    with client.messages.stream(model="ai/tiny-st", system="Be brief.", messages=HELLO, stop_sequences=[stop],
+                                **{**SETTINGS, "max_tokens": 24}) as stream:
+        assert "".join(stream.text_stream) == stopped.content[0].text
+        assert stream.get_final_message().stop_sequence == stop
+    with jupyter.client() as http:
+        http.post("engines/unload", json={"models": ["ai/tiny-st"]})
 
 
 def runner_of(jupyter, model: str) -> dict:
