@@ -363,9 +363,10 @@ class MessageStream:
             raise ValueError(str(error.get("message", error) if isinstance(error, dict) else error))
         self._usage = chunk.get("usage") or self._usage
         events: list[dict[str, Any]] = []
+        self._matched = self._matched or _matched_stop(chunk, {})  # llama-server's `__verbose`, on one chunk
         for choice in chunk.get("choices") or []:
             self._finish_reason = choice.get("finish_reason") or self._finish_reason
-            self._matched = _matched_stop(chunk, choice) or self._matched
+            self._matched = self._matched or _matched_stop(chunk, choice)  # vLLM's `stop_reason`, on the last
             delta = choice.get("delta") or {}
             reasoning = _reasoning(delta)
             if reasoning:
@@ -377,8 +378,6 @@ class MessageStream:
                 events.append(self._delta({"type": "text_delta", "text": delta["content"]}))
             for call in delta.get("tool_calls") or []:
                 events += self._tool_call(call)
-        if chunk.get("__verbose") is not None and self._matched is None:
-            self._matched = _matched_stop(chunk, {})
         return events
 
     def _tool_call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
