@@ -9,6 +9,7 @@ closes the engine request (which stops the generation) and frees the runner (see
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -17,6 +18,9 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
+from ..errors import InvalidReference
+from ..reference import parse_reference
+from ..store import Model
 from . import schemas
 from .base import SCOPE_INFERENCE, ModelRunnerHandler, openai_error
 from .relay import StreamRelayMixin
@@ -109,29 +113,70 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
                 self.set_header(name, value)
 
 
+def model_object(tag: str, model: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's model object for one tag of a stored model (its JSON as `GET models` gives it)."""
+    return {"id": tag, "object": "model", "created": model["created"],
+            "owned_by": tag.split("/")[0] if "/" in tag else "library",
+            "model_id": model["id"], "format": model["config"].get("format")}
+
+
 class OpenAIModelsHandler(ModelRunnerHandler):
     """`GET .../v1/models`: every tag in the store, as OpenAI's model list (filtered by engine if named)."""
 
     api_scope = SCOPE_INFERENCE
 
+    def engine_formats(self, engine: str | None) -> set[str] | None:
+        """The formats the named engine runs (None: no engine named, every format); 404 for an unknown engine."""
+        if engine is None:
+            return None
+        known = {e.name: e for e in self.service.scheduler.engines}
+        if engine not in known:
+            raise web.HTTPError(404, f"Unknown engine {engine!r}; engines: {', '.join(sorted(known))}.")
+        return set(known[engine].formats)
+
     @web.authenticated
     @authorized
     async def get(self, engine: str | None = None) -> None:
-        formats: set[str] | None = None
-        if engine is not None:
-            known = {e.name: e for e in self.service.scheduler.engines}
-            if engine not in known:
-                raise web.HTTPError(404, f"Unknown engine {engine!r}; engines: {', '.join(sorted(known))}.")
-            formats = set(known[engine].formats)
+        formats = self.engine_formats(engine)
         data = []
         for model in await self.service.models():
             if formats is not None and model["config"].get("format") not in formats:
                 continue
-            for tag in model["tags"]:
-                data.append({"id": tag, "object": "model", "created": model["created"],
-                             "owned_by": tag.split("/")[0] if "/" in tag else "library",
-                             "model_id": model["id"], "format": model["config"].get("format")})
+            data.extend(model_object(tag, model) for tag in model["tags"])
         self.send_json({"object": "list", "data": data})
+
+
+class OpenAIModelHandler(OpenAIModelsHandler):
+    """`GET .../v1/models/{id}`: one model as OpenAI's model object, under the tag the name stands for (the id the
+    list gives it); ids hold slashes and colons (`ai/smollm2:latest`), sent as they are or percent-encoded."""
+
+    api_scope = SCOPE_INFERENCE
+
+    @web.authenticated
+    @authorized
+    async def get(self, model_id: str, engine: str | None = None) -> None:  # type: ignore[override]
+        formats = self.engine_formats(engine)
+        model = await asyncio.to_thread(self.service.store.resolve, model_id)
+        described = model.to_json()
+        if formats is not None and described["config"].get("format") not in formats:
+            raise web.HTTPError(404, f"Model {model_id!r} is a {described['config'].get('format')} model, which "
+                                     f"{engine} does not run.")
+        self.send_json(model_object(_tag_named(model, described["tags"], model_id, self.service.store.registry),
+                                    described))
+
+
+def _tag_named(model: Model, familiar: list[str], name: str, registry: str | None) -> str:
+    """The model's tag (in the list's familiar form) that `name` stands for; the first one for an id or digest."""
+    try:
+        wanted = parse_reference(name, registry=registry)
+    except InvalidReference:
+        wanted = None
+    if wanted is not None:
+        for full, shown in zip(model.tags, familiar, strict=False):
+            other = parse_reference(full)
+            if full == wanted.full or (other.repository, other.tag) == (wanted.repository, wanted.tag):
+                return shown
+    return familiar[0] if familiar else name
 
 
 _BODIES = {"chat/completions": schemas.CHAT, "completions": schemas.COMPLETION, "embeddings": schemas.EMBEDDING}
@@ -145,4 +190,7 @@ default_handlers = [
     (r"engines/v1/models", OpenAIModelsHandler),
     (rf"engines/{_ENGINE}/v1/models", OpenAIModelsHandler),
     (r"v1/models", OpenAIModelsHandler),
+    (r"engines/v1/models/(?P<model_id>.+)", OpenAIModelHandler),
+    (rf"engines/{_ENGINE}/v1/models/(?P<model_id>.+)", OpenAIModelHandler),
+    (r"v1/models/(?P<model_id>.+)", OpenAIModelHandler),
 ]

@@ -90,3 +90,4 @@ CONFIGURE = obj({"model": NAME, "context-size": {"type": ["integer", "null"], "m
                  "keep_alive": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]},
                  "backend": {"type": ["string", "null"]}}, ("model",))
 OLLAMA_PULL = obj({**OLLAMA_NAME["properties"], "stream": {"type": "boolean"}, "insecure": {"type": "boolean"}})
+OLLAMA_COPY = obj({"source": NAME, "destination": NAME}, ("source", "destination"))

@@ -11,13 +11,14 @@ import pytest
 from tornado import web
 
 from jupyter_modelrunner.api import routes
-from jupyter_modelrunner.api.base import SCOPE_INFERENCE
+from jupyter_modelrunner.api.base import SCOPE_INFERENCE, SCOPE_MANAGE
 from jupyter_modelrunner.keys import KeyRing, digest
 
 from ..conftest import TEST_API_KEY
 
 pytestmark = pytest.mark.timeout(120)
-SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp"}  # groups that are not a list of literal alternatives
+#: Values for the URL groups that are not a list of literal alternatives.
+SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp", "response_id": "resp_0", "model_id": "ai/tiny:latest"}
 VERBS = ("get", "post", "put", "patch", "delete")
 
 
@@ -50,9 +51,29 @@ ROUTES = every_route()
 def test_the_route_table_is_complete():
     paths = {path for _, path in ROUTES}
     for expected in ("models", "models/create", "engines/v1/chat/completions", "v1/models", "engines/status",
-                     "engines/unload", "api/chat", "api/tags", "metrics"):
+                     "engines/unload", "api/chat", "api/tags", "metrics", "v1/messages", "v1/messages/count_tokens",
+                     "anthropic/v1/messages", "engines/llama.cpp/v1/messages", "v1/responses", "responses",
+                     "engines/v1/responses/resp_0", "v1/responses/resp_0/input_items", "v1/responses/input_tokens",
+                     "v1/models/ai/tiny:latest", "engines/llama.cpp/v1/models/ai/tiny:latest", "api/embeddings",
+                     "api/copy", "api/push"):
         assert expected in paths
     assert len(ROUTES) >= 30
+
+
+def handler_of(path: str) -> type:
+    """The handler tornado picks for `path`: the first pattern of the table that matches."""
+    return next(handler for pattern, handler in routes("") if re.fullmatch(pattern.lstrip("/"), path))
+
+
+@pytest.mark.parametrize(("path", "scope"), [
+    ("v1/messages", SCOPE_INFERENCE), ("anthropic/v1/messages/count_tokens", SCOPE_INFERENCE),
+    ("v1/responses", SCOPE_INFERENCE), ("v1/responses/resp_0", SCOPE_INFERENCE),
+    ("v1/responses/resp_0/input_items", SCOPE_INFERENCE), ("v1/responses/input_tokens", SCOPE_INFERENCE),
+    ("v1/models/ai/tiny:latest", SCOPE_INFERENCE), ("api/embeddings", SCOPE_INFERENCE),
+    ("api/copy", SCOPE_MANAGE), ("api/push", SCOPE_MANAGE),
+])
+def test_routes_that_answer_with_a_model_have_the_inference_scope_and_management_does_not(path, scope):
+    assert handler_of(path).api_scope == scope
 
 
 @pytest.fixture(scope="module", params=["jupyter", "standalone"])
