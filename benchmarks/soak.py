@@ -251,9 +251,13 @@ def main() -> int:
                     out.write(os.urandom(4 * 1024**2))
             publish_raw(registry.host, "ai/soak-big", "latest", gguf_config(), mt.MODEL_CONFIG_V01,
                         [(big, mt.GGUF, {})])
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_RUNNER_", "JUPYTER_"))}
-            for variable, engine in (("MODEL_RUNNER_LLAMA_SERVER", "llama.cpp"), ("MODEL_RUNNER_VLLM_PYTHON", "vllm")):
-                record = installed(engine)  # the engines install-runner put in this user's data dir
+            engine_overrides = ("MODEL_RUNNER_LLAMA_SERVER", "MODEL_RUNNER_VLLM_PYTHON")
+            env = {k: v for k, v in os.environ.items()
+                   if k in engine_overrides or not k.startswith(("MODEL_RUNNER_", "JUPYTER_"))}
+            for variable, engine in zip(engine_overrides, ("llama.cpp", "vllm"), strict=True):
+                # The engines a developer pointed at, else those install-runner put in this user's data dir (which
+                # the server's own JUPYTER_DATA_DIR below hides from it).
+                record = None if env.get(variable) else installed(engine)
                 if record is not None:
                     env[variable] = str(record.executable)
             env.update({"MODEL_RUNNER_STORE": str(tmp / "store"), "MODEL_RUNNER_DEFAULT_REGISTRY": registry.host,

@@ -19,7 +19,7 @@ from ..engines.base import MODE_COMPLETION
 from ..errors import ModelRunnerError
 from . import anthropic_translate as translate
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
-from .openai import ENGINE_MODEL_NAME
+from .openai import ENGINE_MODEL_NAME, ENGINE_SEGMENT
 from .prompt_tokens import count_prompt_tokens
 from .relay import StreamRelayMixin, engine_message, sse_data
 
@@ -123,7 +123,7 @@ class AnthropicCountTokensHandler(AnthropicHandler):
         self.finish(json.dumps({"input_tokens": count}))
 
 
-_ENGINE = r"(?P<engine>[a-z][a-z0-9._-]*)"
+_ENGINE = ENGINE_SEGMENT
 
 default_handlers = [
     (r"anthropic/v1/messages", AnthropicMessagesHandler),  # Docker Model Runner's prefix

@@ -120,6 +120,8 @@ class ModelRunnerHandler(APIHandler):
     auth_resource = AUTH_RESOURCE
     #: SCOPE_INFERENCE on routes a scoped inference key may use (chat, completions, embeddings, model lists...).
     api_scope = SCOPE_MANAGE
+    #: Whether a server that does not own the store asks the owner (False: the answer is this server's own).
+    relayed = True
     #: The inference key this request authenticated with (None: the Jupyter token, a cookie, ...).
     key_name: str | None = None
     _refused_key = False
@@ -165,7 +167,7 @@ class ModelRunnerHandler(APIHandler):
         if self.key_name is not None and self.api_scope != SCOPE_INFERENCE:
             raise web.HTTPError(403, f"The inference key {self.key_name!r} may only ask models (chat, completions, "
                                      "embeddings, model lists); this route needs the Jupyter token.")
-        owner = self.service.remote_owner
+        owner = self.service.remote_owner if self.relayed else None
         if owner is None or self._finished:
             if not self._track_activity:  # a Prometheus scrape is not work that keeps a runner up
                 return

@@ -180,7 +180,9 @@ def _tag_named(model: Model, familiar: list[str], name: str, registry: str | Non
 
 
 _BODIES = {"chat/completions": schemas.CHAT, "completions": schemas.COMPLETION, "embeddings": schemas.EMBEDDING}
-_ENGINE = r"(?P<engine>[^/]+)"  # any segment: an unknown engine is answered with the known ones
+#: `engines/{engine}/`: any segment, so that an unknown engine is answered (404) with the known ones.
+ENGINE_SEGMENT = r"(?P<engine>[^/]+)"
+_ENGINE = ENGINE_SEGMENT
 _ENDPOINT = r"(?P<endpoint>chat/completions|completions|embeddings)"
 
 default_handlers = [

@@ -20,18 +20,21 @@ from tornado import web
 
 from .._version import __version__
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
-from .forward import PREFIX_SETTING
 from .schemas import (
+    ANTHROPIC_ERROR,
     CHAT,
     COMPLETION,
     CONFIGURE,
+    COUNT_TOKENS,
     EMBEDDING,
     FSCK,
     GC,
     LOAD,
+    MESSAGES,
     MODEL,
     NAME,
     OLLAMA_CHAT,
+    OLLAMA_COPY,
     OLLAMA_EMBED,
     OLLAMA_ERROR,
     OLLAMA_GENERATE,
@@ -40,6 +43,7 @@ from .schemas import (
     OPENAI_ERROR,
     PACKAGE,
     PULL,
+    RESPONSE,
     TARGET,
     UNLOAD,
 )
@@ -77,6 +81,7 @@ def _op(summary: str, tag: str, *, body: dict[str, Any] | None = None, ok: dict[
 
 
 DMR, OPENAI, OLLAMA, RUNNER = "Docker Model Runner", "OpenAI-compatible", "Ollama-compatible", "Runner"
+ANTHROPIC = "Anthropic-compatible"
 #: (method, path with `engines/` mounts folded to `v1/...`) → its operation. Path parameters are `{name}`.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "models"): _op("Every model in the store", DMR, ok=_json({"type": "array", "items": MODEL})),
@@ -125,16 +130,33 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("delete", "api/delete"): _op("Remove a model (Ollama)", OLLAMA, body=OLLAMA_NAME),
     ("post", "api/pull"): _op("Pull a model (Ollama)", OLLAMA, body=OLLAMA_PULL,
         stream="NDJSON progress"),
+    ("get", "v1/models/{model_id}"): _op("One model, as OpenAI describes it", OPENAI),
+    ("post", "v1/messages"): _op("Anthropic's Messages API, translated to chat", ANTHROPIC, body=MESSAGES,
+                                 stream="Anthropic's server-sent events (message_start ... message_stop)"),
+    ("post", "v1/messages/count_tokens"): _op("Tokens a Messages request's prompt takes", ANTHROPIC,
+                                              body=COUNT_TOKENS),
+    ("post", "v1/responses"): _op("OpenAI's Responses API: create (translated to chat)", OPENAI, body=RESPONSE,
+                                  stream="Responses events (response.created ... response.completed)"),
+    ("post", "v1/responses/input_tokens"): _op("Tokens a Responses request's input takes", OPENAI, body=RESPONSE),
+    ("get", "v1/responses/{response_id}"): _op("A stored response", OPENAI),
+    ("delete", "v1/responses/{response_id}"): _op("Forget a stored response", OPENAI),
+    ("get", "v1/responses/{response_id}/input_items"): _op("A stored response's input items", OPENAI, query=(
+        ("order", {"type": "string", "enum": ["asc", "desc"]}, False),)),
+    ("post", "api/embeddings"): _op("Embed one text (Ollama's older route)", OLLAMA, body=OLLAMA_EMBED),
+    ("post", "api/copy"): _op("Another name for a model (Ollama)", OLLAMA, body=OLLAMA_COPY),
+    ("post", "api/push"): _op("Push a model (Ollama)", OLLAMA, body=OLLAMA_PULL, stream="NDJSON progress"),
     ("get", "metrics"): _op("Prometheus metrics: ours and the engines'", RUNNER, ok={
         "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}),
     ("get", "openapi.json"): _op("This description", RUNNER),
 }
-_ENGINE_MOUNT = re.compile(r"^engines/(\{engine\}/)?(?=v1/)")
+_MOUNT = re.compile(r"^(engines/(\{engine\}/)?(?=v1/)|anthropic/(?=v1/)|(engines/)?(?=responses))")
 
 
 def canonical(path: str) -> str:
-    """The key of a path's description: the OpenAI routes under `engines/[{engine}/]` share `v1/`'s."""
-    return _ENGINE_MOUNT.sub("", path)
+    """The key of a path's description: the routes under `engines/[{engine}/]`, DMR's `anthropic/` and its bare
+    `responses` share those of `v1/`."""
+    path = _MOUNT.sub("", path)
+    return "v1/" + path if path.startswith("responses") else path
 
 
 def expand(pattern: str) -> list[tuple[str, dict[str, str]]]:
@@ -184,7 +206,8 @@ def describe() -> dict[str, Any]:
                  "schema": {"type": "string", "minLength": 1, **({"pattern": f"^{regex}$"} if regex != "[^?#]+?"
                                                                   else {})}}
                 for name, regex in params.items()]
-        family = "ollama" if path.startswith("api/") else "openai"
+        family = ("ollama" if path.startswith("api/") else
+                  "anthropic" if canonical(path).startswith("v1/messages") else "openai")
         operation["responses"].update({
             "4XX": {"description": "A refusal, with the message a user should read",
                     "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{family}_error"}}}},
@@ -205,7 +228,8 @@ def describe() -> dict[str, Any]:
                                           "description": "`token <Jupyter token>`"},
                                 "bearer": {"type": "http", "scheme": "bearer",
                                            "description": "The Jupyter token, or an inference key"}},
-            "schemas": {"openai_error": OPENAI_ERROR, "ollama_error": OLLAMA_ERROR},
+            "schemas": {"openai_error": OPENAI_ERROR, "ollama_error": OLLAMA_ERROR,
+                        "anthropic_error": ANTHROPIC_ERROR},
         },
         "security": [{"token": []}, {"bearer": []}],
         "paths": paths,
@@ -213,15 +237,17 @@ def describe() -> dict[str, Any]:
 
 
 class OpenAPIHandler(ModelRunnerHandler):
-    """`GET openapi.json`: the description, with this mount as its server."""
+    """`GET openapi.json`: the description, with this mount as its server (answered here, never relayed: the
+    routes are the same everywhere, the mount is this server's)."""
 
     api_scope = SCOPE_INFERENCE
+    relayed = False
 
     @web.authenticated
     @authorized
     async def get(self) -> None:
         document = dict(describe())
-        document["servers"] = [{"url": self.settings.get(PREFIX_SETTING, "/")}]
+        document["servers"] = [{"url": self.request.path.removesuffix("openapi.json")}]  # where it was asked
         self.send_json(document)
 
 

@@ -20,7 +20,7 @@ from ..errors import ModelRunnerError
 from ..service import ModelRunnerService
 from . import responses_translate as translate
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
-from .openai import ENGINE_MODEL_NAME
+from .openai import ENGINE_MODEL_NAME, ENGINE_SEGMENT
 from .prompt_tokens import count_prompt_tokens
 from .relay import StreamRelayMixin, engine_message, sse_data
 
@@ -176,7 +176,7 @@ class ResponseInputTokensHandler(ResponsesHandler):
         self.send_json(translate.input_tokens(count))
 
 
-_ENGINE = r"(?P<engine>[a-z][a-z0-9._-]*)"
+_ENGINE = ENGINE_SEGMENT
 _ID = r"(?P<response_id>[^/]+)"
 #: DMR's three mounts, and ours beside the other OpenAI routes.
 _PREFIXES = ("responses", "v1/responses", "engines/responses", "engines/v1/responses",

@@ -46,10 +46,13 @@ CHAT = obj({"model": NAME, "messages": {"type": "array", "items": MESSAGE, "minI
             "tools": {"type": "array", "items": TOOL}, "tool_choice": TOOL_CHOICE,
             "response_format": {"type": "object"}, **SAMPLING}, ("model", "messages"),
            example={"model": "ai/tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]})
-COMPLETION = obj({"model": NAME, "prompt": {"anyOf": [{"type": "string"}, {"type": "array"}]},
+EMBED_INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                         {"type": "array", "items": {"type": "integer"}},
+                         {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]}
+COMPLETION = obj({"model": NAME, "prompt": EMBED_INPUT,
                   "max_tokens": TOKENS, **SAMPLING},
                  ("model", "prompt"), example={"model": "ai/tiny", "prompt": "Once upon", "max_tokens": 8})
-EMBEDDING = obj({"model": NAME, "input": {"anyOf": [{"type": "string"}, {"type": "array"}]},
+EMBEDDING = obj({"model": NAME, "input": EMBED_INPUT,
                   "encoding_format": {"type": "string", "enum": ["float", "base64"]}}, ("model", "input"))
 OLLAMA_OPTIONS = obj({"num_ctx": {"type": "integer", "minimum": 1}, "num_predict": {"type": "integer"},
                        "temperature": {"type": "number"}, "seed": {"type": "integer"}})
@@ -61,7 +64,7 @@ OLLAMA_CHAT = obj({**OLLAMA_COMMON, "name": NAME, "messages": {"type": "array", 
                    "tools": {"type": "array", "items": TOOL}})
 OLLAMA_GENERATE = obj({**OLLAMA_COMMON, "name": NAME, "prompt": {"type": "string"}, "system": {"type": "string"},
                        "raw": {"type": "boolean"}})
-OLLAMA_EMBED = obj({"model": NAME, "name": NAME, "input": {"anyOf": [{"type": "string"}, {"type": "array"}]},
+OLLAMA_EMBED = obj({"model": NAME, "name": NAME, "input": EMBED_INPUT,
                     "prompt": {"type": "string"}})
 OLLAMA_NAME = obj({"model": NAME, "name": NAME})
 
@@ -69,13 +72,16 @@ OPENAI_ERROR = obj({"message": {"type": "string"}, "error": obj({
     "message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": ["integer", "string", "null"]}},
     ("message", "type"))}, ("error",))
 OLLAMA_ERROR = obj({"error": {"type": "string"}}, ("error",))
+ANTHROPIC_ERROR = obj({"type": {"const": "error"}, "error": obj({"type": {"type": "string"},
+                                                                 "message": {"type": "string"}}, ("type", "message"))},
+                      ("type", "error"))
 MODEL = obj({"id": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
               "created": {"type": "integer"}, "size": {"type": "integer"}, "config": {"type": "object"}})
 TARGET = obj({"target": NAME})
 PULL = obj({"from": NAME, "model": NAME, "name": NAME})
 PACKAGE = obj({"tag": NAME, "gguf": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
                "safetensors_dir": {"type": "string"}, "chat_template": {"type": "string"},
-               "context_size": {"type": "integer", "minimum": 1},
+               "context_size": {"type": ["integer", "null"], "minimum": 1}, "mmproj": {"type": "string"},
                "license": {"type": "array", "items": {"type": "string"}}}, ("tag",))
 LOAD = obj({"model": NAME, "engine": {"type": ["string", "null"]},
             "mode": {"type": "string", "enum": ["completion", "embedding"]}}, ("model",))
@@ -91,3 +97,23 @@ CONFIGURE = obj({"model": NAME, "context-size": {"type": ["integer", "null"], "m
                  "backend": {"type": ["string", "null"]}}, ("model",))
 OLLAMA_PULL = obj({**OLLAMA_NAME["properties"], "stream": {"type": "boolean"}, "insecure": {"type": "boolean"}})
 OLLAMA_COPY = obj({"source": NAME, "destination": NAME}, ("source", "destination"))
+
+# Anthropic Messages and OpenAI Responses: described here, checked by their translators (anthropic_translate.py,
+# responses_translate.py), which answer what they cannot translate with a 400 naming it.
+ANTHROPIC_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+MESSAGES = obj({"model": NAME, "max_tokens": {"type": "integer", "minimum": 1},
+                "messages": {"type": "array", "items": obj({"role": {"type": "string", "enum": ["user", "assistant"]},
+                                                             "content": ANTHROPIC_CONTENT}, ("role", "content"))},
+                "system": ANTHROPIC_CONTENT, "stream": {"type": "boolean"},
+                "stop_sequences": {"type": "array", "items": {"type": "string"}},
+                "temperature": {"type": "number"}, "top_p": {"type": "number"}, "top_k": {"type": "integer"},
+                "tools": {"type": "array", "items": {"type": "object"}}, "tool_choice": {"type": "object"}},
+               ("model", "max_tokens", "messages"),
+               example={"model": "ai/tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]})
+COUNT_TOKENS = obj({k: v for k, v in MESSAGES["properties"].items() if k != "max_tokens"}, ("model", "messages"))
+RESPONSE = obj({"model": NAME, "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                "instructions": {"type": ["string", "null"]}, "previous_response_id": {"type": ["string", "null"]},
+                "max_output_tokens": {"type": ["integer", "null"], "minimum": 1}, "stream": {"type": "boolean"},
+                "store": {"type": "boolean"}, "tools": {"type": "array", "items": {"type": "object"}},
+                "text": {"type": "object"}, "temperature": {"type": ["number", "null"]}},
+               ("model", "input"), example={"model": "ai/tiny", "input": "Hello", "max_output_tokens": 8})

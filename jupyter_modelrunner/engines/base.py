@@ -32,6 +32,12 @@ class EngineUnavailable(ModelRunnerError):
     http_status = 501
 
 
+class UnknownEngine(EngineUnavailable):
+    """An engine name (a URL's `engines/{engine}/`, `--engine`) that is none of ours."""
+
+    http_status = 404
+
+
 class EngineFlagRefused(ModelRunnerError):
     """A runtime flag outside the engine's allowlist."""
 

@@ -116,9 +116,10 @@ def test_a_request_anthropic_would_refuse_is_an_invalid_request_error(client):
 
 def test_a_wrong_key_is_refused(jupyter):
     stranger = anthropic.Anthropic(base_url=jupyter.url.rstrip("/"), api_key="wrong-token", max_retries=0)
-    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+    with pytest.raises(anthropic.AuthenticationError) as caught:  # 401, as Anthropic's API answers a bad key
         answer(stranger)
-    assert caught.value.body["error"]["type"] == "permission_error"
+    assert caught.value.body["error"]["type"] == "authentication_error"
+    assert "key create" in caught.value.body["error"]["message"]
     # The token as a bearer (`auth_token`) works as well as `api_key`.
     bearer = anthropic.Anthropic(base_url=jupyter.url.rstrip("/"), auth_token=jupyter.token, max_retries=0)
     assert answer(bearer).content

@@ -38,7 +38,7 @@ def every_route() -> list[tuple[str, str]]:
                 values = group.group(2).split("|") if literal else [SAMPLES[group.group(1)]]
                 expanded += [path[: group.start()] + value + path[group.end() :] for value in values]
             paths = expanded
-        for path in paths:
+        for path in (p.replace("\\.", ".") for p in paths):  # `openapi\.json` is requested as `openapi.json`
             for verb in VERBS:
                 if getattr(handler, verb) is not getattr(web.RequestHandler, verb):
                     cases.append((verb.upper(), path))

@@ -86,8 +86,9 @@ def test_unknown_model_is_a_404_with_the_pull_command(sdk):
 
 def test_wrong_token_is_refused(jupyter):
     client = openai.OpenAI(base_url=jupyter.url + "engines/v1", api_key="wrong-token", max_retries=0)
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.AuthenticationError) as caught:  # 401, as OpenAI answers a bad key
         client.models.list()
+    assert "key create" in caught.value.body["message"]
 
 
 def runner_of(jupyter, model: str) -> dict:

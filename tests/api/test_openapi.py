@@ -42,19 +42,30 @@ def test_the_description_is_served_where_the_routes_are(server):
     assert "x-inference-key" not in document["paths"]["/models/create"]["post"]
 
 
-@pytest.mark.timeout(1200)
-def test_schemathesis_finds_no_500_and_every_refusal_in_its_api_shape(server):
-    with server.client() as http:
-        before = sorted(m["id"] for m in http.get("models").json())
-    done = subprocess.run(
+def schemathesis(server, workdir: Path, *options: str) -> subprocess.CompletedProcess:
+    """`st run` against the live server; its cache (.schemathesis/) goes to `workdir`, not the checkout."""
+    return subprocess.run(
         [str(Path(sys.executable).with_name("st")), "run", server.url + "openapi.json",
          "-H", f"Authorization: token {server.token}", "--checks", "no_internal_error,error_shape_of_its_api",
-         "--max-examples", EXAMPLES, "--seed", "1", "--request-timeout", "120", "--workers", "2", "--no-color",
-         # purging the store is what it is asked to do; the fuzzer would do it to the other tests' models
-         "--exclude-path", "/models/purge"],
+         "--max-examples", EXAMPLES, "--seed", "1", "--request-timeout", "120", "--no-color",
+         *options],
         env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks", "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, cwd=ROOT, timeout=1100)
-    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+        capture_output=True, text=True, cwd=workdir, timeout=1100)
+
+
+@pytest.mark.timeout(1200)
+def test_schemathesis_finds_no_500_and_every_refusal_in_its_api_shape(server, tmp_path):
+    with server.client() as http:
+        before = sorted(m["id"] for m in http.get("models").json())
+    # Everything but deleting, in every phase (the stateful one learns real model names from the lists)...
+    everything = schemathesis(server, tmp_path, "--exclude-method", "DELETE", "--workers", "2")
+    assert everything.returncode == 0, everything.stdout[-8000:] + everything.stderr[-2000:]
+    # ...and the deleting routes with made-up names only: deleting what exists is what they are for. Purging the
+    # store is excluded for the same reason.
+    # One worker: schemathesis 4.32's coverage phase can crash in Python 3.11's ast module when threads share it.
+    deleting = schemathesis(server, tmp_path, "--include-method", "DELETE", "--exclude-path", "/models/purge",
+                            "--phases", "examples,coverage,fuzzing", "--workers", "1")
+    assert deleting.returncode == 0, deleting.stdout[-8000:] + deleting.stderr[-2000:]
     with server.client() as http:  # still up, nothing lost
         assert http.get(server.origin + "api/status").status_code == 200
         assert sorted(m["id"] for m in http.get("models").json()) == before

@@ -25,7 +25,7 @@ def error_shape_of_its_api(ctx, response, case) -> None:
         assert body.get("type") == "error" and isinstance(body.get("message"), str), body
     elif path.startswith("/api/"):
         assert isinstance(body.get("error"), str) and body["error"], f"not Ollama's error shape: {body}"
-    elif path.startswith("/v1/messages") or path.startswith("/anthropic/"):
+    elif "/v1/messages" in path:
         assert body.get("type") == "error" and isinstance(body.get("error", {}).get("message"), str), body
     else:
         error = body.get("error")
