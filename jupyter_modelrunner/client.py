@@ -364,7 +364,7 @@ class RunnerClient:
 
     def package(self, tag: str, *, gguf: Sequence[str | Path] = (), safetensors_dir: str | Path | None = None,
                 license_files: Sequence[str | Path] = (), chat_template: str | Path | None = None,
-                context_size: int | None = None) -> dict[str, Any]:
+                context_size: int | None = None, mmproj: str | Path | None = None) -> dict[str, Any]:
         """Make a model from files on the runner's machine (paths are made absolute here)."""
         def absolute(path: str | Path) -> str:
             return str(Path(path).expanduser().absolute())
@@ -375,6 +375,8 @@ class RunnerClient:
             body["safetensors_dir"] = absolute(safetensors_dir)
         if chat_template:
             body["chat_template"] = absolute(chat_template)
+        if mmproj:
+            body["mmproj"] = absolute(mmproj)
         return self.post("models/package", body)
 
     # -- engines --------------------------------------------------------------------------------------
@@ -427,6 +429,11 @@ class RunnerClient:
     def gc(self, *, min_age: float = 3600.0) -> dict[str, Any]:
         return self.post("models/gc", {"min_age": min_age})
 
+    def fsck(self, *, repair: bool = False) -> Iterator[dict[str, Any]]:
+        """Check the store (and with `repair`, fix it), yielding progress events while blobs are hashed; the last,
+        `success`, carries the report (`report`). Streamed, so a store that takes minutes to hash never times out."""
+        return self._progress("models/fsck", {"repair": repair, "stream": True})
+
     def status(self) -> dict[str, Any]:
         return self.get("engines/status")
 
@@ -445,7 +452,7 @@ class RunnerClient:
                                                  timeout=600.0)
         return self._openai[engine]
 
-    def chat(self, model: str, messages: Sequence[dict[str, str]], *, engine: str | None = None,
+    def chat(self, model: str, messages: Sequence[dict[str, Any]], *, engine: str | None = None,
              temperature: float | None = None, max_tokens: int | None = None, **options: Any) -> ChatStream:
         """Start a streamed chat completion; iterate the result for text as it arrives."""
         extra = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None}

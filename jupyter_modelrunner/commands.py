@@ -17,6 +17,7 @@ from .presentation import (
     df_text,
     engine_line,
     format_bytes,
+    fsck_text,
     model_summary,
     models_table,
     preload_hint,
@@ -54,8 +55,19 @@ def run_verb(verb: str, client: Any, args: argparse.Namespace, console: Console)
 # -- models ---------------------------------------------------------------------------------------------------
 
 
-def transfer(events: Iterable[dict[str, Any]], view: ProgressView, console: Console, *, quiet: bool) -> dict[str, Any]:
-    """Follow a pull or push's events on `view`; the final `success` event (a failure raises, with its message)."""
+def exit_status(verb: str, result: Any) -> int:
+    """The exit status of a verb that ran to its end: 1 when its answer says something is still wrong (`fsck` with
+    problems left), else 0. Failures raise instead."""
+    if verb == "fsck" and isinstance(result, dict) and not result.get("clean", True):
+        return 1
+    return 0
+
+
+def transfer(events: Iterable[dict[str, Any]], view: ProgressView, console: Console, *, quiet: bool,
+             interrupted: str = "Interrupted. Finished layers and partial downloads are kept; run it again to "
+                                "resume.") -> dict[str, Any]:
+    """Follow a pull or push's events (or fsck's) on `view`; the final `success` event (a failure raises, with its
+    message)."""
     result: dict[str, Any] = {}
     try:
         for event in events:
@@ -70,7 +82,7 @@ def transfer(events: Iterable[dict[str, Any]], view: ProgressView, console: Cons
         view.fail(str(exc))
         raise
     except KeyboardInterrupt:
-        view.fail("Interrupted. Finished layers and partial downloads are kept; run it again to resume.")
+        view.fail(interrupted)
         raise
     view.done(result.get("message", ""))
     return result
@@ -95,10 +107,11 @@ def push(client: Any, args: argparse.Namespace, console: Console) -> None:
 def package(client: Any, args: argparse.Namespace, console: Console) -> None:
     model = client.package(args.tag, gguf=args.gguf or (), safetensors_dir=args.safetensors_dir,
                            license_files=args.license, chat_template=args.chat_template,
-                           context_size=args.context_size)
+                           context_size=args.context_size, mmproj=args.mmproj)
     config = model.get("config") or {}
+    sees = ", with a multimodal projector (it takes images)" if model.get("multimodal") else ""
     console.print(f"Packaged {args.tag} ({_short(model)}): {config.get('format')}, "
-                  f"{config.get('parameters') or '?'} parameters\n  {engine_line(model)}")
+                  f"{config.get('parameters') or '?'} parameters{sees}\n  {engine_line(model)}")
     if args.push:
         push(client, argparse.Namespace(model=args.tag, to=None, quiet=False), console)
 
@@ -161,6 +174,18 @@ def gc(client: Any, args: argparse.Namespace, console: Console) -> None:
     freed = client.gc(min_age=args.min_age)
     console.print(f"Freed {format_bytes(freed.get('total', 0))} ({format_bytes(freed.get('orphans', 0))} unused "
                   f"blobs, {format_bytes(freed.get('incomplete', 0))} partial downloads)")
+
+
+def fsck(client: Any, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """Check the store (hashing every blob, with a progress bar), print a line per problem and a summary; with
+    `--repair`, what was done. Returns the report: its `clean` is the exit status (see `exit_status`)."""
+    verb = "Repairing" if args.repair else "Checking"
+    result = transfer(client.fsck(repair=args.repair), console.progress(f"{verb} the store"), console,
+                      quiet=getattr(args, "quiet", False),
+                      interrupted="Interrupted. Nothing was changed." if not args.repair else "Interrupted.")
+    report = result.get("report") or {}
+    console.print(fsck_text(report, console.command))
+    return report
 
 
 # -- engines --------------------------------------------------------------------------------------------------
@@ -229,6 +254,6 @@ def _short(model: dict[str, Any]) -> str:
 
 VERBS: dict[str, Callable[[Any, argparse.Namespace, Console], Any]] = {
     "pull": pull, "push": push, "package": package, "tag": tag, "ls": ls, "inspect": inspect, "rm": rm,
-    "purge": purge, "df": df, "gc": gc, "load": load, "ps": ps, "unload": unload, "configure": configure,
+    "purge": purge, "df": df, "gc": gc, "fsck": fsck, "load": load, "ps": ps, "unload": unload, "configure": configure,
     "logs": logs, "status": status,
 }

@@ -79,3 +79,19 @@ class InsufficientStorage(StoreError):
 class InstallError(ModelRunnerError):
     """An engine could not be installed (`install-runner`): a missing tool, a failed download or build.
     The message names the fix, and for a failed build where its full log is kept."""
+
+
+class KeyNotFound(ModelRunnerError, LookupError):
+    """`key revoke` of a name no key has."""
+
+    http_status = 404
+
+
+class Overloaded(ModelRunnerError):
+    """More requests wait for a model than its queue bound allows: try again after `retry_after` seconds."""
+
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

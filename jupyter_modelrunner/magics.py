@@ -32,9 +32,9 @@ ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
 #: At most this many display updates per second while an answer streams (the last one always shows all).
 UPDATES_PER_SECOND = 16
 MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "load", "ps", "unload", "logs",
-               "configure", "df", "gc", "status")
+               "configure", "df", "gc", "fsck", "status")
 #: `%%chat` options that take a value (the rest of a line-form `%chat` is the prompt, kept verbatim).
-CHAT_VALUE_OPTIONS = {"--system", "--temperature", "--max-tokens", "--engine"}
+CHAT_VALUE_OPTIONS = {"--system", "--temperature", "--max-tokens", "--engine", "--json", "--image"}
 
 
 class _UsageExit(Exception):
@@ -78,6 +78,9 @@ def _chat_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, metavar="N")
     p.add_argument("--new", action="store_true", help="start a new conversation")
     p.add_argument("--engine", metavar="E", help="force an engine (llama.cpp or vllm)")
+    p.add_argument("--image", metavar="PATH_OR_URL", action="append", default=[],
+                   help="show the model an image: a file (sent with the message) or an http(s) URL (fetched by the "
+                        "runner); repeat for several. The model needs a multimodal projector (package --mmproj)")
     p.add_argument("--raw", action="store_true", help="plain text, not Markdown")
     p.add_argument("--no-think", action="store_true",
                    help="a reasoning model answers without thinking first (reasoning_effort none)")
@@ -126,7 +129,7 @@ class ModelRunnerMagics(Magics):
     def __init__(self, shell: Any = None, client: Any = None) -> None:
         super().__init__(shell)
         self._client = client
-        self.conversations: dict[str, list[dict[str, str]]] = {}
+        self.conversations: dict[str, list[dict[str, Any]]] = {}
         self.default_model: str | None = None
         style = os.environ.get(ENV_OUTPUT, "")
         self.rich = style == "rich" or (style != "text" and "ZMQ" in type(shell).__name__)
@@ -145,7 +148,7 @@ class ModelRunnerMagics(Magics):
     @line_magic
     def model(self, line: str) -> Any:
         """Manage models like `docker model`: pull, ls, ps, rm, inspect, tag, push, package, unload, logs,
-        configure, df, status; and connect, use, picker, runners. `%model VERB --help` for each."""
+        configure, df, gc, fsck, status; and connect, use, picker, runners. `%model VERB --help` for each."""
         try:
             argv = shlex.split(line)
         except ValueError as exc:
@@ -242,8 +245,8 @@ class ModelRunnerMagics(Magics):
     @line_cell_magic
     def chat(self, line: str, cell: str | None = None) -> None:
         """Stream a model's answer into the output: `%%chat MODEL [--system T] [--temperature T] [--max-tokens N]
-        [--new] [--engine E] [--raw] [--no-think] [--json NAME]` with the prompt as the cell, or `%chat MODEL prompt`
-        on one line. A reasoning model's thinking shows collapsed above its answer."""
+        [--new] [--engine E] [--image PATH_OR_URL]... [--raw] [--no-think] [--json NAME]` with the prompt as the cell,
+        or `%chat MODEL prompt` on one line. A reasoning model's thinking shows collapsed above its answer."""
         if cell is None:  # `%chat [options] MODEL prompt…`: the prompt follows the model, verbatim
             tokens, prompt = split_chat_line(line)
         else:  # `%%chat MODEL [options]`: options anywhere on the line, the prompt is the cell
@@ -273,7 +276,11 @@ class ModelRunnerMagics(Magics):
         if args.system is not None:
             history[:] = [m for m in history if m["role"] != "system"]
             history.insert(0, {"role": "system", "content": args.system})
-        messages = [*history, {"role": "user", "content": prompt}]
+        images = [image_part(reference) for reference in args.image]
+        # With images, the message is OpenAI content parts (the text, then the images); they stay in the
+        # conversation, so the next question about the same picture still shows it to the model.
+        content: str | list[dict[str, Any]] = [{"type": "text", "text": prompt}, *images] if images else prompt
+        messages = [*history, {"role": "user", "content": content}]
         structured = _StructuredAnswer.named(args.json_schema, self.shell) if args.json_schema else None
         view = _MarkdownAnswer(model, code="json" if structured else None) if self.rich and not args.raw \
             else _TextAnswer(model)
@@ -298,7 +305,7 @@ class ModelRunnerMagics(Magics):
         view.finish(stream.thinking, stream.text, footer)
         # What the user saw is what the model said: a stopped answer stays in the conversation as it is. The thinking
         # does not (chat templates of reasoning models drop earlier turns' thinking anyway), nor goes into `_chat`.
-        history.append({"role": "user", "content": prompt})
+        history.append({"role": "user", "content": content})
         history.append({"role": "assistant", "content": stream.text})
         if self.shell is not None:
             self.shell.user_ns["_chat"] = stream.text
@@ -306,6 +313,27 @@ class ModelRunnerMagics(Magics):
             parsed = structured.parse(stream.text)  # a reply that does not fit the schema raises, naming it
             if self.shell is not None:
                 self.shell.user_ns["_chat"] = parsed
+
+
+def image_part(reference: str) -> dict[str, Any]:
+    """`%%chat --image` as an OpenAI `image_url` part. A file is read here and sent inline (a data URL): the runner
+    may be on another machine that cannot read the kernel's files. An http(s) or data: URL goes as it is; the runner
+    fetches http(s) URLs itself, within its size limit."""
+    if reference.startswith(("http://", "https://", "data:")):
+        return {"type": "image_url", "image_url": {"url": reference}}
+    import mimetypes
+    from pathlib import Path
+
+    from .images import data_url, sniff_media_type
+
+    path = Path(reference).expanduser()
+    if not path.is_file():
+        raise ModelRunnerError(f"--image {reference}: no such file (give an image file or an http(s) URL).")
+    data = path.read_bytes()
+    media_type = sniff_media_type(data[:16]) or mimetypes.guess_type(path.name)[0]
+    if not media_type or not media_type.startswith("image/"):
+        raise ModelRunnerError(f"--image {reference}: not an image file (PNG, JPEG, GIF, WebP or BMP).")
+    return {"type": "image_url", "image_url": {"url": data_url(data, media_type)}}
 
 
 class _StructuredAnswer:

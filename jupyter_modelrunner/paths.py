@@ -50,6 +50,13 @@ def user_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else home / ".cache") / "jupyter-modelrunner"
 
 
+def config_dir() -> Path:
+    """Our folder in Jupyter's per-user config directory (`jupyter --config-dir`): inference keys live here."""
+    from jupyter_core.paths import jupyter_config_dir
+
+    return Path(jupyter_config_dir()) / "modelrunner"
+
+
 def jupyter_runtime_dir() -> Path:
     """Jupyter's runtime directory (`jupyter --runtime-dir`): where servers leave their connection files."""
     from jupyter_core.paths import jupyter_runtime_dir as runtime_dir

@@ -13,8 +13,8 @@ from typing import Any
 
 from .distribution.progress import format_bytes
 
-__all__ = ["ago", "df_text", "engine_line", "format_bytes", "model_summary", "models_table", "runners_table",
-           "settings_line", "status_text"]
+__all__ = ["ago", "df_text", "engine_line", "format_bytes", "fsck_text", "model_summary", "models_table",
+           "runners_table", "settings_line", "status_text"]
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -138,12 +138,54 @@ def preload_hint(model: dict[str, Any], name: str, command: str) -> str | None:
     return f"  vLLM takes a while to start a model: `{command} load {name}` starts it now, before the first question."
 
 
+def keys_table(keys: list[dict[str, Any]]) -> str:
+    """`key list`: name, when it was made, how it begins (never the key)."""
+    if not keys:
+        return "No inference keys. Make one with `jupyter modelrunner key create NAME`."
+    rows = [("NAME", "CREATED", "BEGINS WITH")]
+    rows += [(k["name"], ago(k.get("created") or 0), (k.get("hint") or "") + "…") for k in keys]
+    return format_table(rows)
+
+
 def df_text(usage: dict[str, Any]) -> str:
     lines = [f"Store: {usage.get('store', '')}"]
     for label, key in (("Models", "models"), ("Unused blobs", "orphans"), ("Partial downloads", "incomplete"),
                        ("Manifests", "manifests"), ("Total", "total")):
         lines.append(f"{label + ':':<19}{format_bytes(usage.get(key) or 0):>12}")
     lines.append(f"{'Model count:':<19}{usage.get('model_count', 0):>12}")
+    return "\n".join(lines)
+
+
+def fsck_text(report: dict[str, Any], command: str) -> str:
+    """`fsck`: a line per problem (the model, what is wrong, what `--repair` does or did), the models removed from
+    the index with how to get them back, and a one-line summary that says `clean` when nothing is wrong."""
+    lines = []
+    repaired = report.get("repair_ran")
+    for problem in report.get("problems") or []:
+        tail = problem.get("outcome") if repaired and problem.get("outcome") else f"--repair {problem['repair']}"
+        lines.append(f"{problem['model']}: {problem['problem']}; {tail}")
+    for name in report.get("pulling") or []:
+        lines.append(f"{name}: a pull is downloading its missing layers now; left to it")
+    for model in report.get("removed") or []:
+        tags = model.get("tags") or [str(model.get("id", "")).removeprefix("sha256:")[:12]]
+        again = "; ".join(f"{command} pull {tag}" for tag in tags)
+        lines.append(f"Removed from the index: {', '.join(tags)}. To get {'it' if len(tags) == 1 else 'them'} "
+                     f"back: {again}")
+    checked = (f"{report.get('models', 0)} model{'s' if report.get('models') != 1 else ''}, "
+               f"{report.get('blobs', 0)} blob{'s' if report.get('blobs') != 1 else ''} "
+               f"({format_bytes(report.get('checked_bytes') or 0)}) checked")
+    problems = report.get("problems") or []
+    left = report.get("remaining", len(problems))
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    if not problems:
+        verdict = "clean"
+    elif not repaired:
+        verdict = f"{count} (`{command} fsck --repair` fixes {'it' if len(problems) == 1 else 'them'})"
+    elif not left:
+        verdict = f"{count}, all repaired"
+    else:
+        verdict = f"{count}, {len(problems) - left} repaired, {left} left"
+    lines.append(f"fsck: {checked}: {verdict}")
     return "\n".join(lines)
 
 

@@ -47,7 +47,7 @@ from .engines.base import (
     UnsuitableModel,
 )
 from .engines.select import EngineChoice, default_engines, select_engine
-from .errors import ModelRunnerError
+from .errors import ModelRunnerError, Overloaded
 from .runner_config import InvalidSetting, RunConfigFile, parse_keep_alive
 from .store import Model, Store
 
@@ -288,6 +288,7 @@ class Scheduler:
         runtime_dir: Path | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         standby: bool = False,
+        max_waiting: int | None = None,
     ) -> None:
         self.store = store
         self.engines = list(engines or default_engines())
@@ -299,6 +300,9 @@ class Scheduler:
         self.settings = RunConfigFile(store.root)
         self.runners: dict[RunnerKey, Runner] = {}
         self._loads: dict[RunnerKey, asyncio.Task[Runner]] = {}
+        #: Requests per (model, mode) between `use` and its end, and how many may wait beyond what runs (None: any).
+        self._inside: dict[tuple[str, str], int] = {}
+        self.max_waiting = max_waiting
         self._admission = asyncio.Lock()
         self._on_event = on_event or (lambda kind, data: None)
         self._runtime_parent = runtime_dir
@@ -338,6 +342,35 @@ class Scheduler:
         # Resolving reads the index, manifest and config, and an engine's availability check looks at
         # installed packages: off the event loop, which may be the notebook server's.
         model = await asyncio.to_thread(self.store.resolve, name)
+        queue_key = (model.id, mode)
+        self._check_queue(model, mode)
+        self._inside[queue_key] = self._inside.get(queue_key, 0) + 1
+        try:
+            async with self._use(model, name, mode, engine, context_size, keep_alive) as runner:
+                yield runner
+        finally:
+            self._inside[queue_key] -= 1
+            if not self._inside[queue_key]:
+                del self._inside[queue_key]
+
+    def _check_queue(self, model: Model, mode: str) -> None:
+        """Refuse (503, Retry-After) a request when more than `max_waiting` already wait for this model: answers
+        that would come minutes late are worse than a prompt "try again", and a flood must not grow without end."""
+        if self.max_waiting is None:
+            return
+        inside = self._inside.get((model.id, mode), 0)
+        runner = self._ready_runner(model.id, mode, None)
+        capacity = runner.choice.engine.capacity(runner.plan) if runner and runner.plan else 0
+        waiting = inside - capacity
+        if waiting >= self.max_waiting:
+            retry = 1 + waiting // max(1, capacity) if runner else 5
+            label = model.to_json()["tags"][0] if model.tags else model.short_id
+            raise Overloaded(f"{label} has {waiting} requests waiting already (at most {self.max_waiting}: "
+                             f"c.ModelRunner.max_waiting_requests). Try again in {retry} s.", retry_after=retry)
+
+    @contextlib.asynccontextmanager
+    async def _use(self, model: Model, name: str, mode: str, engine: str | None, context_size: int | None,
+                   keep_alive: float | None) -> AsyncIterator[Runner]:
         asleep = self._runner_of(model.id, mode, engine, (RunnerState.SLEEPING, RunnerState.WAKING))
         if asleep is not None:
             await self._wake(asleep)  # requests that arrive while it wakes wait for it here, they do not fail

@@ -15,16 +15,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.serverapp import ServerApp
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
-from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 
 from ._version import __version__
 from .api import metrics, routes
-from .api.base import SERVICE_SETTING
+from .api.base import KEYS_SETTING, MAX_BODY_SETTING, SERVICE_SETTING
 from .api.forward import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
 from .errors import ModelRunnerError
+from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES
 from .service import ModelRunnerService
 
 URL_PREFIX = "modelrunner"
@@ -94,6 +96,39 @@ class ModelRunner(ExtensionApp):
         model, and a new one after each load, when vLLM is installed and the memory budget has room (~1 GiB). Off:
         $MODEL_RUNNER_VLLM_STANDBY=0.""",
     )
+    api_keys = List(
+        Unicode(), config=True,
+        help="""Inference keys: a client sending `Authorization: Bearer KEY` with one of these may use the routes
+        that answer with a model (chat, completions, embeddings, model lists; OpenAI, Ollama and Anthropic
+        shapes) and nothing else: no model management, no Jupyter route. Default: $MODEL_RUNNER_API_KEY
+        (comma-separated). Keys made with `jupyter modelrunner key create` are accepted too, and can be revoked
+        without a restart. The Jupyter token keeps full access.""",
+    )
+    max_body_bytes = Integer(
+        64 * 1024**2, config=True,
+        help="""The largest request body the model runner's routes accept, in bytes (a larger one is refused with 413
+        before it is read). Chats with images are the large ones: raise it if you send big pictures inline.""",
+    )
+    max_waiting_requests = Integer(
+        64, config=True,
+        help="""Requests that may wait for one model beyond those its engine works on at once (its slots); the
+        next gets 503 with Retry-After instead of waiting minutes. 0: no bound.""",
+    )
+    max_concurrent_pulls = Integer(
+        3, config=True,
+        help="""Pulls that download at the same time; more wait their turn (their progress says so).""",
+    )
+    max_image_bytes = Integer(
+        DEFAULT_MAX_IMAGE_BYTES, config=True,
+        help="""Largest image a chat request may carry (OpenAI `image_url` parts, Ollama `images`), in bytes once
+        decoded. Images named by an http(s) URL are downloaded by the runner, never by the engine, and the download
+        stops past this size. A larger image is refused with HTTP 400.""",
+    )
+    image_fetch_timeout = Float(
+        DEFAULT_FETCH_TIMEOUT, config=True,
+        help="""Seconds the runner gives the download of an image named by an http(s) URL in a chat request (the
+        whole download, redirects included); a slower one is refused with HTTP 400.""",
+    )
     mount_at_root = Bool(
         False, config=True,
         help="""Serve the routes at the server's root instead of under modelrunner/ (the standalone
@@ -115,6 +150,15 @@ class ModelRunner(ExtensionApp):
         starts find this runner (jupyter_modelrunner.base_url() and api_key() read them).""",
     )
 
+    #: Keys given to `serve --api-key`, set by the CLI in-process so that they never appear on a command line.
+    extra_api_keys: list[str] = []
+
+    @default("api_keys")
+    def _api_keys_default(self) -> list[str]:
+        from .keys import keys_from_env
+
+        return keys_from_env()
+
     @default("vllm_standby")
     def _vllm_standby_default(self) -> bool:
         return os.environ.get("MODEL_RUNNER_VLLM_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -122,6 +166,12 @@ class ModelRunner(ExtensionApp):
     @default("default_registry")
     def _default_registry_default(self) -> str:
         return os.environ.get("MODEL_RUNNER_DEFAULT_REGISTRY", "")
+
+    @validate("max_image_bytes", "image_fetch_timeout")
+    def _check_positive(self, proposal: dict[str, Any]) -> Any:
+        if proposal["value"] <= 0:
+            raise TraitError(f"ModelRunner.{proposal['trait'].name} must be positive, not {proposal['value']!r}.")
+        return proposal["value"]
 
     @validate("keep_alive")
     def _check_keep_alive(self, proposal: dict[str, Any]) -> str:
@@ -141,6 +191,7 @@ class ModelRunner(ExtensionApp):
         from .engines.llamacpp import LlamaCppEngine
         from .engines.vllm import VllmEngine
         from .events import attach as attach_events
+        from .keys import KeyRing
         from .runner_config import parse_keep_alive
         from .store import Store
 
@@ -154,10 +205,14 @@ class ModelRunner(ExtensionApp):
             store, registry=self.default_registry or None, engines=engines,
             memory_budget=self.memory_budget or None, vram_budget=self.gpu_memory_budget or None,
             keep_alive=parse_keep_alive(self.keep_alive), standby=self.vllm_standby,
+            max_waiting=self.max_waiting_requests or None, max_concurrent_pulls=self.max_concurrent_pulls,
+            max_image_bytes=self.max_image_bytes, image_fetch_timeout=self.image_fetch_timeout,
         )
         service.subscribe(self._log_engine_event)
         self._detach_events = attach_events(service, self.serverapp.event_logger)
         self.settings[SERVICE_SETTING] = service
+        self.settings[KEYS_SETTING] = KeyRing(fixed=[*self.api_keys, *self.extra_api_keys])
+        self.settings[MAX_BODY_SETTING] = self.max_body_bytes
         self.settings[PREFIX_SETTING] = self.api_path
         self.service = service
         metrics.attach(service)  # our counters on Jupyter's own /metrics too
@@ -292,6 +347,14 @@ class ModelRunner(ExtensionApp):
         else:
             self.log.info("Model runner: %s %s", kind, {k: v for k, v in data.items() if k in (
                 "model", "model_name", "engine", "backend_name", "reason", "why", "device")})
+
+
+class ModelRunnerOnlyServer(ServerApp):
+    """The Jupyter server of `jupyter modelrunner serve`: of Jupyter's own services only `api` (/api/status,
+    /api/me); kernels, sessions, contents, files, terminals, nbconvert, the lab... are not there (404), so a client
+    holding the token can use models and nothing else."""
+
+    default_services = ("api",)
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

@@ -23,7 +23,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ._version import __version__
-from .errors import ModelRunnerError
+from .errors import ModelRunnerError, UnsupportedArtifact
+from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, ImageRejected, image_parts, inline_images
 from .lease import Owner, StoreLease
 from .scheduler import Scheduler
 from .store import Model, Store
@@ -62,16 +63,23 @@ class Metrics:
 
 
 #: `watcher(mode, name)` → the callback for that transfer's events (see `ModelRunnerService.watch_transfers`).
+DEFAULT_MAX_CONCURRENT_PULLS = 3
 TransferWatcher = Callable[[str, str], Callable[[dict[str, Any] | None], None]]
 
 
 class ModelRunnerService:
     """Owns one store and one scheduler for the lifetime of a server (or a test)."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, *, registry: str | None = None) -> None:
+    def __init__(self, store: Store, scheduler: Scheduler, *, registry: str | None = None,
+                 max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS,
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 image_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT) -> None:
         self.store = store
         self.scheduler = scheduler
         self.registry = registry
+        #: Limits on the images of chat requests (see images.py): bytes per image, seconds per download.
+        self.max_image_bytes = max_image_bytes
+        self.image_fetch_timeout = image_fetch_timeout
         self.metrics = Metrics()
         self.version = __version__
         #: The store's lease (see lease.py) once claimed; while another process owns the store, `remote_owner` says
@@ -84,14 +92,23 @@ class ModelRunnerService:
         self._activity_ids = itertools.count()
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._transfer_watchers: list[TransferWatcher] = []
+        #: Pulls that download at once; more wait their turn (each is a thread and a registry connection per layer).
+        self.max_concurrent_pulls = max(1, max_concurrent_pulls)
+        self._pull_slots: asyncio.Semaphore | None = None
+        self._pulls_running = 0
 
     @classmethod
-    def create(cls, store: Store, *, registry: str | None = None, **scheduler_options: Any) -> ModelRunnerService:
+    def create(cls, store: Store, *, registry: str | None = None,
+               max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS,
+               max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+               image_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+               **scheduler_options: Any) -> ModelRunnerService:
         """A service whose scheduler reports engine events (loading, crashes) to the service's listeners."""
         holder: list[ModelRunnerService] = []
         scheduler = Scheduler(store, on_event=lambda kind, data: holder[0]._engine_event(kind, data),
                               **scheduler_options)
-        service = cls(store, scheduler, registry=registry)
+        service = cls(store, scheduler, registry=registry, max_concurrent_pulls=max_concurrent_pulls,
+                      max_image_bytes=max_image_bytes, image_fetch_timeout=image_fetch_timeout)
         holder.append(service)
         return service
 
@@ -203,8 +220,11 @@ class ModelRunnerService:
 
     async def package(self, target: str, *, gguf: list[str] | None = None, safetensors_dir: str | None = None,
                       license_files: list[str] | None = None, chat_template: str | None = None,
-                      context_size: int | None = None) -> dict[str, Any]:
-        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel)."""
+                      context_size: int | None = None, mmproj: str | None = None) -> dict[str, Any]:
+        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel).
+
+        `mmproj` is a GGUF vision model's multimodal projector; safetensors models carry their vision tower in their
+        weights, so it is refused with them."""
         from .distribution import package_gguf, package_safetensors
         from .reference import parse_reference
 
@@ -214,7 +234,11 @@ class ModelRunnerService:
                                        "chat_template": Path(chat_template) if chat_template else None,
                                        "context_size": context_size}
             if gguf:
-                return package_gguf(self.store, [Path(p) for p in gguf], ref, **options)
+                return package_gguf(self.store, [Path(p) for p in gguf], ref, mmproj=Path(mmproj) if mmproj else None,
+                                    **options)
+            if mmproj:
+                raise UnsupportedArtifact("A multimodal projector (--mmproj) goes with GGUF weights, for llama.cpp; a "
+                                          "safetensors vision model carries its vision tower in its own weights.")
             if safetensors_dir:
                 return package_safetensors(self.store, Path(safetensors_dir), ref, **options)
             raise ModelRunnerError("Give the weights: a GGUF file or a folder of safetensors.")
@@ -307,6 +331,17 @@ class ModelRunnerService:
                 emit(None)
 
         watchers = self._watch_transfer(mode, name)
+        slots = None
+        if mode == "pull":
+            if self._pull_slots is None:
+                self._pull_slots = asyncio.Semaphore(self.max_concurrent_pulls)
+            slots = self._pull_slots
+            if slots.locked():
+                yield {"type": "progress", "mode": mode, "total": 0, "message":
+                       f"Waiting: {self._pulls_running} other pulls are downloading (at most "
+                       f"{self.max_concurrent_pulls} at once, c.ModelRunner.max_concurrent_pulls)"}
+            await slots.acquire()
+            self._pulls_running += 1
         thread = threading.Thread(target=work, name=f"modelrunner-{mode}", daemon=True)
         thread.start()
         try:
@@ -314,12 +349,33 @@ class ModelRunnerService:
                 watchers(event)
                 yield event
         finally:
+            if slots is not None:
+                self._pulls_running -= 1
+                slots.release()
             cancel.set()  # no one is listening any more: stop at the next read, keep the partial files
             try:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(thread.join)
             finally:
                 watchers(None)  # even when the wait is cancelled: watchers always hear the end
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    async def prepare_images(self, name: str, body: dict[str, Any], *, engine: str | None = None) -> dict[str, Any]:
+        """A chat request ready for the engine as far as images go: unchanged without images; otherwise refused
+        (`ImageRejected`, before anything loads) when the model's engine cannot take them, and with every image
+        inline as a data URL (http(s) URLs fetched here, within `max_image_bytes` and `image_fetch_timeout`)."""
+        if not image_parts(body):
+            return body
+
+        def refusal() -> str | None:
+            model, choice = self.scheduler.choose(name, engine)
+            return choice.engine.image_refusal(model, name)
+
+        reason = await asyncio.to_thread(refusal)
+        if reason is not None:
+            raise ImageRejected(reason)
+        return await inline_images(body, max_bytes=self.max_image_bytes, timeout=self.image_fetch_timeout)
 
     # -- engines --------------------------------------------------------------------------------------
 
@@ -372,6 +428,65 @@ class ModelRunnerService:
 
     async def gc(self, min_age: float = 3600.0) -> dict[str, Any]:
         return (await asyncio.to_thread(self.store.gc, min_age_seconds=min_age)).to_json()
+
+    async def fsck(self, *, repair: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None,
+                   cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Check the store against its index (store_check), and with `repair` fix what it found; the report as JSON.
+
+        Hashing runs in a worker thread: a store may hold hundreds of gigabytes and the loop must keep answering.
+        `on_progress` gets pull-shaped events (from that thread). The engines of models the repair will drop are
+        stopped first, as `remove` stops them. A `cancel` set during the check stops it with nothing changed.
+        """
+        from . import store_check
+
+        def progress(event: Any) -> None:
+            if on_progress is not None:
+                on_progress(event.to_json())
+
+        report = await asyncio.to_thread(store_check.check, self.store, on_progress=progress, cancel=cancel)
+        if repair and report.problems and not (cancel is not None and cancel.is_set()):
+            doomed = set(report.unusable_models())
+            loaded = list(dict.fromkeys(r.key.model_id for r in self.scheduler.runners.values()
+                                        if r.key.model_id in doomed))
+            if loaded:
+                await self.scheduler.unload(loaded)
+            report = await asyncio.to_thread(store_check.repair_store, self.store, report)
+        return report.to_json()
+
+    async def fsck_events(self, *, repair: bool = False,
+                          cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
+        """`fsck` as a pull's NDJSON events: `progress` while blobs are hashed, then `success` carrying the report
+        (`report`), or `error`. Closing the iterator early stops the check."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        cancel = threading.Event() if cancel is None else cancel
+
+        def on_progress(event: dict[str, Any]) -> None:
+            if queue.qsize() <= PROGRESS_BACKLOG:  # lossy under backpressure: the next event has newer numbers
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        task = asyncio.ensure_future(self.fsck(repair=repair, on_progress=on_progress, cancel=cancel))
+        # After the progress the worker thread queued: both reach the loop through call_soon_threadsafe, in order.
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            try:
+                report = task.result()
+            except Exception as exc:  # the stream must always end with an event, whatever happened
+                status = exc.http_status if isinstance(exc, ModelRunnerError) else 500
+                if status == 500 and not isinstance(exc, ModelRunnerError | OSError):
+                    log.exception("fsck failed")
+                yield {"type": "error", "mode": "fsck", "message": str(exc), "status": status}
+                return
+            left = report["remaining"]
+            yield {"type": "success", "mode": "fsck", "report": report,
+                   "message": "clean" if report["clean"] else f"{left} problem{'s' if left != 1 else ''} left"}
+        finally:
+            if not task.done():
+                cancel.set()  # nobody listens any more: stop hashing at the next 4 MiB
+                with contextlib.suppress(Exception):
+                    await task
 
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()

@@ -8,14 +8,17 @@ Layout (Docker Model Runner's, see FORMAT.md §3)::
     models.json                        {"models": [{"id", "tags", "files"}]}
 
 The Jupyter server, kernels and the CLI may use one store at the same time: every index change happens
-under a file lock and is written atomically, downloads take a per-blob lock, and bundles are built in a
-private folder and renamed into place.
+under a file lock and is written atomically, downloads take a per-blob lock (so a `<hex>.incomplete` whose
+lock nobody holds belongs to no download in progress), every pull and package holds the store's `adding`
+lock shared while it counts on blobs being present, and bundles are built in a private folder and renamed
+into place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,7 +27,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +60,8 @@ from .reference import Reference, parse_reference
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "models.json"
+#: Under `locks/`: shared by pulls and packages in progress, exclusive for `fsck --repair` (see `Store.adding`).
+ADDING_LOCK = "adding.lock"
 COPY_CHUNK_BYTES = 4 * 1024 * 1024
 SHORT_ID_LENGTH = 12
 
@@ -94,20 +99,30 @@ class Model:
             return 0
 
     def to_json(self) -> dict[str, Any]:
-        """DMR's model object: `{id, tags, created, config}` plus our `size` and `bundle`."""
+        """DMR's model object: `{id, tags, created, config}` plus our `size`, `bundle` and `multimodal` (it has a
+        projector: it takes images)."""
         config = self.config.summary()
         config["format"] = self.format
         return {
             "id": self.id,
-            "tags": [_familiar(tag, self.default_registry) for tag in self.tags],
+            "tags": [familiar_name(tag, self.default_registry) for tag in self.tags],
             "created": self.created,
             "config": config,
             "size": self.size,
             "bundle": str(self.bundle),
+            "multimodal": self.projector is not None,
         }
 
     def gguf_files(self) -> list[Path]:
         return sorted(self.bundle.glob("model*.gguf"))
+
+    @property
+    def projector(self) -> Path | None:
+        """The multimodal projector an engine loads to see images (`model.mmproj` in the bundle), when the artifact
+        has one (a layer of either of Docker's mmproj media types); read from the manifest, no disk access."""
+        if any(layer.media_type in (mt.MMPROJ, mt.MMPROJ_SPEC) for layer in self.manifest.layers):
+            return self.bundle / "model.mmproj"
+        return None
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,7 @@ class Store:
         for sub in ("blobs/sha256", "manifests/sha256", "bundles/sha256", "locks", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._index_lock_path = self.root / "locks" / "index.lock"
+        self._adding_lock_path = self.root / "locks" / ADDING_LOCK
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -164,6 +180,26 @@ class Store:
     def blob_lock(self, digest: str) -> FileLock:
         """Held while a process downloads or writes one blob; others wait, then find it present."""
         return FileLock(self.root / "locks" / f"{digest_hex(digest)}.lock")
+
+    @contextlib.contextmanager
+    def adding(self) -> Iterator[None]:
+        """Held, shared, by every pull and package from its first look at which blobs are present until its model
+        is in the index; any number of them at once, in any process.
+
+        A writer decides early that a blob is there and needs no download, and relies on that when it adds its
+        model. `fsck --repair` deletes blobs and drops models only while it holds this lock exclusively
+        (`adding_excluded`), so it never pulls a blob from under a writer that counted on it.
+        """
+        with _flock(self._adding_lock_path, shared=True):
+            yield
+
+    @contextlib.contextmanager
+    def adding_excluded(self, wait: float) -> Iterator[bool]:
+        """Exclusive `adding`: yields True once no pull or package is in progress (waiting up to `wait` seconds
+        for those running to end), or False, holding nothing, when they do not end in time. Writers that start
+        meanwhile wait for the block to end, so keep it short."""
+        with _flock(self._adding_lock_path, shared=False, wait=wait) as held:
+            yield held
 
     def commit_blob(self, digest: str, incomplete: Path) -> Path:
         """Move a verified download into place, read-only so engines cannot change what we hashed."""
@@ -224,6 +260,10 @@ class Store:
             entries = self._read_index()
             yield entries
             self._write_index(entries)
+
+    def index_entries(self) -> list[dict[str, Any]]:
+        """A snapshot of the index: `[{"id", "tags", "files"}]` (what `fsck` checks against the disk)."""
+        return self._read_index()
 
     def _read_index(self) -> list[dict[str, Any]]:
         path = self.root / INDEX_FILE
@@ -292,7 +332,7 @@ class Store:
         """The stored manifest of `name` and the reference `name` stands for (None for an id)."""
         model = self.resolve(name)
         ref = self._as_reference(name, model)
-        return self._manifest_path(model.id).read_bytes(), ref
+        return self.manifest_path(model.id).read_bytes(), ref
 
     def tag(self, source: str, target: str) -> Model:
         """Give the model `source` the additional tag `target` (moving it off any other model)."""
@@ -317,7 +357,7 @@ class Store:
             deleted, freed = (None, 0)
             if not entry["tags"]:
                 deleted, freed = entry["id"], self._delete_entries(entries, [entry])
-        return RemoveResult(untagged=(_familiar(tag, self.registry),), deleted=deleted, freed_bytes=freed)
+        return RemoveResult(untagged=(familiar_name(tag, self.registry),), deleted=deleted, freed_bytes=freed)
 
     def remove(self, name: str, *, force: bool = False) -> RemoveResult:
         """Remove a tag, or the model when it was the last tag (or when named by id with `force`).
@@ -335,12 +375,12 @@ class Store:
             if entry is None:
                 raise ModelNotFound(f"Model {name!r} was removed meanwhile.")
             if by_tag is None and len(entry["tags"]) > 1 and not force:
-                names = ", ".join(_familiar(t, self.registry) for t in entry["tags"])
+                names = ", ".join(familiar_name(t, self.registry) for t in entry["tags"])
                 raise StoreError(
                     f"Model {model.short_id} is tagged {names}; "
                     f"remove one tag at a time, or use --force to remove the model and all its tags."
                 )
-            tags = tuple(_familiar(t, self.registry) for t in entry["tags"])
+            tags = tuple(familiar_name(t, self.registry) for t in entry["tags"])
             freed = self._delete_entries(entries, [entry])
         return RemoveResult(untagged=tags, deleted=model.id, freed_bytes=freed)
 
@@ -351,6 +391,22 @@ class Store:
             for digest in digests:
                 if digest not in referenced:
                     self.blob_path(digest).unlink(missing_ok=True)
+
+    def drop_models(self, doomed: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Remove from the index every model for which `doomed(entry)` is true (asked under the index lock, so it
+        sees the index as it is now), with its manifest and bundle; returns the entries removed.
+
+        Unlike `remove`, the blobs stay: this is for models that cannot be used (`fsck --repair`), whose intact
+        blobs the next pull of the model reuses instead of downloading again; `gc` deletes them if it never
+        comes.
+        """
+        with self._locked_index() as entries:
+            dropped = [entry for entry in entries if doomed(entry)]
+            for entry in dropped:
+                entries.remove(entry)
+                shutil.rmtree(self.bundle_path(entry["id"]).parent, ignore_errors=True)
+                self.manifest_path(entry["id"]).unlink(missing_ok=True)
+        return dropped
 
     # -- disk -----------------------------------------------------------------------------------------
 
@@ -408,7 +464,7 @@ class Store:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _manifest_path(self, model_id: str) -> Path:
+    def manifest_path(self, model_id: str) -> Path:
         return self.root / "manifests" / "sha256" / digest_hex(model_id)
 
     def bundle_path(self, model_id: str) -> Path:
@@ -417,7 +473,7 @@ class Store:
     def _model(self, model_id: str, entries: list[dict[str, Any]]) -> Model:
         entry = next(e for e in entries if e["id"] == model_id)
         try:
-            raw = self._manifest_path(model_id).read_bytes()
+            raw = self.manifest_path(model_id).read_bytes()
         except FileNotFoundError as exc:
             raise StoreError(f"The manifest of model {model_id[:19]} is missing; pull the model again.") from exc
         manifest = parse_manifest(raw)
@@ -508,7 +564,7 @@ class Store:
         freed = 0
         for entry in doomed:
             shutil.rmtree(self.bundle_path(entry["id"]).parent, ignore_errors=True)
-            self._manifest_path(entry["id"]).unlink(missing_ok=True)
+            self.manifest_path(entry["id"]).unlink(missing_ok=True)
             for digest in entry.get("files", []):
                 if digest in referenced:
                     continue
@@ -520,22 +576,54 @@ class Store:
 
     # -- bundles --------------------------------------------------------------------------------------
 
-    def _build_bundle(self, manifest: Manifest) -> Path:
-        """Lay out the runnable folder an engine opens, from hard links to the verified blobs."""
+    def relink_bundle_file(self, model_id: str, digest: str, relative: str) -> bool:
+        """Make `relative` in the model's bundle a hard link to the blob `digest` again (`fsck --repair`), replacing
+        whatever is there in one rename, so an engine starting meanwhile sees the old file or the new, never none.
+        False when the model is no longer in the index (then nothing is touched)."""
+        with FileLock(self._index_lock_path):  # no `rm` of the model meanwhile
+            if not any(e.get("id") == model_id for e in self._read_index()):
+                return False
+            dest = _inside(self.bundle_path(model_id), relative)
+            tmp = dest.with_name(f".{dest.name}.relink-{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            try:
+                self._link(self.blob_path(digest), tmp)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return True
+
+    def rebuild_bundle(self, model_id: str) -> bool:
+        """Build the model's bundle anew from its blobs and put it in place of the old one (`fsck --repair`).
+        False when the model is no longer in the index (then nothing is built)."""
+        with FileLock(self._index_lock_path):
+            if not any(e.get("id") == model_id for e in self._read_index()):
+                return False
+            self._build_bundle(parse_manifest(self.manifest_path(model_id).read_bytes()), replace=True)
+        return True
+
+    def _build_bundle(self, manifest: Manifest, *, replace: bool = False) -> Path:
+        """Lay out the runnable folder an engine opens, from hard links to the verified blobs.
+
+        An existing folder is kept (another process built it), unless `replace`: then the new one takes its
+        place and the old one is deleted with the staging folder.
+        """
         final = self.bundle_path(manifest.digest)
-        if final.is_dir():
+        if final.is_dir() and not replace:
             return final
         staging = Path(tempfile.mkdtemp(dir=final.parent.parent, prefix=f"{digest_hex(manifest.digest)}.tmp-"))
         try:
             model_dir = staging / "model"
             model_dir.mkdir()
-            for layer, relative in _bundle_plan(manifest):
+            for layer, relative in bundle_plan(manifest):
                 if layer.media_type in mt.TAR_LAYERS:
                     into = _inside(model_dir, relative) if relative else model_dir
                     _extract_tar(self.blob_path(layer.digest), into, model_dir)
                 else:
                     self._link(self.blob_path(layer.digest), _inside(model_dir, relative))
             final.parent.mkdir(parents=True, exist_ok=True)
+            if replace and final.is_dir():
+                os.rename(final, staging / "old")  # deleted with the staging folder below
             try:
                 os.rename(model_dir, final)
             except OSError as exc:
@@ -558,7 +646,7 @@ class Store:
             shutil.copyfile(blob, dest)  # hard links impossible here (another filesystem): copy
 
 
-def _bundle_plan(manifest: Manifest) -> list[tuple[Layer, str]]:
+def bundle_plan(manifest: Manifest) -> list[tuple[Layer, str]]:
     """Which file each layer becomes inside `model/` (DMR's names: `model.gguf`, `template.jinja`, …)."""
     ggufs = [layer for layer in manifest.layers if layer.media_type == mt.GGUF]
     weights = [layer for layer in manifest.layers if layer.media_type == mt.SAFETENSORS]
@@ -626,7 +714,38 @@ def _extract_tar(blob: Path, into: Path, model_dir: Path) -> None:
         raise UnsupportedArtifact(f"A tar layer of the model is not a valid tar archive ({exc}).") from exc
 
 
-def _familiar(tag: str, default: str | None = None) -> str:
+@contextlib.contextmanager
+def _flock(path: Path, *, shared: bool, wait: float | None = None) -> Iterator[bool]:
+    """`flock` on `path`, shared or exclusive, on a descriptor of its own: yields whether it is held.
+
+    `flock` (not `fcntl`'s record locks) because its locks belong to the open file, so two threads of one process
+    exclude each other just as two processes do; the kernel drops them when the process dies. `wait` None
+    blocks; otherwise it is how many seconds to keep trying.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        if wait is None:
+            fcntl.flock(fd, mode)
+            held = True
+        else:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    held = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        held = False
+                        break
+                    time.sleep(0.05)
+        yield held
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def familiar_name(tag: str, default: str | None = None) -> str:
     try:
         return parse_reference(tag).relative_to(default)
     except InvalidReference:

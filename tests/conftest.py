@@ -24,6 +24,7 @@ from .support.publish import publish_gguf, publish_safetensors
 from .support.registry import LocalRegistry
 
 REGISTRY_USER = ("alice", "s3cret-pa55")
+TEST_API_KEY = "mrk-test-inference-key-0123456789"
 # Read before any test replaces HOME, so the downloaded SmolLM2 file is reused across runs.
 TEST_CACHE = Path(os.environ.get("MODEL_RUNNER_TEST_CACHE") or Path.home() / ".cache" / "jupyter-modelrunner-tests")
 
@@ -113,6 +114,15 @@ def smollm2_file() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vision():
+    """A random-weight Gemma 3 with its multimodal projector, as two GGUFs made by llama.cpp's converter from a
+    transformers model (see support/make_tiny_vision.py): made once (~20 s with the vLLM environment), cached."""
+    from .support.vision import tiny_vision_model
+
+    return tiny_vision_model(TEST_CACHE)
+
+
+@pytest.fixture(scope="session")
 def seeded(registry, tiny_gguf, tiny_safetensors) -> dict[str, str]:
     """The test registry holding the tiny models under `ai/`, in every packaging; name → manifest digest."""
     host = registry.host
@@ -135,6 +145,8 @@ def server_env(workdir: Path, store: Path, registry_host: str) -> dict[str, str]
                 "MODEL_RUNNER_STORE": str(store), "MODEL_RUNNER_DEFAULT_REGISTRY": registry_host,
                 # A vLLM standby per test server would cost each 7 s of CPU and 0.5 GiB; its own tests turn it on.
                 "MODEL_RUNNER_VLLM_STANDBY": "0",
+                # An inference key every test server accepts (tests/api/test_auth.py checks what it may reach).
+                "MODEL_RUNNER_API_KEY": TEST_API_KEY,
                 "NO_PROXY": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"})
     return env
 

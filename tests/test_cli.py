@@ -88,6 +88,56 @@ def test_package_and_push(cli_env, registry, tiny_gguf, tiny_safetensors):
     assert run_cli("package", "--safetensors-dir", str(tiny_safetensors), "ai/st:v1").returncode == 0
 
 
+def test_fsck_finds_damage_and_repair_drops_only_the_broken_model(cli_env, seeded):
+    run_cli("pull", "-q", "ai/tiny")
+    run_cli("pull", "-q", "ai/tiny-st")
+    clean = run_cli("fsck")
+    assert clean.returncode == 0 and clean.stdout.strip().splitlines()[-1].endswith(": clean")
+
+    store = cli_env / "store"
+    inspected = json.loads(run_cli("inspect", "ai/tiny").stdout)
+    weights = store / "blobs" / "sha256" / inspected["manifest"]["layers"][0]["digest"].removeprefix("sha256:")
+    weights.chmod(0o644)
+    with weights.open("r+b") as handle:  # bytes flipped in place: the size still matches
+        handle.seek(100)
+        handle.write(b"\xff" * 8)
+    st_bundle = Path(json.loads(run_cli("inspect", "ai/tiny-st").stdout)["bundle"])
+    (st_bundle / "config.json").unlink()  # a broken link in the other model's folder
+
+    found = run_cli("fsck", check=False)
+    assert found.returncode == 1
+    lines = found.stdout.strip().splitlines()
+    assert any(line.startswith("ai/tiny:latest: layer") and "is corrupt" in line for line in lines), found.stdout
+    assert any(line.startswith("ai/tiny-st:latest: config.json") and "links it to its blob again" in line
+               for line in lines), found.stdout
+    assert lines[-1].endswith("2 problems (`jupyter modelrunner fsck --repair` fixes them)")
+
+    repaired = run_cli("fsck", "--repair")
+    assert repaired.returncode == 0 and "Removed from the index: ai/tiny:latest" in repaired.stdout
+    assert "jupyter modelrunner pull ai/tiny:latest" in repaired.stdout
+    assert repaired.stdout.strip().splitlines()[-1].endswith("2 problems, all repaired")
+    listing = run_cli("ls").stdout
+    assert "ai/tiny:latest" not in listing and "ai/tiny-st:latest" in listing
+    assert run_cli("fsck").stdout.strip().endswith(": clean")
+    run_cli("pull", "-q", "ai/tiny")
+    assert "ai/tiny:latest" in run_cli("ls").stdout and run_cli("fsck").returncode == 0
+
+
+def test_package_a_vision_model_with_its_projector(cli_env, registry, tiny_vision, tiny_safetensors):
+    out = run_cli("package", "--gguf", str(tiny_vision.gguf), "--mmproj", str(tiny_vision.mmproj), "--push",
+                  "ai/seeing:v1").stdout
+    assert "with a multimodal projector (it takes images)" in out and "Pushed" in out
+    run_cli("rm", "ai/seeing:v1")
+    run_cli("pull", "ai/seeing:v1")
+    inspected = json.loads(run_cli("inspect", "ai/seeing:v1").stdout)
+    assert inspected["multimodal"] is True
+    assert "application/vnd.docker.ai.mmproj" in [layer["mediaType"] for layer in inspected["manifest"]["layers"]]
+    assert (Path(inspected["bundle"]) / "model.mmproj").read_bytes() == tiny_vision.mmproj.read_bytes()
+    refused = run_cli("package", "--safetensors-dir", str(tiny_safetensors), "--mmproj", str(tiny_vision.mmproj),
+                      "ai/st-vision", check=False)
+    assert refused.returncode == 1 and "goes with GGUF weights" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -223,3 +273,18 @@ def test_ps_without_a_server_says_what_to_start():
 def test_unload_needs_models_or_all():
     done = run_cli("unload", check=False)
     assert done.returncode == 2 and "--all" in done.stderr
+
+
+def test_key_create_list_revoke(tmp_path):
+    env = {"JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    made = run_cli("key", "create", "dashboard", env=env)
+    key = made.stdout.strip()
+    assert key.startswith("mrk-") and len(key) > 40 and "shown only now" in made.stderr
+    listing = run_cli("key", "list", env=env).stdout
+    assert "dashboard" in listing and key[:8] in listing and key not in listing
+    again = run_cli("key", "create", "dashboard", env=env, check=False)
+    assert again.returncode == 1 and "already a key named 'dashboard'" in again.stderr
+    assert "Revoked 'dashboard'" in run_cli("key", "revoke", "dashboard", env=env).stdout
+    assert "No inference keys" in run_cli("key", "list", env=env).stdout
+    unknown = run_cli("key", "revoke", "dashboard", env=env, check=False)
+    assert unknown.returncode == 1 and "No key named 'dashboard'" in unknown.stderr

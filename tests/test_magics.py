@@ -79,7 +79,7 @@ def test_pull_of_a_vllm_model_offers_to_start_it_before_the_first_question(shell
     assert "Runs on llama.cpp" in out and "%model load" not in out
 
 
-def test_push_package_configure_logs_df_status(shell, registry, tiny_gguf, tmp_path):
+def test_push_package_configure_logs_df_fsck_status(shell, registry, tiny_gguf, tmp_path):
     out, _, result = run(shell, f"%model package --gguf {tiny_gguf} --context-size 256 ai/packaged-tiny")
     assert result.success, out
     assert "Packaged ai/packaged-tiny" in out and "llama.cpp" in out
@@ -92,6 +92,8 @@ def test_push_package_configure_logs_df_status(shell, registry, tiny_gguf, tmp_p
     assert not result.success and "Error:" in out and "Traceback" not in out
     out, _, _ = run(shell, "%model df")
     assert "Store:" in out and "Total:" in out
+    out, _, result = run(shell, "%model fsck")
+    assert result.success and out.strip().splitlines()[-1].endswith(": clean"), out
     out, _, _ = run(shell, "%model status")
     assert "llama.cpp" in out and "available" in out and "found via connect" in out
     out, _, _ = run(shell, "%model logs ai/packaged-tiny")
@@ -244,6 +246,49 @@ def test_split_chat_line_keeps_the_prompt_verbatim():
                                                                        "What's \"up\"?")
     assert split_chat_line("--new --system 'Be kind.'") == (["--new", "--system", "Be kind."], "")
     assert split_chat_line("ai/x") == (["ai/x"], "")
+    assert split_chat_line("--image a.png --image 'my cat.jpg' --json City ai/x What?") == (
+        ["--image", "a.png", "--image", "my cat.jpg", "--json", "City", "ai/x"], "What?")
+
+
+def test_chat_image_shows_the_model_files_and_urls(shell, magics, tiny_vision, tmp_path):
+    from .support.imageserver import ImageServer
+    from .support.vision import IMAGE_ENCODED_LOG, png
+
+    out, _, result = run(shell, f"%model package --gguf {tiny_vision.gguf} --mmproj {tiny_vision.mmproj} "
+                                "ai/tiny-vision")
+    assert result.success and "with a multimodal projector" in out, out
+    out, _, result = run(shell, "%model configure ai/tiny-vision -- -lv 4")  # llama-server then logs each image
+    assert result.success, out
+    picture = tmp_path / "red square.png"
+    picture.write_bytes(png(rgb=(230, 20, 20)))
+    out, _, result = run(shell, f"%%chat ai/tiny-vision --image '{picture}' --max-tokens 8 --temperature 0\n"
+                                "What is in the image?")
+    assert result.success, out
+    assert shell.user_ns["_chat"] and "llama.cpp" in out
+    sent = magics.conversations["ai/tiny-vision"][0]["content"]
+    assert sent[0] == {"type": "text", "text": "What is in the image?"}
+    assert sent[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    out, _, _ = run(shell, "%model logs -n 2000 ai/tiny-vision")
+    assert out.count(IMAGE_ENCODED_LOG) == 1
+
+    with ImageServer() as web:  # a URL goes to the runner, which fetches it
+        out, _, result = run(shell, f"%chat --new --image {web.url('/green.png')} --max-tokens 8 --temperature 0 "
+                                    "ai/tiny-vision Describe it")
+        assert result.success, out
+        assert web.hits["/green.png"] == 1
+    out, _, _ = run(shell, "%model logs -n 2000 ai/tiny-vision")
+    assert out.count(IMAGE_ENCODED_LOG) == 2
+
+    out, _, result = run(shell, f"%%chat ai/tiny-vision --image {tmp_path / 'nowhere.png'}\nHi")
+    assert not result.success and "no such file" in out and "Traceback" not in out
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    out, _, result = run(shell, f"%%chat ai/tiny-vision --image {notes}\nHi")
+    assert not result.success and "not an image file" in out
+    out, _, result = run(shell, f"%%chat ai/tiny --new --image '{picture}'\nHi")
+    assert not result.success and "no multimodal projector" in out
+    out, _, _ = run(shell, "%chat --help")
+    assert "--image PATH_OR_URL" in out
 
 
 def test_load_ext_is_cheap():

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def jp_server_config(tmp_path):
     return {"ServerApp": {"jpserver_extensions": {"jupyter_modelrunner": True}},
-            "ModelRunner": {"store_path": str(tmp_path / "store"), "keep_alive": "2m"}}
+            "ModelRunner": {"store_path": str(tmp_path / "store"), "keep_alive": "2m", "max_image_bytes": 12345,
+                            "image_fetch_timeout": 4.5}}
 
 
 @pytest.fixture
@@ -44,12 +45,18 @@ def test_kernels_inherit_where_the_runner_is_and_its_token(monkeypatch, jp_serve
     assert jupyter_modelrunner.base_url() == expected + "engines/v1"
     assert jupyter_modelrunner.api_key() == jp_serverapp.identity_provider.token
     assert extension.service.scheduler.keep_alive == 120
+    assert (extension.service.max_image_bytes, extension.service.image_fetch_timeout) == (12345, 4.5)
 
 
 def test_configuration_is_checked():
     with pytest.raises(TraitError, match="keep_alive"):
         ModelRunner(keep_alive="soon")
     assert "memory" in ModelRunner.class_get_trait_help(ModelRunner.memory_budget).lower()
+    with pytest.raises(TraitError, match="max_image_bytes must be positive"):
+        ModelRunner(max_image_bytes=0)
+    with pytest.raises(TraitError, match="image_fetch_timeout must be positive"):
+        ModelRunner(image_fetch_timeout=-1.0)
+    assert "downloaded by the runner" in ModelRunner.class_get_trait_help(ModelRunner.max_image_bytes)
 
 
 def test_stopping_the_server_stops_its_engines(tmp_path, live_store, registry):
@@ -72,3 +79,20 @@ def test_stopping_the_server_stops_its_engines(tmp_path, live_store, registry):
         pytest.fail(f"engine {runner['pid']} outlived the server:\n{server.log_tail()}")
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "engines/ps", timeout=2)
+
+
+SERVE_HIDES = [("GET", "api/kernels"), ("POST", "api/kernels"), ("GET", "api/contents"), ("PUT", "api/contents/x.py"),
+               ("GET", "api/sessions"), ("POST", "api/sessions"), ("GET", "api/terminals"), ("POST", "api/terminals"),
+               ("GET", "api/kernelspecs"), ("GET", "api/nbconvert"), ("GET", "files/x.txt"), ("GET", "lab"),
+               ("GET", "tree"), ("POST", "api/shutdown")]
+
+
+def test_serve_is_only_a_model_runner(standalone):
+    """Its token opens the model runner and nothing else: no kernel, file or terminal can be reached with it."""
+    with httpx.Client(base_url=standalone.origin, headers=standalone.headers, trust_env=False, timeout=30) as http:
+        answered = {f"{m} {p}": http.request(m, p, json={} if m != "GET" else None).status_code
+                    for m, p in SERVE_HIDES}
+        assert answered == {route: 404 for route in answered}
+        assert http.get("api/status").status_code == 200
+        for path in ("models", "engines/status", "engines/ps", "v1/models", "api/tags", "openapi.json"):
+            assert http.get(path).status_code == 200, path

@@ -14,11 +14,13 @@ from http.client import responses
 from typing import Any
 
 from jupyter_core.utils import ensure_async
+from jupyter_server.auth import User
 from jupyter_server.auth.utils import HTTP_METHOD_TO_AUTH_ACTION
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..errors import ModelRunnerError
+from ..distribution.progress import format_bytes
+from ..errors import ModelRunnerError, Overloaded
 from ..service import ModelRunnerService
 from .forward import forward
 
@@ -26,10 +28,31 @@ from .forward import forward
 AUTH_RESOURCE = "modelrunner"
 #: Key of the service in the tornado application's settings.
 SERVICE_SETTING = "modelrunner_service"
+#: Key of the inference keys (keys.KeyRing) in the settings.
+KEYS_SETTING = "modelrunner_keys"
+#: Key of the largest request body accepted (bytes) in the settings.
+MAX_BODY_SETTING = "modelrunner_max_body_bytes"
+DEFAULT_MAX_BODY_BYTES = 64 * 1024**2
+#: How much of a body over the limit is read (and dropped) so the client sees the 413 (see _limit_body).
+DRAIN_BYTES = 16 * 1024**2
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 409: "conflict_error", 422: "invalid_request_error",
-               499: "cancelled", 502: "engine_error", 503: "service_unavailable", 507: "insufficient_storage"}
+               413: "request_too_large", 499: "cancelled", 502: "engine_error", 503: "service_unavailable",
+               507: "insufficient_storage"}
+
+
+_validators: dict[int, Any] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A JSON Schema validator for one of api/schemas.py's module-level schemas (built once each)."""
+    validator = _validators.get(id(schema))
+    if validator is None:
+        from jsonschema import Draft202012Validator
+
+        validator = _validators[id(schema)] = Draft202012Validator(schema)
+    return validator
 
 
 def error_status(exc: BaseException | None, default: int) -> tuple[int, str]:
@@ -54,25 +77,97 @@ SCOPE_INFERENCE = "inference"
 SCOPE_MANAGE = "manage"
 
 
+class _KeyAwareIdentity:
+    """The server's identity provider, and our inference keys after it: a `Bearer` credential that is not the
+    Jupyter token (nor anything else Jupyter accepts) is looked up among the keys. A key's user is then
+    treated as token-authenticated (no XSRF check: a browser never sends a header credential by itself)."""
+
+    def __init__(self, inner: Any, handler: ModelRunnerHandler) -> None:
+        self._inner = inner
+        self._handler = handler
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get_user(self, handler: Any) -> User | None:
+        user = await ensure_async(self._inner.get_user(handler))
+        if user is not None:
+            return user
+        credential = _bearer(handler.request.headers.get("Authorization", ""))
+        keys = handler.settings.get(KEYS_SETTING)
+        if credential is None or keys is None:
+            return None
+        name = keys.match(credential)
+        if name is None:
+            self._handler._refused_key = True
+            return None
+        self._handler.key_name = name
+        return User(username=f"key:{name}", name=name, display_name=f"inference key {name}")
+
+    def is_token_authenticated(self, handler: Any) -> bool:
+        return self._handler.key_name is not None or self._inner.is_token_authenticated(handler)
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, credential = header.partition(" ")
+    return credential.strip() or None if scheme.lower() == "bearer" else None
+
+
+@web.stream_request_body
 class ModelRunnerHandler(APIHandler):
     """Base of all model runner routes."""
 
     auth_resource = AUTH_RESOURCE
     #: SCOPE_INFERENCE on routes a scoped inference key may use (chat, completions, embeddings, model lists...).
     api_scope = SCOPE_MANAGE
+    #: Whether a server that does not own the store asks the owner (False: the answer is this server's own).
+    relayed = True
+    #: The inference key this request authenticated with (None: the Jupyter token, a cookie, ...).
+    key_name: str | None = None
+    _refused_key = False
+
+    @property
+    def identity_provider(self) -> Any:  # type: ignore[override]
+        return _KeyAwareIdentity(super().identity_provider, self)
 
     @property
     def service(self) -> ModelRunnerService:
         return self.settings[SERVICE_SETTING]
 
     async def prepare(self) -> None:  # type: ignore[override]
-        """Authenticate as every route does, then relay to the store's owner when it is another process.
+        """Refuse a body over the limit before reading it, authenticate as every route does, check a key's
+        scope, then relay to the store's owner when it is another process.
 
-        The check happens here, before the relay, because the relay answers in place of the route's own method
-        (which would otherwise authenticate and authorize through its decorators).
+        The body streams in (`stream_request_body`) only after this returns, so a request that announces too
+        large a body is refused without keeping it (see _limit_body). Refusals are answered once the body is in,
+        in place of the route's method: tornado closes a connection whose request body was not read, which a
+        client still sending, or reusing the connection, would see as a reset. The relay's checks happen here
+        because it too answers in place of the route's method (which would otherwise authenticate through its
+        decorators).
         """
-        await super().prepare()
-        owner = self.service.remote_owner
+        try:
+            self._limit_body()
+            await self._admit()
+        except web.HTTPError as exc:
+            refusal = exc
+
+            async def refuse(*_args: Any, **_kwargs: Any) -> None:
+                raise refusal
+
+            setattr(self, self.request.method.lower(), refuse)  # type: ignore[union-attr]
+
+    async def _admit(self) -> None:
+        try:
+            await super().prepare()
+        finally:
+            if self.current_user is None and self._refused_key:
+                # An OpenAI/Anthropic client with a wrong or revoked key: say so the way their APIs do.
+                raise web.HTTPError(401, "Invalid or revoked API key. Create one with `jupyter modelrunner key "
+                                         "create NAME`, or use the server's token.")
+        if self.key_name is not None and self.api_scope != SCOPE_INFERENCE:
+            raise web.HTTPError(403, f"The inference key {self.key_name!r} may only ask models (chat, completions, "
+                                     "embeddings, model lists); this route needs the Jupyter token.")
+        owner = self.service.remote_owner if self.relayed else None
         if owner is None or self._finished:
             if not self._track_activity:  # a Prometheus scrape is not work that keeps a runner up
                 return
@@ -87,7 +182,37 @@ class ModelRunnerHandler(APIHandler):
         action = HTTP_METHOD_TO_AUTH_ACTION.get(self.request.method, "write")
         if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, action, AUTH_RESOURCE)):
             raise web.HTTPError(403, f"User is not authorized to {action} on resource: {AUTH_RESOURCE}.")
-        await forward(self, owner)
+
+        async def relay(*_args: Any, **_kwargs: Any) -> None:
+            await forward(self, owner)
+
+        # Answer with the owner's answer instead of this route's method, once the body has come in.
+        setattr(self, self.request.method.lower(), relay)  # type: ignore[union-attr]
+
+    def _limit_body(self) -> None:
+        """413 for a body announced larger than `max_body_bytes`. Up to DRAIN_BYTES more are read and dropped
+        first, so that the client, still sending, reads the answer instead of a reset connection; beyond that
+        the answer comes at once and the connection is closed. A chunked body is cut off at the limit."""
+        self.request.body = bytearray()  # type: ignore[assignment]  # data_received appends to it
+        limit = self.settings.get(MAX_BODY_SETTING) or DEFAULT_MAX_BODY_BYTES
+        length = self.request.headers.get("Content-Length", "")
+        if not (length.isdigit() and int(length) > limit):
+            self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+            return
+        refusal = web.HTTPError(413, f"The request body is {format_bytes(int(length))}, more than the "
+                                     f"{format_bytes(limit)} this server accepts (c.ModelRunner.max_body_bytes).")
+        if int(length) > limit + DRAIN_BYTES:
+            self.send_error(413, exc_info=(type(refusal), refusal, None))
+            raise web.Finish()
+        self.request.connection.set_max_body_size(int(length))  # type: ignore[union-attr]
+        self._dropping_body = True
+        raise refusal
+
+    _dropping_body = False
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self._dropping_body:
+            self.request.body.extend(chunk)  # type: ignore[attr-defined]
 
     _activity: int | None = None
 
@@ -97,12 +222,29 @@ class ModelRunnerHandler(APIHandler):
             self._activity = None
         super().on_finish()
 
-    def json_body(self) -> dict[str, Any]:
-        """The request's JSON object (an empty one when there is no body); 400 on anything else."""
-        body = self.get_json_body() or {}
+    def json_body(self, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request's JSON object (an empty one when there is no body), checked against `schema` (api/schemas.py,
+        what the OpenAPI description says); 400 saying what is wrong and where, on anything else."""
+        raw = bytes(self.request.body).strip()
+        try:
+            body = json.loads(raw) if raw else {}
+        except UnicodeDecodeError as exc:
+            raise web.HTTPError(400, "The request body is not UTF-8 text; send JSON.") from exc
+        except ValueError as exc:
+            raise web.HTTPError(400, f"The request body is not valid JSON ({exc}).") from exc
         if not isinstance(body, dict):
             raise web.HTTPError(400, "The request body must be a JSON object.")
+        if schema is not None:
+            problem = next(iter(_validator(schema).iter_errors(body)), None)
+            if problem is not None:
+                where = "/".join(str(p) for p in problem.absolute_path)
+                raise web.HTTPError(400, f"The request body does not fit this route: {problem.message}"
+                                         f"{f' (at {where})' if where else ''}.")
         return body
+
+    def get_json_body(self) -> dict[str, Any] | None:
+        """Jupyter's name for it, for code that calls that: the same checks."""
+        return self.json_body() or None
 
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -115,6 +257,10 @@ class ModelRunnerHandler(APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs["exc_info"][1] if kwargs.get("exc_info") else None
         status, message = error_status(exc, status_code)
+        if isinstance(exc, Overloaded):
+            self.set_header("Retry-After", str(exc.retry_after))
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="model runner"')
         if status != status_code:
             self.set_status(status, responses.get(status, "Model runner error"))
         self.set_header("Content-Type", "application/json")

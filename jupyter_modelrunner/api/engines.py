@@ -8,6 +8,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from . import schemas
 from .base import ModelRunnerHandler
 
 
@@ -44,7 +45,7 @@ class EngineUnloadHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body(schemas.UNLOAD)
         models = body.get("models") or ([body["model"]] if body.get("model") else [])
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise web.HTTPError(400, '"models" must be a list of model names.')
@@ -71,7 +72,7 @@ class EngineConfigureHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body(schemas.CONFIGURE)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise web.HTTPError(400, 'Name the model: {"model": "ai/smollm2", "context-size": 4096}.')

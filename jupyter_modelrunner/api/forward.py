@@ -47,7 +47,7 @@ async def forward(handler: ModelRunnerHandler, owner: Owner) -> None:
     if owner.token:
         headers["Authorization"] = f"token {owner.token}"
     request = _client(handler).build_request(handler.request.method, target, headers=headers,
-                                             content=handler.request.body or None)
+                                             content=bytes(handler.request.body) or None)
     try:
         response = await _client(handler).send(request, stream=True)
     except httpx.TransportError as exc:

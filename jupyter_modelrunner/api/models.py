@@ -1,4 +1,5 @@
-"""Models: `models/create` (pull, streamed), list, inspect, delete, tag and push — DMR's routes (FORMAT §4)."""
+"""Models: `models/create` (pull, streamed), list, inspect, delete, tag and push — DMR's routes (FORMAT §4) — and
+ours: package, load, purge, gc, fsck."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..engines.base import MODES
+from . import schemas
 from .base import ModelRunnerHandler
 
 NDJSON = "application/x-ndjson"
@@ -79,7 +80,7 @@ class ModelCreateHandler(ProgressStreamMixin, ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body(schemas.PULL)
         reference = body.get("from") or body.get("model") or body.get("name")
         if not isinstance(reference, str) or not reference.strip():
             raise web.HTTPError(400, 'Say which model to pull: {"from": "ai/smollm2"}.')
@@ -88,7 +89,8 @@ class ModelCreateHandler(ProgressStreamMixin, ModelRunnerHandler):
 
 
 class ModelPackageHandler(ModelRunnerHandler):
-    """`POST models/package {"tag", "gguf": [paths] | "safetensors_dir": path, ...}`: a model from local files.
+    """`POST models/package {"tag", "gguf": [paths] | "safetensors_dir": path, "mmproj"?, "chat_template"?, ...}`:
+    a model from local files.
 
     The paths are on the server's machine, which is the kernel's for the extension; whoever holds the
     server's token can read those files through Jupyter's contents API already.
@@ -97,7 +99,7 @@ class ModelPackageHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body(schemas.PACKAGE)
         tag = body.get("tag")
         gguf = body.get("gguf")
         if isinstance(gguf, str):
@@ -107,7 +109,7 @@ class ModelPackageHandler(ModelRunnerHandler):
                                 'or {"tag": ..., "safetensors_dir": "/path/folder"}.')
         model = await self.service.package(
             tag, gguf=gguf, safetensors_dir=body.get("safetensors_dir"), license_files=body.get("license"),
-            chat_template=body.get("chat_template"), context_size=body.get("context_size"),
+            chat_template=body.get("chat_template"), context_size=body.get("context_size"), mmproj=body.get("mmproj"),
         )
         self.send_json(model, status=201)
 
@@ -133,7 +135,7 @@ class ModelTagHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        target = self.json_body().get("target")
+        target = self.json_body(schemas.TARGET).get("target")
         if not target:
             repo, tag = self.get_argument("repo", ""), self.get_argument("tag", "latest")
             target = f"{repo}:{tag}" if repo else ""
@@ -148,7 +150,7 @@ class ModelPushHandler(ProgressStreamMixin, ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        target = self.json_body().get("target")
+        target = self.json_body(schemas.TARGET).get("target")
         self.set_header("Content-Type", NDJSON)
         await self.relay_progress(self.service.push(name, target, cancel=self.transfer_cancel))
 
@@ -161,14 +163,9 @@ class ModelLoadHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise web.HTTPError(400, 'Name the model: {"model": "ai/smollm2"}.')
-        mode = body.get("mode", "completion")
-        if mode not in MODES:
-            raise web.HTTPError(400, f'"mode" is one of {", ".join(map(repr, MODES))}.')
-        self.send_json(await self.service.load(model, engine=body.get("engine") or None, mode=mode))
+        body = self.json_body(schemas.LOAD)
+        self.send_json(await self.service.load(body["model"], engine=body.get("engine") or None,
+                                               mode=body.get("mode", "completion")))
 
 
 class ModelPurgeHandler(ModelRunnerHandler):
@@ -186,10 +183,32 @@ class ModelGcHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        min_age = self.json_body().get("min_age", 3600)
+        min_age = self.json_body(schemas.GC).get("min_age", 3600)
         if isinstance(min_age, bool) or not isinstance(min_age, int | float) or min_age < 0:
             raise web.HTTPError(400, '"min_age" is a number of seconds (files younger than that are kept).')
         self.send_json(await self.service.gc(float(min_age)))
+
+
+class ModelFsckHandler(ProgressStreamMixin, ModelRunnerHandler):
+    """`POST models/fsck {"repair": false, "stream": false}`: check every indexed model's manifest, blobs (hashed)
+    and bundle, and partial downloads nobody owns; with `repair`, drop what cannot be used and relink bundles.
+
+    Answers with the report as JSON, or with `stream`, pull-shaped NDJSON progress while blobs are hashed ending
+    with a `success` event that carries it (`report`): a large store takes minutes, and the CLI shows a bar.
+    """
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body(schemas.FSCK)
+        repair, stream = body.get("repair", False), body.get("stream", False)
+        if not isinstance(repair, bool) or not isinstance(stream, bool):
+            raise web.HTTPError(400, '"repair" and "stream" are true or false: {"repair": true}.')
+        if stream:
+            self.set_header("Content-Type", NDJSON)
+            await self.relay_progress(self.service.fsck_events(repair=repair, cancel=self.transfer_cancel))
+        else:
+            self.send_json(await self.service.fsck(repair=repair, cancel=self.transfer_cancel))
 
 
 _NAME = r"(?P<name>[^?#]+?)"
@@ -201,6 +220,7 @@ default_handlers = [
     (r"models/load", ModelLoadHandler),  # before models/{name}: these names are not models
     (r"models/purge", ModelPurgeHandler),
     (r"models/gc", ModelGcHandler),
+    (r"models/fsck", ModelFsckHandler),
     (rf"models/{_NAME}/tag", ModelTagHandler),
     (rf"models/{_NAME}/push", ModelPushHandler),
     (rf"models/{_NAME}", ModelHandler),

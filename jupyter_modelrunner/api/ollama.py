@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,11 @@ from tornado.iostream import StreamClosedError
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
 from ..errors import ModelRunnerError
 from . import ollama_translate as translate
-from .base import ModelRunnerHandler
+from . import schemas
+from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .models import ProgressStreamMixin
 from .openai import ENGINE_MODEL_NAME
-from .relay import StreamRelayMixin, sse_data
+from .relay import StreamRelayMixin, engine_message, sse_data
 
 NDJSON = "application/x-ndjson"
 #: What `GET api/version` answers: clients check it against the Ollama features they need.
@@ -39,8 +40,8 @@ class OllamaHandler(ModelRunnerHandler):
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return translate.error_body(message)
 
-    def ollama_body(self) -> dict[str, Any]:
-        body = self.json_body()
+    def ollama_body(self, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = self.json_body(schema)
         if "model" not in body and isinstance(body.get("name"), str):  # older clients send `name`
             body["model"] = body["name"]
         return body
@@ -53,10 +54,12 @@ class OllamaHandler(ModelRunnerHandler):
 class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
     """`POST api/chat` and `POST api/generate`."""
 
+    api_scope = SCOPE_INFERENCE
+
     @web.authenticated
     @authorized
     async def post(self, kind: str) -> None:
-        body = self.ollama_body()
+        body = self.ollama_body(schemas.OLLAMA_CHAT if kind == "chat" else schemas.OLLAMA_GENERATE)
         started = time.monotonic()
         try:
             if kind == "chat":
@@ -95,6 +98,8 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
 
     async def _answer(self, kind: str, model: str, path: str, request: dict[str, Any], started: float,
                       keep_alive: float | None, context_size: int | None) -> None:
+        # Ollama's images became image_url parts: checked (can this model see? is it an image?) before anything loads.
+        request = await self.service.prepare_images(model, request)
         request = {**request, "model": ENGINE_MODEL_NAME}
         async with self.service.scheduler.use(model, mode=MODE_COMPLETION, context_size=context_size,
                                               keep_alive=keep_alive) as runner:
@@ -103,14 +108,14 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
             if not request.get("stream"):
                 response = await runner.request("POST", path, json=request)
                 if response.status_code != 200:
-                    raise web.HTTPError(response.status_code, _engine_message(response.content))
+                    raise web.HTTPError(response.status_code, engine_message(response.content))
                 self.send_json(translate.chat_response_to_ollama(model, response.json(), started,
                                                                  "chat" if kind == "chat" else "generate"))
                 return
             async with runner.stream("POST", path, json=request) as upstream:
                 if upstream.status_code != 200:
                     raise web.HTTPError(upstream.status_code,
-                                        _engine_message(b"".join([c async for c in upstream])))
+                                        engine_message(b"".join([c async for c in upstream])))
                 self.set_header("Content-Type", NDJSON)
                 converter = translate.OllamaStream(model, "chat" if kind == "chat" else "generate", started)
                 await self.relay(upstream, lambda events: _ollama_lines(converter, events),
@@ -122,33 +127,66 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
 class OllamaEmbedHandler(OllamaHandler):
     """`POST api/embed {"model", "input": str | [str]}` → `{"model", "embeddings": [[...]]}`."""
 
+    api_scope = SCOPE_INFERENCE
+
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.ollama_body()
+        body = self.ollama_body(schemas.OLLAMA_EMBED)
         model, texts = body.get("model"), body.get("input", body.get("prompt"))
         if not isinstance(model, str) or texts is None:
             raise web.HTTPError(400, "model and input are required")
         inputs = [texts] if isinstance(texts, str) else texts
-        try:
-            context_size = translate.context_size(body)
-        except ValueError as exc:
-            raise web.HTTPError(400, str(exc)) from exc
         started = time.monotonic()
-        async with self.service.scheduler.use(model, mode=MODE_EMBEDDING, context_size=context_size) as runner:
-            response = await runner.request("POST", "/v1/embeddings",
-                                            json={"model": ENGINE_MODEL_NAME, "input": inputs})
-        if response.status_code != 200:
-            raise web.HTTPError(response.status_code, _engine_message(response.content))
-        data = response.json()
-        vectors = [item["embedding"] for item in sorted(data.get("data", []), key=lambda d: d.get("index", 0))]
+        vectors, data = await self.embed(model, inputs, body)
         self.send_json({"model": model, "embeddings": vectors,
                         "total_duration": int((time.monotonic() - started) * 1e9),
                         "prompt_eval_count": (data.get("usage") or {}).get("prompt_tokens", 0)})
 
+    async def embed(self, model: str, inputs: list[Any], body: dict[str, Any]) -> tuple[list[list[float]], dict]:
+        """The vectors of `inputs` in their order, and the engine's whole answer (for its usage)."""
+        try:
+            context_size = translate.context_size(body)
+            keep_alive = translate.keep_alive_seconds(body.get("keep_alive"))
+        except ValueError as exc:
+            raise web.HTTPError(400, str(exc)) from exc
+        async with self.service.scheduler.use(model, mode=MODE_EMBEDDING, context_size=context_size,
+                                              keep_alive=keep_alive) as runner:
+            self.service.metrics.requests.labels("ollama/embed", runner.name).inc()
+            response = await runner.request("POST", "/v1/embeddings",
+                                            json={"model": ENGINE_MODEL_NAME, "input": inputs})
+        if response.status_code != 200:
+            raise web.HTTPError(response.status_code, engine_message(response.content))
+        data = response.json()
+        return [item["embedding"] for item in sorted(data.get("data", []), key=lambda d: d.get("index", 0))], data
+
+
+class OllamaEmbeddingsHandler(OllamaEmbedHandler):
+    """`POST api/embeddings {"model", "prompt"}` → `{"embedding": [...]}`: Ollama's older, one-text route, which
+    its clients still call (`ollama.embeddings`, LangChain's `OllamaEmbeddings` before 0.3)."""
+
+    api_scope = SCOPE_INFERENCE
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.ollama_body()
+        model, prompt = body.get("model"), body.get("prompt")
+        if not isinstance(model, str) or not model:
+            raise web.HTTPError(400, "model is required")
+        if prompt is not None and not isinstance(prompt, str):
+            raise web.HTTPError(400, "prompt must be a string")
+        if not prompt:  # as Ollama answers it: nothing to embed
+            self.send_json({"embedding": []})
+            return
+        vectors, _data = await self.embed(model, [prompt], body)
+        self.send_json({"embedding": vectors[0] if vectors else []})
+
 
 class OllamaTagsHandler(OllamaHandler):
     """`GET api/tags`: the store, one entry per tag."""
+
+    api_scope = SCOPE_INFERENCE
 
     @web.authenticated
     @authorized
@@ -159,6 +197,8 @@ class OllamaTagsHandler(OllamaHandler):
 
 class OllamaPsHandler(OllamaHandler):
     """`GET api/ps`: the loaded models."""
+
+    api_scope = SCOPE_INFERENCE
 
     @web.authenticated
     @authorized
@@ -176,6 +216,8 @@ class OllamaPsHandler(OllamaHandler):
 class OllamaVersionHandler(OllamaHandler):
     """`GET api/version`."""
 
+    api_scope = SCOPE_INFERENCE
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -185,10 +227,12 @@ class OllamaVersionHandler(OllamaHandler):
 class OllamaShowHandler(OllamaHandler):
     """`POST api/show {"model"}`: details, template and GGUF metadata."""
 
+    api_scope = SCOPE_INFERENCE
+
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        name = self.ollama_body().get("model")
+        name = self.ollama_body(schemas.OLLAMA_NAME).get("model")
         if not isinstance(name, str) or not name:
             raise web.HTTPError(400, "model is required")
         model = await asyncio.to_thread(self.service.store.resolve, name)
@@ -206,26 +250,34 @@ class OllamaDeleteHandler(OllamaHandler):
     @web.authenticated
     @authorized
     async def delete(self) -> None:
-        name = self.ollama_body().get("model")
+        name = self.ollama_body(schemas.OLLAMA_NAME).get("model")
         if not isinstance(name, str) or not name:
             raise web.HTTPError(400, "model is required")
         await self.service.remove(name)
         self.finish()
 
 
-class OllamaPullHandler(ProgressStreamMixin, OllamaHandler):
-    """`POST api/pull {"model", "stream"}`: our pull, reported in Ollama's progress shape (a client that
-    leaves cancels it at once, as on `models/create`)."""
+class OllamaCopyHandler(OllamaHandler):
+    """`POST api/copy {"source", "destination"}`: another name for a stored model (our tag); 200 with no body, as
+    Ollama answers."""
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.ollama_body()
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise web.HTTPError(400, "model is required")
-        stream = body.get("stream") is not False
-        events = self.service.pull(name, cancel=self.transfer_cancel)
+        body = self.json_body(schemas.OLLAMA_COPY)
+        source, destination = body.get("source"), body.get("destination")
+        if not isinstance(source, str) or not source or not isinstance(destination, str) or not destination:
+            raise web.HTTPError(400, "source and destination are required")
+        await self.service.tag(source, destination)
+        self.finish()
+
+
+class OllamaTransferHandler(ProgressStreamMixin, OllamaHandler):
+    """A pull or push reported in Ollama's progress shape: one status line per event while `stream` (the default
+    for pull), or only the final `{"status": "success"}`. A client that leaves cancels the transfer at once, as
+    on `models/create`."""
+
+    async def transfer(self, events: AsyncIterator[dict[str, Any]], verb: str, stream: bool) -> None:
         last: dict[str, Any] = {}
         try:
             async for event in events:
@@ -234,11 +286,11 @@ class OllamaPullHandler(ProgressStreamMixin, OllamaHandler):
                     break
                 if stream:
                     self.set_header("Content-Type", NDJSON)
-                    await self.write_line(_ollama_progress(event))
+                    await self.write_line(_ollama_progress(event, verb))
         except StreamClosedError:
             return
         finally:
-            await events.aclose()
+            await events.aclose()  # type: ignore[attr-defined]
         if last.get("type") == "error":
             if not stream or not self._headers_written:
                 raise web.HTTPError(int(last.get("status") or 500), last["message"])
@@ -249,6 +301,37 @@ class OllamaPullHandler(ProgressStreamMixin, OllamaHandler):
             return
         with contextlib.suppress(StreamClosedError):
             self.finish(set_content_type=NDJSON)
+
+    def model_name(self, body: dict[str, Any]) -> str:
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise web.HTTPError(400, "model is required")
+        return name
+
+
+class OllamaPullHandler(OllamaTransferHandler):
+    """`POST api/pull {"model", "stream"}`: our pull (streamed unless `"stream": false`)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.ollama_body(schemas.OLLAMA_PULL)
+        name = self.model_name(body)
+        await self.transfer(self.service.pull(name, cancel=self.transfer_cancel), "pulling",
+                            stream=body.get("stream") is not False)
+
+
+class OllamaPushHandler(OllamaTransferHandler):
+    """`POST api/push {"model", "stream"}`: our push to the model's own registry and tag. The `ollama` client asks
+    for no stream unless told; `insecure` is ours to decide (loopback and `MODEL_RUNNER_INSECURE_REGISTRIES`)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.ollama_body(schemas.OLLAMA_PULL)
+        name = self.model_name(body)
+        await self.transfer(self.service.push(name, cancel=self.transfer_cancel), "pushing",
+                            stream=body.get("stream") is not False)
 
 
 def _ndjson(objects: Iterable[dict[str, Any]]) -> bytes:
@@ -273,22 +356,15 @@ def _ollama_final_line(converter: translate.OllamaStream) -> bytes:
         raise ModelRunnerError(str(exc)) from exc
 
 
-def _ollama_progress(event: dict[str, Any]) -> dict[str, Any]:
+def _ollama_progress(event: dict[str, Any], verb: str) -> dict[str, Any]:
+    """A transfer event as Ollama reports it: `pulling 1a2b3c4d5e6f` (or `pushing …`) with the layer's numbers."""
     if event["type"] == "success":
         return {"status": "success"}
     layer = event.get("layer")
     if event["type"] == "progress" and layer:
-        return {"status": f"pulling {layer['id'].removeprefix('sha256:')[:12]}", "digest": layer["id"],
+        return {"status": f"{verb} {layer['id'].removeprefix('sha256:')[:12]}", "digest": layer["id"],
                 "total": layer["size"], "completed": layer["current"]}
     return {"status": event.get("message", "")}
-
-
-def _engine_message(content: bytes) -> str:
-    with contextlib.suppress(ValueError, AttributeError):
-        data = json.loads(content)
-        error = data.get("error", data)
-        return str(error.get("message", error) if isinstance(error, dict) else error)
-    return content.decode("utf-8", "replace")[:500]
 
 
 def _read_text(path: Path) -> str | None:
@@ -301,10 +377,13 @@ def _read_text(path: Path) -> str | None:
 default_handlers = [
     (r"api/(?P<kind>chat|generate)", OllamaInferenceHandler),
     (r"api/embed", OllamaEmbedHandler),
+    (r"api/embeddings", OllamaEmbeddingsHandler),
     (r"api/tags", OllamaTagsHandler),
     (r"api/ps", OllamaPsHandler),
     (r"api/version", OllamaVersionHandler),
     (r"api/show", OllamaShowHandler),
     (r"api/delete", OllamaDeleteHandler),
     (r"api/pull", OllamaPullHandler),
+    (r"api/push", OllamaPushHandler),
+    (r"api/copy", OllamaCopyHandler),
 ]

@@ -8,6 +8,8 @@ unsupported requests raise `ValueError` with the sentence to send back in `error
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import time
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from ..images import sniff_media_type
 from ..runner_config import InvalidSetting, parse_keep_alive
 
 Kind = Literal["chat", "generate"]
@@ -27,7 +30,6 @@ COMPLETIONS_PATH = "/v1/completions"
 _SAME_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 # Go's largest time.Duration: what Ollama adds to "now" for a model kept loaded forever (so a date in ~2318).
 _FOREVER = timedelta(microseconds=(2**63 - 1) // 1000)
-_NO_IMAGES = "images are not supported: the model runner serves text-only models"
 #: The `think` levels Ollama accepts besides true and false (gpt-oss's reasoning efforts).
 _THINK_LEVELS = ("low", "medium", "high")
 #: What a chat template of a thinking model contains (a think block, a thinking switch, harmony's channels).
@@ -96,14 +98,16 @@ def generate_request_to_openai(body: dict[str, Any]) -> tuple[str, dict[str, Any
     so they go to plain completions untouched (and, as in Ollama, without the `system` prompt)."""
     if body.get("suffix"):
         raise ValueError("suffix (fill-in-the-middle) is not supported")
-    if body.get("images"):
-        raise ValueError(_NO_IMAGES)
     prompt = body.get("prompt") or ""
+    images = _image_parts(body.get("images"), "images")
     if body.get("raw"):
+        if images:
+            raise ValueError("images need a templated prompt: a raw prompt cannot place them")
         path, openai = COMPLETIONS_PATH, {"model": _model(body), "prompt": prompt}
     else:
         system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
-        path, openai = CHAT_PATH, {"model": _model(body), "messages": [*system, {"role": "user", "content": prompt}]}
+        user = {"role": "user", "content": _with_images(prompt, images)}
+        path, openai = CHAT_PATH, {"model": _model(body), "messages": [*system, user]}
     thinking = _thinking(body) if path == CHAT_PATH else {}  # a raw prompt has no template to switch thinking in
     return path, _with_stream({**openai, **_sampling(body), **thinking}, body)
 
@@ -180,9 +184,9 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "tool"):
             raise ValueError(f"message {i} needs a role of system, user, assistant or tool")
-        if message.get("images"):
-            raise ValueError(_NO_IMAGES)
-        converted: dict[str, Any] = {"role": message["role"], "content": message.get("content") or ""}
+        images = _image_parts(message.get("images"), f"message {i}'s images")
+        converted: dict[str, Any] = {"role": message["role"], "content": _with_images(message.get("content") or "",
+                                                                                      images)}
         if message["role"] == "assistant" and message.get("tool_calls"):
             converted["tool_calls"] = []
             for j, call in enumerate(message["tool_calls"]):
@@ -199,6 +203,35 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                 converted["tool_call_id"] = call_id
         out.append(converted)
     return out
+
+
+def _image_parts(images: Any, where: str) -> list[dict[str, Any]]:
+    """Ollama's images (base64 strings, no data: prefix) as OpenAI `image_url` parts with data URLs; the media type
+    is read from the image's first bytes, since Ollama's API does not carry one."""
+    if not images:
+        return []
+    if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
+        raise ValueError(f"{where} must be a list of base64-encoded images")
+    parts = []
+    for n, image in enumerate(images):
+        if image.startswith("data:"):  # already a data URL: the runner checks it like OpenAI's
+            url = image
+        else:
+            encoded = "".join(image.split())
+            try:
+                head = base64.b64decode(encoded[:24] + "=" * (-len(encoded[:24]) % 4), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"{where}[{n}] is not base64-encoded image data") from None
+            url = f"data:{sniff_media_type(head) or 'image/png'};base64,{encoded}"
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
+
+
+def _with_images(text: str, images: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """A message's content: the text alone, or OpenAI content parts (the text, then the images) when it has any."""
+    if not images:
+        return text
+    return [{"type": "text", "text": text}, *images] if text else images
 
 
 class OllamaStream:
@@ -360,25 +393,28 @@ def ps_entry(name: str, model_json: dict[str, Any], runner_status: dict[str, Any
 
 def show_response(model_json: dict[str, Any], template: str | None, raw_config: dict[str, Any]) -> dict[str, Any]:
     """`/api/show`: details, chat template, and `model_info` from the config blob's GGUF metadata; `capabilities`
-    from the template (see `_capabilities`)."""
+    from the template and the model's files (see `_capabilities`)."""
     name = (model_json.get("tags") or [model_json.get("id") or ""])[0]
     modelfile = f"# Modelfile generated by jupyter-modelrunner\nFROM {name}\n"
     if template:
         modelfile += f'TEMPLATE """{template}"""\n'
     return {"modelfile": modelfile, "parameters": "", "template": template or "", "details": _details(model_json),
             "model_info": _model_info(model_json.get("config") or {}, raw_config),
-            "capabilities": _capabilities(template),
+            "capabilities": _capabilities(template, multimodal=bool(model_json.get("multimodal"))),
             "modified_at": _rfc3339(model_json.get("created") or 0)}
 
 
-def _capabilities(template: str | None) -> list[str]:
-    """Ollama's capabilities, read off the chat template: "tools" when it handles tools, "thinking" when it has a
-    thinking block or switch (clients check these before offering tool calling or `think`)."""
+def _capabilities(template: str | None, *, multimodal: bool) -> list[str]:
+    """Ollama's capabilities: "tools" when the chat template handles tools, "thinking" when it has a thinking block or
+    switch, "vision" when the model has a multimodal projector (clients check these before offering tool calling,
+    `think` or image upload)."""
     capabilities = ["completion"]
     if template and "tools" in template:
         capabilities.append("tools")
     if template and any(marker in template for marker in _THINKING_MARKERS):
         capabilities.append("thinking")
+    if multimodal:
+        capabilities.append("vision")
     return capabilities
 
 

@@ -9,6 +9,7 @@ closes the engine request (which stops the generation) and frees the runner (see
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -17,7 +18,11 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
-from .base import ModelRunnerHandler, openai_error
+from ..errors import InvalidReference
+from ..reference import parse_reference
+from ..store import Model
+from . import schemas
+from .base import SCOPE_INFERENCE, ModelRunnerHandler, openai_error
 from .relay import StreamRelayMixin
 
 #: The name every engine serves its one model under (see engines/*.py `--served-model-name`/`--model_alias`).
@@ -34,13 +39,27 @@ def rename_model(data: bytes, name: str) -> bytes:
     return _ENGINE_MODEL_FIELD.sub(lambda _m: replacement, data)
 
 
+def engine_error(content: bytes) -> bytes:
+    """An engine's OpenAI error, with the top-level `message` every error of ours has (Jupyter clients read it)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return content
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) and "message" not in body:
+        body["message"] = str(body["error"].get("message", ""))
+        return json.dumps(body).encode()
+    return content
+
+
 class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
     """`POST .../v1/chat/completions`, `.../v1/completions`, `.../v1/embeddings`."""
+
+    api_scope = SCOPE_INFERENCE
 
     @web.authenticated
     @authorized
     async def post(self, endpoint: str, engine: str | None = None) -> None:
-        body = self.json_body()
+        body = self.json_body(_BODIES[endpoint])
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise web.HTTPError(400, "Name the model in the request body, e.g. {\"model\": \"ai/smollm2\", ...}.")
@@ -52,6 +71,8 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
     async def _proxy(self, endpoint: str, engine: str | None, model: str, body: dict[str, Any]) -> None:
         mode = MODE_EMBEDDING if endpoint == "embeddings" else MODE_COMPLETION
         stream = bool(body.get("stream")) and endpoint != "embeddings"
+        if endpoint == "chat/completions":  # image_url parts: checked, and fetched here rather than by the engine
+            body = await self.service.prepare_images(model, body, engine=engine)
         upstream_body = {**body, "model": ENGINE_MODEL_NAME}
         async with self.service.scheduler.use(model, mode=mode, engine=engine) as runner:
             self.service.metrics.requests.labels(endpoint, runner.name).inc()
@@ -64,12 +85,13 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
                 response = await runner.request("POST", f"/v1/{endpoint}", json=upstream_body)
                 self.set_status(response.status_code)
                 self._copy_headers(response.headers)
-                self.finish(rename_model(backend.adapt_response(endpoint, response.content), model),
+                content = rename_model(backend.adapt_response(endpoint, response.content), model)
+                self.finish(engine_error(content) if response.status_code >= 400 else content,
                             set_content_type=response.headers.get("content-type", "application/json"))
                 return
             async with runner.stream("POST", f"/v1/{endpoint}", json=upstream_body) as upstream:
-                if upstream.status_code != 200:  # an error before the stream started: pass it on as it is
-                    content = b"".join([chunk async for chunk in upstream])
+                if upstream.status_code != 200:  # an error before the stream started: pass it on
+                    content = engine_error(b"".join([chunk async for chunk in upstream]))
                     self.set_status(upstream.status_code)
                     self.finish(content, set_content_type=upstream.headers.get("content-type", "application/json"))
                     return
@@ -93,30 +115,76 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
                 self.set_header(name, value)
 
 
+def model_object(tag: str, model: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's model object for one tag of a stored model (its JSON as `GET models` gives it)."""
+    return {"id": tag, "object": "model", "created": model["created"],
+            "owned_by": tag.split("/")[0] if "/" in tag else "library",
+            "model_id": model["id"], "format": model["config"].get("format")}
+
+
 class OpenAIModelsHandler(ModelRunnerHandler):
     """`GET .../v1/models`: every tag in the store, as OpenAI's model list (filtered by engine if named)."""
+
+    api_scope = SCOPE_INFERENCE
+
+    def engine_formats(self, engine: str | None) -> set[str] | None:
+        """The formats the named engine runs (None: no engine named, every format); 404 for an unknown engine."""
+        if engine is None:
+            return None
+        known = {e.name: e for e in self.service.scheduler.engines}
+        if engine not in known:
+            raise web.HTTPError(404, f"Unknown engine {engine!r}; engines: {', '.join(sorted(known))}.")
+        return set(known[engine].formats)
 
     @web.authenticated
     @authorized
     async def get(self, engine: str | None = None) -> None:
-        formats: set[str] | None = None
-        if engine is not None:
-            known = {e.name: e for e in self.service.scheduler.engines}
-            if engine not in known:
-                raise web.HTTPError(404, f"Unknown engine {engine!r}; engines: {', '.join(sorted(known))}.")
-            formats = set(known[engine].formats)
+        formats = self.engine_formats(engine)
         data = []
         for model in await self.service.models():
             if formats is not None and model["config"].get("format") not in formats:
                 continue
-            for tag in model["tags"]:
-                data.append({"id": tag, "object": "model", "created": model["created"],
-                             "owned_by": tag.split("/")[0] if "/" in tag else "library",
-                             "model_id": model["id"], "format": model["config"].get("format")})
+            data.extend(model_object(tag, model) for tag in model["tags"])
         self.send_json({"object": "list", "data": data})
 
 
-_ENGINE = r"(?P<engine>[a-z][a-z0-9._-]*)"
+class OpenAIModelHandler(OpenAIModelsHandler):
+    """`GET .../v1/models/{id}`: one model as OpenAI's model object, under the tag the name stands for (the id the
+    list gives it); ids hold slashes and colons (`ai/smollm2:latest`), sent as they are or percent-encoded."""
+
+    api_scope = SCOPE_INFERENCE
+
+    @web.authenticated
+    @authorized
+    async def get(self, model_id: str, engine: str | None = None) -> None:  # type: ignore[override]
+        formats = self.engine_formats(engine)
+        model = await asyncio.to_thread(self.service.store.resolve, model_id)
+        described = model.to_json()
+        if formats is not None and described["config"].get("format") not in formats:
+            raise web.HTTPError(404, f"Model {model_id!r} is a {described['config'].get('format')} model, which "
+                                     f"{engine} does not run.")
+        self.send_json(model_object(_tag_named(model, described["tags"], model_id, self.service.store.registry),
+                                    described))
+
+
+def _tag_named(model: Model, familiar: list[str], name: str, registry: str | None) -> str:
+    """The model's tag (in the list's familiar form) that `name` stands for; the first one for an id or digest."""
+    try:
+        wanted = parse_reference(name, registry=registry)
+    except InvalidReference:
+        wanted = None
+    if wanted is not None:
+        for full, shown in zip(model.tags, familiar, strict=False):
+            other = parse_reference(full)
+            if full == wanted.full or (other.repository, other.tag) == (wanted.repository, wanted.tag):
+                return shown
+    return familiar[0] if familiar else name
+
+
+_BODIES = {"chat/completions": schemas.CHAT, "completions": schemas.COMPLETION, "embeddings": schemas.EMBEDDING}
+#: `engines/{engine}/`: any segment, so that an unknown engine is answered (404) with the known ones.
+ENGINE_SEGMENT = r"(?P<engine>[^/]+)"
+_ENGINE = ENGINE_SEGMENT
 _ENDPOINT = r"(?P<endpoint>chat/completions|completions|embeddings)"
 
 default_handlers = [
@@ -126,4 +194,7 @@ default_handlers = [
     (r"engines/v1/models", OpenAIModelsHandler),
     (rf"engines/{_ENGINE}/v1/models", OpenAIModelsHandler),
     (r"v1/models", OpenAIModelsHandler),
+    (r"engines/v1/models/(?P<model_id>.+)", OpenAIModelHandler),
+    (rf"engines/{_ENGINE}/v1/models/(?P<model_id>.+)", OpenAIModelHandler),
+    (r"v1/models/(?P<model_id>.+)", OpenAIModelHandler),
 ]

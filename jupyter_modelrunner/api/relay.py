@@ -95,3 +95,13 @@ def sse_data(events: bytes) -> Iterator[dict[str, Any]]:
             if data and data != b"[DONE]":
                 with contextlib.suppress(ValueError):
                     yield json.loads(data)
+
+
+def engine_message(content: bytes) -> str:
+    """The message of an engine's error body (OpenAI's `{"error": {"message"}}`, a bare `{"error": "..."}`, or
+    text), for an error in the route's own shape."""
+    with contextlib.suppress(ValueError, AttributeError):
+        data = json.loads(content)
+        error = data.get("error", data)
+        return str(error.get("message", error) if isinstance(error, dict) else error)
+    return content.decode("utf-8", "replace")[:500]

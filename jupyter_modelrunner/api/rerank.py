@@ -18,6 +18,7 @@ from tornado import web
 from ..engines.base import MODE_RERANK
 from . import rerank_translate as translate
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
+from .openai import ENGINE_SEGMENT as _ENGINE
 
 
 class RerankHandler(ModelRunnerHandler):
@@ -28,7 +29,7 @@ class RerankHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self, kind: str, engine: str | None = None) -> None:
-        body = self.json_body()
+        body = self.json_body()  # described by schemas.RERANK and SCORE; checked by the translator, which says more
         try:
             request = translate.rerank_request(body) if kind == translate.RERANK else translate.score_request(body)
         except ValueError as exc:
@@ -68,7 +69,6 @@ def _engine_message(content: bytes) -> str:
     return content.decode("utf-8", "replace")[:500]
 
 
-_ENGINE = r"(?P<engine>[a-z][a-z0-9._-]*)"
 _KIND = r"(?P<kind>rerank|score)"
 
 default_handlers = [

@@ -1,7 +1,8 @@
 """Turn local weights into a model artifact in Docker's format, stored locally and ready to push.
 
-GGUF files become a v0.1 artifact (config JSON with the GGUF's key/values, like `docker model package`);
-a safetensors folder becomes a v0.2 artifact with one layer per file and its relative path annotated.
+GGUF files become a v0.1 artifact (config JSON with the GGUF's key/values, like `docker model package`), with
+a vision model's multimodal projector (a GGUF of its own) as a layer of Docker's `mmproj` type; a safetensors folder
+becomes a v0.2 artifact with one layer per file and its relative path annotated.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .sink import BlobStore
 MAX_GGUF_ARRAY_ITEMS = 50
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 _WEIGHT_SUFFIXES = (".safetensors",)
+#: The `general.architecture` of every multimodal projector GGUF (llama.cpp's clip/mtmd encoders).
+MMPROJ_ARCHITECTURE = "clip"
 
 
 def package_gguf(
@@ -33,26 +36,36 @@ def package_gguf(
     license_files: Sequence[Path] = (),
     chat_template: Path | None = None,
     context_size: int | None = None,
+    mmproj: Path | None = None,
 ) -> Any:
-    """Store `gguf_files` (one file, or the shards of one model in order) as the model `reference`."""
+    """Store `gguf_files` (one file, or the shards of one model in order) as the model `reference`.
+
+    `mmproj` is a vision model's multimodal projector (what llama.cpp's `convert_hf_to_gguf.py --mmproj` writes): it
+    becomes a layer of Docker's media type, which a pull links as `model.mmproj` and llama-server loads with `--mmproj`.
+    """
     files = [Path(gguf_files)] if isinstance(gguf_files, str | Path) else [Path(p) for p in gguf_files]
     if not files:
         raise UnsupportedArtifact("Give at least one GGUF file to package.")
     for path in files:
-        _require_file(path, "GGUF file")
-        with path.open("rb") as handle:
-            if handle.read(4) != b"GGUF":
-                raise UnsupportedArtifact(f"{path} is not a GGUF file (it does not start with the GGUF magic).")
+        _require_gguf(path, "GGUF file")
     facts = gguf_facts(files)
-    layers = [_file_layer(store, path, mt.GGUF, annotate_title=len(files) > 1) for path in files]
-    layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
-    if chat_template is not None:
-        layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
+    if facts["summary"]["architecture"] == MMPROJ_ARCHITECTURE:
+        raise UnsupportedArtifact(f"{files[0]} is a multimodal projector, not a model: give it with --mmproj, beside "
+                                  "the model's GGUF.")
+    if mmproj is not None:
+        _require_projector(Path(mmproj))
     config_inner: dict[str, Any] = {"format": mt.FORMAT_GGUF, **facts["summary"]}
     if context_size is not None:
         config_inner["context_size"] = _positive(context_size)
     config_inner["gguf"] = facts["gguf"]
-    return _store_artifact(store, reference, mt.MODEL_CONFIG_V01, config_inner, layers)
+    with store.adding():  # its blobs stay until the model is indexed (see Store.adding)
+        layers = [_file_layer(store, path, mt.GGUF, annotate_title=len(files) > 1) for path in files]
+        if mmproj is not None:
+            layers.append(_file_layer(store, mmproj, mt.MMPROJ))
+        layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
+        if chat_template is not None:
+            layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
+        return _store_artifact(store, reference, mt.MODEL_CONFIG_V01, config_inner, layers)
 
 
 def package_safetensors(
@@ -84,11 +97,6 @@ def package_safetensors(
     config_path = folder / "config.json"
     hf_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     summary, dtypes, header_meta = _safetensors_facts([p for p, _ in weights])
-    layers = [_file_layer(store, path, mt.SAFETENSORS, filepath=rel) for path, rel in weights]
-    layers += [_file_layer(store, path, mt.MODEL_FILE, filepath=rel) for path, rel in side_files]
-    layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
-    if chat_template is not None:
-        layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
     architectures = hf_config.get("architectures") or []
     config_inner: dict[str, Any] = {
         "format": mt.FORMAT_SAFETENSORS,
@@ -101,7 +109,13 @@ def package_safetensors(
     if context:
         config_inner["context_size"] = _positive(int(context))
     config_inner["safetensors"] = header_meta
-    return _store_artifact(store, reference, mt.MODEL_CONFIG_V02, config_inner, layers)
+    with store.adding():  # its blobs stay until the model is indexed (see Store.adding)
+        layers = [_file_layer(store, path, mt.SAFETENSORS, filepath=rel) for path, rel in weights]
+        layers += [_file_layer(store, path, mt.MODEL_FILE, filepath=rel) for path, rel in side_files]
+        layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
+        if chat_template is not None:
+            layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
+        return _store_artifact(store, reference, mt.MODEL_CONFIG_V02, config_inner, layers)
 
 
 def gguf_facts(files: Sequence[Path]) -> dict[str, Any]:
@@ -202,6 +216,27 @@ def _positive(value: int) -> int:
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise UnsupportedArtifact(f"{what} {path} does not exist or is not a file.")
+
+
+def _require_gguf(path: Path, what: str) -> None:
+    _require_file(path, what)
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise UnsupportedArtifact(f"{path} is not a GGUF file (it does not start with the GGUF magic).")
+
+
+def _require_projector(path: Path) -> None:
+    """A projector is a GGUF whose architecture is `clip` (llama.cpp's name for every vision/audio encoder): a model
+    GGUF given by mistake would only fail later, when llama-server starts."""
+    from gguf import GGUFReader  # heavy import, only when packaging
+
+    _require_gguf(path, "Multimodal projector")
+    field = GGUFReader(path, "r").fields.get("general.architecture")
+    architecture = _gguf_string(field.contents()) if field is not None and field.types else None
+    if architecture != MMPROJ_ARCHITECTURE:
+        raise UnsupportedArtifact(
+            f"{path} is not a multimodal projector (its GGUF architecture is {architecture or 'not recorded'}, not "
+            f"{MMPROJ_ARCHITECTURE!r}). llama.cpp's `convert_hf_to_gguf.py --mmproj` writes one from a vision model.")
 
 
 def _file_layer(

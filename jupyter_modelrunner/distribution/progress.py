@@ -92,7 +92,7 @@ class ProgressTracker:
     def _event(self, digest: str) -> ProgressEvent:
         pulled = sum(self._done.values())
         size = self._sizes.get(digest, 0)
-        verb = "Downloaded" if self.mode == "pull" else "Uploaded"
+        verb = {"pull": "Downloaded", "push": "Uploaded", "fsck": "Verified"}.get(self.mode, "Done")
         return ProgressEvent(
             type="progress",
             message=f"{verb}: {format_bytes(pulled)} of {format_bytes(self.total)}",

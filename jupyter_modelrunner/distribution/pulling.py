@@ -87,26 +87,29 @@ def pull(
         if layer.media_type not in KNOWN_LAYER_TYPES and on_progress:
             on_progress(ProgressEvent("warning", f"Ignoring a layer of unknown type {layer.media_type}."))
 
-    missing = [blob for blob in _unique(manifest.blobs) if not store.has_blob(blob.digest)]
-    _check_space(ref, store, missing)
-    tracker = ProgressTracker(on_progress, manifest.total_size)
-    present = [blob for blob in _unique(manifest.blobs) if blob not in missing]
-    for blob in present:
-        tracker.start_layer(blob.digest, blob.size, blob.size)
-    reused = sum(blob.size for blob in present)
-    if present and missing:
-        tracker.emit(ProgressEvent("progress", f"{len(present)} of {len(present) + len(missing)} blobs already "
-                                   "present", total=tracker.total, pulled=reused))
+    # From the first look at which blobs are present until the model is indexed, so `fsck --repair` cannot delete
+    # a blob this pull counts on (see Store.adding).
+    with store.adding():
+        missing = [blob for blob in _unique(manifest.blobs) if not store.has_blob(blob.digest)]
+        _check_space(ref, store, missing)
+        tracker = ProgressTracker(on_progress, manifest.total_size)
+        present = [blob for blob in _unique(manifest.blobs) if blob not in missing]
+        for blob in present:
+            tracker.start_layer(blob.digest, blob.size, blob.size)
+        reused = sum(blob.size for blob in present)
+        if present and missing:
+            tracker.emit(ProgressEvent("progress", f"{len(present)} of {len(present) + len(missing)} blobs already "
+                                       "present", total=tracker.total, pulled=reused))
 
-    cancel = cancel or threading.Event()
-    downloaded = _download_all(client, store, manifest, missing, tracker, cancel, max_workers)
-    # Reading the config proves it is a model config we can parse before the model becomes visible.
-    parse_config(store.blob_path(manifest.config.digest).read_bytes())
-    try:
-        model = store.add_model(ref, raw)
-    except ModelRunnerError:
-        store.discard_unreferenced([blob.digest for blob in missing])
-        raise
+        cancel = cancel or threading.Event()
+        downloaded = _download_all(client, store, manifest, missing, tracker, cancel, max_workers)
+        # Reading the config proves it is a model config we can parse before the model becomes visible.
+        parse_config(store.blob_path(manifest.config.digest).read_bytes())
+        try:
+            model = store.add_model(ref, raw)
+        except ModelRunnerError:
+            store.discard_unreferenced([blob.digest for blob in missing])
+            raise
     tracker.emit(ProgressEvent("success", f"Model {ref.familiar} pulled successfully ({manifest.digest[:19]})",
                                total=tracker.total, pulled=tracker.total))
     return PullResult(ref, manifest.digest, downloaded, reused, model)

@@ -36,6 +36,12 @@ class EngineUnavailable(ModelRunnerError):
     http_status = 501
 
 
+class UnknownEngine(EngineUnavailable):
+    """An engine name (a URL's `engines/{engine}/`, `--engine`) that is none of ours."""
+
+    http_status = 404
+
+
 class EngineFlagRefused(ModelRunnerError):
     """A runtime flag outside the engine's allowlist."""
 
@@ -293,6 +299,10 @@ class Engine(ABC):
         runtime = self.gpu_runtime_bytes if on_gpu else self.overhead_bytes
         return runtime + facts.weights_bytes + slots * facts.kv_cache_bytes(context)
 
+    def capacity(self, plan: LoadPlan) -> int:
+        """Requests a started engine works on at once (more wait in it): its slots."""
+        return plan.slots
+
     def fixed_slots(self, mode: str) -> int | None:
         """Slots an engine always uses in `mode` whatever the user says (None: the user or the default decide)."""
         return None
@@ -329,6 +339,12 @@ class Engine(ABC):
         """Reshape the engine's answer (a whole JSON body, or complete SSE events) where its fields differ from
         what clients expect of the runner. Bytes in, bytes out; the default changes nothing."""
         return data
+
+    def image_refusal(self, model: Model, name: str) -> str | None:
+        """Why this engine cannot take images for `model` (asked for as `name`), as the sentence of a 400; None when
+        it can. Asked before a request with images loads anything. The default lets the engine judge: vLLM knows
+        whether its model has a vision tower, and says so in its own error."""
+        return None
 
     async def reported_context(self, client: object) -> int | None:
         """The context size per request the started engine reports (None when it cannot say)."""

@@ -404,6 +404,19 @@ class LlamaCppEngine(Engine):
             body = {**body, "response_format": {"type": "json_object", **({"schema": schema} if schema else {})}}
         return body
 
+    def image_refusal(self, model: Model, name: str) -> str | None:
+        """llama.cpp sees images through the artifact's multimodal projector, loaded by llama-server (`--mmproj`).
+        The fallback could only with a chat handler per model family, which its server does not choose by itself."""
+        if model.projector is None:
+            return (f"The model {name} has no multimodal projector, so it cannot take images. A vision model's GGUF "
+                    "comes with one: package both with `jupyter modelrunner package --gguf MODEL.gguf --mmproj "
+                    "MMPROJ.gguf NAME`.")
+        server = self.server
+        if server is None or _server_version(str(server)) is None:  # what availability() falls back from, too
+            return (f"The model {name} runs on llama-cpp-python's server here (llama-server is not installed or cannot "
+                    f"run), which cannot take images; `{INSTALL_COMMAND}` installs llama-server, which can.")
+        return None
+
     async def reported_context(self, client: Any) -> int | None:
         """llama-server's `/props` says the context each slot got; the fallback has no such route."""
         try:

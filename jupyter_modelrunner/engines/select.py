@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import mediatypes as mt
-from .base import Engine, EngineUnavailable
+from .base import Engine, EngineUnavailable, UnknownEngine
 from .hardware import Hardware
 from .llamacpp import LlamaCppEngine
 from .vllm import VllmEngine
@@ -47,7 +47,7 @@ def select_engine(
     if forced:
         name = ENGINE_ALIASES.get(forced.lower())
         if name is None or name not in by_name:
-            raise EngineUnavailable(f"Unknown engine {forced!r}; choose one of {', '.join(by_name)}.")
+            raise UnknownEngine(f"Unknown engine {forced!r}; choose one of {', '.join(by_name)}.")
         engine = by_name[name]
         if fmt not in engine.formats:
             raise EngineUnavailable(f"{engine.name} cannot run {fmt} models; {_natural(fmt)} does.")

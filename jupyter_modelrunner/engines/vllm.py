@@ -177,6 +177,13 @@ class VllmEngine(Engine):
             return int(flags[i + 1]), None, flags[:i] + flags[i + 2:]
         return None, None, flags
 
+    def capacity(self, plan: LoadPlan) -> int:
+        """vLLM batches every request its KV pool holds: `--max-num-seqs`, 256 by default."""
+        flags = list(plan.flags)
+        if "--max-num-seqs" in flags[:-1]:
+            return int(flags[flags.index("--max-num-seqs") + 1])
+        return 256
+
     def standby(self, hardware: Hardware, cache_dir: Path) -> StandbySpec | None:
         """vLLM's OpenAI server with its imports done (7-8 s of torch, transformers and vLLM on a CPU), waiting on
         stdin for the model (engines/vllm_standby.py; `-P` keeps this package's folder off its path)."""

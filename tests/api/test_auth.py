@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 from tornado import web
 
 from jupyter_modelrunner.api import routes
-from jupyter_modelrunner.api.base import SCOPE_INFERENCE
+from jupyter_modelrunner.api.base import SCOPE_INFERENCE, SCOPE_MANAGE
+from jupyter_modelrunner.keys import KeyRing, digest
+
+from ..conftest import TEST_API_KEY
 
 pytestmark = pytest.mark.timeout(120)
-SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp"}  # groups that are not a list of literal alternatives
+#: Values for the URL groups that are not a list of literal alternatives.
+SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp", "response_id": "resp_0", "model_id": "ai/tiny:latest"}
 VERBS = ("get", "post", "put", "patch", "delete")
 
 
@@ -32,7 +38,7 @@ def every_route() -> list[tuple[str, str]]:
                 values = group.group(2).split("|") if literal else [SAMPLES[group.group(1)]]
                 expanded += [path[: group.start()] + value + path[group.end() :] for value in values]
             paths = expanded
-        for path in paths:
+        for path in (p.replace("\\.", ".") for p in paths):  # `openapi\.json` is requested as `openapi.json`
             for verb in VERBS:
                 if getattr(handler, verb) is not getattr(web.RequestHandler, verb):
                     cases.append((verb.upper(), path))
@@ -45,16 +51,31 @@ ROUTES = every_route()
 def test_the_route_table_is_complete():
     paths = {path for _, path in ROUTES}
     for expected in ("models", "models/create", "engines/v1/chat/completions", "v1/models", "engines/status",
-                     "engines/unload", "api/chat", "api/tags", "metrics", "v1/rerank", "v1/score",
-                     "engines/v1/rerank", "engines/llama.cpp/v1/score"):
+                     "engines/unload", "api/chat", "api/tags", "metrics", "v1/messages", "v1/messages/count_tokens",
+                     "anthropic/v1/messages", "engines/llama.cpp/v1/messages", "v1/responses", "responses",
+                     "engines/v1/responses/resp_0", "v1/responses/resp_0/input_items", "v1/responses/input_tokens",
+                     "v1/models/ai/tiny:latest", "engines/llama.cpp/v1/models/ai/tiny:latest", "api/embeddings",
+                     "api/copy", "api/push", "v1/rerank", "v1/score", "engines/v1/rerank",
+                     "engines/llama.cpp/v1/score"):
         assert expected in paths
     assert len(ROUTES) >= 30
 
 
-def test_rerank_and_score_are_inference_routes():
-    """A scoped inference key may rerank and score: they answer with a model, and manage nothing."""
-    handlers = {handler for pattern, handler in routes("") if "rerank|score" in pattern}
-    assert handlers and all(handler.api_scope == SCOPE_INFERENCE for handler in handlers)
+def handler_of(path: str) -> type:
+    """The handler tornado picks for `path`: the first pattern of the table that matches."""
+    return next(handler for pattern, handler in routes("") if re.fullmatch(pattern.lstrip("/"), path))
+
+
+@pytest.mark.parametrize(("path", "scope"), [
+    ("v1/messages", SCOPE_INFERENCE), ("anthropic/v1/messages/count_tokens", SCOPE_INFERENCE),
+    ("v1/responses", SCOPE_INFERENCE), ("v1/responses/resp_0", SCOPE_INFERENCE),
+    ("v1/responses/resp_0/input_items", SCOPE_INFERENCE), ("v1/responses/input_tokens", SCOPE_INFERENCE),
+    ("v1/models/ai/tiny:latest", SCOPE_INFERENCE), ("api/embeddings", SCOPE_INFERENCE),
+    ("v1/rerank", SCOPE_INFERENCE), ("engines/llama.cpp/v1/score", SCOPE_INFERENCE),
+    ("api/copy", SCOPE_MANAGE), ("api/push", SCOPE_MANAGE),
+])
+def test_routes_that_answer_with_a_model_have_the_inference_scope_and_management_does_not(path, scope):
+    assert handler_of(path).api_scope == scope
 
 
 @pytest.fixture(scope="module", params=["jupyter", "standalone"])
@@ -79,3 +100,71 @@ def test_the_token_is_accepted_as_a_bearer_key_too(server):
         response = httpx.get(server.url + "models", headers={"Authorization": f"{scheme} {server.token}"},
                              trust_env=False)
         assert response.status_code == 200
+
+
+# -- scoped inference keys ------------------------------------------------------------------------------------
+
+
+def _handlers() -> dict[str, type]:
+    """Sample path → its handler class, for the scope each route declares."""
+    by_path = {}
+    for pattern, handler in routes(""):
+        for _, path in [(m, p) for m, p in every_route() if re.fullmatch(pattern.lstrip("/"), p)]:
+            by_path.setdefault(path, handler)
+    return by_path
+
+
+INFERENCE_BODIES = {
+    "engines/v1/chat/completions": {"model": "ai/tiny", "max_tokens": 2,
+                                    "messages": [{"role": "user", "content": "Hi"}]},
+    "api/chat": {"model": "ai/tiny", "stream": False, "options": {"num_predict": 2},
+                 "messages": [{"role": "user", "content": "Hi"}]},
+}
+JUPYTER_ROUTES = [("GET", "api/kernels"), ("POST", "api/kernels"), ("GET", "api/contents"), ("GET", "api/sessions"),
+                  ("GET", "api/kernelspecs"), ("GET", "api/terminals"), ("GET", "api/config/notebook")]
+
+
+def test_an_inference_key_asks_models_and_nothing_else(server):
+    handlers = _handlers()
+    key = {"Authorization": f"Bearer {TEST_API_KEY}"}
+    wrong = []
+    with httpx.Client(base_url=server.url, headers=key, trust_env=False, timeout=120) as http:
+        for method, path in ROUTES:
+            inference = getattr(handlers[path], "api_scope", None) == SCOPE_INFERENCE
+            if method == "DELETE" and not inference:
+                continue  # a refused DELETE proves nothing more than a refused POST, and an accepted one would harm
+            response = http.request(method, path, json=INFERENCE_BODIES.get(path, {}) if method != "GET" else None)
+            if inference and response.status_code in (401, 403):
+                wrong.append(f"{method} {path} refused the key ({response.status_code})")
+            if not inference and response.status_code != 403:
+                wrong.append(f"{method} {path} let the key manage ({response.status_code})")
+        assert not wrong, "; ".join(wrong)
+        # what a client with only the key does, answered for real
+        assert http.get("v1/models").status_code == 200 and http.get("api/tags").status_code == 200
+        answer = http.post("engines/v1/chat/completions", json=INFERENCE_BODIES["engines/v1/chat/completions"])
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] is not None
+        refused = http.post("models/create", json={"from": "ai/tiny"})
+        assert refused.status_code == 403 and "needs the Jupyter token" in refused.json()["message"]
+    # Jupyter's own routes do not know the key at all
+    with httpx.Client(base_url=server.origin, headers=key, trust_env=False, timeout=30) as http:
+        for method, path in JUPYTER_ROUTES:
+            status = http.request(method, path, json={} if method == "POST" else None).status_code
+            assert status in (401, 403, 404), f"{method} {path} -> {status}"
+
+
+def test_a_wrong_key_is_401_as_openai_says_it(server):
+    response = httpx.get(server.url + "v1/models", headers={"Authorization": "Bearer mrk-not-a-key"},
+                         trust_env=False)
+    assert response.status_code == 401 and "Invalid or revoked API key" in response.json()["error"]["message"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_keys_made_with_the_cli_work_at_once_and_revoking_needs_no_restart(server):
+    ring = KeyRing(Path(server.env["JUPYTER_CONFIG_DIR"]) / "modelrunner" / "keys.json")
+    key = ring.create(f"app-{os.getpid()}-{server.port}")
+    stored = ring.path.read_text()
+    assert key not in stored and digest(key) in stored and oct(ring.path.stat().st_mode & 0o777) == "0o600"
+    url, headers = server.url + "v1/models", {"Authorization": f"Bearer {key}"}
+    assert httpx.get(url, headers=headers, trust_env=False).status_code == 200
+    ring.revoke(f"app-{os.getpid()}-{server.port}")
+    assert httpx.get(url, headers=headers, trust_env=False).status_code == 401

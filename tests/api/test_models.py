@@ -133,6 +133,15 @@ async def test_package_makes_a_model_from_files_on_the_server(jp_fetch, tiny_ggu
     assert missing.code in (400, 404, 422) and "absent.gguf" in json.loads(missing.body)["message"]
 
 
+async def test_package_takes_a_projector(jp_fetch, tiny_vision, tiny_gguf):
+    response = await jp_fetch(API, "models", "package", method="POST", body=json.dumps(
+        {"tag": "ai/seeing", "gguf": [str(tiny_vision.gguf)], "mmproj": str(tiny_vision.mmproj)}))
+    assert response.code == 201 and json.loads(response.body)["multimodal"] is True
+    wrong = await jp_fetch(API, "models", "package", method="POST", raise_error=False, body=json.dumps(
+        {"tag": "ai/nope", "gguf": [str(tiny_vision.gguf)], "mmproj": str(tiny_gguf)}))
+    assert wrong.code == 422 and "not a multimodal projector" in json.loads(wrong.body)["message"]
+
+
 async def test_a_safetensors_model_lists_why_no_engine_can_run_it(jp_fetch, jp_serverapp, registry, seeded):
     await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "ai/tiny-st"}))
     listed = {m["tags"][0]: m for m in json.loads((await jp_fetch(API, "models")).body)}
@@ -200,3 +209,52 @@ async def test_a_client_that_leaves_stops_the_pull_within_a_read_and_the_next_pu
         assert lines(response)[-1]["type"] == "success"
         assert proxy.bytes_downstream < SLOW_BLOB_BYTES - have + 256 * 1024  # the rest, not the whole layer
     assert runner_store.has_blob(layer) and not partial.exists()
+
+
+def _flip_weights(store: Store, name: str) -> None:
+    """Damage the model's weights blob in place (same size), as a failing disk would."""
+    model = store.resolve(name)
+    path = store.blob_path(model.manifest.layers[0].digest)
+    path.chmod(0o644)
+    with path.open("r+b") as handle:
+        handle.seek(64)
+        handle.write(b"\xff" * 16)
+    path.chmod(0o444)
+
+
+async def test_fsck_reports_and_repairs_through_the_api(jp_fetch, runner_store: Store):
+    async def fsck(**body):
+        return json.loads((await jp_fetch(API, "models", "fsck", method="POST", body=json.dumps(body))).body)
+
+    clean = await fsck()
+    assert clean["clean"] and clean["problems"] == [] and clean["models"] == 1 and clean["checked_bytes"] > 0
+
+    await jp_fetch(API, "models", "load", method="POST", body=json.dumps({"model": "ai/tiny"}))
+    _flip_weights(runner_store, "ai/tiny")
+    found = await fsck()
+    assert not found["clean"] and found["remaining"] == 1
+    (problem,) = found["problems"]
+    assert problem["model"] == "ai/tiny:latest" and problem["kind"] == "blob-corrupt" and not problem["repaired"]
+    assert "removes the model from the index" in problem["repair"]
+
+    repaired = await fsck(repair=True)
+    assert repaired["clean"] and repaired["repair_ran"] and repaired["removed"][0]["tags"] == ["ai/tiny:latest"]
+    assert json.loads((await jp_fetch(API, "models")).body) == []
+    assert json.loads((await jp_fetch(API, "engines", "ps")).body) == []  # its engine was stopped first
+    assert (await fsck())["clean"]
+    pulled = await jp_fetch(API, "models", "create", method="POST", body=json.dumps({"from": "ai/tiny"}))
+    assert lines(pulled)[-1]["type"] == "success"
+    assert (await fsck())["clean"]
+
+
+async def test_fsck_streams_progress_when_asked_and_refuses_a_bad_body(jp_fetch):
+    response = await jp_fetch(API, "models", "fsck", method="POST", body=json.dumps({"stream": True}))
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    events = lines(response)
+    assert events[-1]["type"] == "success" and events[-1]["report"]["clean"]
+    progress = [e for e in events if e["type"] == "progress"]
+    assert progress and progress[-1]["mode"] == "fsck" and progress[-1]["pulled"] == progress[-1]["total"]
+    refused = await jp_fetch(API, "models", "fsck", method="POST", body=json.dumps({"repair": "yes"}),
+                             raise_error=False)
+    message = json.loads(refused.body)["message"]
+    assert refused.code == 400 and "(at repair)" in message and "boolean" in message

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import httpx
 import ollama
 import pytest
 from pydantic import BaseModel
@@ -48,6 +49,31 @@ def test_generate_and_embed(client):
     assert answer.done and answer.response
     vectors = client.embed(model="ai/tiny", input=["a", "b"])
     assert len(vectors.embeddings) == 2 and len(vectors.embeddings[0]) == 64
+
+
+def test_legacy_embeddings_give_the_vector_embed_gives(client):
+    vector = client.embeddings(model="ai/tiny", prompt="hello").embedding
+    assert len(vector) == 64
+    assert list(vector) == client.embed(model="ai/tiny", input="hello").embeddings[0]
+    assert list(client.embeddings(model="ai/tiny", prompt="").embedding) == []
+
+
+def test_copy_names_the_model_again_and_push_uploads_it(client, registry):
+    name = f"ai/tiny-copy-{os.urandom(3).hex()}"
+    assert client.copy("ai/tiny", name).status == "success"
+    assert any(m.model.endswith(f"{name}:latest") for m in client.list().models)
+    assert client.show(name).details.format == "gguf"
+    assert client.push(name).status == "success"
+    tags = httpx.get(f"http://{registry.host}/v2/{name}/tags/list", trust_env=False).json()
+    assert tags["tags"] == ["latest"]
+    statuses = [part.status for part in client.push(name, stream=True)]
+    assert statuses[-1] == "success"
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.copy("ai/absent", "ai/other")
+    assert caught.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.push("ai/absent")
+    assert caught.value.status_code == 404 and "ai/absent" in caught.value.error
 
 
 def test_ps_shows_the_loaded_model(client):

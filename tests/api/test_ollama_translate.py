@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime
 
@@ -130,11 +131,44 @@ def test_unknown_format_is_rejected():
         chat_request_to_openai({"model": "m", "format": "yaml"})
 
 
-def test_images_are_rejected_in_chat_and_generate():
-    with pytest.raises(ValueError, match="images are not supported"):
-        chat_request_to_openai({"model": "m", "messages": [{"role": "user", "content": "?", "images": ["iVBO"]}]})
-    with pytest.raises(ValueError, match="images are not supported"):
-        generate_request_to_openai({"model": "m", "prompt": "?", "images": ["iVBO"]})
+PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20).decode()
+JPEG_B64 = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 20).decode()
+
+
+def test_chat_images_become_image_url_parts_after_the_text():
+    request = chat_request_to_openai({"model": "m", "messages": [
+        {"role": "user", "content": "What is this?", "images": [PNG_B64, JPEG_B64]},
+        {"role": "assistant", "content": "A square."}]})
+    first, second = request["messages"]
+    assert first["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
+        {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{JPEG_B64}"}},
+    ]
+    assert second["content"] == "A square."  # messages without images keep a plain string
+
+
+def test_generate_images_join_the_prompt_and_a_raw_prompt_cannot_place_them():
+    path, request = generate_request_to_openai({"model": "m", "prompt": "Describe", "images": [PNG_B64],
+                                                "system": "Be brief"})
+    assert path == "/v1/chat/completions"
+    assert request["messages"] == [
+        {"role": "system", "content": "Be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "Describe"},
+                                     {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}]},
+    ]
+    with pytest.raises(ValueError, match="raw prompt"):
+        generate_request_to_openai({"model": "m", "prompt": "x", "raw": True, "images": [PNG_B64]})
+
+
+def test_an_image_alone_and_images_that_are_not_base64():
+    request = chat_request_to_openai({"model": "m", "messages": [{"role": "user", "images": [PNG_B64]}]})
+    assert request["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}]
+    with pytest.raises(ValueError, match=r"message 0's images\[0\] is not base64"):
+        chat_request_to_openai({"model": "m", "messages": [{"role": "user", "content": "?", "images": ["%%%"]}]})
+    with pytest.raises(ValueError, match="must be a list of base64-encoded images"):
+        chat_request_to_openai({"model": "m", "messages": [{"role": "user", "content": "?", "images": "iVBO"}]})
 
 
 def test_empty_images_list_is_not_an_image():
@@ -370,6 +404,11 @@ def test_show_response_without_gguf_metadata_or_template():
 def test_show_response_advertises_tools_when_the_template_handles_them():
     shown = show_response(MODEL_JSON, "{% if tools %}{{ tools | tojson }}{% endif %}", RAW_CONFIG)
     assert shown["capabilities"] == ["completion", "tools"]
+
+
+def test_show_response_advertises_vision_when_the_model_has_a_projector():
+    shown = show_response(MODEL_JSON | {"multimodal": True}, None, RAW_CONFIG)
+    assert shown["capabilities"] == ["completion", "vision"]
 
 
 def test_error_body_is_ollamas_error_shape():

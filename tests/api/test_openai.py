@@ -86,8 +86,9 @@ def test_unknown_model_is_a_404_with_the_pull_command(sdk):
 
 def test_wrong_token_is_refused(jupyter):
     client = openai.OpenAI(base_url=jupyter.url + "engines/v1", api_key="wrong-token", max_retries=0)
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.AuthenticationError) as caught:  # 401, as OpenAI answers a bad key
         client.models.list()
+    assert "key create" in caught.value.body["message"]
 
 
 def runner_of(jupyter, model: str) -> dict:
@@ -255,3 +256,27 @@ def test_eight_streams_are_answered_at_once_by_the_engines_slots(jupyter, sdk):
     assert all(text and finish == "length" for text, finish in finished)  # 1500 tokens each, none cut short
     assert at_once == 8  # all eight were being generated at one moment
     assert runner_of(jupyter, "ai/tiny-long")["slots"] >= 8
+
+
+# -- one model: GET v1/models/{id} ------------------------------------------------------------------------------
+
+
+def test_retrieve_a_model_by_any_of_its_names_gives_the_lists_id(jupyter, sdk):
+    listed = next(m.id for m in sdk.models.list() if m.id.endswith("ai/tiny:latest"))
+    model_id = next(m.model_id for m in sdk.models.list() if m.id == listed)
+    for name in ("ai/tiny", listed, model_id.removeprefix("sha256:")[:12]):
+        model = sdk.models.retrieve(name)  # the SDK percent-encodes the slash
+        assert (model.id, model.object) == (listed, "model")
+        assert model.model_id == model_id and model.format == "gguf"
+    with jupyter.client() as http:  # as written, unencoded, and under an engine's route
+        assert http.get(f"v1/models/{listed}").json()["id"] == listed
+        assert http.get("engines/llama.cpp/v1/models/ai/tiny").json()["id"] == listed
+        refused = http.get("engines/vllm/v1/models/ai/tiny")
+        assert refused.status_code == 404 and "vllm does not run" in refused.json()["error"]["message"]
+
+
+def test_retrieve_an_unknown_model_is_openais_404(sdk):
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.models.retrieve("ai/not-pulled:latest")
+    assert caught.value.body["type"] == "not_found_error"
+    assert "pull ai/not-pulled" in caught.value.body["message"]

@@ -104,18 +104,61 @@ def test_llama_server_is_started_on_a_socket_with_slots_jinja_metrics_and_the_ar
     assert "--reasoning-format" not in rerank
 
 
-def test_the_chat_template_and_projector_layers_are_passed(tmp_path, tiny_4k):
-    template, projector = tmp_path / "chat.jinja", tmp_path / "proj.gguf"
+def test_the_chat_template_and_projector_layers_are_passed(tmp_path, tiny_vision, tiny_4k):
+    template = tmp_path / "chat.jinja"
     template.write_text("{{ messages[0]['content'] }}")
-    projector.write_bytes(b"GGUF")
     store = Store(tmp_path / "store", registry="127.0.0.1:1")
-    model = package_gguf(store, tiny_4k, ref("ai/tiny-vision"), chat_template=template)
-    # An mmproj layer comes from a registry (package has no option for it yet): link one into the bundle.
-    (model.bundle / "model.mmproj").hardlink_to(projector)
-    argv = LlamaCppEngine(server="/x/llama-server").launch(
-        model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion").argv
+    model = package_gguf(store, tiny_vision.gguf, ref("ai/tiny-vision"), chat_template=template,
+                         mmproj=tiny_vision.mmproj)
+    engine = LlamaCppEngine(server="/x/llama-server")
+    argv = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion").argv
     assert argv[argv.index("--chat-template-file") + 1] == str(model.bundle / "template.jinja")
     assert argv[argv.index("--mmproj") + 1] == str(model.bundle / "model.mmproj")
+    text_only = package_gguf(store, tiny_4k, ref("ai/tiny-text"))
+    argv = engine.launch(text_only, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion").argv
+    assert "--mmproj" not in argv
+
+
+def test_images_are_refused_without_a_projector_and_on_the_fallback(tmp_path, tiny_vision, tiny_4k, server_engine):
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    vision = package_gguf(store, tiny_vision.gguf, ref("ai/tiny-vision"), mmproj=tiny_vision.mmproj)
+    text_only = package_gguf(store, tiny_4k, ref("ai/tiny-text"))
+    server = server_engine
+    assert server.image_refusal(vision, "ai/tiny-vision") is None
+    refusal = server.image_refusal(text_only, "ai/tiny-text")
+    assert refusal and "ai/tiny-text has no multimodal projector" in refusal and "package" in refusal
+    assert "--mmproj" in refusal
+    for fallback in (LlamaCppEngine(server="none"), LlamaCppEngine(server=str(tmp_path / "no-such-llama-server"))):
+        refusal = fallback.image_refusal(vision, "ai/tiny-vision")
+        assert refusal and "llama-cpp-python" in refusal and "jupyter modelrunner install-runner llama.cpp" in refusal
+
+
+def test_llama_server_encodes_an_image_through_the_projector(tmp_path, tiny_vision, server_engine):
+    """The real engine: the projector loads, and an image part is encoded into the prompt (llama-server logs it at
+    verbosity 4, a runtime flag users may set with `configure MODEL -- -lv 4`)."""
+    from ..support.vision import IMAGE_ENCODED_LOG, data_url, png
+
+    store = Store(tmp_path / "store", registry="127.0.0.1:1")
+    package_gguf(store, tiny_vision.gguf, ref("ai/tiny-vision"), mmproj=tiny_vision.mmproj)
+    question = {"model": "model", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in the image?"},
+        {"type": "image_url", "image_url": {"url": data_url(png(rgb=(0, 0, 255)))}}]}]}
+
+    async def scenario():
+        scheduler = Scheduler(store, engines=[server_engine], keep_alive=60)
+        scheduler.configure("ai/tiny-vision", runtime_flags=["-lv", "4"])
+        try:
+            async with scheduler.use("ai/tiny-vision") as runner:
+                response = await runner.request("POST", "/v1/chat/completions", json=question)
+                return response.status_code, response.json(), runner.log_tail(400)
+        finally:
+            await scheduler.shutdown()
+
+    status, answer, log = asyncio.run(scenario())
+    assert status == 200, answer
+    assert answer["choices"][0]["message"]["content"]
+    assert "loaded multimodal model" in log
+    assert IMAGE_ENCODED_LOG in log
 
 
 # -- runtime flags ----------------------------------------------------------------------------------------

@@ -301,8 +301,8 @@ _INSTALL_SDIST_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".ca
 
 
 def llama_cpp_sdist(cache_dir: Path | None = None) -> Path:
-    """The llama-cpp-python sdist that vendors llama.cpp's source: install-runner's copy, else one downloaded into the
-    test cache (never copied into this repository)."""
+    """The pinned llama-cpp-python sdist, whose `vendor/llama.cpp` is the source of the llama-server the tests run:
+    install-runner's copy, else one downloaded with pip into the test cache (under a lock, once)."""
     cache = Path(cache_dir or os.environ.get("MODEL_RUNNER_TEST_CACHE")
                  or Path.home() / ".cache" / "jupyter-modelrunner-tests")
     candidates = sorted(_INSTALL_SDIST_DIR.glob("llama_cpp_python-*.tar.gz")) + sorted(

@@ -1,0 +1,138 @@
+"""The JSON bodies the routes take, as JSON Schema: handlers validate requests with them (`json_body(SCHEMA)`)
+and openapi.py describes the routes with the same objects, so the description cannot drift from what is checked.
+
+They describe what we read and allow more: clients send fields we pass on to the engine unread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..engines.base import MODES
+
+
+def obj(properties: dict[str, Any], required: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    """A JSON object schema; more properties are allowed (clients send fields we pass on to the engine)."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties, **extra}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+NAME = {"type": "string", "minLength": 1, "description": "A model: `ai/smollm2`, `smollm2:latest`, a digest or "
+        "its first 12 characters."}
+PART = {"anyOf": [
+    obj({"type": {"const": "text"}, "text": {"type": "string"}}, ("type", "text")),
+    obj({"type": {"const": "image_url"}, "image_url": obj({"url": {"type": "string", "minLength": 1}}, ("url",))},
+        ("type", "image_url"))]}
+TEXT_OR_PARTS = {"anyOf": [{"type": "string"}, {"type": "array", "items": PART}, {"type": "null"}]}
+TOOL_CALL = obj({"id": {"type": "string"}, "type": {"const": "function"}, "function": obj({
+    "name": {"type": "string", "minLength": 1}, "arguments": {"type": "string"}}, ("name", "arguments"))},
+    ("type", "function"))
+MESSAGE = obj({"role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+               "content": TEXT_OR_PARTS, "tool_calls": {"type": "array", "items": TOOL_CALL},
+               "tool_call_id": {"type": "string"}}, ("role",))
+TOOL = obj({"type": {"const": "function"}, "function": obj({
+    "name": {"type": "string", "minLength": 1}, "description": {"type": "string"},
+    "parameters": {"type": "object"}}, ("name",))}, ("type", "function"))
+TOOL_CHOICE = {"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]},
+                         obj({"type": {"const": "function"}, "function": obj({"name": {"type": "string"}}, ("name",))},
+                             ("type", "function"))]}
+TOKENS = {"type": ["integer", "null"], "minimum": 1}
+SAMPLING = {"temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+            "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "seed": {"type": ["integer", "null"]}, "stream": {"type": ["boolean", "null"]},
+            "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]}}
+CHAT = obj({"model": NAME, "messages": {"type": "array", "items": MESSAGE, "minItems": 1},
+            "max_tokens": TOKENS, "max_completion_tokens": TOKENS,
+            "tools": {"type": "array", "items": TOOL}, "tool_choice": TOOL_CHOICE,
+            "response_format": {"type": "object"}, **SAMPLING}, ("model", "messages"),
+           example={"model": "ai/tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]})
+EMBED_INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                         {"type": "array", "items": {"type": "integer"}},
+                         {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]}
+COMPLETION = obj({"model": NAME, "prompt": EMBED_INPUT,
+                  "max_tokens": TOKENS, **SAMPLING},
+                 ("model", "prompt"), example={"model": "ai/tiny", "prompt": "Once upon", "max_tokens": 8})
+EMBEDDING = obj({"model": NAME, "input": EMBED_INPUT,
+                  "encoding_format": {"type": "string", "enum": ["float", "base64"]}}, ("model", "input"))
+OLLAMA_OPTIONS = obj({"num_ctx": {"type": "integer", "minimum": 1}, "num_predict": {"type": "integer"},
+                       "temperature": {"type": "number"}, "seed": {"type": "integer"}})
+OLLAMA_COMMON = {"model": NAME, "stream": {"type": "boolean"}, "options": OLLAMA_OPTIONS,
+                 "format": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+                 "keep_alive": {"anyOf": [{"type": "string"}, {"type": "number"}]},
+                 # Checked by ollama_translate, whose refusal names the levels.
+                 "think": {"anyOf": [{"type": "boolean"}, {"type": "string"}],
+                           "description": "true, false, or a reasoning effort: low, medium, high"}}
+# Ollama's routes take the model as `model` or (older clients) `name`: the handlers say when neither is there.
+OLLAMA_CHAT = obj({**OLLAMA_COMMON, "name": NAME, "messages": {"type": "array", "items": MESSAGE},
+                   "tools": {"type": "array", "items": TOOL}})
+OLLAMA_GENERATE = obj({**OLLAMA_COMMON, "name": NAME, "prompt": {"type": "string"}, "system": {"type": "string"},
+                       "raw": {"type": "boolean"}})
+OLLAMA_EMBED = obj({"model": NAME, "name": NAME, "input": EMBED_INPUT,
+                    "prompt": {"type": "string"}})
+OLLAMA_NAME = obj({"model": NAME, "name": NAME})
+# Rerank and score, described here and checked by rerank_translate (its refusals say more). A text is a string or
+# Cohere's and Jina's {"text": ...}.
+TEXT_ITEM = {"anyOf": [{"type": "string", "minLength": 1},
+                       obj({"text": {"type": "string", "minLength": 1}}, ("text",))]}
+TEXTS = {"anyOf": [TEXT_ITEM, {"type": "array", "items": TEXT_ITEM, "minItems": 1}]}
+RERANK = obj({"model": NAME, "query": TEXT_ITEM, "documents": TEXTS,
+              "top_n": {"type": ["integer", "null"], "minimum": 0}, "return_documents": {"type": "boolean"}},
+             ("model", "query", "documents"),
+             example={"model": "ai/tiny-reranker", "query": "capital of France",
+                      "documents": ["Paris is the capital of France.", "Bananas are yellow."]})
+SCORE = obj({"model": NAME, **{field: TEXTS for field in ("text_1", "text_2", "queries", "documents", "items",
+                                                           "data_1", "data_2")}}, ("model",),
+            example={"model": "ai/tiny-reranker", "text_1": "capital of France",
+                     "text_2": ["Paris is the capital of France.", "Bananas are yellow."]})
+
+OPENAI_ERROR = obj({"message": {"type": "string"}, "error": obj({
+    "message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": ["integer", "string", "null"]}},
+    ("message", "type"))}, ("error",))
+OLLAMA_ERROR = obj({"error": {"type": "string"}}, ("error",))
+ANTHROPIC_ERROR = obj({"type": {"const": "error"}, "error": obj({"type": {"type": "string"},
+                                                                 "message": {"type": "string"}}, ("type", "message"))},
+                      ("type", "error"))
+MODEL = obj({"id": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+              "created": {"type": "integer"}, "size": {"type": "integer"}, "config": {"type": "object"}})
+TARGET = obj({"target": NAME})
+PULL = obj({"from": NAME, "model": NAME, "name": NAME})
+PACKAGE = obj({"tag": NAME, "gguf": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+               "safetensors_dir": {"type": "string"}, "chat_template": {"type": "string"},
+               "context_size": {"type": ["integer", "null"], "minimum": 1}, "mmproj": {"type": "string"},
+               "license": {"type": "array", "items": {"type": "string"}}}, ("tag",))
+LOAD = obj({"model": NAME, "engine": {"type": ["string", "null"]},
+            "mode": {"type": "string", "enum": list(MODES)}}, ("model",))
+GC = obj({"min_age": {"type": "number", "minimum": 0}})
+FSCK = obj({"repair": {"type": "boolean"}, "stream": {"type": "boolean"}})
+UNLOAD = obj({"all": {"type": "boolean"}, "models": {"type": "array", "items": NAME}, "model": NAME,
+              "backend": {"type": "string"}})
+CONFIGURE = obj({"model": NAME, "context-size": {"type": ["integer", "null"], "minimum": 1},
+                 "context_size": {"type": ["integer", "null"], "minimum": 1},
+                 "runtime-flags": {"type": "array", "items": {"type": "string"}},
+                 "runtime_flags": {"type": "array", "items": {"type": "string"}},
+                 "keep_alive": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]},
+                 "backend": {"type": ["string", "null"]}}, ("model",))
+OLLAMA_PULL = obj({**OLLAMA_NAME["properties"], "stream": {"type": "boolean"}, "insecure": {"type": "boolean"}})
+OLLAMA_COPY = obj({"source": NAME, "destination": NAME}, ("source", "destination"))
+
+# Anthropic Messages and OpenAI Responses: described here, checked by their translators (anthropic_translate.py,
+# responses_translate.py), which answer what they cannot translate with a 400 naming it.
+ANTHROPIC_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+MESSAGES = obj({"model": NAME, "max_tokens": {"type": "integer", "minimum": 1},
+                "messages": {"type": "array", "items": obj({"role": {"type": "string", "enum": ["user", "assistant"]},
+                                                             "content": ANTHROPIC_CONTENT}, ("role", "content"))},
+                "system": ANTHROPIC_CONTENT, "stream": {"type": "boolean"},
+                "stop_sequences": {"type": "array", "items": {"type": "string"}},
+                "temperature": {"type": "number"}, "top_p": {"type": "number"}, "top_k": {"type": "integer"},
+                "tools": {"type": "array", "items": {"type": "object"}}, "tool_choice": {"type": "object"}},
+               ("model", "max_tokens", "messages"),
+               example={"model": "ai/tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]})
+COUNT_TOKENS = obj({k: v for k, v in MESSAGES["properties"].items() if k != "max_tokens"}, ("model", "messages"))
+RESPONSE = obj({"model": NAME, "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                "instructions": {"type": ["string", "null"]}, "previous_response_id": {"type": ["string", "null"]},
+                "max_output_tokens": {"type": ["integer", "null"], "minimum": 1}, "stream": {"type": "boolean"},
+                "store": {"type": "boolean"}, "tools": {"type": "array", "items": {"type": "object"}},
+                "text": {"type": "object"}, "temperature": {"type": ["number", "null"]}},
+               ("model", "input"), example={"model": "ai/tiny", "input": "Hello", "max_output_tokens": 8})
