@@ -5,4 +5,5 @@ export namespace CommandIDs {
   export const unloadAll = 'modelrunner:unload-all';
   export const copySnippet = 'modelrunner:copy-openai-snippet';
   export const insertChatCell = 'modelrunner:insert-chat-cell';
+  export const askAboutImage = 'modelrunner:ask-about-image';
 }

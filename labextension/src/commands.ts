@@ -6,6 +6,7 @@
 
 import type { JupyterFrontEnd } from '@jupyterlab/application';
 import { Clipboard, ICommandPalette, InputDialog, showErrorMessage } from '@jupyterlab/apputils';
+import type { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import type { INotebookTracker } from '@jupyterlab/notebook';
 
 import { CommandIDs } from './commandids';
@@ -14,6 +15,7 @@ import { insertChatCell } from './notebook';
 import type { ModelRunnerSidebar } from './sidebar';
 import { openaiSnippet } from './snippets';
 import { message, ModelRunnerState } from './state';
+import { isImagePath, seesImages, visionModel } from './vision';
 
 export const PALETTE_CATEGORY = 'Model Runner';
 
@@ -22,6 +24,8 @@ export interface CommandContext {
   state: ModelRunnerState;
   sidebar: ModelRunnerSidebar;
   tracker: INotebookTracker | null;
+  /** The file browser, whose selected images "Ask a vision model about this image" takes. */
+  fileBrowser: IDefaultFileBrowser | null;
   /** The OpenAI endpoint's absolute URL (for the snippet's comment). */
   endpoint: string;
 }
@@ -104,6 +108,37 @@ export function registerCommands(ctx: CommandContext, palette: ICommandPalette |
       }
       await insertChatCell(app, ctx.tracker, targetModel(state, args));
     }
+  });
+
+  /** The image files selected in the file browser (server paths). */
+  const selectedImages = (): string[] => {
+    const items = ctx.fileBrowser ? Array.from(ctx.fileBrowser.selectedItems()) : [];
+    return items.filter(item => item.type !== 'directory' && isImagePath(item.path)).map(item => item.path);
+  };
+
+  app.commands.addCommand(CommandIDs.askAboutImage, {
+    label: 'Ask a Vision Model About This Image',
+    caption: 'Insert a %%chat cell with --image for the selected image files, for a model that can see them',
+    isVisible: () => ctx.tracker !== null && selectedImages().length > 0,
+    execute: async args => {
+      if (!ctx.tracker) {
+        throw new Error('The notebook plugin is not available.');
+      }
+      const images = Array.isArray(args.images) ? (args.images as string[]) : selectedImages();
+      let model = typeof args.model === 'string' ? args.model : '';
+      if (!model) {
+        if (!state.models.some(seesImages)) {
+          await state.refreshModels(); // packaged or pulled by another client since the panel last read the list
+        }
+        model = familiar(modelName(visionModel(state.models, state.selected)));
+      }
+      await insertChatCell(app, ctx.tracker, model, images);
+    }
+  });
+  app.contextMenu.addItem({
+    command: CommandIDs.askAboutImage,
+    selector: '.jp-DirListing-item[data-isdir="false"]',
+    rank: 60
   });
 
   if (palette) {

@@ -5,6 +5,7 @@
 
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
@@ -30,19 +31,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'Models sidebar, runners view and status-bar item for jupyter-modelrunner.',
   autoStart: true,
   requires: [],
-  optional: [ICommandPalette, IStatusBar, INotebookTracker],
+  optional: [ICommandPalette, IStatusBar, INotebookTracker, IDefaultFileBrowser],
   activate: (
     app: JupyterFrontEnd,
     palette: ICommandPalette | null,
     statusBar: IStatusBar | null,
-    tracker: INotebookTracker | null
+    tracker: INotebookTracker | null,
+    fileBrowser: IDefaultFileBrowser | null
   ): void => {
     const settings = ServerConnection.makeSettings();
     const state = new ModelRunnerState(new ModelRunnerClient(serverFetcher(settings)));
     const sidebar = new ModelRunnerSidebar(state, app.commands);
     app.shell.add(sidebar, 'left', { rank: 600 });
 
-    registerCommands({ app, state, sidebar, tracker, endpoint: endpointUrl(settings.baseUrl) }, palette);
+    registerCommands(
+      { app, state, sidebar, tracker, fileBrowser, endpoint: endpointUrl(settings.baseUrl) },
+      palette
+    );
 
     if (statusBar) {
       const item = new ModelRunnerStatus(state, () => app.shell.activateById(sidebar.id));

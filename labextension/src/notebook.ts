@@ -5,7 +5,7 @@
 import type { JupyterFrontEnd } from '@jupyterlab/application';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 
-import { chatCell, LOAD_EXT, loadsExtension } from './snippets';
+import { chatCell, LOAD_EXT, loadsExtension, relativeToNotebook } from './snippets';
 
 async function targetNotebook(app: JupyterFrontEnd, tracker: INotebookTracker): Promise<NotebookPanel> {
   const current = tracker.currentWidget;
@@ -35,12 +35,14 @@ function insertBelow(panel: NotebookPanel, source: string): void {
 /**
  * Insert `%%chat MODEL` / `Hello!` below the active cell. A cell magic must be its cell's first line, so
  * when no cell of the notebook loads the extension yet, a `%load_ext jupyter_modelrunner` cell goes
- * first. Returns the notebook, with the `%%chat` cell active.
+ * first. `images` are server paths (the file browser's), written relative to the notebook as `--image` options.
+ * Returns the notebook, with the `%%chat` cell active.
  */
 export async function insertChatCell(
   app: JupyterFrontEnd,
   tracker: INotebookTracker,
-  model: string
+  model: string,
+  images: string[] = []
 ): Promise<NotebookPanel> {
   const panel = await targetNotebook(app, tracker);
   await panel.context.ready;
@@ -48,7 +50,8 @@ export async function insertChatCell(
   if (!loadsExtension(sources)) {
     insertBelow(panel, LOAD_EXT);
   }
-  insertBelow(panel, chatCell(model));
+  const paths = images.map(image => relativeToNotebook(panel.context.path, image));
+  insertBelow(panel, chatCell(model, undefined, paths));
   panel.content.mode = 'command';
   panel.content.activate();
   return panel;

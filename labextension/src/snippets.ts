@@ -25,9 +25,33 @@ export function openaiSnippet(model: string, endpoint: string): string {
   ].join('\n');
 }
 
-/** A `%%chat` cell: the magic must be the cell's first line, so the extension loads in a cell of its own. */
-export function chatCell(model: string, prompt = 'Hello!'): string {
-  return `%%chat ${model}\n${prompt}`;
+/** An argument as Python's `shlex.split` (the magic's parser) reads it back: quoted only when it must be. */
+export function shellQuote(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'"'"'`)}'`;
+}
+
+/**
+ * A `%%chat` cell: the magic must be the cell's first line, so the extension loads in a cell of its own.
+ * `images` (paths as the kernel sees them, or URLs) become `--image` options, and the default prompt asks about them.
+ */
+export function chatCell(model: string, prompt?: string, images: string[] = []): string {
+  const options = images.map(image => ` --image ${shellQuote(image)}`).join('');
+  const question = prompt ?? (images.length ? 'What is in this image?' : 'Hello!');
+  return `%%chat ${model}${options}\n${question}`;
+}
+
+/**
+ * A server path (`data/cat.png`) as the kernel of the notebook at `notebookPath` (`notes/a.ipynb`) finds it:
+ * `../data/cat.png`. Kernels run in their notebook's folder, so a relative path keeps the cell portable.
+ */
+export function relativeToNotebook(notebookPath: string, filePath: string): string {
+  const from = notebookPath.split('/').filter(Boolean).slice(0, -1);
+  const to = filePath.split('/').filter(Boolean);
+  let common = 0;
+  while (common < from.length && common < to.length - 1 && from[common] === to[common]) {
+    common++;
+  }
+  return [...from.slice(common).map(() => '..'), ...to.slice(common)].join('/');
 }
 
 /** Whether a notebook's cells already load the extension (then only the `%%chat` cell is inserted). */

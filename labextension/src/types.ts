@@ -28,6 +28,8 @@ export interface Model {
   size?: number;
   bundle?: string;
   config: ModelConfig;
+  /** Whether it carries a multimodal projector, so chats may show it images. */
+  multimodal?: boolean;
   engine: EngineChoice | null;
   engine_error: string | null;
 }

@@ -391,7 +391,42 @@ try {
   log('deleted');
   await screenshot(page, 'deleted');
 
-  // 11. The status-bar item opens the panel, by keyboard too.
+  // 11. Ask a vision model about a picture: right-click it in the file browser. The %%chat cell names the model
+  // that can see it (one the user packaged with its projector, as `package --mmproj` does) and the file as the
+  // notebook's kernel finds it.
+  if (process.env.VISION_MODEL && process.env.IMAGE) {
+    await api('modelrunner/models/package', {
+      method: 'POST',
+      body: JSON.stringify({
+        tag: process.env.VISION_MODEL,
+        gguf: [process.env.VISION_GGUF],
+        mmproj: process.env.VISION_MMPROJ
+      })
+    });
+    await page.locator('.jp-SideBar .lm-TabBar-tab[data-id="filebrowser"]').click();
+    const file = page.locator('.jp-DirListing-item').filter({ hasText: process.env.IMAGE });
+    await file.waitFor();
+    await file.click({ button: 'right' });
+    await page.locator('.lm-Menu-item').filter({ hasText: 'Ask a Vision Model About This Image' }).click();
+    const expected = `%%chat ${process.env.VISION_MODEL}:latest --image '${process.env.IMAGE}'`;
+    await until(`a cell "${expected}"`, async () =>
+      (await notebook.locator('.jp-Cell .cm-content').allInnerTexts()).some(text => text.startsWith(expected)));
+    log(`vision cell inserted: ${expected}`);
+    const count = await notebook.locator('.jp-Cell').count();
+    await palette(page, 'Run Selected Cell');
+    const visionCell = notebook.locator('.jp-Cell').nth(count - 1);
+    await until('the vision answer, with its footer', async () =>
+      /tiny-vision.*llama\.cpp/.test((await visionCell.locator('.jp-OutputArea').textContent()) ?? ''),
+      { timeout: KERNEL_TIMEOUT });
+    const seen = ((await visionCell.locator('.jp-OutputArea').textContent()) ?? '').trim();
+    check(!/Traceback|Error/.test(seen), `the vision cell ran without an error:\n${seen}`);
+    log(`vision answer: ${seen.slice(0, 80).replace(/\n/g, ' ')}…`);
+    await screenshot(page, 'vision-chat');
+    await tab.click(); // back from the file browser to the panel
+    await sidebar.waitFor({ state: 'visible' });
+  }
+
+  // 12. The status-bar item opens the panel, by keyboard too.
   await tab.click(); // collapse the left area
   await sidebar.waitFor({ state: 'hidden' });
   await status.focus();

@@ -25,6 +25,7 @@ import pytest
 from ..conftest import server_env
 from ..support.jupyter import ServerProcess
 from ..support.publish import publish_gguf
+from ..support.vision import png
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEXTENSION = ROOT / "labextension"
@@ -148,7 +149,7 @@ SCRIPT_TIMEOUT = 900
 
 
 @pytest.mark.timeout(SCRIPT_TIMEOUT + 300)
-def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model):
+def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model, tiny_vision):
     if not (LABEXTENSION / "node_modules" / "playwright-core").is_dir():
         pytest.fail(f"playwright-core is not installed: run `jlpm --cwd {LABEXTENSION} install`.")
     workdir = tmp_path / "lab"
@@ -157,12 +158,16 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model):
     # round, the private data dir's link to the fresh build wins.
     env = {**server_env(workdir, tmp_path / "store", registry.host), "JUPYTER_PREFER_ENV_PATH": "0"}
     private_lab_dirs(workdir)
+    # For "Ask a vision model about this image": a picture in the file browser (the script packages the model).
+    (workdir / "red square.png").write_bytes(png(32, 32))
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
 
     with (SlowProxy(registry.host) as slow,
           ServerProcess.jupyter_lab(workdir, env, "--ModelRunner.keep_alive=10m") as lab):
         script_env = {**os.environ, "LAB_URL": lab.origin, "LAB_TOKEN": lab.token, "MODEL": "ai/tiny",
+                      "VISION_MODEL": "ai/tiny-vision", "VISION_GGUF": str(tiny_vision.gguf),
+                      "VISION_MMPROJ": str(tiny_vision.mmproj), "IMAGE": "red square.png",
                       "SLOW_MODEL": f"{slow.host}/{big_model}",
                       "CHROMIUM": str(CHROMIUM), "ARTIFACTS": str(ARTIFACTS),
                       "NO_PROXY": "127.0.0.1,localhost",
