@@ -7,6 +7,10 @@ environment, and a failure is the client's error (`ImageRejected`, HTTP 400) wit
 wrong, not an engine failure. llama-server could fetch URLs itself, but only when built with an HTTP client, without
 a size limit, and its failures would come back as engine errors.
 
+Only public addresses are fetched unless the runner is told otherwise: whoever may chat (an inference key's holder
+too) could otherwise make the runner reach what only it can reach — this Jupyter server, the engines, a cloud
+metadata endpoint, the LAN — and learn from the refusals what answers there. Each hop of a redirect is checked.
+
 Nothing here knows about models or engines (the service checks that the model can take images first).
 """
 
@@ -17,6 +21,7 @@ import base64
 import binascii
 import copy
 import functools
+import ipaddress
 import re
 from typing import Any
 
@@ -69,10 +74,11 @@ def data_url(data: bytes, media_type: str) -> str:
 
 
 async def inline_images(body: dict[str, Any], *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                        timeout: float = DEFAULT_FETCH_TIMEOUT, transport: Any = None) -> dict[str, Any]:
-    """`body` with every `image_url` as a checked `data:` URL: http(s) URLs fetched (all at once), data URLs proven
-    to be base64 image data of at most `max_bytes`. The caller's body is not changed. `transport` is for tests
-    (an `httpx.AsyncBaseTransport`)."""
+                        timeout: float = DEFAULT_FETCH_TIMEOUT, allow_private: bool = False,
+                        transport: Any = None) -> dict[str, Any]:
+    """`body` with every `image_url` as a checked `data:` URL: http(s) URLs fetched (all at once; only from public
+    addresses unless `allow_private`), data URLs proven to be base64 image data of at most `max_bytes`. The caller's
+    body is not changed. `transport` is for tests (an `httpx.AsyncBaseTransport`)."""
     if not image_parts(body):
         return body
     body = {**body, "messages": copy.deepcopy(body["messages"])}
@@ -83,8 +89,9 @@ async def inline_images(body: dict[str, Any], *, max_bytes: int = DEFAULT_MAX_IM
     if remote:
         import httpx  # only when a request names an image by URL
 
+        hooks = {"request": [] if allow_private else [_refuse_private_hosts]}  # run for every hop of a redirect
         async with httpx.AsyncClient(transport=transport, follow_redirects=True, max_redirects=MAX_REDIRECTS,
-                                     timeout=timeout, verify=_tls_context()) as client:
+                                     timeout=timeout, verify=_tls_context(), event_hooks=hooks) as client:
             results = await asyncio.gather(*(_fetch(client, url, max_bytes, timeout) for url in remote))
         fetched = dict(zip(remote, results, strict=True))
     for part, url in zip(parts, urls, strict=True):
@@ -108,6 +115,33 @@ def _tls_context() -> Any:
     import httpx
 
     return httpx.create_ssl_context()
+
+
+async def _refuse_private_hosts(request: Any) -> None:
+    """Refuse a request whose host is, or resolves to, an address that is not public (loopback, private, link-local,
+    shared, reserved, multicast). A name that resolves to several addresses is refused if any is not public."""
+    host = request.url.host
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, request.url.port or 443)
+        except OSError as exc:
+            raise ImageRejected(f"Could not fetch the image at {_shown(str(request.url))}: the name {host} does not "
+                                f"resolve ({exc.strerror or exc}).") from None
+        addresses = {ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in found}
+    for address in addresses:
+        mapped = getattr(address, "ipv4_mapped", None)
+        if not (mapped or address).is_global or address.is_multicast:
+            raise ImageRejected(
+                f"The image at {_shown(str(request.url))} is on a non-public address ({address}): the runner fetches "
+                "images only from public addresses. Send it inline as a data: URL (%%chat --image FILE does), or "
+                "allow such addresses with c.ModelRunner.allow_private_image_urls = True.")
+
+
+def _shown(url: str) -> str:
+    """A URL as an error message shows it: whole unless it is very long."""
+    return url if len(url) <= 200 else url[:197] + "..."
 
 
 def _url_of(part: dict[str, Any], index: int) -> str:
@@ -140,7 +174,7 @@ def _checked_data_url(url: str, max_bytes: int) -> str:
 async def _fetch(client: Any, url: str, max_bytes: int, timeout: float) -> str:
     import httpx
 
-    shown = url if len(url) <= 200 else url[:197] + "..."
+    shown = _shown(url)
     try:
         async with asyncio.timeout(timeout):
             async with client.stream("GET", url, headers={"Accept": "image/*"}) as response:

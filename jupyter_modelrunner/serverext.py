@@ -129,6 +129,13 @@ class ModelRunner(ExtensionApp):
         help="""Seconds the runner gives the download of an image named by an http(s) URL in a chat request (the
         whole download, redirects included); a slower one is refused with HTTP 400.""",
     )
+    allow_private_image_urls = Bool(
+        False, config=True,
+        help="""Fetch image URLs (in chat requests) whose host is or resolves to a loopback, private, link-local or
+        otherwise non-public address. Off by default: anyone who may chat, an inference key's holder too, could
+        otherwise make the runner reach services only it can reach (this server, the engines, a cloud metadata
+        endpoint, the LAN). Local files go inline instead (`%%chat --image FILE` sends them as data URLs).""",
+    )
     mount_at_root = Bool(
         False, config=True,
         help="""Serve the routes at the server's root instead of under modelrunner/ (the standalone
@@ -207,6 +214,7 @@ class ModelRunner(ExtensionApp):
             keep_alive=parse_keep_alive(self.keep_alive), standby=self.vllm_standby,
             max_waiting=self.max_waiting_requests or None, max_concurrent_pulls=self.max_concurrent_pulls,
             max_image_bytes=self.max_image_bytes, image_fetch_timeout=self.image_fetch_timeout,
+            allow_private_image_urls=self.allow_private_image_urls,
         )
         service.subscribe(self._log_engine_event)
         self._detach_events = attach_events(service, self.serverapp.event_logger)

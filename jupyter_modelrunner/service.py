@@ -73,13 +73,15 @@ class ModelRunnerService:
     def __init__(self, store: Store, scheduler: Scheduler, *, registry: str | None = None,
                  max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS,
                  max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                 image_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT) -> None:
+                 image_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT, allow_private_image_urls: bool = False) -> None:
         self.store = store
         self.scheduler = scheduler
         self.registry = registry
-        #: Limits on the images of chat requests (see images.py): bytes per image, seconds per download.
+        #: Limits on the images of chat requests (see images.py): bytes per image, seconds per download, and whether
+        #: image URLs may point at loopback and private addresses.
         self.max_image_bytes = max_image_bytes
         self.image_fetch_timeout = image_fetch_timeout
+        self.allow_private_image_urls = allow_private_image_urls
         self.metrics = Metrics()
         self.version = __version__
         #: The store's lease (see lease.py) once claimed; while another process owns the store, `remote_owner` says
@@ -101,14 +103,15 @@ class ModelRunnerService:
     def create(cls, store: Store, *, registry: str | None = None,
                max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS,
                max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-               image_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+               image_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT, allow_private_image_urls: bool = False,
                **scheduler_options: Any) -> ModelRunnerService:
         """A service whose scheduler reports engine events (loading, crashes) to the service's listeners."""
         holder: list[ModelRunnerService] = []
         scheduler = Scheduler(store, on_event=lambda kind, data: holder[0]._engine_event(kind, data),
                               **scheduler_options)
         service = cls(store, scheduler, registry=registry, max_concurrent_pulls=max_concurrent_pulls,
-                      max_image_bytes=max_image_bytes, image_fetch_timeout=image_fetch_timeout)
+                      max_image_bytes=max_image_bytes, image_fetch_timeout=image_fetch_timeout,
+                      allow_private_image_urls=allow_private_image_urls)
         holder.append(service)
         return service
 
@@ -375,7 +378,8 @@ class ModelRunnerService:
         reason = await asyncio.to_thread(refusal)
         if reason is not None:
             raise ImageRejected(reason)
-        return await inline_images(body, max_bytes=self.max_image_bytes, timeout=self.image_fetch_timeout)
+        return await inline_images(body, max_bytes=self.max_image_bytes, timeout=self.image_fetch_timeout,
+                                   allow_private=self.allow_private_image_urls)
 
     # -- engines --------------------------------------------------------------------------------------
 

@@ -10,7 +10,13 @@ import copy
 import pytest
 
 from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine
-from jupyter_modelrunner.images import ImageRejected, image_parts, inline_images, sniff_media_type
+from jupyter_modelrunner.images import (
+    ImageRejected,
+    _refuse_private_hosts,
+    image_parts,
+    inline_images,
+    sniff_media_type,
+)
 
 from .support.imageserver import ImageServer
 from .support.registry import find_free_port
@@ -31,7 +37,9 @@ def request(*urls: str, text: str = "What is this?") -> dict:
 
 
 def inline(body: dict, **limits) -> dict:
-    return asyncio.run(inline_images(body, **{"max_bytes": LIMIT, "timeout": 2.0, **limits}))
+    """As the runner inlines a request's images; the test's image server is on 127.0.0.1, so private addresses are
+    allowed unless a test says otherwise."""
+    return asyncio.run(inline_images(body, **{"max_bytes": LIMIT, "timeout": 2.0, "allow_private": True, **limits}))
 
 
 def urls_of(body: dict) -> list[str]:
@@ -109,6 +117,50 @@ def test_a_server_that_is_not_there(images):
 def test_unusable_image_urls_are_refused(url, message):
     with pytest.raises(ImageRejected, match=message):
         inline(request(url))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "10.1.2.3", "192.168.0.10", "172.16.0.1",
+                                  "169.254.169.254", "100.64.0.1", "0.0.0.0", "[::ffff:127.0.0.1]", "[fd00::1]",
+                                  "224.0.0.1"])
+def test_image_urls_on_non_public_addresses_are_refused_by_default(images, host):
+    """Whoever may chat could otherwise make the runner reach what only it can: this server, the engines, a cloud
+    metadata endpoint, the LAN. Refused before any connection (the image server on 127.0.0.1 is never asked)."""
+    port = images.url("").rsplit(":", 1)[1]
+    before = dict(images.hits)
+    with pytest.raises(ImageRejected) as refused:
+        inline(request(f"http://{host}:{port}/red.png"), allow_private=False)
+    assert "non-public address" in str(refused.value) and "allow_private_image_urls" in str(refused.value)
+    assert "data: URL" in str(refused.value)  # and what to do instead
+    assert images.hits == before
+
+
+def test_a_redirect_to_a_non_public_address_is_refused_at_that_hop(images):
+    """Each hop is checked: here the first is allowed only because private addresses are (the test has no public
+    server); the refusal of the hop itself is what the hook does for every request of a redirect chain."""
+    import httpx
+
+    hops = []
+
+    async def recorder(request):
+        hops.append(str(request.url))
+
+    async def follow() -> None:
+        async with httpx.AsyncClient(follow_redirects=True, event_hooks={"request": [recorder]}) as client:
+            await client.get(images.url("/redirect.png"))
+
+    asyncio.run(follow())
+    assert len(hops) == 2  # the hook runs for the redirect's second request too
+    with pytest.raises(ImageRejected):
+        asyncio.run(_refuse_private_hosts(httpx.Request("GET", hops[1])))
+
+
+def test_a_public_address_passes_and_a_name_that_does_not_resolve_is_refused():
+    import httpx
+
+    asyncio.run(_refuse_private_hosts(httpx.Request("GET", "http://93.184.216.34/cat.png")))  # checked, not fetched
+    asyncio.run(_refuse_private_hosts(httpx.Request("GET", "https://[2606:4700::1111]/cat.png")))
+    with pytest.raises(ImageRejected, match="does not resolve"):
+        asyncio.run(_refuse_private_hosts(httpx.Request("GET", "http://no-such-host.invalid/cat.png")))
 
 
 def test_sniffing_knows_the_formats_vision_models_take():

@@ -50,7 +50,9 @@ def server(tmp_path_factory, vision_store, registry) -> Iterator[ServerProcess]:
     with ServerProcess.jupyter_server(workdir, server_env(workdir, vision_store.root, registry.host),
                                       "--ModelRunner.keep_alive=10m",
                                       f"--ModelRunner.max_image_bytes={MAX_IMAGE_BYTES}",
-                                      "--ModelRunner.image_fetch_timeout=2") as process:
+                                      "--ModelRunner.image_fetch_timeout=2",
+                                      # The image server is on 127.0.0.1, as a LAN server a user trusts would be.
+                                      "--ModelRunner.allow_private_image_urls=True") as process:
         with process.client() as http:
             # llama-server says when it encodes an image at verbosity 4: set as a user would, `configure -- -lv 4`.
             answer = http.post("engines/_configure", json={"model": "ai/tiny-vision", "runtime-flags": ["-lv", "4"]})
