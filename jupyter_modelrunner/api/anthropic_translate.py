@@ -75,6 +75,7 @@ def messages_request_to_openai(body: dict[str, Any], *, count_only: bool = False
     response_format = _output_format(body)
     if response_format is not None:
         openai["response_format"] = response_format
+    openai.update(_thinking(body.get("thinking")))
     stop = body.get("stop_sequences")
     if stop:
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
@@ -97,6 +98,27 @@ def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
         raise ValueError("output_config.format: {\"type\": \"json_schema\", \"schema\": {...}}")
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
+
+
+def _thinking(thinking: Any) -> dict[str, Any]:
+    """Extended thinking in the terms both engines read (as Ollama's `think` is): `enabled` asks the chat template to
+    think (`enable_thinking`) within `budget_tokens` (the runner's per-request budget, which each engine gets under
+    its own name), `disabled` is the template's no-thinking path (`reasoning_effort: "none"`), `adaptive` leaves it
+    to the model. Unset: the model's own default, as configured."""
+    if thinking is None:
+        return {}
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "disabled":
+        return {"reasoning_effort": "none"}
+    if kind == "adaptive":
+        return {}
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise ValueError("thinking.budget_tokens: a whole number of tokens")
+        return {"chat_template_kwargs": {"enable_thinking": True},
+                **({"reasoning_budget_tokens": budget} if budget is not None else {})}
+    raise ValueError('thinking: {"type": "enabled", "budget_tokens": N}, {"type": "disabled"} or {"type": "adaptive"}')
 
 
 def _system(system: Any) -> list[dict[str, Any]]:

@@ -126,7 +126,8 @@ MESSAGES = obj({"model": NAME, "max_tokens": {"type": "integer", "minimum": 1},
                 "system": ANTHROPIC_CONTENT, "stream": {"type": "boolean"},
                 "stop_sequences": {"type": "array", "items": {"type": "string"}},
                 "temperature": {"type": "number"}, "top_p": {"type": "number"}, "top_k": {"type": "integer"},
-                "tools": {"type": "array", "items": {"type": "object"}}, "tool_choice": {"type": "object"}},
+                "tools": {"type": "array", "items": {"type": "object"}}, "tool_choice": {"type": "object"},
+                "thinking": {"type": "object", "description": "{type: enabled, budget_tokens} | {type: disabled}"}},
                ("model", "max_tokens", "messages"),
                example={"model": "ai/tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]})
 COUNT_TOKENS = obj({k: v for k, v in MESSAGES["properties"].items() if k != "max_tokens"}, ("model", "messages"))

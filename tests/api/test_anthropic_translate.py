@@ -121,6 +121,25 @@ def test_structured_output_becomes_a_json_schema_response_format():
                                       "json_schema": {"name": "output", "schema": schema, "strict": True}}
 
 
+@pytest.mark.parametrize(("thinking", "expected"), [
+    ({"type": "enabled", "budget_tokens": 1024},
+     {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_budget_tokens": 1024}),
+    ({"type": "enabled"}, {"chat_template_kwargs": {"enable_thinking": True}}),
+    ({"type": "disabled"}, {"reasoning_effort": "none"}),
+    ({"type": "adaptive"}, {}),
+])
+def test_extended_thinking_becomes_the_engines_reasoning_controls(thinking, expected):
+    """The same controls Ollama's `think` and OpenAI's `reasoning_effort` reach; the budget is the runner's
+    per-request one, which each engine's adapt_request names its own way."""
+    openai = messages_request_to_openai(request(thinking=thinking))
+    controls = {k: openai[k] for k in ("chat_template_kwargs", "reasoning_budget_tokens", "reasoning_effort")
+                if k in openai}
+    assert controls == expected
+    assert "thinking" not in openai
+    with pytest.raises(ValueError, match="thinking"):
+        messages_request_to_openai(request(thinking={"type": "maximum"}))
+
+
 def test_count_only_reads_the_prompt_and_needs_no_max_tokens():
     body = {"model": "ai/smollm2", "system": "S", "messages": [{"role": "user", "content": "Hi"}], "tools": [WEATHER],
             "tool_choice": {"type": "auto"}}
