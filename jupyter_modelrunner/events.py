@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .service import STORE_CHANGED
 from .store import SHORT_ID_LENGTH
 
 if TYPE_CHECKING:
@@ -141,6 +142,10 @@ def attach(service: ModelRunnerService, event_logger: EventLogger) -> Callable[[
         event_logger.emit(schema_id=SCHEMA_ID, data=data)
 
     def on_engine_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == STORE_CHANGED:
+            emit({"action": "models", "model": data["model_name"] or data["model_id"], "change": data["change"],
+                  **({"model_id": data["model_id"]} if data["model_id"] else {})})
+            return
         event = engine_event(kind, data)
         if event is None:
             return

@@ -27,7 +27,7 @@ from .api.forward import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
 from .errors import ModelRunnerError
 from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES
-from .service import ModelRunnerService
+from .service import STORE_CHANGED, ModelRunnerService
 
 URL_PREFIX = "modelrunner"
 #: How often a server that defers to the store's owner checks whether it has to take over.
@@ -349,7 +349,9 @@ class ModelRunner(ExtensionApp):
     def _log_engine_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "loading" and "elapsed" in data:
             return
-        if kind == "crashed":
+        if kind == STORE_CHANGED:
+            self.log.info("Model runner: %s %s", data["change"], data["model_name"] or data["model_id"])
+        elif kind == "crashed":
             self.log.warning("Model runner: %s for %s exited unexpectedly (code %s)", data.get("engine"),
                              data.get("model"), data.get("exit_code"))
         else:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: How many progress events may wait for a slow HTTP client before older ones are dropped.
 PROGRESS_BACKLOG = 256
+#: The listener kind (see `subscribe`) of a change to the store's models: data `{change, model_id, model_name}`.
+STORE_CHANGED = "store"
 
 
 class Metrics:
@@ -151,7 +153,8 @@ class ModelRunnerService:
             self.end_activity(key)
 
     def subscribe(self, listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
-        """Call `listener(kind, data)` on every engine event; returns the function that unsubscribes."""
+        """Call `listener(kind, data)` on every engine event and store change (`STORE_CHANGED`); returns the function
+        that unsubscribes."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
@@ -178,6 +181,17 @@ class ModelRunnerService:
                     log.exception("transfer watcher failed")
 
         return tell
+
+    def _store_changed(self, change: str, model: dict[str, Any]) -> None:
+        """Tell listeners (the event bus, so every sidebar) that a model was added, tagged, untagged or removed here:
+        by any client, the CLI or a kernel too, so nobody's list waits for a poll. Pulls say so in their summary."""
+        data = {"change": change, "model_id": str(model.get("id") or ""),
+                "model_name": str((model.get("tags") or [""])[0])}
+        for listener in list(self._listeners):
+            try:
+                listener(STORE_CHANGED, data)
+            except Exception:
+                log.exception("store event listener failed")
 
     def _engine_event(self, kind: str, data: dict[str, Any]) -> None:
         engine = str(data.get("engine") or data.get("backend_name") or "")
@@ -246,7 +260,9 @@ class ModelRunnerService:
                 return package_safetensors(self.store, Path(safetensors_dir), ref, **options)
             raise ModelRunnerError("Give the weights: a GGUF file or a folder of safetensors.")
 
-        return self._describe(await asyncio.to_thread(work))
+        described = self._describe(await asyncio.to_thread(work))
+        self._store_changed("added", described)
+        return described
 
     async def remove(self, name: str, *, force: bool = False) -> dict[str, Any]:
         """Remove a model or one of its tags; a loaded model's engine is stopped first when the model goes."""
@@ -256,10 +272,13 @@ class ModelRunnerService:
         ):
             await self.scheduler.unload([model.id])
         result = await asyncio.to_thread(self.store.remove, name, force=force)
+        self._store_changed("removed" if result.deleted else "untagged", model.to_json())
         return {"untagged": list(result.untagged), "deleted": result.deleted, "freed_bytes": result.freed_bytes}
 
     async def tag(self, source: str, target: str) -> dict[str, Any]:
-        return (await asyncio.to_thread(self.store.tag, source, target)).to_json()
+        tagged = (await asyncio.to_thread(self.store.tag, source, target)).to_json()
+        self._store_changed("tagged", tagged)
+        return tagged
 
     async def df(self) -> dict[str, Any]:
         usage = await asyncio.to_thread(self.store.df)
@@ -428,6 +447,7 @@ class ModelRunnerService:
             result = await asyncio.to_thread(self.store.remove, model.id, force=True)
             deleted.append(result.deleted)
             freed += result.freed_bytes
+            self._store_changed("removed", model.to_json())
         return {"deleted": deleted, "freed_bytes": freed}
 
     async def gc(self, min_age: float = 3600.0) -> dict[str, Any]:
@@ -455,6 +475,8 @@ class ModelRunnerService:
             if loaded:
                 await self.scheduler.unload(loaded)
             report = await asyncio.to_thread(store_check.repair_store, self.store, report)
+            for model_id in doomed:
+                self._store_changed("removed", {"id": model_id, "tags": []})
         return report.to_json()
 
     async def fsck_events(self, *, repair: bool = False,

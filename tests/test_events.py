@@ -130,6 +130,26 @@ def test_a_failed_pull_reports_failed_with_the_message(jupyter, bus):
     assert "does-not-exist" in events[-1]["message"]
 
 
+def test_every_change_to_the_models_is_announced_whoever_makes_it(jupyter, bus, tiny_gguf):
+    """Packaging, tagging and removing (by any client: the CLI and kernels use these routes too) reach every sidebar
+    at once, instead of at its next poll."""
+    with jupyter.client() as http:
+        answer = http.post("models/package", json={"tag": "ai/tiny-announced", "gguf": [str(tiny_gguf)]})
+        assert answer.status_code == 201, answer.text
+        (added,) = bus.until(lambda e: e["action"] == "models")
+        http.post("models/ai/tiny-announced/tag", json={"target": "ai/tiny-announced:v2"}).raise_for_status()
+        (tagged,) = bus.until(lambda e: e["action"] == "models")
+        http.delete("models/ai/tiny-announced:v2").raise_for_status()
+        (untagged,) = bus.until(lambda e: e["action"] == "models")
+        http.delete("models/ai/tiny-announced").raise_for_status()
+        changes = bus.until(lambda e: e["action"] == "models")
+    model_id = answer.json()["id"]
+    assert (added["change"], added["model_id"]) == ("added", model_id)
+    assert added["model"].endswith("ai/tiny-announced:latest")
+    assert tagged["change"] == "tagged" and untagged["change"] == "untagged"
+    assert (changes[-1]["change"], changes[-1]["model_id"]) == ("removed", model_id)  # its last name went
+
+
 # -- the pieces, without a server ------------------------------------------------------------------------------
 
 def test_the_schema_registers_once_per_logger():

@@ -54,7 +54,16 @@ export interface PullSummary {
   message?: string;
 }
 
-export type ServerEvent = EngineEvent | PullSummary;
+/** A model added (packaged), tagged, untagged or removed by any client: the list is read again. */
+export interface StoreChange {
+  action: 'models';
+  /** Its first tag, or its id when it has none left. */
+  model: string;
+  change: 'added' | 'tagged' | 'untagged' | 'removed';
+  model_id?: string;
+}
+
+export type ServerEvent = EngineEvent | PullSummary | StoreChange;
 
 const ENGINE_ACTIONS: readonly string[] = ['loading', 'ready', 'unloaded', 'crashed', 'sleeping', 'waking'];
 
@@ -69,6 +78,9 @@ export function parseEmission(emission: unknown): ServerEvent | null {
   }
   if (data.action === 'pull') {
     return typeof data.state === 'string' ? (data as unknown as PullSummary) : null;
+  }
+  if (data.action === 'models') {
+    return typeof data.change === 'string' ? (data as unknown as StoreChange) : null;
   }
   if (typeof data.action === 'string' && ENGINE_ACTIONS.includes(data.action) && typeof data.engine === 'string') {
     return data as unknown as EngineEvent;
@@ -109,6 +121,9 @@ export function applyServerEvent(
   event: ServerEvent,
   context: { models: readonly Model[]; now: number }
 ): { state: LiveState; refresh: Refresh } {
+  if (event.action === 'models') {
+    return { state, refresh: { models: true } };
+  }
   if (event.action === 'pull') {
     const pulls = state.pulls.filter(p => p.model !== event.model);
     const running = event.state === 'started' || event.state === 'progress';

@@ -134,6 +134,16 @@ describe('server events', () => {
     expect(failed.refreshModels).toBe(false);
   });
 
+  it('re-reads the models when any client packages, tags or removes one, and changes nothing else', () => {
+    const removed = { action: 'models', model: 'ai/tiny:latest', change: 'removed', model_id: MODEL.id } as const;
+    expect(parseEmission({ schema_id: EVENT_SCHEMA_ID, ...removed })).toEqual(removed);
+    expect(parseEmission({ schema_id: EVENT_SCHEMA_ID, action: 'models', model: 'x' })).toBeNull();
+    const loaded = fold([loading]).state;
+    const after = fold([removed], [MODEL], loaded);
+    expect(after.refreshModels).toBe(true);
+    expect(after.state).toEqual(loaded);
+  });
+
   it('keeps the loading progress across a read of engines/ps', () => {
     const loadingRow = fold([loading, tick(3, 'warming up')]).state.runners[0];
     const fetched: Runner = { ...loadingRow, elapsed: undefined, log: undefined, device: 'cpu', memory: 5 };
