@@ -8,7 +8,8 @@ In one run, with the same llama.cpp engine build and settings on both paths:
       `/v1/chat/completions` route, exactly as the `openai` SDK in a notebook calls it.
 Requests alternate between the paths. Prints medians, the tokens/s ratio (goal ≥ 0.97), the added time to
 first byte (goal ≤ 5 ms at the median), and the p99 latency of Jupyter's `/api/status` while 16 chats
-stream through the endpoint (goal < 50 ms).
+stream through the endpoint (goal < 50 ms). Then 16 chats at once on each path (512 tokens each, `ignore_eos`):
+aggregate server-sent events/s and the ratio, and the server process's own CPU time per 1000 events it relays.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -75,8 +78,12 @@ class DirectEngine:
         self.thread.start()
         self.scheduler = Scheduler(store, keep_alive=-1)
         runner = asyncio.run_coroutine_threadsafe(self.scheduler.load(MODEL), self.loop).result(300)
-        self.client = httpx.Client(transport=httpx.HTTPTransport(uds=str(runner.launch.socket)),
-                                   base_url="http://engine", headers=runner.launch.headers, timeout=300)
+        self.launch = runner.launch
+        self.client = self.fresh_client()
+
+    def fresh_client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.launch.socket)), base_url="http://engine",
+                            headers=self.launch.headers, timeout=300)
 
     def close(self) -> None:
         self.client.close()
@@ -107,6 +114,35 @@ def status_under_load(server: ServerProcess, streams: int, max_tokens: int) -> t
     return latencies, len(done)
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server process itself (not its engines), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def concurrent_events(make_client: Callable[[], httpx.Client], path: str, streams: int,
+                      max_tokens: int) -> tuple[int, float]:
+    """(server-sent events received, seconds) for `streams` chats streamed at once, each event counted whether or
+    not it carries text (a random-weight model's often carry none): the relay's work is per event."""
+    counts: list[int] = []
+
+    def chat() -> None:
+        events = 0
+        with make_client() as client, client.stream("POST", path, json={
+                **body(max_tokens), "ignore_eos": True}) as response:
+            for line in response.iter_lines():
+                events += line.startswith("data: {")
+        counts.append(events)
+
+    threads = [threading.Thread(target=chat) for _ in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts), time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
@@ -117,7 +153,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-endpoint-"))
     store = Store(work / "store", registry="127.0.0.1:1")
     weights = smollm2_gguf() if args.model == "smollm2" else make_tiny_gguf(work / "tiny.gguf")
-    package_gguf(store, weights, parse_reference(MODEL), context_size=2048)
+    package_gguf(store, weights, parse_reference(MODEL), context_size=16384)
 
     direct = DirectEngine(store)
     server = ServerProcess.jupyter_server(work, server_env(work, store.root, "127.0.0.1:1"),
@@ -131,6 +167,14 @@ def main() -> None:
             results["engine"].append(stream_once(direct.client, "/v1/chat/completions", args.max_tokens))
             results["endpoint"].append(stream_once(proxied, "v1/chat/completions", args.max_tokens))
         latencies, finished = status_under_load(server, 16, min(args.max_tokens, 32))
+        # Many streams at once: what the relay costs the server per event, against the engine's own rate.
+        load: dict[str, list[tuple[int, float]]] = {"engine": [], "endpoint": []}
+        cpu: list[float] = []
+        for _ in range(3):
+            load["engine"].append(concurrent_events(direct.fresh_client, "/v1/chat/completions", 16, 512))
+            before = server_cpu_seconds(server.process.pid)
+            load["endpoint"].append(concurrent_events(server.client, "v1/chat/completions", 16, 512))
+            cpu.append((server_cpu_seconds(server.process.pid) - before) / load["endpoint"][-1][0])
     finally:
         direct.close()
         server.stop()
@@ -148,6 +192,10 @@ def main() -> None:
     print(f"/api/status under 16 streams: p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99:.1f} ms, "
           f"max {max(latencies) * 1000:.1f} ms over {len(latencies)} polls; {finished}/16 streams finished   "
           "(goal p99 < 50 ms)")
+    rate = {k: statistics.median(events / seconds for events, seconds in v) for k, v in load.items()}
+    print(f"16 streams at once, events/s (median of 3): engine {rate['engine']:.0f}, endpoint {rate['endpoint']:.0f}, "
+          f"ratio {rate['endpoint'] / rate['engine']:.3f}; the server's CPU per 1000 relayed events "
+          f"{statistics.median(cpu) * 1e6:.1f} ms")
 
 
 if __name__ == "__main__":

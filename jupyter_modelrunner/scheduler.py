@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from .distribution.progress import format_bytes
+from .engine_stream import EngineResponse, open_stream
 from .engines import hardware as hw
 from .engines.base import (
     CONTEXT_CONFIGURED,
@@ -201,24 +202,27 @@ class Runner:
             raise await self._crash_or(exc) from exc
 
     @contextlib.asynccontextmanager
-    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[EngineStream]:
-        """Stream a response body chunk by chunk as the engine produces it.
+    async def stream(self, method: str, path: str, *, json: Any) -> AsyncIterator[EngineStream]:
+        """Stream a response body chunk by chunk as the engine produces it (read straight off the socket: see
+        engine_stream.py for why not httpx).
 
         Leaving the block closes the engine connection, which is how an abandoned request (the client
         went away) stops the engine's generation.
         """
         assert self.client is not None
+        launch = self.launch
         try:
-            async with self.client.stream(method, path, **kwargs) as response:
-                yield EngineStream(response, self._chunks(response))
-        except httpx.TransportError as exc:
+            async with open_stream(socket=launch.socket, port=launch.port, method=method, path=path,
+                                   json_body=json, headers=launch.headers) as (response, body):
+                yield EngineStream(response, self._chunks(body))
+        except OSError as exc:  # refused, reset, or an answer cut short (EngineProtocolError)
             raise await self._crash_or(exc) from exc
 
-    async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _chunks(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in body:
                 yield chunk
-        except httpx.TransportError as exc:
+        except OSError as exc:
             raise await self._crash_or(exc) from exc
 
     async def _crash_or(self, exc: Exception) -> Exception:
@@ -234,7 +238,7 @@ class Runner:
 class EngineStream:
     """An engine's streamed response: iterate it for the body's chunks; status and headers as sent."""
 
-    response: httpx.Response
+    response: EngineResponse
     chunks: AsyncIterator[bytes]
 
     @property

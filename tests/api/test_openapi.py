@@ -43,7 +43,9 @@ def test_the_description_is_served_where_the_routes_are(server):
 
 
 def schemathesis(server, workdir: Path, *options: str) -> subprocess.CompletedProcess:
-    """`st run` against the live server; its cache (.schemathesis/) goes to `workdir`, not the checkout."""
+    """`st run` against the live server; its cache (.schemathesis/) goes to `workdir`, not the checkout. Run with one
+    worker: with several, schemathesis 4.32's coverage phase can crash inside Python 3.11's ast module ("AST
+    constructor recursion depth mismatch", hypothesis describing a filter from threads at once)."""
     return subprocess.run(
         [str(Path(sys.executable).with_name("st")), "run", server.url + "openapi.json",
          "-H", f"Authorization: token {server.token}", "--checks", "no_internal_error,error_shape_of_its_api",
@@ -58,11 +60,10 @@ def test_schemathesis_finds_no_500_and_every_refusal_in_its_api_shape(server, tm
     with server.client() as http:
         before = sorted(m["id"] for m in http.get("models").json())
     # Everything but deleting, in every phase (the stateful one learns real model names from the lists)...
-    everything = schemathesis(server, tmp_path, "--exclude-method", "DELETE", "--workers", "2")
+    everything = schemathesis(server, tmp_path, "--exclude-method", "DELETE", "--workers", "1")
     assert everything.returncode == 0, everything.stdout[-8000:] + everything.stderr[-2000:]
     # ...and the deleting routes with made-up names only: deleting what exists is what they are for. Purging the
     # store is excluded for the same reason.
-    # One worker: schemathesis 4.32's coverage phase can crash in Python 3.11's ast module when threads share it.
     deleting = schemathesis(server, tmp_path, "--include-method", "DELETE", "--exclude-path", "/models/purge",
                             "--phases", "examples,coverage,fuzzing", "--workers", "1")
     assert deleting.returncode == 0, deleting.stdout[-8000:] + deleting.stderr[-2000:]
