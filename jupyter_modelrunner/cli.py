@@ -303,11 +303,12 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     return exit_status(args.verb, run_verb(args.verb, client, args, TerminalConsole()))
 
 
-class _TerminalView:
-    """A pull or push on a terminal: the self-rewriting progress line, closed when the transfer ends."""
+class TerminalView:
+    """A pull or push on a terminal: the self-rewriting progress line, closed when the transfer ends. The CLI writes
+    it to stderr (stdout is the answer's); `%model pull` outside a notebook to stdout, where a kernel shows it."""
 
-    def __init__(self, title: str) -> None:
-        self._line = TerminalProgress(sys.stderr, title.split()[0])
+    def __init__(self, title: str, stream: TextIO | None = None) -> None:
+        self._line = TerminalProgress(stream or sys.stderr, title.split()[0])
 
     def update(self, event: dict[str, Any]) -> None:
         self._line(event)
@@ -330,8 +331,8 @@ class TerminalConsole:
     def warn(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    def progress(self, title: str) -> _TerminalView:
-        return _TerminalView(title)
+    def progress(self, title: str) -> TerminalView:
+        return TerminalView(title)
 
 
 def _cmd_run(client, args) -> int:

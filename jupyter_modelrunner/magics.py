@@ -238,7 +238,9 @@ class ModelRunnerMagics(Magics):
             view = PullProgress(title=title)
             display(view)
             return view
-        return _TextProgress(title)
+        from .cli import TerminalView
+
+        return TerminalView(title, sys.stdout)
 
     # -- %%chat ---------------------------------------------------------------------------------------
 
@@ -396,24 +398,6 @@ class _NotebookConsole:
 
     def progress(self, title: str) -> Any:
         return self._magics._progress_view(title)
-
-
-class _TextProgress:
-    """Pull progress on a terminal: the CLI's self-rewriting line."""
-
-    def __init__(self, title: str) -> None:
-        from .cli import TerminalProgress
-
-        self._line = TerminalProgress(sys.stdout, title.split()[0])
-
-    def update(self, event: dict[str, Any]) -> None:
-        self._line(event)
-
-    def done(self, message: str) -> None:
-        self._line.close()
-
-    def fail(self, message: str) -> None:
-        self._line.close()
 
 
 class _MarkdownAnswer:

@@ -68,8 +68,7 @@ class AnthropicMessagesHandler(StreamRelayMixin, AnthropicHandler):
             request = runner.choice.engine.adapt_request("chat/completions", request, runner.plan)
             if request.get("stop") and runner.implementation == "llama-server":
                 request["verbose"] = True  # its only way of saying which stop sequence matched (see translate)
-            self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
-            self.set_header("X-Model-Runner-Device", runner.choice.device)
+            self.name_the_engine(runner)
             if not request.get("stream"):
                 response = await runner.request("POST", "/v1/chat/completions", json=request)
                 if response.status_code != 200:

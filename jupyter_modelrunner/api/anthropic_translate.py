@@ -22,6 +22,8 @@ import re
 import secrets
 from typing import Any
 
+from .tool_calls import parse_arguments
+
 #: OpenAI finish reasons as Anthropic stop reasons (a matched stop sequence is `stop_sequence`, found apart).
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
@@ -298,7 +300,7 @@ def message_from_openai(model: str, completion: dict[str, Any], *, message_id: s
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": tool_use_id(call.get("id")), "name": function.get("name") or "",
-                        "input": _tool_input(function.get("name") or "", function.get("arguments"))})
+                        "input": parse_arguments(function.get("name") or "", function.get("arguments"))})
     stop_reason, stop_sequence = _stop(choice.get("finish_reason"), _matched_stop(completion, choice))
     if any(block["type"] == "tool_use" for block in content) and stop_reason == "end_turn":
         stop_reason = "tool_use"
@@ -317,14 +319,6 @@ def tool_use_id(engine_id: Any) -> str:
     return "toolu_" + secrets.token_hex(12)
 
 
-def _tool_input(name: str, arguments: Any) -> dict[str, Any]:
-    try:
-        parsed = arguments if isinstance(arguments, dict) else json.loads(arguments or "{}")
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the model called {name!r} with arguments that are not valid JSON: {err}") from err
-    if not isinstance(parsed, dict):
-        raise ValueError(f"the model called {name!r} with arguments that are not a JSON object")
-    return parsed
 
 
 def _reasoning(message_or_delta: dict[str, Any]) -> str:

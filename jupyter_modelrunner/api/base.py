@@ -246,6 +246,11 @@ class ModelRunnerHandler(APIHandler):
         """Jupyter's name for it, for code that calls that: the same checks."""
         return self.json_body() or None
 
+    def name_the_engine(self, runner: Any) -> None:
+        """Say which engine answers (`X-Model-Runner-Engine`, `-Device`): the %%chat footer and the sidebar show it."""
+        self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
+        self.set_header("X-Model-Runner-Device", runner.choice.device)
+
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ..images import sniff_media_type
 from ..runner_config import InvalidSetting, parse_keep_alive
+from .tool_calls import parse_arguments
 
 Kind = Literal["chat", "generate"]
 
@@ -356,13 +357,7 @@ def _ns(seconds: float) -> int:
 
 def _tool_call(name: str, arguments: Any) -> dict[str, Any]:
     """OpenAI's tool call (arguments as a JSON string) in Ollama's shape (arguments as an object)."""
-    try:
-        parsed = arguments if isinstance(arguments, dict) else json.loads(arguments or "{}")
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the model called {name!r} with arguments that are not valid JSON: {err}") from err
-    if not isinstance(parsed, dict):
-        raise ValueError(f"the model called {name!r} with arguments that are not a JSON object")
-    return {"function": {"name": name, "arguments": parsed}}
+    return {"function": {"name": name, "arguments": parse_arguments(name, arguments)}}
 
 
 def tags_entry(name: str, model_json: dict[str, Any]) -> dict[str, Any]:

@@ -78,9 +78,7 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
             self.service.metrics.requests.labels(endpoint, runner.name).inc()
             backend = runner.choice.engine
             upstream_body = backend.adapt_request(endpoint, upstream_body, runner.plan)
-            # Which engine answered, for clients that show it (the %%chat magic, the sidebar).
-            self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
-            self.set_header("X-Model-Runner-Device", runner.choice.device)
+            self.name_the_engine(runner)
             if not stream:
                 response = await runner.request("POST", f"/v1/{endpoint}", json=upstream_body)
                 self.set_status(response.status_code)

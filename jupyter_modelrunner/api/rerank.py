@@ -39,8 +39,7 @@ class RerankHandler(ModelRunnerHandler):
         try:
             async with self.service.scheduler.use(request.model, mode=MODE_RERANK, engine=engine) as runner:
                 self.service.metrics.requests.labels(kind, runner.name).inc()
-                self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
-                self.set_header("X-Model-Runner-Device", runner.choice.device)
+                self.name_the_engine(runner)
                 for query, indexes in request.groups():
                     response = await runner.request("POST", translate.ENGINE_PATH,
                                                     json=translate.engine_body(request, query, indexes))

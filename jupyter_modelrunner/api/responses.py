@@ -87,8 +87,7 @@ class ResponseCreateHandler(StreamRelayMixin, ResponsesHandler):
         async with self.service.scheduler.use(model, mode=MODE_COMPLETION, engine=engine) as runner:
             self.service.metrics.requests.labels("responses", runner.name).inc()
             chat = runner.choice.engine.adapt_request("chat/completions", chat, runner.plan)
-            self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
-            self.set_header("X-Model-Runner-Device", runner.choice.device)
+            self.name_the_engine(runner)
             if not chat.get("stream"):
                 upstream = await runner.request("POST", "/v1/chat/completions", json=chat)
                 if upstream.status_code != 200:
