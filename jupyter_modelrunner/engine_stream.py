@@ -2,11 +2,11 @@
 
 Every token of every streamed chat crosses this path, on the notebook server's event loop. httpx costs several
 layers of Python per server-sent event (its stream, httpcore's connection, h11's parser); under 16 concurrent
-streams on two cores that was most of the server's CPU and held the endpoint to ~0.85x the engine's own
-throughput. Engines are local servers we start ourselves (llama-server, vLLM's uvicorn), answering one HTTP/1.1
-response per connection, so reading the response here is small: a status line, headers, then a chunked or
-length-delimited body. The reader takes whatever the socket has (up to 64 KiB at a time) and yields the body bytes
-of every complete chunk in it at once: under load several events go out in one write instead of one each.
+streams of a tiny model on two cores that was most of the server's CPU and held the endpoint to 0.72-0.77x the
+engine's own throughput. Engines are local servers we start ourselves (llama-server, vLLM's uvicorn), answering
+one HTTP/1.1 response per connection, so reading the response here is small: a status line, headers, then a
+chunked or length-delimited body. The reader takes whatever the socket has (up to 64 KiB at a time) and yields
+the body bytes of every complete chunk in it at once: under load several events go out in one write, not one each.
 
 Non-streamed requests keep httpx (scheduler.Runner.request): they are one read each and need its conveniences.
 """
