@@ -235,6 +235,7 @@ def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess
 
 ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_python_server", "llama-server", "vllm.entrypoints",
                   "vllm_standby.py", "VLLM::")
+EMBEDDED_RUNNER_MARKER = " --embedded --idle-timeout "  # client._start_embedded's argv
 # Every process this session starts inherits this variable (engines included: they drop only MODEL_RUNNER_*
 # and JPY_*), so the check below judges this session's engines, not those of another run on the machine.
 SESSION_MARKER = f"PYTEST_MODELRUNNER_SESSION={os.getpid()}-{os.urandom(4).hex()}"
@@ -242,7 +243,8 @@ os.environ[SESSION_MARKER.split("=")[0]] = SESSION_MARKER.split("=")[1]
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """No engine process this session started may outlive it: any survivor fails the run (and is killed)."""
+    """No engine process this session started may outlive it, nor an embedded runner (it would wait an hour for
+    work): any survivor fails the run (and is killed)."""
     survivors = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -252,12 +254,12 @@ def pytest_sessionfinish(session, exitstatus) -> None:
             ours = SESSION_MARKER.encode() in (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if ours and any(marker in cmdline for marker in ENGINE_MARKERS):
+        if ours and any(marker in cmdline for marker in (*ENGINE_MARKERS, EMBEDDED_RUNNER_MARKER)):
             survivors.append((int(proc.name), cmdline[:160]))
     for pid, _ in survivors:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if survivors:
         lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in survivors)
-        print(f"\nEngine processes survived the test session (killed now):\n{lines}")
+        print(f"\nEngine or embedded runner processes survived the test session (killed now):\n{lines}")
         session.exitstatus = 1

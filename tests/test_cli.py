@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from jupyter_modelrunner.lease import lease_is_held, read_owner
+from jupyter_modelrunner.lease import read_owner
 
 from .support.registry import find_free_port
+from .support.runners import stop_store_owner
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -35,13 +33,7 @@ def cli_env(tmp_path, registry, monkeypatch):
     for name in ("MODEL_RUNNER_HOST", "MODEL_RUNNER_TOKEN", "JPY_PARENT_PID"):
         monkeypatch.delenv(name, raising=False)
     yield tmp_path
-    owner = read_owner(store)
-    if owner is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(owner.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while lease_is_held(store) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    stop_store_owner(store)
 
 
 def test_help_lists_the_docker_model_verbs():

@@ -9,10 +9,6 @@ same registry); it is stopped at the end of the module, and with it every engine
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +20,7 @@ from nbclient import NotebookClient
 from .conftest import server_env
 from .support.models import smollm2_twin
 from .support.publish import publish_gguf, publish_safetensors
+from .support.runners import stop_store_owner
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 #: Per cell: the slowest is the first chat with vLLM's CPU build (~30-55 s to start here).
@@ -46,33 +43,7 @@ def kernel_env(tmp_path_factory, smollm2_registry) -> Iterator[dict[str, str]]:
     workdir = tmp_path_factory.mktemp("notebooks")
     env = server_env(workdir, workdir / "store", smollm2_registry)
     yield env
-    stop_embedded_runner(Path(env["JUPYTER_RUNTIME_DIR"]))
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a reparented runner may wait for a reaper that never comes)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def stop_embedded_runner(runtime: Path, timeout: float = 30.0) -> None:
-    """SIGTERM the runner the kernels started (it stops its engines first) and wait for it to go."""
-    try:
-        pid = int(json.loads((runtime / "modelrunner-embedded.json").read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _running(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)  # it leads its own session; pytest_sessionfinish reports engines left
-        pytest.fail(f"the embedded runner (pid {pid}) ignored SIGTERM for {timeout:.0f} s")
+    stop_store_owner(Path(env["MODEL_RUNNER_STORE"]))
 
 
 def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:

@@ -30,6 +30,7 @@ from ..conftest import REGISTRY_USER, write_docker_credentials
 from ..support.faultproxy import FaultProxy
 from ..support.publish import gguf_config, publish_gguf, publish_raw, tar_bytes
 from ..support.registry import find_free_port
+from ..support.runners import stop_store_owner
 
 BIG_BLOB_BYTES = 24 * 1024 * 1024
 
@@ -256,7 +257,10 @@ def test_two_processes_pulling_the_same_model_share_the_work(tmp_path, registry,
     root = tmp_path / "shared-store"
     command = [sys.executable, "-m", "jupyter_modelrunner", "--store", str(root), "pull", "-q", reference]
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=120) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        stop_store_owner(root)  # the embedded runner the first of them started for the store
     assert [p.returncode for p in procs] == [0, 0], outputs
     store = Store(root)
     (model,) = store.models()
