@@ -126,13 +126,18 @@ export function registerCommands(ctx: CommandContext, palette: ICommandPalette |
       }
       const images = Array.isArray(args.images) ? (args.images as string[]) : selectedImages();
       let model = typeof args.model === 'string' ? args.model : '';
-      if (!model) {
-        if (!state.models.some(seesImages)) {
-          await state.refreshModels(); // packaged or pulled by another client since the panel last read the list
+      try {
+        if (!model) {
+          if (!state.models.some(seesImages)) {
+            await state.refreshModels(); // packaged or pulled by another client since the panel last read the list
+          }
+          model = familiar(modelName(visionModel(state.models, state.selected)));
         }
-        model = familiar(modelName(visionModel(state.models, state.selected)));
+        await insertChatCell(app, ctx.tracker, model, images);
+      } catch (err) {
+        // From a context menu nothing else would show it: say what to do where the user clicked.
+        await showErrorMessage('Model Runner: ask about an image', message(err));
       }
-      await insertChatCell(app, ctx.tracker, model, images);
     }
   });
   app.contextMenu.addItem({
