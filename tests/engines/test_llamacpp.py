@@ -136,7 +136,7 @@ def test_images_are_refused_without_a_projector_and_on_the_fallback(tmp_path, ti
 def test_llama_server_encodes_an_image_through_the_projector(tmp_path, tiny_vision, server_engine):
     """The real engine: the projector loads, and an image part is encoded into the prompt (llama-server logs it at
     verbosity 4, a runtime flag users may set with `configure MODEL -- -lv 4`)."""
-    from ..support.vision import IMAGE_ENCODED_LOG, data_url, png
+    from ..support.vision import data_url, images_encoded, png
 
     store = Store(tmp_path / "store", registry="127.0.0.1:1")
     package_gguf(store, tiny_vision.gguf, ref("ai/tiny-vision"), mmproj=tiny_vision.mmproj)
@@ -150,15 +150,17 @@ def test_llama_server_encodes_an_image_through_the_projector(tmp_path, tiny_visi
         try:
             async with scheduler.use("ai/tiny-vision") as runner:
                 response = await runner.request("POST", "/v1/chat/completions", json=question)
-                return response.status_code, response.json(), runner.log_tail(400)
+                # The engine's output reaches its log through the runner's log thread, moments after the answer.
+                log = await asyncio.to_thread(images_encoded, lambda: runner.log_tail(400), at_least=1)
+                return response.status_code, response.json(), log, runner.log_tail(400)
         finally:
             await scheduler.shutdown()
 
-    status, answer, log = asyncio.run(scenario())
+    status, answer, encoded, log = asyncio.run(scenario())
     assert status == 200, answer
     assert answer["choices"][0]["message"]["content"]
     assert "loaded multimodal model" in log
-    assert IMAGE_ENCODED_LOG in log
+    assert encoded == 1, log
 
 
 # -- runtime flags ----------------------------------------------------------------------------------------

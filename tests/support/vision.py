@@ -13,7 +13,9 @@ import importlib.util
 import os
 import struct
 import subprocess
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,15 @@ REQUIREMENTS = {"torch": "torch", "transformers": "transformers", "sentencepiece
                 "safetensors": "safetensors", "google.protobuf": "protobuf", "numpy": "numpy"}
 #: What llama-server logs (at `--verbosity 4`) when it has turned an image into embeddings and fed them to the model.
 IMAGE_ENCODED_LOG = "image decoded (batch 1/1)"
+
+
+def images_encoded(read_log: Callable[[], str], *, at_least: int = 1, timeout: float = 30.0) -> int:
+    """How many images the engine's log says it encoded, read again until at least `at_least` show or `timeout`
+    passes: the engine's output reaches its log file through the runner's log thread, moments after the answer."""
+    deadline = time.monotonic() + timeout
+    while (count := read_log().count(IMAGE_ENCODED_LOG)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return count
 
 
 @dataclass(frozen=True)
