@@ -22,7 +22,7 @@ import re
 import secrets
 from typing import Any
 
-from .tool_calls import parse_arguments
+from .tool_calls import opens_call, parse_arguments
 
 #: OpenAI finish reasons as Anthropic stop reasons (a matched stop sequence is `stop_sequence`, found apart).
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
@@ -397,17 +397,12 @@ class MessageStream:
         return events
 
     def _tool_call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
-        index = call.get("index") or 0
         function = call.get("function") or {}
         events = []
-        if f"tool:{index}" != self._open:
-            if index in self._tools_seen:
-                # OpenAI streams one call after another; a fragment of a call already closed cannot be placed.
-                raise ValueError("the engine interleaved the arguments of several tool calls")
-            self._tools_seen.add(index)
+        if starts := opens_call(call, self._open, self._tools_seen):
             self._has_tool_use = True
-            events += self._switch(f"tool:{index}", {"type": "tool_use", "id": tool_use_id(call.get("id")),
-                                                     "name": function.get("name") or "", "input": {}})
+            events += self._switch(starts, {"type": "tool_use", "id": tool_use_id(call.get("id")),
+                                            "name": function.get("name") or "", "input": {}})
         if isinstance(function.get("arguments"), str) and function["arguments"]:
             events.append(self._delta({"type": "input_json_delta", "partial_json": function["arguments"]}))
         return events

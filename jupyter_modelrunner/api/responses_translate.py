@@ -20,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from .tool_calls import opens_call
+
 #: How many stored responses the runner keeps; the least recently used goes first.
 STORE_LIMIT = 1000
 
@@ -420,14 +422,10 @@ class ResponseStream:
                 self._event("response.failed", response=copy.deepcopy(self.response))]
 
     def _tool_call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
-        index = call.get("index") or 0
         function = call.get("function") or {}
         events = []
-        if f"tool:{index}" != self._open:
-            if index in self._tools_seen:
-                raise ValueError("the engine interleaved the arguments of several tool calls")
-            self._tools_seen.add(index)
-            events += self._switch(f"tool:{index}", {
+        if starts := opens_call(call, self._open, self._tools_seen):
+            events += self._switch(starts, {
                 "type": "function_call", "id": new_id("fc"), "call_id": call.get("id") or new_id("call"),
                 "name": function.get("name") or "", "arguments": "", "status": "in_progress"})
         if isinstance(function.get("arguments"), str) and function["arguments"]:

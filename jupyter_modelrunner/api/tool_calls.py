@@ -17,3 +17,17 @@ def parse_arguments(name: str, arguments: Any) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ValueError(f"the model called {name!r} with arguments that are not a JSON object")
     return parsed
+
+
+def opens_call(call: dict[str, Any], open_block: str | None, seen: set[int]) -> str | None:
+    """For a streamed tool-call fragment (OpenAI's `delta.tool_calls[]`): the block key (`tool:<index>`) when it starts
+    a call, None when it continues the open one. OpenAI streams one call's fragments after another's, so a fragment of
+    a call already closed cannot be placed: ValueError. `seen` is the stream's record of calls started."""
+    index = call.get("index") or 0
+    key = f"tool:{index}"
+    if key == open_block:
+        return None
+    if index in seen:
+        raise ValueError("the engine interleaved the arguments of several tool calls")
+    seen.add(index)
+    return key
