@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from jupyter_modelrunner.distribution import package_safetensors  # noqa: E402
 from jupyter_modelrunner.engines.vllm import default_vllm_python  # noqa: E402
 from jupyter_modelrunner.reference import parse_reference  # noqa: E402
-from jupyter_modelrunner.scheduler import sse_events  # noqa: E402
+from jupyter_modelrunner.sse import sse_events  # noqa: E402
 from jupyter_modelrunner.store import Store  # noqa: E402
 from tests.support.jupyter import ServerProcess  # noqa: E402
 from tests.support.models import make_tiny_safetensors  # noqa: E402

@@ -87,6 +87,16 @@ class KeyNotFound(ModelRunnerError, LookupError):
     http_status = 404
 
 
+class EngineRefused(ModelRunnerError):
+    """The engine answered a request with an error (a prompt longer than the context, a malformed tool): its own
+    status and message, and its body (`content`) for the OpenAI routes, which pass an engine's error on as it is."""
+
+    def __init__(self, status: int, message: str, content: bytes = b"") -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.content = content
+
+
 class Overloaded(ModelRunnerError):
     """More requests wait for a model than its queue bound allows: try again after `retry_after` seconds."""
 

@@ -178,11 +178,8 @@ class Runner:
 
     @property
     def implementation(self) -> str:
-        """The program serving the model (`llama-server`, `llama-cpp-python`, `vllm`)."""
-        argv0 = Path(self.launch.argv[0]).name
-        if "llamacpp_python_server" in " ".join(self.launch.argv[:3]):
-            return "llama-cpp-python"
-        return "vllm" if self.key.engine == "vllm" else argv0
+        """The program serving the model (`llama-server`, `llama-cpp-python`, `vllm`), as its engine launched it."""
+        return self.launch.implementation or self.key.engine
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(list(self.log)[-lines:])
@@ -1068,24 +1065,3 @@ def _dying_with_parent(argv: Sequence[str]) -> list[str]:
     if not sys.platform.startswith("linux"):
         return list(argv)
     return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
-
-
-def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    """Parse an OpenAI server-sent event stream into JSON objects (ends at `data: [DONE]`)."""
-
-    async def parse() -> AsyncIterator[dict[str, Any]]:
-        buffer = b""
-        async for chunk in chunks:
-            buffer = (buffer + chunk).replace(b"\r\n", b"\n")
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                for line in event.splitlines():
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    with contextlib.suppress(ValueError):
-                        yield json.loads(data)
-
-    return parse()

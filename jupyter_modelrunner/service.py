@@ -25,6 +25,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ._version import __version__
 from .errors import ModelRunnerError, UnsupportedArtifact
 from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, ImageRejected, image_parts, inline_images
+from .inference import (
+    ENGINE_MODEL_NAME,
+    OWNER,
+    Caller,
+    CapabilityMissing,
+    Inference,
+    InferenceRequest,
+    MediaRefused,
+    PolicyRefused,
+    media_refusal,
+    requires_tool_call,
+)
 from .lease import Owner, StoreLease
 from .scheduler import Scheduler
 from .store import Model, Store
@@ -383,22 +395,103 @@ class ModelRunnerService:
 
     # -- requests -------------------------------------------------------------------------------------
 
-    async def prepare_images(self, name: str, body: dict[str, Any], *, engine: str | None = None) -> dict[str, Any]:
-        """A chat request ready for the engine as far as images go: unchanged without images; otherwise refused
-        (`ImageRejected`, before anything loads) when the model's engine cannot take them, and with every image
-        inline as a data URL (http(s) URLs fetched here, within `max_image_bytes` and `image_fetch_timeout`)."""
-        if not image_parts(body):
+    @contextlib.asynccontextmanager
+    async def infer(self, request: InferenceRequest) -> AsyncIterator[Inference]:
+        """THE path from a translated request to an engine; every dialect's route takes it.
+
+        Before anything loads: the model's capabilities are checked against what the request needs (images, a
+        required tool call; a reranker's or chat model's mode when its runner has to start), every media part is
+        guarded (images fetched here from public addresses and inlined; audio and video URLs refused), and the
+        caller's policy applied (an inference key cannot pin a model, keep it longer than the server's keep_alive,
+        nor restart it with another context). Then a ready runner is leased for the length of the block, the body
+        adapted for its engine, and the request counted. Failures are counted under the request's route and raised
+        as `ModelRunnerError`s (`EngineRefused` for an engine's own error answer), which each dialect shapes.
+        """
+        route = request.route or request.endpoint
+        try:
+            body = await self.admitted_body(request)
+            context_size, keep_alive = self._allowed_lifetime(request)
+            async with self.scheduler.use(request.model, mode=request.mode, engine=request.engine,
+                                          context_size=context_size, keep_alive=keep_alive) as runner:
+                self.metrics.requests.labels(route, runner.name).inc()
+                if request.endpoint != "rerank":
+                    body = runner.choice.engine.adapt_request(
+                        request.endpoint, {**body, "model": ENGINE_MODEL_NAME}, runner.plan, launch=runner.launch,
+                        wants_matched_stop=request.wants_matched_stop)
+                yield Inference(request, runner, body, self.metrics)
+        except Exception:
+            self.metrics.errors.labels(route).inc()
+            raise
+
+    async def admitted_body(self, request: InferenceRequest) -> dict[str, Any]:
+        """The request's body once its media are guarded and the model can do what it asks (else a 400 that says
+        why, before any engine starts)."""
+        body = request.body
+        if request.endpoint != "chat/completions":
+            return body
+        refusal = media_refusal(body)
+        if refusal is not None:
+            raise MediaRefused(refusal)
+        images, tool_call = bool(image_parts(body)), requires_tool_call(body)
+        if not images and not tool_call:
             return body
 
-        def refusal() -> str | None:
-            model, choice = self.scheduler.choose(name, engine)
-            return choice.engine.image_refusal(model, name)
+        def capability_refusal() -> tuple[str | None, str | None]:
+            model, choice = self.scheduler.choose(request.model, request.engine)
+            engine = choice.engine
+            return (engine.image_refusal(model, request.model) if images else None,
+                    engine.tool_refusal(model, request.model) if tool_call else None)
 
-        reason = await asyncio.to_thread(refusal)
-        if reason is not None:
-            raise ImageRejected(reason)
+        image_refusal, tool_refusal = await asyncio.to_thread(capability_refusal)
+        if image_refusal is not None:
+            raise ImageRejected(image_refusal)
+        if tool_refusal is not None:
+            raise CapabilityMissing(tool_refusal)
+        if not images:
+            return body
         return await inline_images(body, max_bytes=self.max_image_bytes, timeout=self.image_fetch_timeout,
                                    allow_private=self.allow_private_image_urls)
+
+    def _allowed_lifetime(self, request: InferenceRequest) -> tuple[int | None, float | None]:
+        """The request's own context size and keep_alive, as far as its caller may set them. A manager's are
+        honoured; an inference key's context is ignored (a new one restarts the engine under everyone's requests)
+        and its keep_alive is capped at the server's (never for good), so a key can neither pin a model nor hold
+        memory longer than the server's policy."""
+        if request.caller.may_manage:
+            return request.context_size, request.keep_alive
+        keep_alive = request.keep_alive
+        if keep_alive is not None:
+            keep_alive = None if keep_alive < 0 else min(keep_alive, self.scheduler.keep_alive)
+        if request.context_size is not None or keep_alive != request.keep_alive:
+            log.info("inference key %s: its context size and keep_alive beyond the server's policy are ignored",
+                     request.caller.name)
+        return None, keep_alive
+
+    async def load(self, name: str, *, engine: str | None = None, mode: str = "completion",
+                   context_size: int | None = None, keep_alive: float | None = None,
+                   caller: Caller = OWNER) -> dict[str, Any]:
+        """Start a model's engine now (Docker's preload, Ollama's empty chat) and say how it runs; the runner then
+        idles out as usual. An inference key's context and keep_alive go through the same policy as its requests."""
+        wish = InferenceRequest(name, "chat/completions", engine=engine, caller=caller, context_size=context_size,
+                                keep_alive=keep_alive)
+        context_size, keep_alive = self._allowed_lifetime(wish)
+        started = time.monotonic()
+        runner = await self.scheduler.load(name, engine=engine, mode=mode, context_size=context_size,
+                                           keep_alive=keep_alive)
+        return {**runner.status(), "load_seconds": round(time.monotonic() - started, 3)}
+
+    async def unload(self, names: list[str] | tuple[str, ...] = (), *, all: bool = False, engine: str | None = None,
+                     caller: Caller = OWNER) -> list[str]:
+        """Stop models' engines now (their requests in flight end first). Management: not for an inference key,
+        which would stop a model under everyone else's requests."""
+        if not caller.may_manage:
+            raise PolicyRefused(f"The inference key {caller.name!r} may not unload models (keep_alive 0 unloads a "
+                                "model for every user); ask with the Jupyter token.")
+        return await self.scheduler.unload(names, all=all, engine=engine)
+
+    def ps(self) -> list[dict[str, Any]]:
+        """The running models (`ps`), as the scheduler sees them now."""
+        return self.scheduler.ps()
 
     # -- engines --------------------------------------------------------------------------------------
 
@@ -412,12 +505,6 @@ class ModelRunnerService:
 
     async def settings(self, name: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.scheduler.settings_of, name)
-
-    async def load(self, name: str, *, engine: str | None = None, mode: str = "completion") -> dict[str, Any]:
-        """Start a model's engine now (Docker's preload) and say how it runs; the runner then idles out as usual."""
-        started = time.monotonic()
-        runner = await self.scheduler.load(name, engine=engine, mode=mode)
-        return {**runner.status(), "load_seconds": round(time.monotonic() - started, 3)}
 
     async def status(self) -> dict[str, Any]:
         from .lease import owner_json

@@ -179,6 +179,7 @@ def test_the_service_refuses_images_before_loading_when_the_engine_cannot_see(tm
     import importlib.util
 
     from jupyter_modelrunner.distribution import package_gguf
+    from jupyter_modelrunner.inference import InferenceRequest
     from jupyter_modelrunner.reference import parse_reference
     from jupyter_modelrunner.service import ModelRunnerService
     from jupyter_modelrunner.store import Store
@@ -191,7 +192,7 @@ def test_the_service_refuses_images_before_loading_when_the_engine_cannot_see(tm
     async def prepare(engine: LlamaCppEngine, name: str) -> dict:
         service = ModelRunnerService.create(store, registry="127.0.0.1:1", engines=[engine])
         try:
-            return await service.prepare_images(name, body)
+            return await service.admitted_body(InferenceRequest(name, "chat/completions", body))
         finally:
             assert not service.scheduler.runners
             await service.shutdown()

@@ -22,7 +22,8 @@ from jupyter_modelrunner.engines.base import EngineFlagRefused
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
 from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine
 from jupyter_modelrunner.reference import parse_reference
-from jupyter_modelrunner.scheduler import EngineFailed, NotEnoughMemory, Scheduler, sse_events
+from jupyter_modelrunner.scheduler import EngineFailed, NotEnoughMemory, Scheduler
+from jupyter_modelrunner.sse import sse_events
 from jupyter_modelrunner.store import Store
 
 pytestmark = pytest.mark.timeout(300)

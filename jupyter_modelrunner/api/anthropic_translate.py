@@ -22,6 +22,7 @@ import re
 import secrets
 from typing import Any
 
+from ..sse import named_events
 from .tool_calls import opens_call, parse_arguments
 
 #: OpenAI finish reasons as Anthropic stop reasons (a matched stop sequence is `stop_sequence`, found apart).
@@ -424,6 +425,10 @@ class MessageStream:
     def _delta(self, delta: dict[str, Any]) -> dict[str, Any]:
         return {"type": "content_block_delta", "index": self._index, "delta": delta}
 
+    def fail(self, status: int, message: str) -> list[dict[str, Any]]:
+        """An engine failure mid-stream: Anthropic's `error` event (the SDK raises it as an APIError)."""
+        return [error_body(status, message)]
+
     def finish(self) -> list[dict[str, Any]]:
         """Close the open block; `message_delta` with the stop reason and the usage; `message_stop`."""
         stop_reason, stop_sequence = _stop(self._finish_reason, self._matched)
@@ -438,6 +443,5 @@ class MessageStream:
                 {"type": "message_stop"}]
 
 
-def sse(events: list[dict[str, Any]]) -> bytes:
-    """Server-sent events as Anthropic sends them: the event name is the data's `type`."""
-    return b"".join(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode() for event in events)
+#: The stream's wire format: events named by their type (one encoder, in sse.py).
+sse = named_events

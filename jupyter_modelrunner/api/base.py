@@ -21,6 +21,7 @@ from tornado import web
 
 from ..distribution.progress import format_bytes
 from ..errors import ModelRunnerError, Overloaded
+from ..inference import SCOPE_INFERENCE, SCOPE_MANAGE, Caller, Inference
 from ..service import ModelRunnerService
 from .forward import forward
 
@@ -72,9 +73,6 @@ def openai_error(status: int, message: str) -> dict[str, Any]:
                                           "code": status}}
 
 
-#: What a scoped inference key (not the Jupyter token) may reach: routes that answer with a model, never manage.
-SCOPE_INFERENCE = "inference"
-SCOPE_MANAGE = "manage"
 
 
 class _KeyAwareIdentity:
@@ -246,10 +244,25 @@ class ModelRunnerHandler(APIHandler):
         """Jupyter's name for it, for code that calls that: the same checks."""
         return self.json_body() or None
 
-    def name_the_engine(self, runner: Any) -> None:
+    @property
+    def caller(self) -> Caller:
+        """Who asks, for the inference path's policy: an inference key asks only; the token's user manages."""
+        if self.key_name is not None:
+            return Caller(f"key:{self.key_name}", SCOPE_INFERENCE)
+        # Jupyter names a token-only request's user anew each time: the token (or the server's own user) is one owner.
+        return Caller("token", SCOPE_MANAGE)
+
+    def name_the_engine(self, inference: Inference) -> None:
         """Say which engine answers (`X-Model-Runner-Engine`, `-Device`): the %%chat footer and the sidebar show it."""
-        self.set_header("X-Model-Runner-Engine", runner.choice.engine.name)
-        self.set_header("X-Model-Runner-Device", runner.choice.device)
+        for name, value in inference.engine_headers.items():
+            self.set_header(name, value)
+
+    def start_event_stream(self, content_type: str) -> None:
+        """The headers of a streamed answer: no caching, and no buffering by a proxy in front (nginx before
+        JupyterHub), so each event reaches the client as the engine makes it."""
+        self.set_header("Content-Type", content_type)
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
 
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -27,7 +27,7 @@ class EnginePsHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.send_json(self.service.scheduler.ps())
+        self.send_json(self.service.ps())
 
 
 class EngineDfHandler(ModelRunnerHandler):
@@ -52,7 +52,7 @@ class EngineUnloadHandler(ModelRunnerHandler):
         everything = bool(body.get("all"))
         if not everything and not models:
             raise web.HTTPError(400, 'Say what to unload: {"models": ["ai/smollm2"]} or {"all": true}.')
-        unloaded = await self.service.scheduler.unload(models, all=everything, engine=body.get("backend"))
+        unloaded = await self.service.unload(models, all=everything, engine=body.get("backend"), caller=self.caller)
         self.send_json({"unloaded_runners": len(unloaded), "models": unloaded})
 
 

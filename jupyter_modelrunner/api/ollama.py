@@ -20,14 +20,14 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
 from ..errors import ModelRunnerError
+from ..inference import InferenceRequest
+from ..sse import sse_data
 from . import ollama_translate as translate
 from . import schemas
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .models import ProgressStreamMixin
-from .openai import ENGINE_MODEL_NAME
-from .relay import StreamRelayMixin, engine_message, sse_data
+from .relay import StreamRelayMixin
 
 NDJSON = "application/x-ndjson"
 #: What `GET api/version` answers: clients check it against the Ollama features they need.
@@ -78,50 +78,42 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
             return
         # Ollama's per-request keep_alive: how long the model stays loaded after *this* request (the scheduler's
         # lease: it can keep a model longer, never unload it under another client).
-        exc = await self.run_answer(self._answer(kind, model, path, request, started, keep_alive, context_size))
+        inference = InferenceRequest(model, path.removeprefix("/v1/"), request, route=f"ollama/{kind}",
+                                     caller=self.caller, context_size=context_size, keep_alive=keep_alive)
+        exc = await self.run_answer(self._answer(kind, inference, started))
         if exc is not None:
-            self.service.metrics.errors.labels(f"ollama/{kind}").inc()
             raise exc
 
     async def _load_or_unload(self, kind: str, model: str, keep_alive: float | None, context_size: int | None) -> None:
         if keep_alive == 0:
-            await self.service.scheduler.unload([model])
+            await self.service.unload([model], caller=self.caller)
             reason = "unload"
         else:
-            await self.service.scheduler.load(model, mode=MODE_COMPLETION, context_size=context_size,
-                                              keep_alive=keep_alive)
+            await self.service.load(model, context_size=context_size, keep_alive=keep_alive, caller=self.caller)
             reason = "load"
         final = translate.chat_response_to_ollama(model, {"choices": [{"finish_reason": reason}]}, time.monotonic(),
                                                   kind)  # type: ignore[arg-type]
         final["done_reason"] = reason
         self.send_json(final)
 
-    async def _answer(self, kind: str, model: str, path: str, request: dict[str, Any], started: float,
-                      keep_alive: float | None, context_size: int | None) -> None:
-        # Ollama's images became image_url parts: checked (can this model see? is it an image?) before anything loads.
-        request = await self.service.prepare_images(model, request)
-        request = {**request, "model": ENGINE_MODEL_NAME}
-        async with self.service.scheduler.use(model, mode=MODE_COMPLETION, context_size=context_size,
-                                              keep_alive=keep_alive) as runner:
-            self.service.metrics.requests.labels(f"ollama/{kind}", runner.name).inc()
-            request = runner.choice.engine.adapt_request(path.removeprefix("/v1/"), request, runner.plan)
-            if not request.get("stream"):
-                response = await runner.request("POST", path, json=request)
-                if response.status_code != 200:
-                    raise web.HTTPError(response.status_code, engine_message(response.content))
-                self.send_json(translate.chat_response_to_ollama(model, response.json(), started,
-                                                                 "chat" if kind == "chat" else "generate"))
+    async def _answer(self, kind: str, request: InferenceRequest, started: float) -> None:
+        model, shape = request.model, "chat" if kind == "chat" else "generate"
+        async with self.service.infer(request) as inference:
+            self.name_the_engine(inference)
+            if not request.stream:
+                reply = await inference.answer()
+                self.send_json(translate.chat_response_to_ollama(model, reply.json(), started, shape))
                 return
-            async with runner.stream("POST", path, json=request) as upstream:
-                if upstream.status_code != 200:
-                    raise web.HTTPError(upstream.status_code,
-                                        engine_message(b"".join([c async for c in upstream])))
+            async with inference.stream() as upstream:
                 self.set_header("Content-Type", NDJSON)
-                converter = translate.OllamaStream(model, "chat" if kind == "chat" else "generate", started)
-                await self.relay(upstream, lambda events: _ollama_lines(converter, events),
-                                 end=lambda: _ollama_final_line(converter),
-                                 on_error=lambda _status, message: _ndjson([translate.error_body(message)]),
-                                 content_type=NDJSON)
+                converter = translate.OllamaStream(model, shape, started)
+
+                def failed(_status: int, message: str) -> bytes:
+                    inference.failed_midstream(message)
+                    return _ndjson([translate.error_body(message)])
+
+                await self.relay(upstream, lambda events: _ollama_lines(converter, inference.adapt(events)),
+                                 end=lambda: _ollama_final_line(converter), on_error=failed, content_type=NDJSON)
 
 
 class OllamaEmbedHandler(OllamaHandler):
@@ -150,14 +142,11 @@ class OllamaEmbedHandler(OllamaHandler):
             keep_alive = translate.keep_alive_seconds(body.get("keep_alive"))
         except ValueError as exc:
             raise web.HTTPError(400, str(exc)) from exc
-        async with self.service.scheduler.use(model, mode=MODE_EMBEDDING, context_size=context_size,
-                                              keep_alive=keep_alive) as runner:
-            self.service.metrics.requests.labels("ollama/embed", runner.name).inc()
-            response = await runner.request("POST", "/v1/embeddings",
-                                            json={"model": ENGINE_MODEL_NAME, "input": inputs})
-        if response.status_code != 200:
-            raise web.HTTPError(response.status_code, engine_message(response.content))
-        data = response.json()
+        request = InferenceRequest(model, "embeddings", {"model": model, "input": inputs}, route="ollama/embed",
+                                   caller=self.caller, context_size=context_size, keep_alive=keep_alive)
+        async with self.service.infer(request) as inference:
+            self.name_the_engine(inference)
+            data = (await inference.answer()).json()
         return [item["embedding"] for item in sorted(data.get("data", []), key=lambda d: d.get("index", 0))], data
 
 
@@ -205,7 +194,7 @@ class OllamaPsHandler(OllamaHandler):
     async def get(self) -> None:
         models = {m["id"]: m for m in await self.service.models()}
         entries = []
-        for status in self.service.scheduler.ps():
+        for status in self.service.ps():
             if status.get("mode") == "standby":
                 continue  # not a model: Ollama clients would not know what to make of it
             model = models.get(status["model_id"], {"id": status["model_id"], "tags": [status["model_name"]]})

@@ -1,6 +1,7 @@
 """The OpenAI-compatible endpoint: `engines[/{engine}]/v1/...`, and `v1/...` as its alias.
 
-A reverse proxy to the engine that runs the requested model. Requests name models the way users do
+The request needs no translation: it goes through the one inference path (`service.infer`) to the engine that
+runs the requested model. Requests name models the way users do
 (`ai/smollm2`, `smollm2`, an id); the engine knows its model as `model`, and answers are rewritten to
 say the name the client asked for. Streams are passed on event by event with a flush after each, so
 the first token reaches the notebook as soon as the engine produces it; a client that goes away
@@ -17,16 +18,14 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..engines.base import MODE_COMPLETION, MODE_EMBEDDING
-from ..errors import InvalidReference
+from ..errors import EngineRefused, InvalidReference
+from ..inference import Inference, InferenceRequest
 from ..reference import parse_reference
 from ..store import Model
 from . import schemas
 from .base import SCOPE_INFERENCE, ModelRunnerHandler, openai_error
-from .relay import StreamRelayMixin
+from .relay import SSE, StreamRelayMixin
 
-#: The name every engine serves its one model under (see engines/*.py `--served-model-name`/`--model_alias`).
-ENGINE_MODEL_NAME = "model"
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
 _ENGINE_MODEL_FIELD = re.compile(rb'"model":\s?"model"')
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date",
@@ -63,48 +62,36 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise web.HTTPError(400, "Name the model in the request body, e.g. {\"model\": \"ai/smollm2\", ...}.")
-        exc = await self.run_answer(self._proxy(endpoint, engine, model, body))
-        if exc is not None:
-            self.service.metrics.errors.labels(endpoint).inc()
+        request = InferenceRequest(model, endpoint, body, route=endpoint, engine=engine, caller=self.caller)
+        exc = await self.run_answer(self._proxy(request))
+        if isinstance(exc, EngineRefused) and exc.content and not self._headers_written:
+            # The engine's own error body, as OpenAI clients read it (its type and fields kept).
+            self.set_status(exc.http_status)
+            self.finish(engine_error(exc.content), set_content_type="application/json")
+        elif exc is not None:
             raise exc
 
-    async def _proxy(self, endpoint: str, engine: str | None, model: str, body: dict[str, Any]) -> None:
-        mode = MODE_EMBEDDING if endpoint == "embeddings" else MODE_COMPLETION
-        stream = bool(body.get("stream")) and endpoint != "embeddings"
-        if endpoint == "chat/completions":  # image_url parts: checked, and fetched here rather than by the engine
-            body = await self.service.prepare_images(model, body, engine=engine)
-        upstream_body = {**body, "model": ENGINE_MODEL_NAME}
-        async with self.service.scheduler.use(model, mode=mode, engine=engine) as runner:
-            self.service.metrics.requests.labels(endpoint, runner.name).inc()
-            backend = runner.choice.engine
-            upstream_body = backend.adapt_request(endpoint, upstream_body, runner.plan)
-            self.name_the_engine(runner)
-            if not stream:
-                response = await runner.request("POST", f"/v1/{endpoint}", json=upstream_body)
-                self.set_status(response.status_code)
-                self._copy_headers(response.headers)
-                content = rename_model(backend.adapt_response(endpoint, response.content), model)
-                self.finish(engine_error(content) if response.status_code >= 400 else content,
-                            set_content_type=response.headers.get("content-type", "application/json"))
+    async def _proxy(self, request: InferenceRequest) -> None:
+        model = request.model
+        async with self.service.infer(request) as inference:
+            self.name_the_engine(inference)
+            if not request.stream:
+                reply = await inference.answer()
+                self.set_status(reply.status_code)
+                self._copy_headers(reply.headers)
+                self.finish(rename_model(reply.content, model),
+                            set_content_type=reply.headers.get("content-type", "application/json"))
                 return
-            async with runner.stream("POST", f"/v1/{endpoint}", json=upstream_body) as upstream:
-                if upstream.status_code != 200:  # an error before the stream started: pass it on
-                    content = engine_error(b"".join([chunk async for chunk in upstream]))
-                    self.set_status(upstream.status_code)
-                    self.finish(content, set_content_type=upstream.headers.get("content-type", "application/json"))
-                    return
-                self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-                self.set_header("Cache-Control", "no-cache")
-                self.set_header("X-Accel-Buffering", "no")  # nginx in front of JupyterHub: do not buffer
-                await self.relay(upstream,
-                                 lambda events: rename_model(backend.adapt_response(endpoint, events), model),
-                                 on_error=lambda status, message: self._stream_error(model, status, message),
-                                 content_type="text/event-stream; charset=utf-8")
+            async with inference.stream() as upstream:
+                self.start_event_stream(SSE)
+                await self.relay(upstream, lambda events: rename_model(inference.adapt(events), model),
+                                 on_error=lambda status, message: self._stream_error(inference, status, message),
+                                 content_type=SSE)
 
-    def _stream_error(self, model: str, status: int, message: str) -> bytes:
+    @staticmethod
+    def _stream_error(inference: Inference, status: int, message: str) -> bytes:
         """An engine failure mid-stream, as the SSE event OpenAI clients raise as an `APIError`."""
-        self.service.metrics.errors.labels("stream").inc()
-        self.log.warning("engine failed mid-stream for %s: %s", model, message.splitlines()[0])
+        inference.failed_midstream(message)
         return b"data: " + json.dumps(openai_error(status, message)).encode() + b"\n\n"
 
     def _copy_headers(self, headers: Any) -> None:

@@ -1,4 +1,4 @@
-"""One relay for the engines' streamed answers, shared by the OpenAI and Ollama routes.
+"""One relay for the engines' streamed answers, shared by every dialect's routes.
 
 Engines stream OpenAI server-sent events. The OpenAI route passes them on (the model renamed to the name
 the client used); the Ollama route turns them into Ollama's NDJSON lines. Everything else is the same, and
@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import AsyncIterable, Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import AsyncIterable, Callable, Coroutine
+from typing import Any, Protocol
 
 from tornado.iostream import StreamClosedError
 
 from ..errors import ModelRunnerError
+from ..inference import Inference
+from ..sse import named_events, split_complete, sse_data
 from .base import error_status
+
+SSE = "text/event-stream; charset=utf-8"
 
 
 class StreamRelayMixin:
@@ -65,12 +68,8 @@ class StreamRelayMixin:
             async for chunk in chunks:
                 if self._client_gone:
                     return  # leaving the engine request's block closes it, which stops the generation
-                pending += chunk
-                cut = pending.rfind(b"\n\n")
-                if cut < 0:
-                    continue
-                events, pending = pending[: cut + 2], pending[cut + 2 :]
-                if data := translate(events):
+                events, pending = split_complete(pending + chunk)
+                if events and (data := translate(events)):
                     self.write(data)
                     await self.flush()
             if pending:
@@ -85,23 +84,41 @@ class StreamRelayMixin:
             self.finish(set_content_type=content_type)
 
 
-def sse_data(events: bytes) -> Iterator[dict[str, Any]]:
-    """The JSON objects of complete server-sent events (their `data:` lines), without the closing `[DONE]`."""
-    for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-        for line in event.splitlines():
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data and data != b"[DONE]":
-                with contextlib.suppress(ValueError):
-                    yield json.loads(data)
+class EventTranslator(Protocol):
+    """A dialect's stream translator (Anthropic's `MessageStream`, OpenAI Responses' `ResponseStream`): the events
+    to send first, for each engine chunk, at the end, and when the engine fails mid-stream."""
+
+    def start(self) -> list[dict[str, Any]]: ...
+
+    def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def finish(self) -> list[dict[str, Any]]: ...
+
+    def fail(self, status: int, message: str) -> list[dict[str, Any]]: ...
 
 
-def engine_message(content: bytes) -> str:
-    """The message of an engine's error body (OpenAI's `{"error": {"message"}}`, a bare `{"error": "..."}`, or
-    text), for an error in the route's own shape."""
-    with contextlib.suppress(ValueError, AttributeError):
-        data = json.loads(content)
-        error = data.get("error", data)
-        return str(error.get("message", error) if isinstance(error, dict) else error)
-    return content.decode("utf-8", "replace")[:500]
+class TranslatedStreamMixin(StreamRelayMixin):
+    """For dialects whose stream is a translation of the engine's into named events."""
+
+    async def relay_translated(self: Any, inference: Inference, translator: EventTranslator) -> None:
+        """Stream the engine's answer as `translator`'s events: its opening events at once (the client sees the
+        answer start while the prompt is evaluated), then each engine chunk's, then its closing ones. An engine
+        error before the stream is raised (`EngineRefused`); after it, the translator's failure events end it."""
+
+        def translate(events: bytes) -> bytes:
+            try:
+                return named_events([out for chunk in sse_data(inference.adapt(events))
+                                     for out in translator.feed(chunk)])
+            except ValueError as exc:  # the engine's error event, or tool calls that cannot be placed
+                raise ModelRunnerError(str(exc)) from exc
+
+        def failed(status: int, message: str) -> bytes:
+            inference.failed_midstream(message)
+            return named_events(translator.fail(status, message))
+
+        async with inference.stream() as upstream:
+            self.start_event_stream(SSE)
+            self.write(named_events(translator.start()))
+            await self.flush()
+            await self.relay(upstream, translate, end=lambda: named_events(translator.finish()), on_error=failed,
+                             content_type=SSE)

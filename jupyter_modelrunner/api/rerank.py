@@ -8,14 +8,10 @@ two routes answer.
 
 from __future__ import annotations
 
-import contextlib
-import json
-from typing import Any
-
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..engines.base import MODE_RERANK
+from ..inference import InferenceRequest
 from . import rerank_translate as translate
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .openai import ENGINE_SEGMENT as _ENGINE
@@ -36,36 +32,21 @@ class RerankHandler(ModelRunnerHandler):
             raise web.HTTPError(400, str(exc)) from exc
         scores: list[float] = [0.0] * len(request.pairs)
         usage: dict[str, int] = {}
-        try:
-            async with self.service.scheduler.use(request.model, mode=MODE_RERANK, engine=engine) as runner:
-                self.service.metrics.requests.labels(kind, runner.name).inc()
-                self.name_the_engine(runner)
-                for query, indexes in request.groups():
-                    response = await runner.request("POST", translate.ENGINE_PATH,
-                                                    json=translate.engine_body(request, query, indexes))
-                    if response.status_code != 200:
-                        raise web.HTTPError(response.status_code, _engine_message(response.content))
-                    try:
-                        answer = response.json()
-                        found = translate.engine_scores(answer, len(indexes))
-                    except ValueError as exc:  # not what a rerank route answers
-                        raise web.HTTPError(502, f"The engine's rerank answer made no sense: {exc}") from exc
-                    for index, score in zip(indexes, found, strict=True):
-                        scores[index] = score
-                    usage = translate.add_usage(usage, answer)
-        except Exception:
-            self.service.metrics.errors.labels(kind).inc()
-            raise
+        inference_request = InferenceRequest(request.model, "rerank", route=kind, engine=engine, caller=self.caller)
+        async with self.service.infer(inference_request) as inference:
+            self.name_the_engine(inference)
+            for query, indexes in request.groups():
+                reply = await inference.send(translate.ENGINE_PATH, translate.engine_body(request, query, indexes))
+                try:
+                    answer = reply.json()
+                    found = translate.engine_scores(answer, len(indexes))
+                except ValueError as exc:  # not what a rerank route answers
+                    raise web.HTTPError(502, f"The engine's rerank answer made no sense: {exc}") from exc
+                for index, score in zip(indexes, found, strict=True):
+                    scores[index] = score
+                usage = translate.add_usage(usage, answer)
         respond = translate.rerank_response if kind == translate.RERANK else translate.score_response
         self.send_json(respond(request, scores, usage))
-
-
-def _engine_message(content: bytes) -> str:
-    with contextlib.suppress(ValueError, AttributeError):
-        data = json.loads(content)
-        error: Any = data.get("error", data)
-        return str(error.get("message", error) if isinstance(error, dict) else error)
-    return content.decode("utf-8", "replace")[:500]
 
 
 _KIND = r"(?P<kind>rerank|score)"

@@ -3,9 +3,9 @@
 
 Mounted where Docker Model Runner serves it (`responses`, `v1/responses`, `engines/responses`) and beside the other
 OpenAI routes (`engines[/{engine}]/v1/responses`), so `openai.OpenAI(base_url=…/engines/v1).responses` works.
-Requests are translated to the engine's chat completions by `responses_translate` (pure, tested on its own); stored
-responses (`store`, on by default) live in a bounded in-memory store on the service, which `previous_response_id`
-continues from.
+Requests are translated to the engine's chat completions by `responses_translate` (pure, tested on its own), then take
+the one inference path (`service.infer`); stored responses (`store`, on by default) live in a bounded in-memory store
+on the service, each visible only to the key or user that created it, which `previous_response_id` continues from.
 """
 
 from __future__ import annotations
@@ -15,16 +15,12 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..engines.base import MODE_COMPLETION
-from ..errors import ModelRunnerError
+from ..inference import InferenceRequest
 from ..service import ModelRunnerService
 from . import responses_translate as translate
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
-from .openai import ENGINE_MODEL_NAME, ENGINE_SEGMENT
-from .prompt_tokens import count_prompt_tokens
-from .relay import StreamRelayMixin, engine_message, sse_data
-
-SSE = "text/event-stream; charset=utf-8"
+from .openai import ENGINE_SEGMENT
+from .relay import TranslatedStreamMixin
 
 
 def response_store(service: ModelRunnerService) -> translate.ResponseStore:
@@ -38,7 +34,7 @@ def response_store(service: ModelRunnerService) -> translate.ResponseStore:
 
 
 class ResponsesHandler(ModelRunnerHandler):
-    """What the Responses routes share: the inference scope and the store."""
+    """What the Responses routes share: the inference scope and the store, where each caller sees only its own."""
 
     api_scope = SCOPE_INFERENCE
 
@@ -47,88 +43,67 @@ class ResponsesHandler(ModelRunnerHandler):
         return response_store(self.service)
 
     def stored(self, response_id: str) -> translate.StoredResponse:
-        entry = self.store.get(response_id)
+        entry = self.store.get(response_id, self.caller.name)
         if entry is None:
             raise web.HTTPError(404, f"Response with id {response_id!r} not found.")
         return entry
 
-    def translated(self) -> tuple[dict[str, Any], translate.Translated]:
+    def translated(self, route: str, engine: str | None) -> tuple[dict[str, Any], translate.Translated,
+                                                                   InferenceRequest]:
+        """The body, its translation (what storing the answer needs), and the chat request for the inference path."""
         body = self.json_body()
         history: list[dict[str, Any]] = []
         previous = body.get("previous_response_id")
         if previous:
-            entry = self.store.get(str(previous))
+            entry = self.store.get(str(previous), self.caller.name)
             if entry is None:
                 raise web.HTTPError(400, f"Previous response with id {previous!r} not found (responses are kept in "
-                                         f"memory, the last {self.store.limit}, and only with store=true).")
+                                         f"memory, the last {self.store.limit}, only with store=true, and only for "
+                                         "the key or user that created them).")
             history = entry.conversation
         try:
-            return body, translate.request_to_openai(body, history)
+            request = translate.request_to_openai(body, history)
         except ValueError as exc:
             raise web.HTTPError(400, str(exc)) from exc
+        chat = request.chat
+        return body, request, InferenceRequest(chat["model"], "chat/completions", chat, route=route, engine=engine,
+                                               caller=self.caller)
 
 
-class ResponseCreateHandler(StreamRelayMixin, ResponsesHandler):
+class ResponseCreateHandler(TranslatedStreamMixin, ResponsesHandler):
     """`POST …/responses`."""
 
     @web.authenticated
     @authorized
     async def post(self, engine: str | None = None) -> None:
-        body, request = self.translated()
-        exc = await self.run_answer(self._answer(engine, body, request))
+        body, translated, request = self.translated("responses", engine)
+        exc = await self.run_answer(self._answer(body, translated, request))
         if exc is not None:
-            self.service.metrics.errors.labels("responses").inc()
             raise exc
 
-    async def _answer(self, engine: str | None, body: dict[str, Any], request: translate.Translated) -> None:
-        model = request.chat["model"]
-        chat = {**request.chat, "model": ENGINE_MODEL_NAME}
+    async def _answer(self, body: dict[str, Any], translated: translate.Translated,
+                      request: InferenceRequest) -> None:
         base = translate.new_response(body)
-        async with self.service.scheduler.use(model, mode=MODE_COMPLETION, engine=engine) as runner:
-            self.service.metrics.requests.labels("responses", runner.name).inc()
-            chat = runner.choice.engine.adapt_request("chat/completions", chat, runner.plan)
-            self.name_the_engine(runner)
-            if not chat.get("stream"):
-                upstream = await runner.request("POST", "/v1/chat/completions", json=chat)
-                if upstream.status_code != 200:
-                    raise web.HTTPError(upstream.status_code, engine_message(upstream.content))
-                response = translate.response_from_openai(base, upstream.json())
-                self._keep(response, request)
-                self.send_json(response)
-                return
-            async with runner.stream("POST", "/v1/chat/completions", json=chat) as engine_stream:
-                if engine_stream.status_code != 200:
-                    raise web.HTTPError(engine_stream.status_code,
-                                        engine_message(b"".join([chunk async for chunk in engine_stream])))
-                self.set_header("Content-Type", SSE)
-                self.set_header("Cache-Control", "no-cache")
-                self.set_header("X-Accel-Buffering", "no")
+        async with self.service.infer(request) as inference:
+            self.name_the_engine(inference)
+            if request.stream:
                 stream = translate.ResponseStream(base)
-                self.write(translate.sse(stream.start()))
-                await self.flush()
-                await self.relay(engine_stream, lambda events: _events(stream, events),
-                                 end=lambda: translate.sse(stream.finish()),
-                                 on_error=lambda _status, message: self._stream_error(stream, model, message),
-                                 content_type=SSE)
+                await self.relay_translated(inference, stream)
                 if stream.finished:  # not when the client left, nor when the engine failed
-                    self._keep(stream.response, request)
+                    self._keep(stream.response, translated)
+                return
+            response = translate.response_from_openai(base, (await inference.answer()).json())
+            self._keep(response, translated)
+            self.send_json(response)
 
     def _keep(self, response: dict[str, Any], request: translate.Translated) -> None:
         if response["store"]:
             conversation = [*request.conversation, translate.assistant_message(response)]
-            self.store.put(translate.StoredResponse(response, conversation, request.input_items))
-
-    def _stream_error(self, stream: translate.ResponseStream, model: str, message: str) -> bytes:
-        self.service.metrics.errors.labels("stream").inc()
-        self.log.warning("engine failed mid-stream for %s: %s", model, message.splitlines()[0])
-        return translate.sse(stream.fail(message))
-
-
-def _events(stream: translate.ResponseStream, events: bytes) -> bytes:
-    try:
-        return translate.sse([event for chunk in sse_data(events) for event in stream.feed(chunk)])
-    except ValueError as exc:  # the engine's error event, or tool calls that cannot be placed
-        raise ModelRunnerError(str(exc)) from exc
+            kept = self.store.put(translate.StoredResponse(response, conversation, request.input_items,
+                                                           owner=self.caller.name))
+            if not kept:
+                self.log.warning("response %s not stored: larger than the store's %d bytes", response["id"],
+                                 self.store.max_bytes)
 
 
 class ResponseHandler(ResponsesHandler):
@@ -143,7 +118,7 @@ class ResponseHandler(ResponsesHandler):
     @web.authenticated
     @authorized
     async def delete(self, response_id: str, engine: str | None = None) -> None:
-        if not self.store.delete(response_id):
+        if not self.store.delete(response_id, self.caller.name):
             raise web.HTTPError(404, f"Response with id {response_id!r} not found.")
         self.send_json(translate.deleted(response_id))
 
@@ -167,12 +142,9 @@ class ResponseInputTokensHandler(ResponsesHandler):
     @web.authenticated
     @authorized
     async def post(self, engine: str | None = None) -> None:
-        _body, request = self.translated()
-        async with self.service.scheduler.use(request.chat["model"], mode=MODE_COMPLETION, engine=engine) as runner:
-            self.service.metrics.requests.labels("responses/input_tokens", runner.name).inc()
-            chat = runner.choice.engine.adapt_request("chat/completions", {**request.chat, "model": ENGINE_MODEL_NAME},
-                                                           runner.plan)
-            count = await count_prompt_tokens(runner, chat)
+        _body, _translated, request = self.translated("responses/input_tokens", engine)
+        async with self.service.infer(request) as inference:
+            count = await inference.count_prompt_tokens()
         self.send_json(translate.input_tokens(count))
 
 

@@ -20,10 +20,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..sse import named_events
 from .tool_calls import opens_call
 
 #: How many stored responses the runner keeps; the least recently used goes first.
 STORE_LIMIT = 1000
+#: The bytes (of their JSON) the stored responses may take together: a chain of long conversations costs each link
+#: its whole history, and a client storing on purpose must not grow the runner's memory without end.
+STORE_BYTES = 64 * 1024 * 1024
 
 
 def new_id(prefix: str) -> str:
@@ -41,33 +45,57 @@ class StoredResponse:
     response: dict[str, Any]
     conversation: list[dict[str, Any]]
     input_items: list[dict[str, Any]] = field(default_factory=list)
+    #: Who created it (a key's or a user's name): only they see it, continue from it or delete it.
+    owner: str = ""
+
+    @property
+    def size(self) -> int:
+        """Its bytes as JSON, what the store's byte budget counts."""
+        return len(json.dumps([self.response, self.conversation, self.input_items]))
 
 
 class ResponseStore:
-    """Stored responses in memory, at most `limit`, least recently used evicted first. A chain of responses costs
-    each link its whole conversation; the limit bounds that. Nothing survives a restart, as nothing promised it."""
+    """Stored responses in memory, at most `limit` and `max_bytes` together, least recently used evicted first.
+    Each is visible to its owner only: an id another client learned (a log, a shared notebook) opens nothing.
+    Nothing survives a restart, as nothing promised it."""
 
-    def __init__(self, limit: int = STORE_LIMIT) -> None:
+    def __init__(self, limit: int = STORE_LIMIT, max_bytes: int = STORE_BYTES) -> None:
         self.limit = limit
-        self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, tuple[StoredResponse, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, entry: StoredResponse) -> None:
-        self._entries[entry.response["id"]] = entry
-        self._entries.move_to_end(entry.response["id"])
-        while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+    def put(self, entry: StoredResponse) -> bool:
+        """Keep `entry` (evicting the least recently used to make room); False when it alone is over the budget."""
+        size = entry.size
+        if size > self.max_bytes:
+            return False
+        self._drop(entry.response["id"])
+        self._entries[entry.response["id"]] = (entry, size)
+        self.bytes += size
+        while len(self._entries) > self.limit or self.bytes > self.max_bytes:
+            _id, (_entry, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
+        return True
 
-    def get(self, response_id: str) -> StoredResponse | None:
-        entry = self._entries.get(response_id)
-        if entry is not None:
-            self._entries.move_to_end(response_id)
-        return entry
+    def get(self, response_id: str, owner: str = "") -> StoredResponse | None:
+        found = self._entries.get(response_id)
+        if found is None or found[0].owner != owner:
+            return None
+        self._entries.move_to_end(response_id)
+        return found[0]
 
-    def delete(self, response_id: str) -> bool:
-        return self._entries.pop(response_id, None) is not None
+    def delete(self, response_id: str, owner: str = "") -> bool:
+        return self.get(response_id, owner) is not None and self._drop(response_id)
+
+    def _drop(self, response_id: str) -> bool:
+        found = self._entries.pop(response_id, None)
+        if found is not None:
+            self.bytes -= found[1]
+        return found is not None
 
 
 # -- requests ----------------------------------------------------------------------------------------------------
@@ -415,7 +443,7 @@ class ResponseStream:
         kind = "response.incomplete" if incomplete else "response.completed"
         return [*events, self._event(kind, response=copy.deepcopy(self.response))]
 
-    def fail(self, message: str, code: str = "server_error") -> list[dict[str, Any]]:
+    def fail(self, status: int, message: str, code: str = "server_error") -> list[dict[str, Any]]:
         """An engine failure mid-stream: OpenAI's `error` event, then `response.failed`."""
         self.response = {**self.response, "status": "failed", "error": {"code": code, "message": message}}
         return [self._event("error", code=code, message=message, param=None),
@@ -488,6 +516,5 @@ class ResponseStream:
         return event
 
 
-def sse(events: list[dict[str, Any]]) -> bytes:
-    """Server-sent events as OpenAI sends them for responses: the event name is the data's `type`."""
-    return b"".join(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode() for event in events)
+#: The stream's wire format: events named by their type (one encoder, in sse.py).
+sse = named_events

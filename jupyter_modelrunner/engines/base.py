@@ -7,6 +7,7 @@ does not know about other runners, memory budgets or HTTP routes: that is the sc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from abc import ABC, abstractmethod
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import ModelRunnerError
+from ..errors import EngineRefused, ModelRunnerError
 from .hardware import Hardware
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class Launch:
     api_key: str | None = None
     health_path: str = "/v1/models"
     plan: LoadPlan | None = None
+    #: The program that serves (`llama-server`, `llama-cpp-python`, `vllm`), for `ps` and for the engine's own code
+    #: that talks to it differently (None: the engine's name).
+    implementation: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -326,12 +330,14 @@ class Engine(ABC):
         """The memory a start with `config` would need (the plan's figure)."""
         return self.plan(model, config, budget=budget).memory
 
-    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None) -> dict:
+    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None, *,
+                      launch: Launch | None = None, wants_matched_stop: bool = False) -> dict:
         """Reshape an OpenAI request body for this engine's server where it understands the API differently.
 
         `plan` is how the answering engine was started (its per-model settings, for engines that take some of them
-        per request). The default passes the body through unchanged; engines override it for the few fields they
-        read otherwise.
+        per request), `launch` which program serves. `wants_matched_stop`: the caller must learn which stop sequence
+        ended the answer (engines that say so only when asked turn it on). The default passes the body through
+        unchanged; engines override it for the few fields they read otherwise.
         """
         return body
 
@@ -345,6 +351,34 @@ class Engine(ABC):
         it can. Asked before a request with images loads anything. The default lets the engine judge: vLLM knows
         whether its model has a vision tower, and says so in its own error."""
         return None
+
+    def chat_template(self, model: Model) -> str | None:
+        """The model's chat template (None when the artifact has none): the template layer, else the one the GGUF
+        carries in its metadata."""
+        template = Path(model.bundle) / "template.jinja"
+        try:
+            return template.read_text(encoding="utf-8")
+        except OSError:
+            pass
+        gguf = (model.config.raw.get("config") or {}).get("gguf") or {}
+        found = gguf.get("tokenizer.chat_template") if isinstance(gguf, dict) else None
+        return found if isinstance(found, str) else None
+
+    def tool_refusal(self, model: Model, name: str) -> str | None:
+        """Why this engine cannot guarantee a tool call for `model` when a request requires one, as the sentence of
+        a 400 (None: it can). The default trusts the engine: vLLM constrains a required call with its grammar."""
+        return None
+
+    async def count_prompt_tokens(self, runner: Any, request: dict) -> int:
+        """The prompt tokens of the OpenAI chat `request` (its `messages`, `tools` and `tool_choice` count), asked of
+        the engine through `runner`. The default asks for a one-token answer, whose usage counts the prompt: exact
+        for any OpenAI server, but it costs the prompt's evaluation; engines with a tokenizer route override it."""
+        completion = await ask_engine(runner, "/v1/chat/completions", {
+            **prompt_of(request), **tool_choice_of(request), "model": request.get("model"), "max_tokens": 1,
+            "stream": False})
+        if completion is None:
+            raise EngineRefused(501, f"{self.name} cannot count the prompt's tokens.")
+        return int((completion.get("usage") or {}).get("prompt_tokens") or 0)
 
     async def reported_context(self, client: object) -> int | None:
         """The context size per request the started engine reports (None when it cannot say)."""
@@ -410,6 +444,36 @@ class Engine(ABC):
                 out.append(name)
             i += 1
         return tuple(out)
+
+
+def prompt_of(request: dict) -> dict:
+    """The parts of a chat request that make its prompt."""
+    return {key: request[key] for key in ("messages", "tools") if request.get(key)}
+
+
+def tool_choice_of(request: dict) -> dict:
+    return {"tool_choice": request["tool_choice"]} if request.get("tools") and request.get("tool_choice") else {}
+
+
+async def ask_engine(runner: Any, path: str, body: dict) -> dict | None:
+    """The engine's JSON answer to one request; None when it has no such route (404), so the caller tries the next
+    way; `EngineRefused` for another error."""
+    response = await runner.request("POST", path, json=body)
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise EngineRefused(response.status_code, engine_message(response.content), response.content)
+    return response.json()
+
+
+def engine_message(content: bytes) -> str:
+    """The message of an engine's error body (OpenAI's `{"error": {"message"}}`, a bare `{"error": "..."}`, or
+    text), for an error in the route's own shape."""
+    with contextlib.suppress(ValueError, AttributeError):
+        data = json.loads(content)
+        error = data.get("error", data)
+        return str(error.get("message", error) if isinstance(error, dict) else error)
+    return content.decode("utf-8", "replace")[:500]
 
 
 def new_api_key() -> str:

@@ -21,6 +21,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,9 @@ from .base import (
     LoadPlan,
     ModelFacts,
     RunConfig,
+    ask_engine,
+    prompt_of,
+    tool_choice_of,
 )
 from .hardware import Hardware
 
@@ -344,7 +348,7 @@ class LlamaCppEngine(Engine):
         # The libraries built with it sit next to the binary (its runpath says so), but LD_LIBRARY_PATH would win
         # over the runpath: another llama.cpp on it must not be loaded into this one.
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(server.parent), env.get("LD_LIBRARY_PATH")) if p)
-        return Launch(argv=argv, env=env, socket=socket, health_path="/health", plan=plan)
+        return Launch(argv=argv, env=env, socket=socket, health_path="/health", plan=plan, implementation=IMPL_SERVER)
 
     def _python_launch(self, model: Model, gguf: Path, socket: Path, plan: LoadPlan, hardware: Hardware,
                        mode: str) -> Launch:
@@ -371,11 +375,13 @@ class LlamaCppEngine(Engine):
             # llama-cpp-python installed without its own build of llama.cpp (CMAKE_ARGS=-DLLAMA_BUILD=OFF) uses the
             # libraries install-runner built from the same llama.cpp source.
             env.update({"LLAMA_CPP_LIB_PATH": str(libraries), "MTMD_CPP_LIB": str(libraries)})
-        return Launch(argv=argv, env=env, socket=socket, health_path="/v1/models", plan=plan)
+        return Launch(argv=argv, env=env, socket=socket, health_path="/v1/models", plan=plan,
+                      implementation=IMPL_PYTHON)
 
     # -- talking to it -------------------------------------------------------------------------------------
 
-    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None) -> dict:
+    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None, *,
+                      launch: Launch | None = None, wants_matched_stop: bool = False) -> dict:
         """Fill the gaps between OpenAI's API and what each llama.cpp server reads.
 
         llama-server ignores a `tool_choice` that names a function (it reads only strings); the same meaning is
@@ -383,10 +389,13 @@ class LlamaCppEngine(Engine):
         formats (HTTP 500); it takes the schema as a `json_object` format's `schema` instead. llama-server reads
         `reasoning_effort: "none"` as "do not think", but a level (`low`…`high`) only as a hint to templates that
         know levels: on a model configured not to think, it must also switch thinking on, as vLLM does. vLLM's name
-        for a request's thinking budget (`thinking_token_budget`) is read as llama-server's.
+        for a request's thinking budget (`thinking_token_budget`) is read as llama-server's. llama-server says which
+        stop sequence matched only in its verbose answer (`__verbose.stopping_word`): asked for when that is needed.
         """
         if endpoint != "chat/completions":
             return body
+        if wants_matched_stop and body.get("stop") and _implementation(launch) == IMPL_SERVER:
+            body = {**body, "verbose": True}
         body = with_thinking_for_effort(body)
         if body.get("thinking_token_budget") is not None and body.get("reasoning_budget_tokens") is None:
             body = {**body, "reasoning_budget_tokens": body["thinking_token_budget"]}
@@ -417,6 +426,30 @@ class LlamaCppEngine(Engine):
                     f"run), which cannot take images; `{INSTALL_COMMAND}` installs llama-server, which can.")
         return None
 
+    def tool_refusal(self, model: Model, name: str) -> str | None:
+        """llama.cpp calls tools through the model's chat template (its parser is built from it): with a template that
+        has no tool calling, a required call comes back as prose, which breaks OpenAI's contract. Refused up front,
+        as Ollama refuses tools for such a model. A model without a template of its own is left to the engine."""
+        template = self.chat_template(model)
+        if template is None or _TEMPLATE_TOOLS.search(template):
+            return None
+        return (f"The model {name} cannot call tools: its chat template has no tool calling, so llama.cpp cannot make "
+                f"it answer with a call (tool_choice asked for one). Use a model whose template takes tools, or "
+                f"package this one with such a template (`jupyter modelrunner package --chat-template FILE`).")
+
+    async def count_prompt_tokens(self, runner: Any, request: dict) -> int:
+        """llama-server renders the messages (and tools) with the template it would use for the chat
+        (`/apply-template`), then tokenizes that text (`/tokenize`, special tokens parsed and added as a chat
+        request adds them): exact, and no slot's time is taken. The fallback's server has neither route."""
+        if _implementation(getattr(runner, "launch", None)) == IMPL_SERVER:
+            templated = await ask_engine(runner, "/apply-template", {**prompt_of(request), **tool_choice_of(request)})
+            if templated is not None:
+                tokens = await ask_engine(runner, "/tokenize", {"content": templated.get("prompt") or "",
+                                                                "add_special": True, "parse_special": True})
+                if tokens is not None:
+                    return len(tokens.get("tokens") or [])
+        return await super().count_prompt_tokens(runner, request)
+
     async def reported_context(self, client: Any) -> int | None:
         """llama-server's `/props` says the context each slot got; the fallback has no such route."""
         try:
@@ -427,6 +460,14 @@ class LlamaCppEngine(Engine):
         except Exception:  # an engine that cannot say is not an error
             return None
         return None
+
+
+#: A Jinja template that reads the request's tools (`{% if tools %}`, `tools | tojson`, …) can render a tool call.
+_TEMPLATE_TOOLS = re.compile(r"\btools\b")
+
+
+def _implementation(launch: Launch | None) -> str | None:
+    return launch.implementation if launch is not None else None
 
 
 def parse_reasoning_budget(value: str | int) -> int:

@@ -33,6 +33,8 @@ from .base import (
     ModelFacts,
     RunConfig,
     StandbySpec,
+    ask_engine,
+    prompt_of,
 )
 from .hardware import Hardware
 
@@ -152,7 +154,8 @@ class VllmEngine(Engine):
                 plan = dataclasses.replace(plan, flags=(*plan.flags, "--reasoning-parser", parser))
         return plan
 
-    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None) -> dict:
+    def adapt_request(self, endpoint: str, body: dict, plan: LoadPlan | None = None, *,
+                      launch: Launch | None = None, wants_matched_stop: bool = False) -> dict:
         """vLLM takes a thinking budget per request (`thinking_token_budget`, only with a reasoning parser): the
         model's configured budget is the default of each of its chat requests. llama-server's per-request name
         for it (`reasoning_budget_tokens`, also `thinking_budget_tokens`) is read as the same thing."""
@@ -170,6 +173,17 @@ class VllmEngine(Engine):
         if b'"reasoning"' not in data or b'"reasoning_content"' in data:
             return data
         return _VLLM_REASONING.sub(rb'"reasoning":\1,"reasoning_content":\1', data)
+
+    def chat_template(self, model: Model) -> str | None:
+        return chat_template_text(Path(model.bundle)) or None
+
+    async def count_prompt_tokens(self, runner: Any, request: dict) -> int:
+        """vLLM's `/tokenize` takes the messages itself and applies the model's template: no tokens generated."""
+        data = await ask_engine(runner, "/tokenize", {"model": request.get("model"), **prompt_of(request),
+                                                      "add_generation_prompt": True})
+        if data is not None:
+            return int(data.get("count", len(data.get("tokens") or [])))
+        return await super().count_prompt_tokens(runner, request)
 
     def absorb_flags(self, flags: tuple[str, ...]) -> tuple[int | None, int | None, tuple[str, ...]]:
         if "--max-model-len" in flags:
@@ -254,7 +268,7 @@ class VllmEngine(Engine):
         if availability.device != "cpu":
             env["VLLM_SERVER_DEV_MODE"] = "1"  # the /sleep and /wake_up routes are development routes in vLLM
         tmp.mkdir(parents=True, exist_ok=True)
-        return Launch(argv=argv, env=env, socket=socket, health_path="/health", plan=plan)
+        return Launch(argv=argv, env=env, socket=socket, health_path="/health", plan=plan, implementation="vllm")
 
     def can_sleep(self, hardware: Hardware) -> bool:
         """vLLM's sleep mode offloads the weights of an idle model to RAM and frees the GPU; it needs CUDA."""

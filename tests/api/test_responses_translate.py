@@ -248,7 +248,7 @@ def test_a_failure_mid_stream_is_an_error_event_then_response_failed():
     stream = ResponseStream(new_response({"model": "m"}))
     stream.start()
     stream.feed(chunk({"content": "Hel"}))
-    error, failed = stream.fail("llama.cpp stopped while answering")
+    error, failed = stream.fail(502, "llama.cpp stopped while answering")
     assert error == {"type": "error", "sequence_number": 5, "code": "server_error",
                      "message": "llama.cpp stopped while answering", "param": None}
     assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"

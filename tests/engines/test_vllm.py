@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_modelrunner.api.relay import sse_data
 from jupyter_modelrunner.distribution import package_safetensors, pull
 from jupyter_modelrunner.engines.base import LoadPlan, RunConfig
 from jupyter_modelrunner.engines.hardware import probe
 from jupyter_modelrunner.engines.select import select_engine
 from jupyter_modelrunner.engines.vllm import VllmEngine, default_vllm_python, reasoning_parser, tool_call_parser
 from jupyter_modelrunner.reference import parse_reference
-from jupyter_modelrunner.scheduler import Scheduler, sse_events
+from jupyter_modelrunner.scheduler import Scheduler
+from jupyter_modelrunner.sse import sse_data, sse_events
 from jupyter_modelrunner.store import Store
 
 from ..conftest import R1_TEMPLATE, THINK_TEMPLATE, TOOLS_TEMPLATE

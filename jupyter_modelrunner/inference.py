@@ -1,0 +1,217 @@
+"""The one path from a translated request to an engine: what every API dialect hands `ModelRunnerService.infer`.
+
+A dialect (OpenAI, Ollama, Anthropic, Responses, rerank) translates its request into OpenAI's shape and describes it
+with an `InferenceRequest`; `infer` then does everything between that and the engine — resolve the model, check what
+it can do, guard and inline the media, apply the caller's policy, lease a runner, adapt the body for the engine, count
+the request — and yields an `Inference`: the leased engine, with the adapted body, to answer or stream. The dialect
+translates the answer back. Nothing else talks to an engine, so a check added here holds on every route.
+
+This module is the core's side of that contract: no web framework, no engine names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .engines.base import MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK, engine_message
+from .errors import EngineRefused, ModelRunnerError
+
+if TYPE_CHECKING:
+    from .scheduler import EngineStream, Runner
+
+log = logging.getLogger(__name__)
+
+#: The name every engine serves its one model under (`--served-model-name`/`--alias`): requests to an engine say it,
+#: and answers are renamed to the name the client used.
+ENGINE_MODEL_NAME = "model"
+
+#: What a scoped inference key (not the Jupyter token) may reach: routes that answer with a model, never manage.
+SCOPE_INFERENCE = "inference"
+SCOPE_MANAGE = "manage"
+
+#: The endpoints of the engines' OpenAI API that requests are sent to, and the runner mode each needs.
+ENDPOINT_MODES = {"chat/completions": MODE_COMPLETION, "completions": MODE_COMPLETION, "embeddings": MODE_EMBEDDING,
+                  "rerank": MODE_RERANK}
+
+#: Content parts an engine gets as they are. Anything else is refused before it reaches an engine: `audio_url` and
+#: `video_url` are URLs vLLM would fetch itself (from any address, with no size cap), and unknown parts are at best
+#: ignored by one engine and a 500 from another.
+_PLAIN_PARTS = frozenset({"text", "image_url", "input_audio"})
+
+
+class MediaRefused(ModelRunnerError):
+    """A content part this runner will not hand an engine (audio or video by URL, a part type it does not know)."""
+
+    http_status = 400
+
+
+class CapabilityMissing(ModelRunnerError):
+    """A request the model cannot honour as asked (a required tool call from a template that cannot call tools):
+    refused before anything loads, rather than answered in a way that silently breaks the API's contract."""
+
+    http_status = 400
+
+
+class PolicyRefused(ModelRunnerError):
+    """Something only a manager may do, asked for with an inference key (unloading a model for everyone)."""
+
+    http_status = 403
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, and so what a request may change besides its own answer: a manager (the Jupyter token, a user) may
+    load, unload and pin models through a request's options; an inference key may only ask."""
+
+    name: str
+    scope: str = SCOPE_MANAGE
+
+    @property
+    def may_manage(self) -> bool:
+        return self.scope == SCOPE_MANAGE
+
+
+#: A request made by the runner's own user (the CLI, a kernel with the token, tests of the core).
+OWNER = Caller("owner")
+
+
+@dataclass
+class InferenceRequest:
+    """A request translated into OpenAI's shape, with what the dialect knows about it besides the body."""
+
+    #: The model as the client named it (`ai/smollm2`, `smollm2`, an id).
+    model: str
+    #: The engine endpoint it goes to (a key of `ENDPOINT_MODES`).
+    endpoint: str
+    #: OpenAI's request body (for `rerank`, the translator's engine bodies are sent with `Inference.send`).
+    body: dict[str, Any] = field(default_factory=dict)
+    #: The route's name in metrics and logs (`chat/completions`, `anthropic/messages`, `ollama/chat`, …).
+    route: str = ""
+    #: An engine the client forced (`engines/{engine}/…`, `--engine`).
+    engine: str | None = None
+    caller: Caller = OWNER
+    #: Ollama's per-request `options.num_ctx` and `keep_alive` (seconds; negative: keep for good).
+    context_size: int | None = None
+    keep_alive: float | None = None
+    #: The dialect must know which stop sequence ended the answer (Anthropic's `stop_sequence`).
+    wants_matched_stop: bool = False
+
+    @property
+    def mode(self) -> str:
+        return ENDPOINT_MODES[self.endpoint]
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream")) and self.endpoint in ("chat/completions", "completions")
+
+
+@dataclass
+class EngineReply:
+    """An engine's whole answer to one request."""
+
+    status_code: int
+    content: bytes
+    headers: Any = None
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class Inference:
+    """One request's lease on a ready engine, with the request as the engine will get it (`body`). Made by
+    `ModelRunnerService.infer` only; valid inside its `async with`."""
+
+    def __init__(self, request: InferenceRequest, runner: Runner, body: dict[str, Any], metrics: Any) -> None:
+        self.request = request
+        self.runner = runner
+        self.body = body
+        self._metrics = metrics
+
+    @property
+    def engine_headers(self) -> dict[str, str]:
+        """Which engine answers, for the client (`X-Model-Runner-Engine`, `-Device`): %%chat's footer shows it."""
+        return {"X-Model-Runner-Engine": self.runner.choice.engine.name,
+                "X-Model-Runner-Device": self.runner.choice.device}
+
+    @property
+    def path(self) -> str:
+        return f"/v1/{self.request.endpoint}"
+
+    def adapt(self, data: bytes) -> bytes:
+        """The engine's answer (a whole body, or complete SSE events) with its fields named as every engine's are."""
+        return self.runner.choice.engine.adapt_response(self.request.endpoint, data)
+
+    async def answer(self) -> EngineReply:
+        """The engine's whole answer to the request (not streamed, adapted); `EngineRefused` for an error answer."""
+        reply = await self.send(self.path, self.body)
+        return EngineReply(reply.status_code, self.adapt(reply.content), reply.headers)
+
+    async def send(self, path: str, body: dict[str, Any]) -> EngineReply:
+        """One request to the leased engine as it is (a rerank's query groups): its answer, or `EngineRefused`."""
+        response = await self.runner.request("POST", path, json=body)
+        if response.status_code >= 400:
+            raise EngineRefused(response.status_code, engine_message(response.content), response.content)
+        return EngineReply(response.status_code, response.content, response.headers)
+
+    @contextlib.asynccontextmanager
+    async def stream(self) -> AsyncIterator[EngineStream]:
+        """The engine's streamed answer, chunk by chunk as it comes (adapt complete events with `adapt`). An error
+        before the stream starts is an `EngineRefused`; leaving the block closes the engine request, which stops
+        the generation."""
+        async with self.runner.stream("POST", self.path, json=self.body) as upstream:
+            if upstream.status_code != 200:
+                content = b"".join([chunk async for chunk in upstream])
+                raise EngineRefused(upstream.status_code, engine_message(content), content)
+            yield upstream
+
+    async def count_prompt_tokens(self) -> int:
+        """The tokens the chat request's prompt takes, through the model's own template and tokenizer."""
+        return await self.runner.choice.engine.count_prompt_tokens(self.runner, self.body)
+
+    def failed_midstream(self, message: str) -> None:
+        """Count and log an engine failure after the answer's first bytes were sent (the dialect ends its stream
+        with an error event)."""
+        self._metrics.errors.labels("stream").inc()
+        log.warning("engine failed mid-stream for %s: %s", self.request.model, (message.splitlines() or [""])[0])
+
+
+def media_refusal(body: dict[str, Any]) -> str | None:
+    """Why a chat body's content parts may not reach an engine (None: they may). Images are checked and inlined
+    elsewhere (images.py); here, whatever an engine would fetch or misread."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in ("audio_url", "video_url"):
+                what = kind.split("_")[0]
+                return (f"This runner does not fetch {what} by URL ({kind}): the engine would download it from any "
+                        f"address, with no size limit. Send audio inline as an input_audio part (base64 data).")
+            if kind not in _PLAIN_PARTS:
+                return (f"Unknown content part type {kind!r}; this runner takes text, image_url and input_audio "
+                        "parts.")
+            if kind == "input_audio":
+                audio = part.get("input_audio")
+                data = audio.get("data") if isinstance(audio, dict) else None
+                if not isinstance(data, str) or data.startswith(("http://", "https://", "file:")):
+                    return "An input_audio part carries its audio as base64 data (input_audio.data), not a URL."
+    return None
+
+
+def requires_tool_call(body: dict[str, Any]) -> bool:
+    """Whether the request's contract is a tool call in the answer: tools with `tool_choice` "required" or a named
+    function (OpenAI's object, or a bare name as Ollama clients send it)."""
+    if not body.get("tools"):
+        return False
+    choice = body.get("tool_choice")
+    return choice == "required" or isinstance(choice, dict) or (
+        isinstance(choice, str) and choice not in ("auto", "none", "required"))
