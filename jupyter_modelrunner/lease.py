@@ -70,7 +70,8 @@ class StoreLease:
         if self._fd is not None:
             return True
         check_store_folders(self.folder.parent)
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.folder.parent.mkdir(parents=True, exist_ok=True, mode=0o755)  # not group-writable under umask 002
+        self.folder.mkdir(exist_ok=True, mode=0o700)
         check_store_folders(self.folder.parent)
         lock = self.folder / LOCK_FILE
         try:

@@ -170,6 +170,8 @@ class Store:
     def __init__(self, root: Path | str | None = None, *, registry: str | None = None) -> None:
         self.root = Path(root).expanduser() if root else default_store_path()
         self.registry = registry
+        # Not group- or world-writable whatever the umask: the lease refuses a store others could write (lease.py).
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
         for sub in ("blobs/sha256", "manifests/sha256", "bundles/sha256", "locks", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._index_lock_path = self.root / "locks" / "index.lock"

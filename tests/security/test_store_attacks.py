@@ -327,3 +327,19 @@ def test_a_guessed_temporary_name_is_never_written_through(store_root, tmp_path,
     finally:
         lease.release()
     assert victim.read_text() == "keep me"
+
+
+def test_a_store_made_under_a_group_writable_umask_is_still_trusted(tmp_path):
+    """Refusing group-writable stores must not refuse the ones this package makes where the umask is 002."""
+    previous = os.umask(0o002)
+    try:
+        for root in (tmp_path / "by-store", tmp_path / "by-lease"):
+            if root.name == "by-store":
+                Store(root)
+            lease = StoreLease(root)
+            assert lease.acquire()
+            lease.publish("http://127.0.0.1:9/", "t", kind="serve")
+            assert read_owner(root).token == "t"
+            lease.release()
+    finally:
+        os.umask(previous)
