@@ -66,7 +66,9 @@ class StoreLease:
         return self._fd is not None
 
     def acquire(self) -> bool:
-        """Take the lease if nobody holds it (never blocks); True when this process now owns the store."""
+        """Take the lease if nobody holds it (never blocks); True when this process now owns the store.
+
+        Raises UntrustedStore (and takes nothing) for a store others could write: see `check_store_folders`."""
         if self._fd is not None:
             return True
         check_store_folders(self.folder.parent)
