@@ -105,3 +105,15 @@ class Overloaded(ModelRunnerError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TarLayerTooLarge(ArtifactTooLarge):
+    """A tar layer that would unpack to far more than its own size (a gzip or sparse-file bomb); refused before the
+    entry that crosses the cap is written."""
+
+
+class UntrustedStore(ModelRunnerError):
+    """A store folder or lease file that someone other than this user could have written: its record of where the
+    owner listens (and with which token) cannot be believed. The message names the path and the fix."""
+
+    http_status = 403

@@ -7,7 +7,6 @@ applies to the model the notebook server loads next.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from filelock import FileLock
 
 from .engines.base import RunConfig
 from .errors import ModelRunnerError
+from .lease import write_atomically
 
 CONFIG_FILE = "runner-config.json"
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
@@ -100,7 +100,6 @@ class RunConfigFile:
             if "runtime_flags" in entry:
                 entry["runtime_flags"] = list(entry["runtime_flags"])
             data[model_id] = entry
-            tmp = self.path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=2))
-            tmp.replace(self.path)
+            # A random temporary name, created exclusively: a link planted beside the file is never written through.
+            write_atomically(self.path, json.dumps(data, indent=2), mode=0o644)
         return self.get(model_id)
