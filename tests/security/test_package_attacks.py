@@ -92,10 +92,16 @@ def _holds_secret(store: Path, secret: Path) -> bool:
     return False
 
 
-def _assert_refused(response: httpx.Response, store: Path, secret: Path, before: list[str], server) -> None:
+def _assert_refused(response: httpx.Response, store: Path, secret: Path, before: list[str], server,
+                    named: str | Path | None = None) -> None:
+    """403 naming the setting (and the path that was refused), no secret in the answer, nothing new in the store."""
     assert response.status_code == 403, response.text
     message = response.json()["message"]
     assert "c.ModelRunner.package_roots" in message
+    if named is not None:
+        assert f" {named} is not inside" in message, message
+    if secret != Path(named or secret):
+        assert str(secret) not in message  # where a link leads is not told
     assert SECRET.strip() not in response.text
     assert _models(server) == before
     assert not _holds_secret(store, secret)
@@ -110,7 +116,7 @@ def test_serve_refuses_a_chat_template_from_outside_its_root_and_show_never_retu
     with server.client() as http:
         shown = http.post("api/show", json={"model": "ai/leak"})
     assert "secret-key-material" not in shown.text  # today: the template field is the private key
-    _assert_refused(response, store, secret, before, server)
+    _assert_refused(response, store, secret, before, server)  # here the weights too are outside serve's empty root
     assert shown.status_code == 404
 
 
@@ -130,7 +136,8 @@ def test_serve_refuses_files_outside_its_root(rooted_serve, allowed, secret):
     for what, body in attacks.items():
         response = _package(server, body)
         assert response.status_code == 403, (what, response.text)
-        _assert_refused(response, store, secret, before, server)
+        named = body.get(what) or body.get("chat_template")
+        _assert_refused(response, store, secret, before, server, named[0] if isinstance(named, list) else named)
 
 
 def test_serve_resolves_symbolic_links_before_checking(rooted_serve, allowed, secret):
@@ -142,7 +149,8 @@ def test_serve_resolves_symbolic_links_before_checking(rooted_serve, allowed, se
                  {"tag": "ai/leak-link-license", "gguf": [str(allowed / "tiny.gguf")],
                   "license": [str(allowed / "innocent.jinja")]},
                  {"tag": "ai/leak-link-gguf", "gguf": [str(allowed / "weights.gguf")]}):
-        _assert_refused(_package(server, body), store, secret, before, server)
+        link = allowed / ("weights.gguf" if "leak-link-gguf" in body["tag"] else "innocent.jinja")
+        _assert_refused(_package(server, body), store, secret, before, server, named=link)
 
 
 def test_serve_packages_from_inside_its_root(rooted_serve, allowed):
@@ -183,10 +191,10 @@ def test_serve_checks_before_relaying_to_the_store_owner(tmp_path_factory, regis
             assert http.get("engines/status").json()["pid"] == owner.process.pid  # serve relays
         before = _models(serve)
         _assert_refused(_package(serve, {"tag": "ai/leak", "gguf": [str(allowed / "tiny.gguf")],
-                                         "chat_template": str(secret)}), store, secret, before, serve)
+                                         "chat_template": str(secret)}), store, secret, before, serve, named=secret)
         _assert_refused(_package(serve, {"tag": "ai/leak", "gguf": [str(allowed / "tiny.gguf")],
                                          "chat_template": str(allowed / "innocent.jinja")}),
-                        store, secret, before, serve)
+                        store, secret, before, serve, named=allowed / "innocent.jinja")
         relayed = _package(serve, {"tag": "ai/mine", "gguf": [str(allowed / "tiny.gguf")],
                                    "chat_template": str(allowed / "template.jinja")})
         assert relayed.status_code == 201, relayed.text
