@@ -8,10 +8,12 @@ engine when the server stops. Only assembling and lifetime live here; the logic 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -34,6 +36,22 @@ URL_PREFIX = "modelrunner"
 OWNER_CHECK_SECONDS = 1.0
 #: How often work in progress is reported to Jupyter as activity.
 ACTIVITY_SECONDS = 5.0
+
+
+class _Folders(List):
+    """A list of folders that also takes one bare path from a command line (`--ModelRunner.package_roots=/data`),
+    which traitlets' List would read as no value at all."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(Unicode(), **kwargs)
+
+    def from_string(self, s: str) -> list[str]:
+        if not s.lstrip().startswith("["):
+            return [s]
+        value = ast.literal_eval(s)  # `[]`, `["/a", "/b"]`; anything else fails loudly when the trait is set
+        if not isinstance(value, list):
+            raise TraitError(f"Expected a list of folders, not {s!r}.")
+        return [str(item) for item in value]
 
 
 class ModelRunner(ExtensionApp):
@@ -136,6 +154,16 @@ class ModelRunner(ExtensionApp):
         otherwise make the runner reach services only it can reach (this server, the engines, a cloud metadata
         endpoint, the LAN). Local files go inline instead (`%%chat --image FILE` sends them as data URLs).""",
     )
+    package_roots = _Folders(
+        config=True,
+        help="""Folders `POST models/package` may read files from (weights, licenses, chat templates, projectors),
+        symbolic links resolved first; anything else is refused with 403. Packaged files can be read back
+        (`api/show`) and pushed anywhere, so under `jupyter modelrunner serve`, whose token reads no files, the
+        default is the server's root dir (ServerApp.root_dir: serve makes it an empty folder, so serve packages
+        nothing until this names folders: `serve --ModelRunner.package_roots=/data/models`). In a Jupyter server
+        and the embedded runner the default is `/`, anywhere: their token holder can read files and run code
+        already. An empty list (`[]`) turns packaging over HTTP off.""",
+    )
     mount_at_root = Bool(
         False, config=True,
         help="""Serve the routes at the server's root instead of under modelrunner/ (the standalone
@@ -165,6 +193,12 @@ class ModelRunner(ExtensionApp):
         from .keys import keys_from_env
 
         return keys_from_env()
+
+    @default("package_roots")
+    def _package_roots_default(self) -> list[str]:
+        if self.runner_kind == "serve":
+            return [self.serverapp.root_dir] if self.serverapp is not None else []
+        return ["/"]
 
     @default("vllm_standby")
     def _vllm_standby_default(self) -> bool:
@@ -216,6 +250,7 @@ class ModelRunner(ExtensionApp):
             max_image_bytes=self.max_image_bytes, image_fetch_timeout=self.image_fetch_timeout,
             allow_private_image_urls=self.allow_private_image_urls,
         )
+        service.package_roots = self._package_roots()
         service.subscribe(self._log_engine_event)
         self._detach_events = attach_events(service, self.serverapp.event_logger)
         self.settings[SERVICE_SETTING] = service
@@ -231,6 +266,9 @@ class ModelRunner(ExtensionApp):
             self.log.info("Model runner: store %s is run by %s; this server relays its model runner requests there "
                           "and takes over if it stops", store.root, owner.describe() if owner else "another process")
         self._export_location()
+
+    def _package_roots(self) -> list[Path]:
+        return [Path(root).expanduser().resolve() for root in self.package_roots]
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes(self.url_prefix))

@@ -247,17 +247,30 @@ class ModelRunnerService:
             doc["engine"], doc["engine_error"] = None, str(exc)
         return doc
 
+    #: Folders `package` may read from (package_roots.py), set by the server extension after construction;
+    #: None: anywhere this process can read (a Jupyter server's token holder may read files anyway).
+    package_roots: list[Path] | None = None
+
     async def package(self, target: str, *, gguf: list[str] | None = None, safetensors_dir: str | None = None,
                       license_files: list[str] | None = None, chat_template: str | None = None,
                       context_size: int | None = None, mmproj: str | None = None) -> dict[str, Any]:
         """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel).
 
         `mmproj` is a GGUF vision model's multimodal projector; safetensors models carry their vision tower in their
-        weights, so it is refused with them."""
+        weights, so it is refused with them. With `package_roots` set, every path must lie inside one of them once
+        its links are resolved (403 otherwise), and the resolved path is the one read."""
         from .distribution import package_gguf, package_safetensors
+        from .package_roots import confine_files
         from .reference import parse_reference
 
         def work() -> Model:
+            nonlocal gguf, safetensors_dir, license_files, chat_template, mmproj
+            if self.package_roots is not None:  # before anything is read: a refusal adds nothing to the store
+                confined = confine_files(self.package_roots, gguf=gguf, safetensors_dir=safetensors_dir,
+                                         license_files=license_files, chat_template=chat_template, mmproj=mmproj)
+                gguf, safetensors_dir, license_files = (confined["gguf"], confined["safetensors_dir"],
+                                                        confined["license_files"])
+                chat_template, mmproj = confined["chat_template"], confined["mmproj"]
             ref = parse_reference(target, registry=self.registry)
             options: dict[str, Any] = {"license_files": [Path(p) for p in license_files or []],
                                        "chat_template": Path(chat_template) if chat_template else None,

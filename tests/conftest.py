@@ -227,9 +227,11 @@ def jupyter(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess]:
-    """`jupyter modelrunner serve`: the same routes at the root path."""
+    """`jupyter modelrunner serve`: the same routes at the root path, packaging from the suite's temporary files
+    (serve packages nothing by default: tests/security/test_package_attacks.py)."""
     workdir = tmp_path_factory.mktemp("standalone")
-    with ServerProcess.standalone(workdir, server_env(workdir, live_store.root, registry.host)) as server:
+    with ServerProcess.standalone(workdir, server_env(workdir, live_store.root, registry.host),
+                                  f"--ModelRunner.package_roots={tmp_path_factory.getbasetemp()}") as server:
         yield server
 
 

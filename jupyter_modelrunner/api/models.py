@@ -12,6 +12,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..package_roots import confine_files
 from . import schemas
 from .base import ModelRunnerHandler
 
@@ -93,8 +94,33 @@ class ModelPackageHandler(ModelRunnerHandler):
     a model from local files.
 
     The paths are on the server's machine, which is the kernel's for the extension; whoever holds the
-    server's token can read those files through Jupyter's contents API already.
+    server's token can read those files through Jupyter's contents API already. `serve` has no contents API:
+    there the service takes files only from `c.ModelRunner.package_roots` (package_roots.py), and a `serve` that
+    relays to the store's owner checks them itself first, since the owner may package from anywhere.
     """
+
+    async def _admit(self) -> None:
+        await super()._admit()
+        relay = self.__dict__.get("post")  # set by the base when the store's owner answers instead of this server
+        roots = self.service.package_roots
+        if relay is None or roots is None:
+            return
+
+        async def confined_relay(*args: Any, **kwargs: Any) -> None:
+            body = self.json_body(schemas.PACKAGE)
+            gguf = body.get("gguf")
+            confined = confine_files(roots, gguf=[gguf] if isinstance(gguf, str) else gguf,
+                                     safetensors_dir=body.get("safetensors_dir"), license_files=body.get("license"),
+                                     chat_template=body.get("chat_template"), mmproj=body.get("mmproj"))
+            # The owner reads the paths checked here, links resolved: none can lead elsewhere on its side.
+            body.update({key: value for key, value in (
+                ("gguf", confined["gguf"]), ("safetensors_dir", confined["safetensors_dir"]),
+                ("license", confined["license_files"]), ("chat_template", confined["chat_template"]),
+                ("mmproj", confined["mmproj"])) if key in body})
+            self.request.body = bytearray(json.dumps(body).encode())  # type: ignore[assignment]
+            await relay(*args, **kwargs)
+
+        self.post = confined_relay  # type: ignore[method-assign]
 
     @web.authenticated
     @authorized
