@@ -502,6 +502,10 @@ class ModelRunnerService:
                                 "model for every user); ask with the Jupyter token.")
         return await self.scheduler.unload(names, all=all, engine=engine)
 
+    def engine_formats(self) -> dict[str, set[str]]:
+        """The engines this runner knows, each with the model formats it runs (`engines/{engine}/v1/models`)."""
+        return {engine.name: set(engine.formats) for engine in self.scheduler.engines}
+
     def ps(self) -> list[dict[str, Any]]:
         """The running models (`ps`), as the scheduler sees them now."""
         return self.scheduler.ps()

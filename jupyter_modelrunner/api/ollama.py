@@ -1,4 +1,4 @@
-"""Ollama-compatible routes (`api/tags`, `api/chat`, `api/generate`, …) on the same scheduler and store.
+"""Ollama-compatible routes (`api/tags`, `api/chat`, `api/generate`, …) on the same inference path and store.
 
 Tools built for Ollama (its Python client, Open WebUI, LangChain's ChatOllama) then work against the
 notebook server. The reshaping of bodies lives in `ollama_translate` (pure, tested on its own); these
@@ -76,7 +76,7 @@ class OllamaInferenceHandler(StreamRelayMixin, OllamaHandler):
         ):
             await self._load_or_unload(kind, model, keep_alive, context_size)  # Ollama's idiom: (un)load
             return
-        # Ollama's per-request keep_alive: how long the model stays loaded after *this* request (the scheduler's
+        # Ollama's per-request keep_alive: how long the model stays loaded after *this* request (the runner's
         # lease: it can keep a model longer, never unload it under another client).
         inference = InferenceRequest(model, path.removeprefix("/v1/"), request, route=f"ollama/{kind}",
                                      caller=self.caller, context_size=context_size, keep_alive=keep_alive)

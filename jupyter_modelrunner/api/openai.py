@@ -116,10 +116,10 @@ class OpenAIModelsHandler(ModelRunnerHandler):
         """The formats the named engine runs (None: no engine named, every format); 404 for an unknown engine."""
         if engine is None:
             return None
-        known = {e.name: e for e in self.service.scheduler.engines}
+        known = self.service.engine_formats()
         if engine not in known:
             raise web.HTTPError(404, f"Unknown engine {engine!r}; engines: {', '.join(sorted(known))}.")
-        return set(known[engine].formats)
+        return known[engine]
 
     @web.authenticated
     @authorized

@@ -10,7 +10,7 @@ lives here:
   engine's next chunk, and the relay returns, so the handler leaves the engine request's `async with`
   normally: that closes the engine connection, which stops the generation. Cancelling the task instead
   would interrupt a read from the engine's socket, which can leave that connection open, and the engine
-  busy with it: it cannot even stop until the scheduler's grace period runs out and it is killed.
+  busy with it: it cannot even stop until the runner's grace period runs out and it is killed.
 - Complete events are written and flushed as they arrive, so a token reaches the client when the engine
   makes it.
 - An engine failure mid-stream (the status line is already sent) becomes the API's own error shape, the

@@ -1,8 +1,8 @@
 """Rerank and score: `engines[/{engine}]/v1/rerank`, `.../v1/score`, and `v1/...` as their alias.
 
-For reranker models only (a cross-encoder with a classification head, as the model's own config says): the scheduler
-runs them in a mode of their own (llama-server with `--rerank`, vLLM's pooling runner), and refuses any other model
-with a 400 that says why. The reshaping lives in `rerank_translate` (pure, tested on its own); see there for what the
+For reranker models only (a cross-encoder with a classification head, as the model's own config says): the
+inference path runs them in a rerank mode of their own (each engine knows how), and refuses any other model with a
+400 that says why. The reshaping lives in `rerank_translate` (pure, tested on its own); see there for what the
 two routes answer.
 """
 
