@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from jupyter_modelrunner.distribution import package_gguf, package_safetensors  # noqa: E402
 from jupyter_modelrunner.engines.base import RunConfig  # noqa: E402
 from jupyter_modelrunner.engines.hardware import probe  # noqa: E402
-from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine  # noqa: E402
-from jupyter_modelrunner.engines.vllm import VllmEngine, default_vllm_python  # noqa: E402
+from jupyter_modelrunner.engines.llamacpp import LlamaServer  # noqa: E402
+from jupyter_modelrunner.engines.vllm import Vllm, default_vllm_python  # noqa: E402
 from jupyter_modelrunner.reference import parse_reference  # noqa: E402
 from jupyter_modelrunner.scheduler import Scheduler  # noqa: E402
 from jupyter_modelrunner.sse import sse_events  # noqa: E402
@@ -81,7 +81,7 @@ async def aggregate_rate(server: ServerProcess, streams: int) -> float:
         return sum(tokens) / (time.perf_counter() - started)
 
 
-async def load_time(store: Store, engine: LlamaCppEngine) -> float:
+async def load_time(store: Store, engine: LlamaServer) -> float:
     """Seconds from asking for the model to its engine answering health checks (the scheduler's own load)."""
     scheduler = Scheduler(store, engines=[engine], keep_alive=-1)
     try:
@@ -102,7 +102,7 @@ def serve(workdir: Path, store: Path, llama_server: str | None) -> ServerProcess
 
 
 def bench_implementations(tmp: Path, gguf: Path, runs: int, streams: list[int]) -> None:
-    server_engine, fallback = LlamaCppEngine(), LlamaCppEngine(server="none")
+    server_engine, fallback = LlamaServer(), LlamaServer(server="none")
     if server_engine.server is None:
         print("llama-server is not installed (jupyter modelrunner install-runner llama.cpp); skipped")
         return
@@ -221,7 +221,7 @@ def report(label: str, ours: list[tuple[float, float]], bare: list[tuple[float, 
 
 
 def bench_bare_llama_server(tmp: Path, gguf: Path, runs: int) -> None:
-    engine = LlamaCppEngine()
+    engine = LlamaServer()
     if engine.server is None:
         return
     store = Store(tmp / "bare-store", registry="127.0.0.1:1")
@@ -247,7 +247,7 @@ def bench_vllm(tmp: Path, runs: int) -> None:
     folder = make_tiny_safetensors(tmp / "tiny-st")
     store = Store(tmp / "vllm-store", registry="127.0.0.1:1")
     model = package_safetensors(store, folder, parse_reference("127.0.0.1:1/ai/tiny-vllm"))
-    engine = VllmEngine(python)
+    engine = Vllm(python)
     (tmp / "bare-vllm").mkdir()
     launch = engine.launch(model, workdir=tmp / "bare-vllm", config=RunConfig(), hardware=probe(), mode="completion",
                            cache_dir=store.root / "cache" / "vllm")  # the cache the scheduler uses too

@@ -485,9 +485,9 @@ class _InstallProgressLine:
 
 
 def _runner_engines(name: str) -> list[str]:
-    from .engines.install import ENGINES, engine_name
+    from .engines.install import engine_name, engines
 
-    return list(ENGINES) if name.strip().lower() == "all" else [engine_name(name)]
+    return engines() if name.strip().lower() == "all" else [engine_name(name)]
 
 
 def _cmd_install_runner(args) -> int:
@@ -498,20 +498,16 @@ def _cmd_install_runner(args) -> int:
         progress = _InstallProgressLine(sys.stderr, engine)
         started = time.monotonic()
         try:
-            if engine == install.LLAMA_CPP:
-                record = install.install_llama_server(gpu=args.gpu, force=args.force, jobs=args.jobs, progress=progress)
-            else:
-                record = install.install_vllm(gpu=args.gpu, force=args.force, progress=progress,
-                                              extra_index_urls=args.extra_index_url)
+            record = install.install(engine, gpu=args.gpu, force=args.force, progress=progress, jobs=args.jobs,
+                                     extra_index_urls=args.extra_index_url)
         finally:
             progress.close()
         elapsed = time.monotonic() - started
         what = f"{record.version} for {record.device}, from {record.source}: {record.executable}"
         if record == before and not args.force:
-            again = "rebuilds" if engine == install.LLAMA_CPP else "reinstalls"
-            print(f"{engine} is already installed: {what} (--force {again} it)")
+            print(f"{engine} is already installed: {what} (--force installs it again)")
             continue
-        how = "built" if "compile" in progress.steps else "from the build cache" if engine == install.LLAMA_CPP else ""
+        how = "built" if "compile" in progress.steps else "from the build cache" if "cached" in progress.steps else ""
         took = (f"{elapsed:.2f} s" if elapsed < 10 else f"{elapsed:.0f} s" if elapsed < 120
                 else f"{int(elapsed // 60)} min {int(elapsed % 60)} s")
         print(f"Installed {engine} {what} ({', '.join(filter(None, [how, f'in {took}']))})")

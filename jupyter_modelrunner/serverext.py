@@ -88,26 +88,11 @@ class ModelRunner(ExtensionApp):
         weights, KV caches and the engine's device runtime; idle models are evicted for a new one, least recently
         used first. 0: 90% of the NVIDIA GPUs' memory.""",
     )
-    load_timeout = Float(
-        0, config=True,
-        help="""Seconds to wait for an engine to become ready (0: the engine's default, minutes for vLLM).""",
-    )
-    llama_server = Unicode(
-        "", config=True,
-        help="""llama.cpp's llama-server binary for GGUF models (empty: $MODEL_RUNNER_LLAMA_SERVER, else the one
-        `jupyter modelrunner install-runner llama.cpp` installed; `none`: always use llama-cpp-python's server).""",
-    )
-    llamacpp_python = Unicode(
-        "", config=True,
-        help="""Python interpreter with llama-cpp-python[server], the fallback engine for GGUF models where no
-        llama-server is installed (empty: the server's own interpreter).""",
-    )
-    vllm_python = Unicode(
-        "", config=True,
-        help="""Python interpreter of the environment with vLLM (empty: $MODEL_RUNNER_VLLM_PYTHON, else the one
-        `jupyter modelrunner install-runner vllm` made). vLLM lives in its own environment so its pins do not
-        constrain yours.""",
-    )
+    # Deprecated: the engines' own settings (`c.LlamaServer.…`, `c.Vllm.…`), kept working with a warning.
+    load_timeout = Float(0, config=True, help="""Deprecated: use c.LlamaServer.load_timeout and c.Vllm.load_timeout.""")
+    llama_server = Unicode("", config=True, help="""Deprecated: use c.LlamaServer.llama_server.""")
+    llamacpp_python = Unicode("", config=True, help="""Deprecated: use c.LlamaServer.python.""")
+    vllm_python = Unicode("", config=True, help="""Deprecated: use c.Vllm.python.""")
     vllm_standby = Bool(
         True, config=True,
         help="""Keep a vLLM interpreter with its imports done (7-8 s of a CPU start) waiting for the next safetensors
@@ -224,24 +209,39 @@ class ModelRunner(ExtensionApp):
             raise TraitError(f"ModelRunner.keep_alive: {exc}") from exc
         return proposal["value"]
 
+    #: The app's old flat engine settings → (engine, the engine's own setting).
+    _DEPRECATED_ENGINE_SETTINGS = {"llama_server": ("llama.cpp", "llama_server"),
+                                   "llamacpp_python": ("llama.cpp", "python"), "vllm_python": ("vllm", "python")}
+
+    def _apply_deprecated_engine_settings(self, engines: list) -> None:
+        """`c.ModelRunner.llama_server` and friends still work, with a warning naming the engine's own setting."""
+        by_name = {engine.name: engine for engine in engines}
+        for old, (engine_name, setting) in self._DEPRECATED_ENGINE_SETTINGS.items():
+            value = getattr(self, old)
+            if value and engine_name in by_name:
+                engine = by_name[engine_name]
+                self.log.warning("c.ModelRunner.%s is deprecated: use c.%s.%s", old, type(engine).__name__, setting)
+                setattr(engine, setting, value)
+        if self.load_timeout > 0:
+            self.log.warning("c.ModelRunner.load_timeout is deprecated: use c.LlamaServer.load_timeout, "
+                             "c.Vllm.load_timeout")
+            for engine in engines:
+                engine.load_timeout = self.load_timeout
+
     @property
     def url_prefix(self) -> str:
         return "" if self.mount_at_root else URL_PREFIX
 
     def initialize_settings(self) -> None:
-        from .engines.llamacpp import LlamaCppEngine
-        from .engines.vllm import VllmEngine
+        from .engines.registry import default_engines
         from .events import attach as attach_events
         from .keys import KeyRing
         from .runner_config import parse_keep_alive
         from .store import Store
 
         store = Store(self.store_path or None, registry=self.default_registry or None)
-        engines = [LlamaCppEngine(self.llamacpp_python or None, self.llama_server or None),
-                   VllmEngine(self.vllm_python or None)]
-        if self.load_timeout > 0:
-            for engine in engines:
-                engine.load_timeout = self.load_timeout
+        engines = default_engines(parent=self)
+        self._apply_deprecated_engine_settings(engines)
         service = ModelRunnerService.create(
             store, registry=self.default_registry or None, engines=engines,
             memory_budget=self.memory_budget or None, vram_budget=self.gpu_memory_budget or None,

@@ -235,8 +235,8 @@ def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess
         yield server
 
 
-ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp_python_server", "llama-server", "vllm.entrypoints",
-                  "vllm_standby.py", "VLLM::")
+ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp.python_server", "llama-server", "vllm.entrypoints",
+                  "engines/vllm/standby.py", "VLLM::")
 EMBEDDED_RUNNER_MARKER = " --embedded --idle-timeout "  # client._start_embedded's argv
 # Every process this session starts inherits this variable (engines included: they drop only MODEL_RUNNER_*
 # and JPY_*), so the check below judges this session's engines, not those of another run on the machine.

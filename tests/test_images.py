@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine
+from jupyter_modelrunner.engines.llamacpp import LlamaServer
 from jupyter_modelrunner.images import (
     ImageRejected,
     _refuse_private_hosts,
@@ -174,7 +174,7 @@ def test_sniffing_knows_the_formats_vision_models_take():
 def test_the_service_refuses_images_before_loading_when_the_engine_cannot_see(tmp_path, tiny_vision, tiny_gguf):
     """What every route calls first: a model without a projector, or llama.cpp's Python fallback, is a 400 naming the
     fix; nothing is loaded for it."""
-    if LlamaCppEngine().server is None:
+    if LlamaServer().server is None:
         pytest.skip("llama-server is not installed (jupyter modelrunner install-runner llama.cpp)")
     import importlib.util
 
@@ -189,7 +189,7 @@ def test_the_service_refuses_images_before_loading_when_the_engine_cannot_see(tm
     package_gguf(store, tiny_gguf, parse_reference("127.0.0.1:1/ai/blind"))
     body = request(data_url(png()))
 
-    async def prepare(engine: LlamaCppEngine, name: str) -> dict:
+    async def prepare(engine: LlamaServer, name: str) -> dict:
         service = ModelRunnerService.create(store, registry="127.0.0.1:1", engines=[engine])
         try:
             return await service.admitted_body(InferenceRequest(name, "chat/completions", body))
@@ -197,10 +197,10 @@ def test_the_service_refuses_images_before_loading_when_the_engine_cannot_see(tm
             assert not service.scheduler.runners
             await service.shutdown()
 
-    assert asyncio.run(prepare(LlamaCppEngine(), "ai/seeing")) == body
+    assert asyncio.run(prepare(LlamaServer(), "ai/seeing")) == body
     with pytest.raises(ImageRejected, match="ai/blind has no multimodal projector"):
-        asyncio.run(prepare(LlamaCppEngine(), "ai/blind"))
+        asyncio.run(prepare(LlamaServer(), "ai/blind"))
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed: no fallback to refuse on")
     with pytest.raises(ImageRejected, match=r"llama-cpp-python.*install-runner llama\.cpp"):
-        asyncio.run(prepare(LlamaCppEngine(server="none"), "ai/seeing"))
+        asyncio.run(prepare(LlamaServer(server="none"), "ai/seeing"))

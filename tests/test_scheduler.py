@@ -20,7 +20,7 @@ from jupyter_modelrunner.distribution import package_gguf
 from jupyter_modelrunner.distribution.progress import format_bytes
 from jupyter_modelrunner.engines.base import EngineFlagRefused
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
-from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine
+from jupyter_modelrunner.engines.llamacpp import LlamaServer
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduler import EngineFailed, NotEnoughMemory, Scheduler
 from jupyter_modelrunner.sse import sse_events
@@ -163,7 +163,7 @@ def test_a_requests_keep_alive_only_lengthens_its_own_lease(local_store):
 
 
 def test_idle_runner_is_evicted_lru_to_fit_the_budget(local_store):
-    engine = LlamaCppEngine()
+    engine = LlamaServer()
     one = engine.estimate_memory(local_store.resolve("ai/tiny"), _config(local_store, "ai/tiny"))
     two = engine.estimate_memory(local_store.resolve("ai/tiny-other"), _config(local_store, "ai/tiny-other"))
 
@@ -354,7 +354,7 @@ def simulated_cuda(memory: int) -> Hardware:
 
 def _vram_of(store: Store, name: str) -> int:
     hardware = simulated_cuda(80 * 1024**3)
-    plan = LlamaCppEngine().plan(store.resolve(name), _config(store, name), budget=probe().memory_total,
+    plan = LlamaServer().plan(store.resolve(name), _config(store, name), budget=probe().memory_total,
                                  hardware=hardware, vram_budget=80 * 1024**3)
     return plan.vram
 
@@ -398,7 +398,7 @@ def test_gpu_admission_shares_the_device_evicts_lru_and_refuses_with_numbers(loc
                      rf"{re.escape(format_bytes(tiny // 2))} \({re.escape(SIMULATED_GPU)}", message)
 
 
-class SleepyLlamaCpp(LlamaCppEngine):
+class SleepyLlamaCpp(LlamaServer):
     """A test fake of an engine that can sleep (vLLM's sleep mode needs CUDA): llama-server that pretends to
     offload its weights. Waking waits for the test to open `wake_gate`, so the test sees the `waking` state."""
 

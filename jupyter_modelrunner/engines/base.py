@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import EngineRefused, ModelRunnerError
+from traitlets import Float
+from traitlets.config import LoggingConfigurable
+
+from ..errors import EngineRefused, InstallError, ModelRunnerError
 from .hardware import Hardware
 
 if TYPE_CHECKING:
@@ -217,31 +219,52 @@ class StandbySpec:
     memory: int
 
 
-class Engine(ABC):
-    """An inference engine: one subclass per engine, stateless, safe to share."""
+class Engine(LoggingConfigurable):
+    """An inference engine: one subclass per engine, found through the `jupyter_modelrunner.engines` entry points
+    (engines/registry.py), configured like any Jupyter object (`c.LlamaServer.…`, `c.Vllm.…`), and stateless
+    beyond its configuration: one instance serves every model of its formats.
+
+    A new engine subclasses this in a package of its own, says which model formats it runs (`formats`) and how much
+    it wants them (`priority`, the highest available one runs a format), and implements `availability` and
+    `launch`; everything else has a default that suits an OpenAI-compatible server.
+    """
 
     name: ClassVar[str]
+    #: Other spellings users type for it (`--engine`, `engines/{engine}/…`, `install-runner`).
+    aliases: ClassVar[tuple[str, ...]] = ()
     formats: ClassVar[frozenset[str]]
-    allowed_flags: ClassVar[Mapping[str, FlagSpec]]
-    #: Seconds to wait for a new process to answer its health check.
-    load_timeout: ClassVar[float] = 120.0
+    #: Among the engines that run a format, the available one with the highest priority runs it.
+    priority: ClassVar[int] = 0
+    allowed_flags: ClassVar[Mapping[str, FlagSpec]] = {}
+    #: Whether `jupyter modelrunner install-runner NAME` can install it (its class has an `install`).
+    installable: ClassVar[bool] = False
     #: Memory the engine's process needs beyond weights and KV cache (runtime, buffers).
     overhead_bytes: ClassVar[int] = 256 * 1024**2
 
-    @abstractmethod
+    load_timeout = Float(
+        120.0, config=True,
+        help="""Seconds to wait for a new engine process to answer its health check before the load fails.""",
+    )
+
+    @classmethod
+    def install(cls, *, gpu: str = "auto", force: bool = False, progress: Any = None, **options: Any) -> Any:
+        """Install the engine on this machine (`install-runner`); returns its `installing.InstalledEngine`."""
+        raise InstallError(f"{cls.name} has no installer; install it as its documentation says.")
+
     def availability(self, hardware: Hardware) -> Availability:
         """Is the engine installed and usable here (cheap; cached by callers)?"""
+        raise NotImplementedError
 
-    @abstractmethod
     def launch(
         self, model: Model, *, workdir: Path, config: RunConfig, hardware: Hardware, mode: str,
-        cache_dir: Path | None = None,
+        cache_dir: Path | None = None, plan: LoadPlan | None = None,
     ) -> Launch:
         """The command, environment and address for serving `model` from its bundle.
 
         `workdir` is private to this one process (its socket); `cache_dir` survives it, for engines that
         compile or profile on start and can reuse the result next time.
         """
+        raise NotImplementedError
 
     #: Requests one engine process serves at once when the user sets nothing (each slot has its own KV cache).
     default_slots: ClassVar[int] = 1

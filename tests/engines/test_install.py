@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_modelrunner.engines import install
 from jupyter_modelrunner.engines.install import InstalledEngine, installed
+from jupyter_modelrunner.engines.llamacpp import install as llama_install
 from jupyter_modelrunner.errors import InstallError
 from jupyter_modelrunner.paths import jupyter_data_dir, user_cache_dir
 
@@ -84,7 +84,7 @@ def test_installed_llama_server_runs_with_its_own_libraries() -> None:
     assert f"version: {REAL_LLAMA.version}" in result.stderr + result.stdout
     libraries = {path.name.split(".")[0] for path in REAL_LLAMA.lib_dir.iterdir()}
     assert {"libllama", "libggml", "libggml-base", "libggml-cpu", "libmtmd"} <= libraries
-    assert REAL_LLAMA.source == f"llama-cpp-python {install.LLAMA_CPP_PYTHON_VERSION} sdist"
+    assert REAL_LLAMA.source == f"llama-cpp-python {llama_install.LLAMA_CPP_PYTHON_VERSION} sdist"
 
 
 @needs_llama
@@ -108,7 +108,7 @@ def test_install_runner_again_does_no_work(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(REAL_CACHE.parent))
     monkeypatch.setenv("PATH", env["PATH"])
     started = time.monotonic()
-    assert install.install_llama_server(gpu=gpu_option(REAL_LLAMA)) == REAL_LLAMA
+    assert llama_install.install_llama_server(gpu=gpu_option(REAL_LLAMA)) == REAL_LLAMA
     assert time.monotonic() - started < 1
 
 
@@ -150,7 +150,7 @@ def test_installed_is_none_once_the_executable_is_gone(tmp_path, monkeypatch, ca
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     monkeypatch.setenv("PATH", tools_path(tmp_path / "bin"))
     assert REAL_LLAMA is not None
-    record = install.install_llama_server(gpu=gpu_option(REAL_LLAMA))
+    record = llama_install.install_llama_server(gpu=gpu_option(REAL_LLAMA))
     assert installed("llama.cpp") == record
     record.executable.unlink()
     assert installed("llama.cpp") is None
@@ -175,7 +175,7 @@ def test_missing_build_tools_name_the_fix_and_leave_nothing(tmp_path, tools, com
 
 
 def test_failed_build_shows_the_end_of_its_log_and_keeps_it(tmp_path) -> None:
-    sdist = REAL_CACHE / "llama.cpp" / "sdist" / f"llama_cpp_python-{install.LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+    sdist = REAL_CACHE / "llama.cpp" / "sdist" / f"llama_cpp_python-{llama_install.LLAMA_CPP_PYTHON_VERSION}.tar.gz"
     if not sdist.is_file():
         pytest.skip(f"no downloaded llama.cpp source in {sdist.parent} (install-runner llama.cpp puts it there)")
     cache_home, data = tmp_path / "cache", tmp_path / "data"
@@ -201,18 +201,18 @@ def test_cuda_without_nvcc_names_the_fix(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", tools_path(tmp_path / "bin"))
     for variable in ("CUDA_HOME", "CUDA_PATH"):
         monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setattr(install, "_CUDA_DEFAULT_HOME", str(tmp_path / "no-cuda"))
+    monkeypatch.setattr(llama_install, "_CUDA_DEFAULT_HOME", str(tmp_path / "no-cuda"))
     with pytest.raises(InstallError, match=r"nvcc.*`--gpu cpu`"):
-        install.install_llama_server(gpu="cuda")
+        llama_install.install_llama_server(gpu="cuda")
 
 
-@pytest.mark.skipif(install._find_nvcc() is None or install._nvidia_gpu_present(),
+@pytest.mark.skipif(llama_install._find_nvcc() is None or llama_install._nvidia_gpu_present(),
                     reason="needs the CUDA toolkit without an NVIDIA GPU, as on the CI machine")
 def test_cuda_toolkit_without_a_gpu_builds_for_the_cpu() -> None:
-    assert install.llama_build_plan("auto").device == "cpu"
-    cuda = install.llama_build_plan("cuda")  # asked for, it is honoured (to run the build on a GPU machine later)
+    assert llama_install.llama_build_plan("auto").device == "cpu"
+    cuda = llama_install.llama_build_plan("cuda")  # asked for, it is honoured (to run the build on a GPU machine later)
     assert cuda.device == "cuda" and "-DGGML_CUDA=ON" in cuda.flags
-    assert cuda.key != install.llama_build_plan("auto").key
+    assert cuda.key != llama_install.llama_build_plan("auto").key
 
 
 @needs_vllm
@@ -227,7 +227,7 @@ def test_install_runner_vllm_again_does_no_work(tmp_path) -> None:
 
 
 def test_source_archive_that_escapes_is_refused(tmp_path) -> None:
-    prefix = f"llama_cpp_python-{install.LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
+    prefix = f"llama_cpp_python-{llama_install.LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
     for name, link in ((prefix + "../../../../escaped.txt", None), (prefix + "common/evil", "../../../../etc")):
         archive = tmp_path / "sdist.tar.gz"
         with tarfile.open(archive, "w:gz") as tar:
@@ -241,6 +241,6 @@ def test_source_archive_that_escapes_is_refused(tmp_path) -> None:
         dest = tmp_path / "src"
         shutil.rmtree(dest, ignore_errors=True)
         with pytest.raises(InstallError, match="Refusing"):
-            install._extract_llama_cpp(archive, dest, lambda _: None)
+            llama_install._extract_llama_cpp(archive, dest, lambda _: None)
         assert not (tmp_path / "escaped.txt").exists()
         assert not (dest / "common" / "evil").exists()

@@ -21,7 +21,7 @@ from jupyter_modelrunner.engines.base import (
     RunConfig,
 )
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware
-from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaCppEngine
+from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaServer
 from jupyter_modelrunner.engines.select import select_engine
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduler import Scheduler
@@ -57,8 +57,8 @@ def store(tmp_path, tiny_4k) -> Store:
 
 
 @pytest.fixture
-def server_engine() -> LlamaCppEngine:
-    engine = LlamaCppEngine()
+def server_engine() -> LlamaServer:
+    engine = LlamaServer()
     if engine.server is None:
         pytest.skip("llama-server is not installed (jupyter modelrunner install-runner llama.cpp)")
     return engine
@@ -75,7 +75,7 @@ def ps_entry(scheduler: Scheduler, name: str) -> dict:
 def test_llama_server_is_started_on_a_socket_with_slots_jinja_metrics_and_the_artifact_files(
         store, tmp_path, tiny_4k):
     model = store.resolve("ai/tiny")
-    engine = LlamaCppEngine(server="/opt/llama.cpp/llama-server")
+    engine = LlamaServer(server="/opt/llama.cpp/llama-server")
     plan = engine.plan(model, RunConfig(context_size=1024), budget=BUDGET)
     launch = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion",
                            plan=plan)
@@ -110,7 +110,7 @@ def test_the_chat_template_and_projector_layers_are_passed(tmp_path, tiny_vision
     store = Store(tmp_path / "store", registry="127.0.0.1:1")
     model = package_gguf(store, tiny_vision.gguf, ref("ai/tiny-vision"), chat_template=template,
                          mmproj=tiny_vision.mmproj)
-    engine = LlamaCppEngine(server="/x/llama-server")
+    engine = LlamaServer(server="/x/llama-server")
     argv = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=CPU_ONLY, mode="completion").argv
     assert argv[argv.index("--chat-template-file") + 1] == str(model.bundle / "template.jinja")
     assert argv[argv.index("--mmproj") + 1] == str(model.bundle / "model.mmproj")
@@ -128,7 +128,7 @@ def test_images_are_refused_without_a_projector_and_on_the_fallback(tmp_path, ti
     refusal = server.image_refusal(text_only, "ai/tiny-text")
     assert refusal and "ai/tiny-text has no multimodal projector" in refusal and "package" in refusal
     assert "--mmproj" in refusal
-    for fallback in (LlamaCppEngine(server="none"), LlamaCppEngine(server=str(tmp_path / "no-such-llama-server"))):
+    for fallback in (LlamaServer(server="none"), LlamaServer(server=str(tmp_path / "no-such-llama-server"))):
         refusal = fallback.image_refusal(vision, "ai/tiny-vision")
         assert refusal and "llama-cpp-python" in refusal and "jupyter modelrunner install-runner llama.cpp" in refusal
 
@@ -167,7 +167,7 @@ def test_llama_server_encodes_an_image_through_the_projector(tmp_path, tiny_visi
 
 
 def test_llama_server_flag_names_from_docker_model_runner_are_accepted():
-    engine = LlamaCppEngine(server="/x/llama-server")
+    engine = LlamaServer(server="/x/llama-server")
     assert engine.check_flags(["--threads", "4", "-ngl", "99", "--flash-attn=on", "-fa", "--mlock"]) == (
         "--threads", "4", "-ngl", "99", "--flash-attn", "on", "-fa", "--mlock")
     assert engine.check_flags(["-fa", "off", "--cache-type-k", "q8_0", "--reasoning-budget", "0"]) == (
@@ -178,13 +178,13 @@ def test_llama_server_flag_names_from_docker_model_runner_are_accepted():
                                   "--lora", "--spec-draft-model", "--n_threads", "--log-file"])
 def test_flags_that_name_files_addresses_or_keys_are_refused_with_what_is_allowed(flag):
     with pytest.raises(EngineFlagRefused) as refused:
-        LlamaCppEngine(server="/x/llama-server").check_flags([flag, "x"])
+        LlamaServer(server="/x/llama-server").check_flags([flag, "x"])
     message = str(refused.value)
     assert f"'{flag}'" in message and "--threads" in message and "--ctx-size" in message
 
 
 def test_context_and_slot_flags_become_the_plan_and_are_not_passed_twice(store, tmp_path):
-    engine = LlamaCppEngine(server="/x/llama-server")
+    engine = LlamaServer(server="/x/llama-server")
     model = store.resolve("ai/tiny")
     plan = engine.plan(model, RunConfig(runtime_flags=("-c", "2048", "--parallel", "2", "--threads", "1")),
                        budget=BUDGET)
@@ -198,7 +198,7 @@ def test_context_and_slot_flags_become_the_plan_and_are_not_passed_twice(store, 
 def test_thinking_settings_and_their_flags_are_one_setting_on_the_command_line(store, tmp_path):
     """`configure --think/--no-think/--reasoning-budget` and llama-server's `--reasoning`/`--reasoning-budget` flags
     mean the same: the plan carries one value (the configured one wins) and the command line says it once."""
-    engine = LlamaCppEngine(server="/x/llama-server")
+    engine = LlamaServer(server="/x/llama-server")
     model = store.resolve("ai/tiny")
 
     def argv(config: RunConfig, mode: str = "completion") -> list[str]:
@@ -223,7 +223,7 @@ def test_thinking_settings_and_their_flags_are_one_setting_on_the_command_line(s
 
 
 def test_a_reasoning_effort_level_asks_the_template_to_think():
-    engine = LlamaCppEngine(server="/x/llama-server")
+    engine = LlamaServer(server="/x/llama-server")
     ask = {"model": "model", "messages": []}
     assert engine.adapt_request("chat/completions", {**ask, "reasoning_effort": "low"})["chat_template_kwargs"] == {
         "enable_thinking": True}
@@ -234,7 +234,7 @@ def test_a_reasoning_effort_level_asks_the_template_to_think():
 
 
 def test_the_fallback_translates_the_flags_it_knows_and_refuses_the_rest(store, tmp_path):
-    fallback = LlamaCppEngine(server="none")
+    fallback = LlamaServer(server="none")
     model = store.resolve("ai/tiny")
     plan = fallback.plan(model, RunConfig(runtime_flags=("--threads", "2", "-fa", "off", "--no-mmap")), budget=BUDGET)
     assert plan.slots == 1  # llama-cpp-python's server answers one request at a time
@@ -253,7 +253,7 @@ def test_the_fallback_translates_the_flags_it_knows_and_refuses_the_rest(store, 
 def test_without_llama_server_the_fallback_is_chosen_and_the_reason_says_how_to_upgrade(store, monkeypatch):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
-    choice = select_engine(store.resolve("ai/tiny"), CPU_ONLY, [LlamaCppEngine(server="none")])
+    choice = select_engine(store.resolve("ai/tiny"), CPU_ONLY, [LlamaServer(server="none")])
     assert choice.engine.name == "llama.cpp"
     assert "llama-cpp-python" in choice.reason and "fallback" in choice.reason
     assert "jupyter modelrunner install-runner llama.cpp" in choice.reason
@@ -264,7 +264,7 @@ def test_the_fallback_answers_for_real(store):
         pytest.skip("llama-cpp-python is not installed")
 
     async def scenario():
-        scheduler = Scheduler(store, engines=[LlamaCppEngine(server="none")], keep_alive=60)
+        scheduler = Scheduler(store, engines=[LlamaServer(server="none")], keep_alive=60)
         try:
             async with scheduler.use("ai/tiny") as runner:
                 response = await runner.request("POST", "/v1/chat/completions", json=HELLO)
@@ -339,12 +339,12 @@ def test_a_long_training_context_is_capped_so_every_slot_fits_the_budget(tmp_pat
 def test_a_model_that_names_no_context_gets_4096(tmp_path):
     store = Store(tmp_path / "store", registry="127.0.0.1:1")
     model = package_gguf(store, make_tiny_gguf(tmp_path / "tiny-nc.gguf", context_length=None), ref("ai/nc"))
-    plan = LlamaCppEngine(server="/x/llama-server").plan(model, RunConfig(), budget=BUDGET)
+    plan = LlamaServer(server="/x/llama-server").plan(model, RunConfig(), budget=BUDGET)
     assert (plan.context_size, plan.context_source) == (4096, CONTEXT_DEFAULT)
 
 
 def test_slots_shrink_before_a_model_would_not_fit(store):
-    engine = LlamaCppEngine(server="/x/llama-server")
+    engine = LlamaServer(server="/x/llama-server")
     model = store.resolve("ai/tiny")
     full = engine.plan(model, RunConfig(context_size=4096), budget=BUDGET)
     tight = engine.plan(model, RunConfig(context_size=4096), budget=full.memory - 1)
@@ -354,6 +354,6 @@ def test_slots_shrink_before_a_model_would_not_fit(store):
 
 def test_llama_server_contexts_are_whole_multiples_of_256_as_the_engine_allocates_them(store):
     """llama.cpp pads each slot's context to 256 tokens; the plan does the same, so ps and memory agree with it."""
-    plan = LlamaCppEngine(server="/x/llama-server").plan(store.resolve("ai/tiny"), RunConfig(context_size=640),
+    plan = LlamaServer(server="/x/llama-server").plan(store.resolve("ai/tiny"), RunConfig(context_size=640),
                                                          budget=BUDGET)
     assert plan.context_size == 768

@@ -7,9 +7,9 @@ import pytest
 from jupyter_modelrunner.distribution import package_gguf, package_safetensors
 from jupyter_modelrunner.engines.base import EngineFlagRefused, EngineUnavailable, RunConfig
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
-from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaCppEngine
+from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaServer
 from jupyter_modelrunner.engines.select import select_engine
-from jupyter_modelrunner.engines.vllm import VllmEngine
+from jupyter_modelrunner.engines.vllm import Vllm
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.runner_config import InvalidSetting, parse_keep_alive
 from jupyter_modelrunner.store import Store
@@ -34,12 +34,12 @@ def test_gguf_goes_to_llama_cpp_with_the_reason(models):
 
 
 def test_gguf_on_a_cuda_machine_offloads_every_layer(models):
-    choice = select_engine(models[0], SIMULATED_CUDA, [LlamaCppEngine(server="/x/llama-server")])
+    choice = select_engine(models[0], SIMULATED_CUDA, [LlamaServer(server="/x/llama-server")])
     assert choice.device == "cuda" and "all layers on the GPU" in choice.reason
 
 
 def test_safetensors_without_vllm_names_the_fix(models):
-    engines = [LlamaCppEngine(), VllmEngine(python="/nonexistent/python")]
+    engines = [LlamaServer(), Vllm(python="/nonexistent/python")]
     with pytest.raises(EngineUnavailable) as info:
         select_engine(models[1], CPU_ONLY, engines)
     message = str(info.value)
@@ -56,7 +56,7 @@ def test_forced_engine_is_honoured_or_refused(models):
 
 
 def test_runtime_flags_pass_an_allowlist():
-    engine = LlamaCppEngine(server="/x/llama-server")
+    engine = LlamaServer(server="/x/llama-server")
     assert engine.check_flags(["--threads", "2", "--temp=0.5"]) == ("--threads", "2", "--temp", "0.5")
     with pytest.raises(EngineFlagRefused, match=r"Allowed: .*--threads"):
         engine.check_flags(["--host", "0.0.0.0"])
@@ -64,10 +64,10 @@ def test_runtime_flags_pass_an_allowlist():
         engine.check_flags(["--threads"])
     with pytest.raises(EngineFlagRefused, match="Invalid value"):
         engine.check_flags(["--threads", "--model"])
-    assert VllmEngine(python="/x").check_flags(["--enforce-eager", "--max-num-seqs", "4"]) == (
+    assert Vllm(python="/x").check_flags(["--enforce-eager", "--max-num-seqs", "4"]) == (
         "--enforce-eager", "--max-num-seqs", "4")
     with pytest.raises(EngineFlagRefused, match="trust-remote-code"):
-        VllmEngine(python="/x").check_flags(["--trust-remote-code"])
+        Vllm(python="/x").check_flags(["--trust-remote-code"])
 
 
 def test_keep_alive_durations():
@@ -86,7 +86,7 @@ def test_hardware_probe_is_cheap_and_cached():
 
 
 def test_memory_estimate_counts_weights_and_the_kv_cache_of_every_slot(models):
-    engine = LlamaCppEngine(server="/x/llama-server")
+    engine = LlamaServer(server="/x/llama-server")
     small = engine.estimate_memory(models[0], RunConfig(context_size=256))
     large = engine.estimate_memory(models[0], RunConfig(context_size=512))
     per_slot = 2 * 2 * (512 - 256) * 2 * 16 * 2  # K and V, 2 layers, 2 KV heads of 16, f16

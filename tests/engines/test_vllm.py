@@ -14,7 +14,7 @@ from jupyter_modelrunner.distribution import package_safetensors, pull
 from jupyter_modelrunner.engines.base import LoadPlan, RunConfig
 from jupyter_modelrunner.engines.hardware import probe
 from jupyter_modelrunner.engines.select import select_engine
-from jupyter_modelrunner.engines.vllm import VllmEngine, default_vllm_python, reasoning_parser, tool_call_parser
+from jupyter_modelrunner.engines.vllm import Vllm, default_vllm_python, reasoning_parser, tool_call_parser
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduler import Scheduler
 from jupyter_modelrunner.sse import sse_data, sse_events
@@ -47,7 +47,7 @@ def test_tiny_safetensors_model_answers_streaming_and_not(store, seeded, vllm_py
     body = {"model": "model", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
 
     async def scenario():
-        scheduler = Scheduler(store, keep_alive=-1, engines=[VllmEngine(vllm_python)],
+        scheduler = Scheduler(store, keep_alive=-1, engines=[Vllm(vllm_python)],
                               on_event=lambda kind, data: events.append((kind, data)))
         try:
             async with scheduler.use("ai/tiny-st") as runner:
@@ -102,7 +102,7 @@ def test_the_tool_call_parser_is_read_off_the_chat_template(tmp_path, tiny_safet
     assert tool_call_parser(tiny_safetensors) is None  # ChatML without tools: no tool calling
     store = Store(tmp_path / "store", registry="127.0.0.1:1")
     model = package_safetensors(store, qwen, parse_reference("127.0.0.1:1/ai/tiny-tools"))
-    engine = VllmEngine(python="/x/python")
+    engine = Vllm(python="/x/python")
     argv = engine.launch(model, workdir=tmp_path, config=RunConfig(), hardware=probe(), mode="completion").argv
     assert argv[argv.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in argv
     override = RunConfig(runtime_flags=("--tool-call-parser", "qwen3_xml"))
@@ -126,7 +126,7 @@ def test_vllm_answers_tool_calls_and_json_schemas(tmp_path, vllm_python):
               "required": ["name", "country"]}
 
     async def scenario():
-        scheduler = Scheduler(store, keep_alive=-1, engines=[VllmEngine(vllm_python)])
+        scheduler = Scheduler(store, keep_alive=-1, engines=[Vllm(vllm_python)])
         try:
             async with scheduler.use("ai/smollm2-tools-vllm") as runner:
                 answers = [(await runner.request("POST", "/v1/chat/completions", json={
@@ -162,7 +162,7 @@ def test_the_reasoning_parser_is_read_off_the_template_where_the_tokenizer_has_i
     assert reasoning_parser(no_tokens) is None and reasoning_parser(chatml) is None
     store = Store(tmp_path / "store", registry="127.0.0.1:1")
     model = package_safetensors(store, qwen3, parse_reference("127.0.0.1:1/ai/tiny-qwen3"))
-    engine = VllmEngine(python="/x/python")
+    engine = Vllm(python="/x/python")
 
     def argv(config: RunConfig, mode: str = "completion") -> list[str]:
         return engine.launch(model, workdir=tmp_path, config=config, hardware=probe(), mode=mode).argv
@@ -180,7 +180,7 @@ def test_the_reasoning_parser_is_read_off_the_template_where_the_tokenizer_has_i
 
 
 def test_a_configured_budget_is_each_requests_thinking_budget_on_vllm(tmp_path):
-    engine = VllmEngine(python="/x/python")
+    engine = Vllm(python="/x/python")
     ask = {"model": "model", "messages": []}
     plan = LoadPlan(512, "default", 1, 0, ("--reasoning-parser", "qwen3"), reasoning_budget=32)
     assert engine.adapt_request("chat/completions", ask, plan)["thinking_token_budget"] == 32
@@ -194,7 +194,7 @@ def test_a_configured_budget_is_each_requests_thinking_budget_on_vllm(tmp_path):
 
 
 def test_vllms_reasoning_field_is_also_sent_as_reasoning_content():
-    engine = VllmEngine(python="/x/python")
+    engine = Vllm(python="/x/python")
     whole = b'{"message":{"content":null,"reasoning":"a \\"quoted\\" thought"}}'
     assert json.loads(engine.adapt_response("chat/completions", whole))["message"] == {
         "content": None, "reasoning": 'a "quoted" thought', "reasoning_content": 'a "quoted" thought'}
@@ -219,7 +219,7 @@ def test_vllm_starts_with_the_reasoning_parser_and_renders_the_thinking_switches
            "messages": [{"role": "user", "content": "Hi"}]}
 
     async def scenario():
-        scheduler = Scheduler(store, keep_alive=-1, engines=[VllmEngine(vllm_python)])
+        scheduler = Scheduler(store, keep_alive=-1, engines=[Vllm(vllm_python)])
         answers = {}
         try:
             for think in (True, False):

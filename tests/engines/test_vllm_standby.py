@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from jupyter_modelrunner.distribution import package_safetensors
-from jupyter_modelrunner.engines.vllm import VllmEngine, default_vllm_python
+from jupyter_modelrunner.engines.vllm import Vllm, default_vllm_python
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduler import Scheduler
 from jupyter_modelrunner.store import Store
@@ -41,12 +41,12 @@ async def first_answer(scheduler: Scheduler) -> dict:
 
 def test_the_standby_skips_the_imports_and_a_new_one_replaces_it(store, vllm_python):
     async def scenario():
-        cold = Scheduler(store, engines=[VllmEngine(vllm_python)], keep_alive=-1)
+        cold = Scheduler(store, engines=[Vllm(vllm_python)], keep_alive=-1)
         try:
             without = await first_answer(cold)
         finally:
             await cold.shutdown()
-        warm = Scheduler(store, engines=[VllmEngine(vllm_python)], keep_alive=-1, standby=True)
+        warm = Scheduler(store, engines=[Vllm(vllm_python)], keep_alive=-1, standby=True)
         try:
             standby = await warm.prepare_standby()
             await standby.ready.wait()
@@ -81,7 +81,7 @@ async def wait_for_new_standby(scheduler: Scheduler, old_pid: int, timeout: floa
 
 def test_no_standby_when_the_memory_budget_has_no_room_for_it(store, vllm_python):
     async def scenario():
-        scheduler = Scheduler(store, engines=[VllmEngine(vllm_python)], standby=True, memory_budget=512 * 1024**2)
+        scheduler = Scheduler(store, engines=[Vllm(vllm_python)], standby=True, memory_budget=512 * 1024**2)
         try:
             return await scheduler.prepare_standby(), scheduler.ps()
         finally:
@@ -93,7 +93,7 @@ def test_no_standby_when_the_memory_budget_has_no_room_for_it(store, vllm_python
 
 def test_the_standby_is_stopped_with_its_scheduler(store, vllm_python):
     async def scenario():
-        scheduler = Scheduler(store, engines=[VllmEngine(vllm_python)], standby=True)
+        scheduler = Scheduler(store, engines=[Vllm(vllm_python)], standby=True)
         standby = await scheduler.prepare_standby()
         await scheduler.shutdown()
         return standby.process.returncode

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from jupyter_modelrunner.distribution import package_gguf, pull
-from jupyter_modelrunner.engines.llamacpp import LlamaCppEngine
+from jupyter_modelrunner.engines.llamacpp import LlamaServer
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.store import Store
 
@@ -24,7 +24,7 @@ from ..support.imageserver import ImageServer
 from ..support.jupyter import ServerProcess
 
 pytestmark = [pytest.mark.timeout(300),
-              pytest.mark.skipif(LlamaCppEngine().server is None,
+              pytest.mark.skipif(LlamaServer().server is None,
                                  reason="llama-server is not installed (jupyter modelrunner install-runner llama.cpp)")]
 
 KEY = {"Authorization": f"Bearer {TEST_API_KEY}"}

@@ -17,8 +17,10 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import mediatypes as mt
-from .base import (
+from traitlets import Float, Unicode, default
+
+from ... import mediatypes as mt
+from ..base import (
     CONTEXT_DEFAULT,
     CONTEXT_TRAINING,
     CONTEXT_TRAINING_CAPPED,
@@ -36,15 +38,15 @@ from .base import (
     ask_engine,
     prompt_of,
 )
-from .hardware import Hardware
+from ..hardware import Hardware
 
 if TYPE_CHECKING:
-    from ..store import Model
+    from ...store import Model
 
 ENV_VLLM_PYTHON = "MODEL_RUNNER_VLLM_PYTHON"
 #: Set in a vLLM engine's environment to the device it runs on (the standby handover reads it).
 ENV_VLLM_DEVICE = "MODEL_RUNNER_VLLM_DEVICE"
-STANDBY_SCRIPT = Path(__file__).with_name("vllm_standby.py")
+STANDBY_SCRIPT = Path(__file__).with_name("standby.py")
 #: A standby's resident memory with its imports done: ~540 MiB measured here, with room to spare.
 STANDBY_MEMORY = 1024**3
 #: Whole-context sequences a GPU start of vLLM sizes its KV pool for (more then share it; vLLM pages the rest).
@@ -68,7 +70,7 @@ def default_vllm_python() -> str | None:
     """
     if os.environ.get(ENV_VLLM_PYTHON):
         return os.environ[ENV_VLLM_PYTHON]
-    from .install import installed
+    from ..installing import installed
 
     record = installed("vllm")
     return str(record.executable) if record else None
@@ -84,11 +86,38 @@ def _installed(python: str) -> dict[str, str]:
         return {}
 
 
-class VllmEngine(Engine):
+class Vllm(Engine):
+    """safetensors models on vLLM, run by the interpreter of its own environment (`install-runner vllm`).
+
+    Configured as `c.Vllm.python` (that interpreter) and `c.Vllm.load_timeout`.
+    """
+
     name = "vllm"
+    aliases = ("vllm-cpu",)
     formats = frozenset({mt.FORMAT_SAFETENSORS})
-    load_timeout = 600.0
+    priority = 10
+    installable = True
     overhead_bytes = 2 * 1024**3
+
+    load_timeout = Float(600.0, config=True, help="""Seconds to wait for vLLM to start and load a model (minutes
+        on a CPU, for a model compiled the first time).""")
+    python = Unicode(
+        config=True,
+        help="""Python interpreter of the environment with vLLM (default: $MODEL_RUNNER_VLLM_PYTHON, else the one
+        `jupyter modelrunner install-runner vllm` made). vLLM lives in its own environment so its pins do not
+        constrain yours.""",
+    )
+
+    @default("python")
+    def _python_default(self) -> str:
+        return default_vllm_python() or ""
+
+    @classmethod
+    def install(cls, *, gpu: str = "auto", force: bool = False, progress: Any = None,
+                extra_index_urls: Any = None, **_options: Any) -> Any:
+        from .install import install_vllm
+
+        return install_vllm(gpu=gpu, force=force, progress=progress, extra_index_urls=extra_index_urls or ())
     allowed_flags = {
         "--tensor-parallel-size": FlagSpec(help="GPUs to split each layer across"),
         "--pipeline-parallel-size": FlagSpec(help="GPUs (or nodes) to split the layers across"),
@@ -106,8 +135,10 @@ class VllmEngine(Engine):
         "--reasoning-parser": FlagSpec(help="how thinking is read from the output (default: from the template)"),
     }
 
-    def __init__(self, python: str | None = None) -> None:
-        self.python = python or default_vllm_python()
+    def __init__(self, python: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if python:
+            self.python = python
 
     def availability(self, hardware: Hardware) -> Availability:
         fix = ("install the vLLM engine on a machine with an NVIDIA GPU (`jupyter modelrunner install-runner vllm`), "
@@ -200,7 +231,7 @@ class VllmEngine(Engine):
 
     def standby(self, hardware: Hardware, cache_dir: Path) -> StandbySpec | None:
         """vLLM's OpenAI server with its imports done (7-8 s of torch, transformers and vLLM on a CPU), waiting on
-        stdin for the model (engines/vllm_standby.py; `-P` keeps this package's folder off its path)."""
+        stdin for the model (engines/vllm/standby.py; `-P` keeps this package's folder off its path)."""
         if not self.python or not self.availability(hardware).ok:
             return None
         env = self._env(cache_dir, hardware)

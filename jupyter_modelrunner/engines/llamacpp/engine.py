@@ -27,8 +27,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import mediatypes as mt
-from .base import (
+from traitlets import Float, Unicode, default
+
+from ... import mediatypes as mt
+from ..base import (
     MODE_COMPLETION,
     MODE_EMBEDDING,
     MODE_RERANK,
@@ -45,10 +47,10 @@ from .base import (
     prompt_of,
     tool_choice_of,
 )
-from .hardware import Hardware
+from ..hardware import Hardware
 
 if TYPE_CHECKING:
-    from ..store import Model
+    from ...store import Model
 
 #: The llama-server binary to use, overriding the one `install-runner` installed; `none` forces the fallback.
 ENV_LLAMA_SERVER = "MODEL_RUNNER_LLAMA_SERVER"
@@ -162,31 +164,65 @@ _PYTHON_SWITCHES = {"--mlock": ("--use_mlock", "true"), "--no-mmap": ("--use_mma
                     "--jinja": None, "--metrics": None, "--no-warmup": None, "--warmup": None}
 
 
-class LlamaCppEngine(Engine):
-    """GGUF models on llama.cpp: `llama-server` when installed, llama-cpp-python's server otherwise."""
+class LlamaServer(Engine):
+    """GGUF models on llama.cpp: `llama-server` when installed, llama-cpp-python's server otherwise.
+
+    Configured as `c.LlamaServer.llama_server` (the binary), `c.LlamaServer.python` (the fallback's interpreter),
+    `c.LlamaServer.load_timeout`.
+    """
 
     name = "llama.cpp"
+    aliases = ("llamacpp", "llama-cpp", "llama_cpp", "llama-server")
     formats = frozenset({mt.FORMAT_GGUF})
-    load_timeout = 180.0
+    priority = 10
+    installable = True
     overhead_bytes = 192 * 1024**2 + PROMPT_CACHE_MIB * 1024**2
     allowed_flags = LLAMA_SERVER_FLAGS
     default_slots = DEFAULT_SLOTS
 
-    def __init__(self, python: str | None = None, server: str | None = None) -> None:
+    load_timeout = Float(180.0, config=True, help="""Seconds to wait for llama-server (or the fallback) to load a
+        model and answer its health check.""")
+    llama_server = Unicode(
+        None, allow_none=True, config=True,
+        help="""llama.cpp's llama-server binary for GGUF models (unset: $MODEL_RUNNER_LLAMA_SERVER, else the one
+        `jupyter modelrunner install-runner llama.cpp` installed; `none`: always use llama-cpp-python's server).""",
+    )
+    python = Unicode(
+        config=True,
+        help="""Python interpreter with llama-cpp-python[server], the fallback where no llama-server is installed
+        (default: the server's own interpreter).""",
+    )
+
+    @default("python")
+    def _python_default(self) -> str:
+        return sys.executable
+
+    def __init__(self, python: str | None = None, server: str | None = None, **kwargs: Any) -> None:
         """`server`: a llama-server binary (else `$MODEL_RUNNER_LLAMA_SERVER`, else the one install-runner put in
-        place; `none` means never use one); `python`: the interpreter with llama-cpp-python for the fallback."""
-        self.python = python or sys.executable
-        self._server_setting = server
+        place; `none` means never use one); `python`: the interpreter with llama-cpp-python for the fallback. Both
+        are also configurable (`c.LlamaServer.llama_server`, `c.LlamaServer.python`)."""
+        super().__init__(**kwargs)
+        if python:
+            self.python = python
+        if server is not None:
+            self.llama_server = server
+
+    @classmethod
+    def install(cls, *, gpu: str = "auto", force: bool = False, progress: Any = None, jobs: int | None = None,
+                **_options: Any) -> Any:
+        from .install import install_llama_server
+
+        return install_llama_server(gpu=gpu, force=force, jobs=jobs, progress=progress)
 
     # -- which implementation ---------------------------------------------------------------------------
 
     @property
     def server(self) -> Path | None:
         """The llama-server binary this engine would run, if any (looked up on each call: installs change)."""
-        setting = self._server_setting if self._server_setting is not None else os.environ.get(ENV_LLAMA_SERVER)
+        setting = self.llama_server if self.llama_server is not None else os.environ.get(ENV_LLAMA_SERVER)
         if setting is not None and setting.strip():
             return None if setting.strip().lower() in _DISABLED else Path(setting).expanduser()
-        from .install import installed
+        from ..installing import installed
 
         record = installed("llama.cpp")
         return record.executable if record else None
@@ -357,7 +393,7 @@ class LlamaCppEngine(Engine):
                                     f"rerank route): `{INSTALL_COMMAND}` installs it.")
         facts = ModelFacts.of(model)
         argv = [
-            self.python, "-m", "jupyter_modelrunner.engines.llamacpp_python_server",
+            self.python, "-m", "jupyter_modelrunner.engines.llamacpp.python_server",
             "--uds", str(socket), "--model", str(gguf), "--model_alias", "model",
             "--n_ctx", str(plan.context_size), "--n_gpu_layers", "-1" if hardware.cuda else "0",
         ]
@@ -567,7 +603,8 @@ def _borrowed_libraries(version: str | None) -> Path | None:
     """install-runner's llama.cpp libraries, when they come from the same llama-cpp-python source (same ABI)."""
     if os.environ.get("LLAMA_CPP_LIB_PATH"):
         return Path(os.environ["LLAMA_CPP_LIB_PATH"])
-    from .install import LLAMA_CPP_PYTHON_VERSION, installed
+    from ..installing import installed
+    from .install import LLAMA_CPP_PYTHON_VERSION
 
     record = installed("llama.cpp")
     if record is None or record.lib_dir is None:

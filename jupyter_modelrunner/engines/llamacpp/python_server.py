@@ -1,6 +1,6 @@
 """The llama.cpp engine process: llama-cpp-python's OpenAI server, served on a Unix socket.
 
-Run as `python -m jupyter_modelrunner.engines.llamacpp_python_server --uds SOCKET --model FILE [settings…]`.
+Run as `python -m jupyter_modelrunner.engines.llamacpp.python_server --uds SOCKET --model FILE [settings…]`.
 It accepts every model setting of `python -m llama_cpp.server` (same names) and adds what that CLI lacks:
 `--uds` (listen on a socket instead of a TCP port) and `--chat_template_file` (the model artifact's
 Jinja chat template layer). This module runs only inside the engine process; nothing imports it.

@@ -1,6 +1,6 @@
 """A vLLM interpreter with its imports done, waiting for the model it will serve.
 
-Run by the vLLM environment's own Python (`<venv>/bin/python vllm_standby.py`), so it imports nothing of
+Run by the vLLM environment's own Python (`<venv>/bin/python standby.py`), so it imports nothing of
 jupyter_modelrunner: only vLLM and the standard library. Importing vLLM's OpenAI server (torch, transformers,
 vLLM itself) takes 7-8 s on a CPU and is the same for every model, so the runner starts one of these ahead of
 time. It prints one JSON line when ready, then blocks on stdin, touching no device: a GPU's memory stays free
