@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
 
 import pytest
 
+from jupyter_modelrunner import images as images_module
 from jupyter_modelrunner.images import ImageRejected, _fetch_budget, _is_public_address, image_parts, inline_images
 
 from ..support.imageserver import ImageServer
@@ -134,6 +138,51 @@ def test_each_connection_goes_to_the_address_it_looked_up_and_keeps_the_host_nam
     out = inline(request(f"http://{host}/redirect.png"), allow_private=True)
     assert [part["image_url"]["url"] for part in image_parts(out)] == [data_url(png(rgb=(255, 0, 0)))]
     assert images.hosts == [host, host] and resolver.lookups == 2
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A CA of the test's own and a certificate it signed for `images.test` (openssl, as a site operator would)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=Test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "site.key", "-out", "site.csr", "-subj",
+            "/CN=images.test")
+    (folder / "ext.cnf").write_text("subjectAltName=DNS:images.test\n")
+    openssl("x509", "-req", "-in", "site.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+            "site.pem", "-days", "2", "-extfile", "ext.cnf")
+    return folder
+
+
+def test_https_is_verified_against_the_urls_host_name_while_connecting_to_the_checked_address(tls_files,
+                                                                                              monkeypatch):
+    """Pinning keeps TLS whole: the connection goes to the looked-up address, the server is asked for the URL's
+    host name (SNI) and its certificate is checked against that name; a name the certificate does not carry is
+    refused though it resolves to the same address."""
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(tls_files / "site.pem", tls_files / "site.key")
+    names: list[str | None] = []
+    server_side.sni_callback = lambda _socket, name, _context: names.append(name)
+    client_side = ssl.create_default_context(cafile=str(tls_files / "ca.pem"))
+    monkeypatch.setattr(images_module, "_tls_context", lambda: client_side)
+    monkeypatch.setattr(socket, "getaddrinfo", FakeResolver("images.test", "127.0.0.1"))
+    tls_images = ImageServer()
+    tls_images._server.socket = server_side.wrap_socket(tls_images._server.socket, server_side=True)
+    with tls_images:
+        port = port_of(tls_images)
+        out = inline(request(f"https://images.test:{port}/red.png"), allow_private=True)
+        assert [part["image_url"]["url"] for part in image_parts(out)] == [data_url(png(rgb=(255, 0, 0)))]
+        assert names == ["images.test"] and tls_images.hosts == [f"images.test:{port}"]
+        monkeypatch.setattr(socket, "getaddrinfo", FakeResolver("other.test", "127.0.0.1"))
+        with pytest.raises(ImageRejected, match="certificate"):
+            inline(request(f"https://other.test:{port}/red.png"), allow_private=True)
+        assert tls_images.hits["/red.png"] == 1
 
 
 # -- item 11: addresses that embed an IPv4 address -------------------------------------------------------------------
