@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import oras.auth
 import oras.container
@@ -74,10 +75,23 @@ class RegistryClient(oras.provider.Registry):
 
         Replaces oras's `do_request`, whose retry decorator sleeps for about two minutes before it
         admits that a registry is down. Body-less retries only: a streamed upload body is never resent.
+
+        Credentials (Basic, or a bearer token) go only to the registry's own origin: a registry names
+        where an upload goes (the session's `Location`), and a host it names is not trusted with the
+        user's password or token, nor with answering a challenge for them.
         """
         headers = dict(headers or {})
-        self._add_auth(headers)
+        own = _origin(url) == _origin(self.base)
+        if own:
+            self._add_auth(headers)
         response = self._send(method, url, data, headers, json, stream)
+        if response.status_code == 401 and not own:
+            response.close()
+            raise AuthenticationFailed(
+                f"Registry {self.reference.registry} sent the transfer to another host, {_shown_origin(url)}, which "
+                f"asks for credentials: the runner sends the credentials of {self.reference.registry} only to "
+                f"{self.reference.registry} itself. Ask the registry's operator to serve uploads from its own host."
+            )
         if response.status_code != 401 or (data is not None and hasattr(data, "read")):
             return response
         challenge = response.headers.get("Www-Authenticate", "")
@@ -255,6 +269,22 @@ class _FileWindow:
         if self._on_bytes and data:
             self._on_bytes(len(data))
         return data
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the default port spelled out), the unit credentials are scoped to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: an origin nothing else equals
+        return scheme, parts.netloc.lower(), -1
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _shown_origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
 def _read_capped(response: requests.Response, limit: int, what: str) -> bytes:

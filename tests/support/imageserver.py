@@ -19,16 +19,23 @@ ENDLESS_LIMIT = 256 * 1024 * 1024
 class ImageServer:
     """`url(path)`: `/red.png`, `/green.png`, `/blue.bin` (a PNG sent as application/octet-stream), `/page.html`,
     `/big.png` (Content-Length over any test limit), `/endless.png` (no length, never ends), `/slow.png` (answers
-    after `slow_seconds`), `/redirect.png` (302 to `/red.png`); anything else is a 404."""
+    after `slow_seconds`), `/redirect.png` (302 to `/red.png`), `/held.png` (answers once `release` is set, so a test
+can hold a download open as long as it needs); anything else is a 404. `hosts` lists the Host header of each
+request and `log` the order of events (each path as it arrives, and "released" when `/held.png` lets go)."""
 
     def __init__(self, *, slow_seconds: float = 5.0) -> None:
         self.hits: Counter[str] = Counter()
         self.slow_seconds = slow_seconds
+        self.hosts: list[str] = []
+        self.log: list[str] = []
+        self.release = threading.Event()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 owner.hits[self.path] += 1
+                owner.hosts.append(self.headers.get("Host", ""))
+                owner.log.append(self.path)
                 owner._answer(self)
 
             def log_message(self, format: str, *args: object) -> None:
@@ -43,6 +50,7 @@ class ImageServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -77,6 +85,10 @@ class ImageServer:
             handler.end_headers()
             handler.close_connection = True
             return _stream(handler)
+        if path == "/held.png":
+            self.release.wait()
+            self.log.append("released")
+            return _send(handler, 200, "image/png", png(rgb=(7, 7, 7)))
         if path == "/slow.png":
             time.sleep(self.slow_seconds)
             return _send(handler, 200, "image/png", png(rgb=(9, 9, 9)))
