@@ -28,7 +28,7 @@ from .api.base import KEYS_SETTING, MAX_BODY_SETTING, SERVICE_SETTING
 from .api.forward import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
 from .errors import ModelRunnerError
-from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES
+from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES_PER_REQUEST
 from .service import STORE_CHANGED, ModelRunnerService
 
 URL_PREFIX = "modelrunner"
@@ -138,6 +138,17 @@ class ModelRunner(ExtensionApp):
         otherwise non-public address. Off by default: anyone who may chat, an inference key's holder too, could
         otherwise make the runner reach services only it can reach (this server, the engines, a cloud metadata
         endpoint, the LAN). Local files go inline instead (`%%chat --image FILE` sends them as data URLs).""",
+    )
+    max_images_per_request = Integer(
+        DEFAULT_MAX_IMAGES_PER_REQUEST, config=True,
+        help="""Images one chat request may carry (inline or by URL); a request with more is refused with HTTP 400
+        before anything is downloaded.""",
+    )
+    max_image_bytes_in_flight = Integer(
+        0, config=True,
+        help="""Image bytes the runner downloads at once, across every request (0: four times max_image_bytes). A
+        download that finds no room within image_fetch_timeout is refused with HTTP 400, so a flood of image URLs
+        cannot make the runner hold gigabytes.""",
     )
     package_roots = _Folders(
         config=True,
@@ -251,6 +262,8 @@ class ModelRunner(ExtensionApp):
             allow_private_image_urls=self.allow_private_image_urls,
         )
         service.package_roots = self._package_roots()
+        service.max_images_per_request = self.max_images_per_request
+        service.max_image_bytes_in_flight = self.max_image_bytes_in_flight or None
         service.subscribe(self._log_engine_event)
         self._detach_events = attach_events(service, self.serverapp.event_logger)
         self.settings[SERVICE_SETTING] = service

@@ -24,7 +24,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ._version import __version__
 from .errors import ModelRunnerError, UnsupportedArtifact
-from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, ImageRejected, image_parts, inline_images
+from .images import (
+    DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGES_PER_REQUEST,
+    ImageRejected,
+    image_parts,
+    inline_images,
+)
 from .inference import (
     ENGINE_MODEL_NAME,
     OWNER,
@@ -96,6 +103,10 @@ class ModelRunnerService:
         self.max_image_bytes = max_image_bytes
         self.image_fetch_timeout = image_fetch_timeout
         self.allow_private_image_urls = allow_private_image_urls
+        #: Images one request may carry, and image bytes being downloaded at once across requests (None: 4 images'
+        #: worth); set from c.ModelRunner.max_images_per_request and max_image_bytes_in_flight.
+        self.max_images_per_request = DEFAULT_MAX_IMAGES_PER_REQUEST
+        self.max_image_bytes_in_flight: int | None = None
         self.metrics = Metrics()
         self.version = __version__
         #: The store's lease (see lease.py) once claimed; while another process owns the store, `remote_owner` says
@@ -463,7 +474,8 @@ class ModelRunnerService:
         if not images:
             return body
         return await inline_images(body, max_bytes=self.max_image_bytes, timeout=self.image_fetch_timeout,
-                                   allow_private=self.allow_private_image_urls)
+                                   allow_private=self.allow_private_image_urls, max_images=self.max_images_per_request,
+                                   max_bytes_in_flight=self.max_image_bytes_in_flight)
 
     def _allowed_lifetime(self, request: InferenceRequest) -> tuple[int | None, float | None]:
         """The request's own context size and keep_alive, as far as its caller may set them. A manager's are

@@ -28,6 +28,8 @@ pytestmark = [pytest.mark.timeout(300),
                                  reason="llama-server is not installed (jupyter modelrunner install-runner llama.cpp)")]
 
 KEY = {"Authorization": f"Bearer {TEST_API_KEY}"}
+#: The server's cap on images per request (c.ModelRunner.max_images_per_request).
+MAX_IMAGES = 4
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,8 @@ def server(tmp_path_factory, store, registry) -> Iterator[ServerProcess]:
     """`serve` as a user starts it: private image URLs refused (the default)."""
     workdir = tmp_path_factory.mktemp("attacks-serve")
     with ServerProcess.standalone(workdir, server_env(workdir, store.root, registry.host),
-                                  "--ModelRunner.keep_alive=10m") as process:
+                                  "--ModelRunner.keep_alive=10m", f"--ModelRunner.max_images_per_request={MAX_IMAGES}"
+                                  ) as process:
         yield process
 
 
@@ -105,6 +108,23 @@ def test_a_private_image_url_is_refused_alike_on_every_dialect_before_anything_l
     assert not wrong, wrong
     assert lan.hits["/red.png"] == 0  # nothing was fetched from the private address, by the runner or an engine
     assert _running(server) == []  # refused before any engine started
+
+
+def test_more_images_than_the_servers_cap_are_refused_on_every_dialect_before_any_fetch(server, lan):
+    urls = [lan.url(f"/green.png?{n}") for n in range(MAX_IMAGES + 1)]
+    with _http(server, KEY) as http:
+        answers = {
+            "openai": http.post("v1/chat/completions", json={"model": "ai/tiny-vision", "max_tokens": 2, "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": u}} for u in urls]}]}),
+            "anthropic": http.post("v1/messages", json={"model": "ai/tiny-vision", "max_tokens": 2, "messages": [
+                {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": u}} for u in urls]}]}),
+            "responses": http.post("v1/responses", json={"model": "ai/tiny-vision", "input": [
+                {"role": "user", "content": [{"type": "input_image", "image_url": u} for u in urls]}]}),
+        }
+    wrong = {d: f"{r.status_code} {r.text[:200]}" for d, r in answers.items()
+             if r.status_code != 400 or "max_images_per_request" not in _message(r)}
+    assert not wrong, wrong
+    assert not any(path.startswith("/green.png") for path in lan.hits)
 
 
 def test_audio_and_video_urls_are_refused_and_never_fetched(server, lan):
