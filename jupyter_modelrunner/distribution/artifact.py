@@ -158,8 +158,9 @@ def parse_manifest(raw: bytes) -> Manifest:
     for layer in layers:
         # Validate every path now, before anything is downloaded.
         _ = layer.filepath, layer.title
-    if not any(layer.media_type in (mt.GGUF, mt.SAFETENSORS) for layer in layers):
-        raise UnsupportedArtifact("The model manifest has no weights layer (GGUF or safetensors).")
+    # Weights in Docker's media types, or model files of a format another engine runs (its config says which).
+    if not any(layer.media_type in (mt.GGUF, mt.SAFETENSORS, mt.MODEL_FILE) for layer in layers):
+        raise UnsupportedArtifact("The model manifest has no weights layer (GGUF, safetensors or model files).")
     return Manifest(raw=raw, media_type=media_type, config=config, layers=layers, artifact_type=doc.get("artifactType"))
 
 
