@@ -20,7 +20,7 @@ import pytest
 from jupyter_modelrunner import mediatypes as mt
 from jupyter_modelrunner.errors import ModelNotFound
 from jupyter_modelrunner.store import Store
-from jupyter_modelrunner.store_check import fsck
+from jupyter_modelrunner.store.fsck import fsck
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "store-877d80e"
 REGISTRY = "registry.example:5000"  # the default registry the fixture was written with
