@@ -21,6 +21,7 @@ from .blobs import Blobs
 
 INDEX_FILE = "models.json"
 
+#: One model of the index: `{"id", "tags", "files"}`.
 Entry = dict[str, Any]
 
 

@@ -8,14 +8,12 @@ given the store's default registry, and read nothing from disk.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from ..errors import InvalidReference
 from ..reference import Reference, parse_reference
+from .index import Entry
 
 SHORT_ID_LENGTH = 12
-
-Entry = dict[str, Any]
 
 
 def familiar_name(tag: str, default: str | None = None) -> str:
