@@ -38,7 +38,7 @@ class TerminalProgress:
         self._width = 0
 
     def __call__(self, event: object) -> None:
-        from .distribution.progress import format_bytes
+        from .sizes import format_bytes
 
         if isinstance(event, dict):  # an event as the HTTP API streams it
             event = SimpleNamespace(**{"total": 0, "pulled": 0, "message": "", **event})

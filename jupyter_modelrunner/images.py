@@ -35,8 +35,8 @@ import socket
 import weakref
 from typing import Any
 
-from .distribution.progress import format_bytes
 from .errors import ModelRunnerError
+from .sizes import format_bytes
 
 #: The default of `c.ModelRunner.max_image_bytes`: larger than any photo a vision model needs (they downscale to a
 #: few hundred pixels a side), small enough that a request cannot make the runner hold gigabytes.

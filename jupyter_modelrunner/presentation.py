@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .distribution.progress import format_bytes
+from .sizes import format_bytes
 
 __all__ = ["ago", "df_text", "engine_line", "format_bytes", "fsck_text", "model_summary", "models_table",
            "runners_table", "settings_line", "status_text"]

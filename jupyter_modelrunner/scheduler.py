@@ -31,7 +31,6 @@ from typing import Any
 
 import httpx
 
-from .distribution.progress import format_bytes
 from .engine_stream import EngineResponse, open_stream
 from .engines import hardware as hw
 from .engines.base import (
@@ -50,6 +49,7 @@ from .engines.base import (
 from .engines.select import EngineChoice, default_engines, select_engine
 from .errors import ModelRunnerError, Overloaded
 from .runner_config import InvalidSetting, RunConfigFile, parse_keep_alive
+from .sizes import format_bytes
 from .store import Model, Store
 
 log = logging.getLogger(__name__)

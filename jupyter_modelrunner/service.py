@@ -337,7 +337,7 @@ class ModelRunnerService:
     async def _transfer(self, mode: str, name: str, target: str | None = None, *,
                         cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
         from .distribution import pull, push
-        from .distribution.progress import format_bytes
+        from .sizes import format_bytes
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -577,7 +577,7 @@ class ModelRunnerService:
         `on_progress` gets pull-shaped events (from that thread). The engines of models the repair will drop are
         stopped first, as `remove` stops them. A `cancel` set during the check stops it with nothing changed.
         """
-        from . import store_check
+        from .store import fsck as store_check
 
         def progress(event: Any) -> None:
             if on_progress is not None:

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from jupyter_modelrunner.distribution import package_gguf
-from jupyter_modelrunner.distribution.progress import format_bytes
 from jupyter_modelrunner.engines.base import EngineFlagRefused
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
 from jupyter_modelrunner.engines.llamacpp import LlamaServer
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduler import EngineFailed, NotEnoughMemory, Scheduler
+from jupyter_modelrunner.sizes import format_bytes
 from jupyter_modelrunner.sse import sse_events
 from jupyter_modelrunner.store import Store
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from jupyter_modelrunner.client import RunnerClient
-from jupyter_modelrunner.distribution.progress import format_bytes
 from jupyter_modelrunner.errors import ModelRunnerError
+from jupyter_modelrunner.sizes import format_bytes
 from jupyter_modelrunner.widgets import ModelPicker, PullProgress, RunnerStatus, picker
 
 from .conftest import server_env

@@ -19,10 +19,10 @@ from jupyter_server.auth.utils import HTTP_METHOD_TO_AUTH_ACTION
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..distribution.progress import format_bytes
 from ..errors import ModelRunnerError, Overloaded
 from ..inference import SCOPE_INFERENCE, SCOPE_MANAGE, Caller, Inference
 from ..service import ModelRunnerService
+from ..sizes import format_bytes
 from .forward import forward
 
 #: The authorizer's resource for every route: `c.ServerApp.authorizer_class` may grant or deny it as a whole.

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..sizes import format_bytes
+
 EventType = Literal["progress", "success", "warning", "error"]
 ProgressCallback = Callable[["ProgressEvent"], None]
 
@@ -108,12 +110,3 @@ class ProgressTracker:
     def _send(self, event: ProgressEvent) -> None:
         if self._callback is not None:
             self._callback(event)
-
-
-def format_bytes(size: float) -> str:
-    """Binary units the way `docker model ls` prints sizes: `256.35 MiB`."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{size:.2f} TiB"

@@ -24,8 +24,9 @@ import urllib3.exceptions
 from .. import mediatypes as mt
 from ..errors import DigestMismatch, InsufficientStorage, ModelRunnerError, RegistryUnavailable
 from ..reference import Reference, parse_reference
+from ..sizes import format_bytes
 from .artifact import Layer, Manifest, parse_config, parse_manifest, sha256_digest
-from .progress import ProgressCallback, ProgressEvent, ProgressTracker, format_bytes
+from .progress import ProgressCallback, ProgressEvent, ProgressTracker
 from .registry import RegistryClient
 from .sink import BlobStore
 

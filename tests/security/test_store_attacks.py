@@ -29,7 +29,7 @@ from jupyter_modelrunner.errors import ArtifactTooLarge, ModelRunnerError, Unsaf
 from jupyter_modelrunner.lease import StoreLease, lease_is_held, read_owner
 from jupyter_modelrunner.runner_config import RunConfigFile
 from jupyter_modelrunner.store import Store
-from jupyter_modelrunner.store_check import fsck
+from jupyter_modelrunner.store.fsck import fsck
 
 from ..support.publish import gguf_config, publish_raw, tar_bytes
 from ..support.runners import stop_store_owner

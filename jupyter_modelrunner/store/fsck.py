@@ -14,10 +14,8 @@
 What a concurrent pull is doing is never reported: a missing blob whose lock is held is being downloaded, and an
 `.incomplete` whose lock is held is being written.
 
-`repair` acts on a report, and checks each finding again under the lock that excludes whatever could have changed
-it: partial downloads under their blob's lock; dropping models and deleting corrupt blobs only while no pull or
-package is in progress (`Store.adding_excluded`); bundle files under the index lock. A model that cannot be used
-leaves the index, but its intact blobs stay, so pulling it again downloads only what was lost.
+`fsck(repair=True)` hands what it found to `repair.repair_store`; `findings` holds the kinds of problem and the
+report both share.
 
 No Jupyter here: the runner's service calls this in a worker thread, a script may call it directly.
 """
@@ -28,36 +26,40 @@ import hashlib
 import os
 import re
 import stat
-import tarfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import Timeout
 
-from . import mediatypes as mt
-from .distribution.artifact import Layer, Manifest, parse_manifest, safe_relative_path, sha256_digest
-from .distribution.progress import ProgressEvent, ProgressTracker, format_bytes
-from .errors import ModelRunnerError
-from .store import COPY_CHUNK_BYTES, SHORT_ID_LENGTH, Store, bundle_plan, familiar_name
+from .. import mediatypes as mt
+from ..distribution.artifact import Layer, Manifest, parse_manifest, sha256_digest
+from ..distribution.progress import ProgressEvent, ProgressTracker
+from ..errors import ModelRunnerError
+from ..sizes import format_bytes
+from .blobs import COPY_CHUNK_BYTES
+from .bundles import bundle_plan
+from .findings import (
+    BLOB_CORRUPT,
+    BLOB_MISSING,
+    BUNDLE_LINK,
+    BUNDLE_MISSING,
+    BUNDLE_UNPACKED,
+    MANIFEST_CORRUPT,
+    MANIFEST_MISSING,
+    PARTIAL_ORPHANED,
+    FsckReport,
+    Problem,
+    file_identity,
+)
+from .models import Store
+from .names import SHORT_ID_LENGTH, familiar_name
+from .repair import REPAIR_WAIT_SECONDS, repair_store
+from .tar_layers import unpacked_intact
 
-#: How long `--repair` waits for pulls and packages in progress to end before it drops models or deletes blobs.
-REPAIR_WAIT_SECONDS = 10.0
-
-MANIFEST_MISSING = "manifest-missing"
-MANIFEST_CORRUPT = "manifest-corrupt"
-BLOB_MISSING = "blob-missing"
-BLOB_CORRUPT = "blob-corrupt"
-BUNDLE_MISSING = "bundle-missing"
-BUNDLE_LINK = "bundle-link"
-BUNDLE_UNPACKED = "bundle-unpacked"
-PARTIAL_ORPHANED = "partial-orphaned"
-
-#: Problems that make a model unusable: `--repair` drops it from the index.
-UNUSABLE = frozenset({MANIFEST_MISSING, MANIFEST_CORRUPT, BLOB_MISSING, BLOB_CORRUPT})
-BUNDLE = frozenset({BUNDLE_MISSING, BUNDLE_LINK, BUNDLE_UNPACKED})
+__all__ = ["CheckCancelled", "FsckReport", "Problem", "check", "fsck", "repair_store"]
 
 _DROP = "removes the model from the index (pull it again)"
 _DROP_CORRUPT = "removes the model from the index and deletes the corrupt blob (pull it again)"
@@ -68,62 +70,6 @@ class CheckCancelled(ModelRunnerError):
     """The caller stopped the check (its client went away); nothing was changed."""
 
     http_status = 499
-
-
-@dataclass
-class Problem:
-    """One thing wrong, as a user reads it: `subject` (the model, or `store`), what is wrong, what `--repair`
-    does; after a repair, `outcome` says what it did or why it could not."""
-
-    kind: str
-    subject: str
-    detail: str
-    repair: str
-    model_id: str | None = None
-    tags: tuple[str, ...] = ()
-    digest: str | None = None
-    path: str | None = None
-    repaired: bool = False
-    outcome: str | None = None
-    #: (device, inode, size, mtime) of a corrupt blob as it was hashed: the repair deletes that file and no other.
-    identity: tuple[int, int, int, int] | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.subject, "model_id": self.model_id, "tags": list(self.tags),
-                "digest": self.digest, "path": self.path, "problem": self.detail, "repair": self.repair,
-                "repaired": self.repaired, "outcome": self.outcome}
-
-
-@dataclass
-class FsckReport:
-    """What `check` found (and `repair` did). `clean` is what the exit status says."""
-
-    models: int = 0
-    blobs: int = 0
-    checked_bytes: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    #: Models whose missing blobs a pull is downloading right now: left to that pull.
-    pulling: list[str] = field(default_factory=list)
-    repair_ran: bool = False
-    #: `{"id", "tags"}` of each model `repair` dropped from the index.
-    removed: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def remaining(self) -> list[Problem]:
-        return [p for p in self.problems if not p.repaired]
-
-    @property
-    def clean(self) -> bool:
-        return not self.remaining
-
-    def unusable_models(self) -> list[str]:
-        """Ids of the models `repair` will drop (the service unloads their engines first)."""
-        return list(dict.fromkeys(p.model_id for p in self.problems if p.kind in UNUSABLE and p.model_id))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"clean": self.clean, "models": self.models, "blobs": self.blobs, "checked_bytes": self.checked_bytes,
-                "problems": [p.to_json() for p in self.problems], "remaining": len(self.remaining),
-                "pulling": list(self.pulling), "repair_ran": self.repair_ran, "removed": list(self.removed)}
 
 
 def fsck(store: Store, *, repair: bool = False, on_progress: Callable[[ProgressEvent], None] | None = None,
@@ -258,7 +204,7 @@ def _check_blob(store: Store, blob: Layer, tracker: ProgressTracker, cancel: thr
         return _Verdict("missing", f"({format_bytes(blob.size)}) is missing")
     except OSError as exc:  # a folder in its place, unreadable, an I/O error: unusable all the same
         tracker.advance(blob.digest, blob.size)
-        return _Verdict("corrupt", f"cannot be read ({exc.strerror or exc})", identity=_identity(path))
+        return _Verdict("corrupt", f"cannot be read ({exc.strerror or exc})", identity=file_identity(path))
     actual = "sha256:" + hasher.hexdigest()
     if actual != blob.digest:
         return _Verdict("corrupt", f"is corrupt (its bytes hash to {_short(actual)})", hashed, identity)
@@ -276,7 +222,7 @@ def _check_bundle(store: Store, model_id: str, manifest: Manifest, subject: str,
     problems: list[Problem] = []
     for layer, relative in bundle_plan(manifest):
         if layer.media_type in mt.TAR_LAYERS:
-            if not _unpacked_intact(store.blob_path(layer.digest), folder / relative if relative else folder):
+            if not unpacked_intact(store.blob_path(layer.digest), folder / relative if relative else folder):
                 problems.append(Problem(BUNDLE_UNPACKED, subject, f"files unpacked from layer {_short(layer.digest)} "
                                         f"into {shown} are missing or changed", "rebuilds the folder from the blobs",
                                         model_id=model_id, tags=tags, digest=layer.digest))
@@ -303,24 +249,6 @@ def _link_state(dest: Path, blob: Path, digest: str) -> str | None:
     if info.st_size == blob_info.st_size and _file_digest(dest) == digest:
         return None  # a copy, where the filesystem refused a hard link (see Store._link)
     return f"is not its blob {_short(digest)} (another file)"
-
-
-def _unpacked_intact(blob: Path, into: Path) -> bool:
-    """Every regular file of the tar layer is where the bundle unpacked it, with its size."""
-    try:
-        with tarfile.open(blob, "r:*") as tar:
-            for member in tar:
-                if not member.isreg():
-                    continue
-                try:
-                    info = os.lstat(into / safe_relative_path(member.name, what="tar entry"))
-                except (FileNotFoundError, ModelRunnerError):
-                    return False
-                if not stat.S_ISREG(info.st_mode) or info.st_size != member.size:
-                    return False
-    except (tarfile.TarError, OSError):
-        return False
-    return True
 
 
 def _orphaned_partials(store: Store, entries: list[dict[str, Any]]) -> list[Problem]:
@@ -351,104 +279,6 @@ def _orphaned_partials(store: Store, entries: list[dict[str, Any]]) -> list[Prob
                                 "deletes it (a later pull downloads that layer from the start)",
                                 model_id=owner["id"] if owner else None, tags=tags, digest=digest))
     return problems
-
-
-# -- repair ---------------------------------------------------------------------------------------------------
-
-
-def repair_store(store: Store, report: FsckReport, *, wait: float = REPAIR_WAIT_SECONDS) -> FsckReport:
-    """Fix what `report` found, each finding checked again under the lock that excludes what could change it;
-    marks each problem `repaired` (with its `outcome`) or says in `outcome` why not. Returns `report`."""
-    report.repair_ran = True
-    for problem in report.problems:
-        if problem.kind == PARTIAL_ORPHANED:
-            _delete_partial(store, problem)
-    unusable = [p for p in report.problems if p.kind in UNUSABLE]
-    if unusable:
-        with store.adding_excluded(wait) as alone:
-            if alone:
-                _drop_unusable(store, report, unusable)
-            else:
-                for problem in unusable:
-                    problem.outcome = ("not repaired: a pull or package is in progress; run fsck --repair again "
-                                       "when it has ended")
-    _repair_bundles(store, [p for p in report.problems if p.kind in BUNDLE])
-    return report
-
-
-def _delete_partial(store: Store, problem: Problem) -> None:
-    assert problem.digest is not None
-    lock = store.blob_lock(problem.digest)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        problem.repaired, problem.outcome = True, "kept: a pull took it up meanwhile"
-        return
-    try:
-        store.incomplete_path(problem.digest).unlink(missing_ok=True)
-    finally:
-        lock.release()
-    problem.repaired, problem.outcome = True, "deleted it"
-
-
-def _drop_unusable(store: Store, report: FsckReport, problems: list[Problem]) -> None:
-    """With no pull or package in progress: confirm each finding, delete corrupt blobs, drop the models."""
-    bad_blobs: set[str] = set()
-    bad_models: set[str] = set()
-    for problem in problems:
-        assert problem.digest is not None and problem.model_id is not None
-        if problem.kind == BLOB_MISSING and store.has_blob(problem.digest):
-            problem.repaired, problem.outcome = True, "a pull brought it back meanwhile"
-        elif problem.kind == BLOB_CORRUPT and _identity(store.blob_path(problem.digest)) != problem.identity:
-            problem.repaired, problem.outcome = True, "replaced meanwhile"
-        elif problem.kind in (MANIFEST_MISSING, MANIFEST_CORRUPT) and _manifest_good(store, problem.model_id):
-            problem.repaired, problem.outcome = True, "a pull restored it meanwhile"
-        elif problem.kind in (BLOB_MISSING, BLOB_CORRUPT):
-            bad_blobs.add(problem.digest)
-        else:
-            bad_models.add(problem.model_id)
-    for digest in bad_blobs:
-        store.blob_path(digest).unlink(missing_ok=True)  # corrupt ones; the missing are gone already
-    # Every model using a bad blob goes, including any indexed since the check (it was never going to work).
-    dropped = store.drop_models(lambda entry: entry.get("id") in bad_models
-                                or any(d in bad_blobs for d in entry.get("files", [])))
-    gone = {entry["id"] for entry in dropped}
-    for entry in dropped:
-        report.removed.append({"id": entry["id"], "tags": [familiar_name(t, store.registry)
-                                                           for t in entry.get("tags", [])]})
-    for problem in problems:
-        if problem.repaired:
-            continue
-        problem.repaired = True
-        if problem.model_id in gone:
-            deleted = " and deleted the corrupt blob" if problem.kind == BLOB_CORRUPT else ""
-            problem.outcome = f"removed the model from the index{deleted} (pull it again)"
-        else:
-            problem.outcome = "the model was removed meanwhile"
-
-
-def _repair_bundles(store: Store, problems: list[Problem]) -> None:
-    """Relink single files; rebuild a folder that is gone or whose unpacked files changed. The blobs were found
-    good by the check, and blobs never change in place."""
-    by_model: dict[str, list[Problem]] = {}
-    for problem in problems:
-        assert problem.model_id is not None
-        by_model.setdefault(problem.model_id, []).append(problem)
-    for model_id, found in by_model.items():
-        try:
-            if any(p.kind != BUNDLE_LINK for p in found):
-                present = store.rebuild_bundle(model_id)
-                done = "rebuilt the folder from the blobs"
-            else:
-                present = all([store.relink_bundle_file(model_id, p.digest or "", p.path or "") for p in found])
-                done = "linked it to its blob again"
-        except (OSError, ModelRunnerError) as exc:
-            for problem in found:
-                problem.outcome = f"not repaired: {getattr(exc, 'strerror', None) or exc}"
-            continue
-        for problem in found:
-            problem.repaired = True
-            problem.outcome = done if present else "the model was removed meanwhile"
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
@@ -485,18 +315,3 @@ def _file_digest(path: Path) -> str:
         while chunk := handle.read(COPY_CHUNK_BYTES):
             hasher.update(chunk)
     return "sha256:" + hasher.hexdigest()
-
-
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-def _manifest_good(store: Store, model_id: str) -> bool:
-    try:
-        return sha256_digest(store.manifest_path(model_id).read_bytes()) == model_id
-    except OSError:
-        return False

@@ -14,7 +14,7 @@ from jupyter_modelrunner.errors import ModelNotFound, StoreError, UnsafePath
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.store import Store
 
-from .support.publish import tar_bytes
+from ..support.publish import tar_bytes
 
 
 @pytest.fixture

@@ -13,13 +13,23 @@ from pathlib import Path
 import pytest
 
 from jupyter_modelrunner import mediatypes as mt
-from jupyter_modelrunner import store_check
 from jupyter_modelrunner.distribution import pull
 from jupyter_modelrunner.presentation import fsck_text
 from jupyter_modelrunner.store import Store
+from jupyter_modelrunner.store.findings import (
+    BLOB_CORRUPT,
+    BLOB_MISSING,
+    BUNDLE_LINK,
+    BUNDLE_MISSING,
+    BUNDLE_UNPACKED,
+    MANIFEST_CORRUPT,
+    PARTIAL_ORPHANED,
+)
+from jupyter_modelrunner.store.fsck import check, fsck
+from jupyter_modelrunner.store.repair import repair_store
 
-from .support.faultproxy import FaultProxy
-from .support.publish import gguf_config, publish_raw
+from ..support.faultproxy import FaultProxy
+from ..support.publish import gguf_config, publish_raw
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,7 +68,7 @@ def filled(store, registry, seeded) -> Store:
 
 def test_a_clean_store_is_clean(filled):
     events = []
-    report = store_check.check(filled, on_progress=events.append)
+    report = check(filled, on_progress=events.append)
     assert report.clean and report.problems == [] and report.pulling == []
     assert report.models == 3
     on_disk = {d for m in filled.models() for d in m.files}
@@ -78,9 +88,9 @@ def test_a_corrupt_and_a_missing_blob_are_found_and_repair_drops_those_models(fi
     missing.unlink()
     tar_model = filled.resolve("ai/tiny-st-tar")
 
-    report = store_check.check(filled)
-    assert kinds(report) == [("ai/tiny-st:latest", store_check.BLOB_MISSING),
-                             ("ai/tiny:latest", store_check.BLOB_CORRUPT)]
+    report = check(filled)
+    assert kinds(report) == [("ai/tiny-st:latest", BLOB_MISSING),
+                             ("ai/tiny:latest", BLOB_CORRUPT)]
     text = fsck_text(report.to_json(), "jupyter modelrunner")
     assert "ai/tiny:latest: layer" in text and "(model.gguf) is corrupt" in text
     assert "ai/tiny-st:latest: layer" in text and "is missing" in text
@@ -88,23 +98,23 @@ def test_a_corrupt_and_a_missing_blob_are_found_and_repair_drops_those_models(fi
     assert text.splitlines()[-1].endswith("2 problems (`jupyter modelrunner fsck --repair` fixes them)")
     assert not report.clean
 
-    store_check.repair_store(filled, report)
+    repair_store(filled, report)
     assert report.clean
     assert sorted(tag for m in report.removed for tag in m["tags"]) == ["ai/tiny-st:latest", "ai/tiny:latest"]
     assert [m.id for m in filled.models()] == [tar_model.id]  # the others are intact
-    corrupt = next(p for p in report.problems if p.kind == store_check.BLOB_CORRUPT)
+    corrupt = next(p for p in report.problems if p.kind == BLOB_CORRUPT)
     assert not filled.blob_path(corrupt.digest).exists()
     text = fsck_text(report.to_json(), "jupyter modelrunner")
     assert "Removed from the index: ai/tiny:latest. To get it back: jupyter modelrunner pull ai/tiny:latest" in text
     assert text.splitlines()[-1].endswith("2 problems, all repaired")
-    assert store_check.check(filled).clean
+    assert check(filled).clean
 
     # Pulling again brings them back, downloading only what was lost: the intact blobs were kept.
     again = pull("ai/tiny", filled, registry=registry.host)
     assert again.downloaded_bytes == corrupt.identity[2]
     again = pull("ai/tiny-st", filled, registry=registry.host)
     assert filled.has_blob(missing_digest) and again.downloaded_bytes == missing_size
-    assert store_check.check(filled).clean and len(filled.models()) == 3
+    assert check(filled).clean and len(filled.models()) == 3
 
 
 def test_a_corrupt_manifest_makes_the_model_unusable(filled):
@@ -112,11 +122,11 @@ def test_a_corrupt_manifest_makes_the_model_unusable(filled):
     path = filled.manifest_path(model.id)
     path.chmod(0o644)
     path.write_bytes(path.read_bytes() + b" ")
-    assert kinds(store_check.check(filled)) == [("ai/tiny:latest", store_check.MANIFEST_CORRUPT)]
-    report = store_check.fsck(filled, repair=True)
+    assert kinds(check(filled)) == [("ai/tiny:latest", MANIFEST_CORRUPT)]
+    report = fsck(filled, repair=True)
     assert report.clean and report.removed[0]["tags"] == ["ai/tiny:latest"]
     assert "ai/tiny:latest" not in {t for m in filled.models() for t in m.tags}
-    assert store_check.check(filled).clean
+    assert check(filled).clean
 
 
 def test_broken_bundles_are_relinked_or_rebuilt(filled):
@@ -128,32 +138,32 @@ def test_broken_bundles_are_relinked_or_rebuilt(filled):
     tar_model = filled.resolve("ai/tiny-st-tar")
     (tar_model.bundle / "tokenizer.json").unlink()  # unpacked from the tar layer: only a rebuild brings it back
 
-    report = store_check.check(filled)
-    assert kinds(report) == [("ai/tiny-st-tar:latest", store_check.BUNDLE_UNPACKED),
-                             ("ai/tiny-st:latest", store_check.BUNDLE_LINK),
-                             ("ai/tiny:latest", store_check.BUNDLE_LINK)]
+    report = check(filled)
+    assert kinds(report) == [("ai/tiny-st-tar:latest", BUNDLE_UNPACKED),
+                             ("ai/tiny-st:latest", BUNDLE_LINK),
+                             ("ai/tiny:latest", BUNDLE_LINK)]
     text = fsck_text(report.to_json(), "%model")
     assert "ai/tiny:latest: model.gguf in its folder is missing; --repair links it to its blob again" in text
     assert "config.json in its folder is not its blob" in text
 
-    store_check.repair_store(filled, report)
+    repair_store(filled, report)
     assert report.clean and report.removed == []
     model = filled.resolve("ai/tiny")
     assert gguf.stat().st_ino == filled.blob_path(model.manifest.layers[0].digest).stat().st_ino
     config = next(layer for layer in st.manifest.layers if layer.filepath == "config.json")
     assert (st.bundle / "config.json").stat().st_ino == filled.blob_path(config.digest).stat().st_ino
     assert (tar_model.bundle / "tokenizer.json").is_file()
-    assert store_check.check(filled).clean
+    assert check(filled).clean
 
     # A whole folder gone is rebuilt; an identical copy where a link should be is no problem.
     shutil.rmtree(tar_model.bundle)
     gguf.unlink()
     shutil.copyfile(filled.blob_path(model.manifest.layers[0].digest), gguf)
-    report = store_check.check(filled)
-    assert kinds(report) == [("ai/tiny-st-tar:latest", store_check.BUNDLE_MISSING)]
-    store_check.repair_store(filled, report)
+    report = check(filled)
+    assert kinds(report) == [("ai/tiny-st-tar:latest", BUNDLE_MISSING)]
+    repair_store(filled, report)
     assert report.clean and (tar_model.bundle / "tokenizer.json").is_file()
-    assert store_check.check(filled).clean
+    assert check(filled).clean
 
 
 @pytest.fixture(scope="module")
@@ -192,21 +202,21 @@ def test_a_pull_in_progress_is_left_alone_and_orphaned_partials_are_deleted(fill
         partial = filled.incomplete_path(digest)
         wait_for(lambda: partial.exists() and partial.stat().st_size >= 256 * 1024, "the pull's partial download")
 
-        report = store_check.check(filled)
+        report = check(filled)
         assert report.pulling == [name]
-        assert kinds(report) == [("ai/tiny:latest", store_check.BLOB_CORRUPT),
-                                 ("store", store_check.PARTIAL_ORPHANED)]
-        store_check.repair_store(filled, report, wait=0.3)
+        assert kinds(report) == [("ai/tiny:latest", BLOB_CORRUPT),
+                                 ("store", PARTIAL_ORPHANED)]
+        repair_store(filled, report, wait=0.3)
         assert not orphan.exists() and partial.exists()  # the orphan went, the pull's own download stays
-        corrupt = next(p for p in report.problems if p.kind == store_check.BLOB_CORRUPT)
+        corrupt = next(p for p in report.problems if p.kind == BLOB_CORRUPT)
         assert not corrupt.repaired and "a pull or package is in progress" in corrupt.outcome
         assert filled.resolve("ai/tiny") and not report.clean
 
         proxy.rate = None
         puller.join(timeout=60)
     assert outcome["result"].downloaded_bytes > 0 and filled.has_blob(digest)
-    report = store_check.check(filled)
-    assert kinds(report) == [("ai/tiny:latest", store_check.BLOB_CORRUPT)]
-    store_check.repair_store(filled, report, wait=0.3)  # nothing in progress now
-    assert report.clean and store_check.check(filled).clean
+    report = check(filled)
+    assert kinds(report) == [("ai/tiny:latest", BLOB_CORRUPT)]
+    repair_store(filled, report, wait=0.3)  # nothing in progress now
+    assert report.clean and check(filled).clean
     assert hashlib.sha256(filled.blob_path(digest).read_bytes()).hexdigest() == digest[7:]
