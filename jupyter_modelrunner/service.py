@@ -571,26 +571,26 @@ class ModelRunnerService:
 
     async def fsck(self, *, repair: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None,
                    cancel: threading.Event | None = None) -> dict[str, Any]:
-        """Check the store against its index (store_check), and with `repair` fix what it found; the report as JSON.
+        """Check the store against its index (store/fsck.py), and with `repair` fix what it found; the report as JSON.
 
         Hashing runs in a worker thread: a store may hold hundreds of gigabytes and the loop must keep answering.
         `on_progress` gets pull-shaped events (from that thread). The engines of models the repair will drop are
         stopped first, as `remove` stops them. A `cancel` set during the check stops it with nothing changed.
         """
-        from .store import fsck as store_check
+        from .store.fsck import check, repair_store
 
         def progress(event: Any) -> None:
             if on_progress is not None:
                 on_progress(event.to_json())
 
-        report = await asyncio.to_thread(store_check.check, self.store, on_progress=progress, cancel=cancel)
+        report = await asyncio.to_thread(check, self.store, on_progress=progress, cancel=cancel)
         if repair and report.problems and not (cancel is not None and cancel.is_set()):
             doomed = set(report.unusable_models())
             loaded = list(dict.fromkeys(r.key.model_id for r in self.scheduler.runners.values()
                                         if r.key.model_id in doomed))
             if loaded:
                 await self.scheduler.unload(loaded)
-            report = await asyncio.to_thread(store_check.repair_store, self.store, report)
+            report = await asyncio.to_thread(repair_store, self.store, report)
             for model_id in doomed:
                 self._store_changed("removed", {"id": model_id, "tags": []})
         return report.to_json()

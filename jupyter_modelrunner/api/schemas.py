@@ -65,10 +65,23 @@ OLLAMA_COMMON = {"model": NAME, "stream": {"type": "boolean"}, "options": OLLAMA
                  "think": {"anyOf": [{"type": "boolean"}, {"type": "string"}],
                            "description": "true, false, or a reasoning effort: low, medium, high"}}
 # Ollama's routes take the model as `model` or (older clients) `name`: the handlers say when neither is there.
-OLLAMA_CHAT = obj({**OLLAMA_COMMON, "name": NAME, "messages": {"type": "array", "items": MESSAGE},
-                   "tools": {"type": "array", "items": TOOL}})
+OLLAMA_MESSAGE = obj({"role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
+                      "content": {"type": "string"}, "thinking": {"type": "string"},
+                      "images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
+                      "tool_calls": {"type": "array", "items": obj({"function": obj({
+                          "name": {"type": "string", "minLength": 1},
+                          "arguments": {"anyOf": [{"type": "object"}, {"type": "string"}]}},
+                          ("name", "arguments"))}, ("function",))},
+                      "tool_name": {"type": "string"}}, ("role",))
+OLLAMA_CHAT = obj({**OLLAMA_COMMON, "name": NAME, "messages": {"type": "array", "items": OLLAMA_MESSAGE},
+                   "tools": {"type": "array", "items": TOOL}},
+                  example={"model": "ai/tiny", "stream": False, "options": {"num_predict": 8},
+                           "messages": [{"role": "user", "content": "Hello"}]})
 OLLAMA_GENERATE = obj({**OLLAMA_COMMON, "name": NAME, "prompt": {"type": "string"}, "system": {"type": "string"},
-                       "raw": {"type": "boolean"}})
+                       "raw": {"type": "boolean"}, "suffix": {"type": "string"},
+                       "images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}}},
+                      example={"model": "ai/tiny", "stream": False, "prompt": "Once upon",
+                               "options": {"num_predict": 8}})
 OLLAMA_EMBED = obj({"model": NAME, "name": NAME, "input": EMBED_INPUT,
                     "prompt": {"type": "string"}})
 OLLAMA_NAME = obj({"model": NAME, "name": NAME})
@@ -118,22 +131,79 @@ OLLAMA_PULL = obj({**OLLAMA_NAME["properties"], "stream": {"type": "boolean"}, "
 OLLAMA_COPY = obj({"source": NAME, "destination": NAME}, ("source", "destination"))
 
 # Anthropic Messages and OpenAI Responses: described here, checked by their translators (anthropic_translate.py,
-# responses_translate.py), which answer what they cannot translate with a 400 naming it.
-ANTHROPIC_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+# responses_translate.py), which answer what they cannot translate with a 400 naming it. Precise enough that a fuzzer
+# (schemathesis) generates bodies that reach the translators and the engine, not only refusals.
+_ANTHROPIC_IMAGE_SOURCE = {"anyOf": [
+    obj({"type": {"const": "base64"}, "media_type": {"type": "string", "enum": ["image/png", "image/jpeg",
+                                                                                "image/gif", "image/webp"]},
+         "data": {"type": "string"}}, ("type", "media_type", "data")),
+    obj({"type": {"const": "url"}, "url": {"type": "string", "minLength": 1}}, ("type", "url"))]}
+ANTHROPIC_BLOCK = {"anyOf": [
+    obj({"type": {"const": "text"}, "text": {"type": "string"}}, ("type", "text")),
+    obj({"type": {"const": "image"}, "source": _ANTHROPIC_IMAGE_SOURCE}, ("type", "source")),
+    obj({"type": {"const": "tool_use"}, "id": {"type": "string", "minLength": 1}, "name": {"type": "string",
+                                                                                        "minLength": 1},
+         "input": {"type": "object"}}, ("type", "id", "name", "input")),
+    obj({"type": {"const": "tool_result"}, "tool_use_id": {"type": "string", "minLength": 1},
+         "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+         "is_error": {"type": "boolean"}}, ("type", "tool_use_id")),
+    obj({"type": {"const": "thinking"}, "thinking": {"type": "string"}, "signature": {"type": "string"}},
+        ("type", "thinking"))]}
+ANTHROPIC_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": ANTHROPIC_BLOCK}]}
+ANTHROPIC_TOOL = obj({"name": {"type": "string", "minLength": 1}, "description": {"type": "string"},
+                      "input_schema": {"type": "object"}}, ("name", "input_schema"))
+ANTHROPIC_TOOL_CHOICE = {"anyOf": [
+    obj({"type": {"type": "string", "enum": ["auto", "any", "none"]}, "disable_parallel_tool_use": {"type": "boolean"}},
+        ("type",)),
+    obj({"type": {"const": "tool"}, "name": {"type": "string", "minLength": 1}}, ("type", "name"))]}
+ANTHROPIC_THINKING = {"anyOf": [
+    obj({"type": {"const": "enabled"}, "budget_tokens": {"type": "integer", "minimum": 1}}, ("type", "budget_tokens")),
+    obj({"type": {"type": "string", "enum": ["disabled", "adaptive"]}}, ("type",))]}
 MESSAGES = obj({"model": NAME, "max_tokens": {"type": "integer", "minimum": 1},
-                "messages": {"type": "array", "items": obj({"role": {"type": "string", "enum": ["user", "assistant"]},
-                                                             "content": ANTHROPIC_CONTENT}, ("role", "content"))},
-                "system": ANTHROPIC_CONTENT, "stream": {"type": "boolean"},
+                "messages": {"type": "array", "minItems": 1,
+                             "items": obj({"role": {"type": "string", "enum": ["user", "assistant"]},
+                                           "content": ANTHROPIC_CONTENT}, ("role", "content"))},
+                "system": {"anyOf": [{"type": "string"}, {"type": "array", "items": ANTHROPIC_BLOCK}]},
+                "stream": {"type": "boolean"},
                 "stop_sequences": {"type": "array", "items": {"type": "string"}},
-                "temperature": {"type": "number"}, "top_p": {"type": "number"}, "top_k": {"type": "integer"},
-                "tools": {"type": "array", "items": {"type": "object"}}, "tool_choice": {"type": "object"},
-                "thinking": {"type": "object", "description": "{type: enabled, budget_tokens} | {type: disabled}"}},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                "top_p": {"type": "number", "minimum": 0, "maximum": 1}, "top_k": {"type": "integer", "minimum": 1},
+                "tools": {"type": "array", "items": ANTHROPIC_TOOL}, "tool_choice": ANTHROPIC_TOOL_CHOICE,
+                "thinking": ANTHROPIC_THINKING},
                ("model", "max_tokens", "messages"),
                example={"model": "ai/tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]})
 COUNT_TOKENS = obj({k: v for k, v in MESSAGES["properties"].items() if k != "max_tokens"}, ("model", "messages"))
-RESPONSE = obj({"model": NAME, "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+_RESPONSE_PART = {"anyOf": [
+    obj({"type": {"type": "string", "enum": ["input_text", "output_text"]}, "text": {"type": "string"}},
+        ("type", "text")),
+    obj({"type": {"const": "input_image"}, "image_url": {"type": "string", "minLength": 1},
+         "detail": {"type": "string", "enum": ["auto", "low", "high"]}}, ("type", "image_url"))]}
+RESPONSE_ITEM = {"anyOf": [
+    obj({"type": {"const": "message"}, "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+         "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _RESPONSE_PART}]}}, ("role", "content")),
+    obj({"type": {"const": "function_call"}, "call_id": {"type": "string", "minLength": 1},
+         "name": {"type": "string", "minLength": 1}, "arguments": {"type": "string"}},
+        ("type", "call_id", "name", "arguments")),
+    obj({"type": {"const": "function_call_output"}, "call_id": {"type": "string", "minLength": 1},
+         "output": {"type": "string"}}, ("type", "call_id", "output"))]}
+RESPONSE_TOOL = obj({"type": {"const": "function"}, "name": {"type": "string", "minLength": 1},
+                     "description": {"type": "string"}, "parameters": {"type": "object"},
+                     "strict": {"type": "boolean"}}, ("type", "name"))
+RESPONSE = obj({"model": NAME,
+                "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": RESPONSE_ITEM}]},
                 "instructions": {"type": ["string", "null"]}, "previous_response_id": {"type": ["string", "null"]},
                 "max_output_tokens": {"type": ["integer", "null"], "minimum": 1}, "stream": {"type": "boolean"},
-                "store": {"type": "boolean"}, "tools": {"type": "array", "items": {"type": "object"}},
-                "text": {"type": "object"}, "temperature": {"type": ["number", "null"]}},
+                "store": {"type": "boolean"}, "tools": {"type": "array", "items": RESPONSE_TOOL},
+                "tool_choice": {"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]},
+                                          obj({"type": {"const": "function"}, "name": {"type": "string"}},
+                                              ("type", "name"))]},
+                "text": obj({"format": {"anyOf": [
+                    obj({"type": {"type": "string", "enum": ["text", "json_object"]}}, ("type",)),
+                    obj({"type": {"const": "json_schema"}, "name": {"type": "string"}, "schema": {"type": "object"}},
+                        ("type", "schema"))]}}),
+                "reasoning": obj({"effort": {"type": ["string", "null"],
+                                             "enum": ["none", "minimal", "low", "medium", "high", None]}}),
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1}},
                ("model", "input"), example={"model": "ai/tiny", "input": "Hello", "max_output_tokens": 8})
