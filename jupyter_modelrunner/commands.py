@@ -101,7 +101,8 @@ def pull(client: Any, args: argparse.Namespace, console: Console) -> dict[str, A
 def push(client: Any, args: argparse.Namespace, console: Console) -> None:
     result = transfer(client.push(args.model, args.to), console.progress(f"Pushing {args.model}"), console,
                       quiet=getattr(args, "quiet", False))
-    console.print(result.get("message") or f"Pushed {args.model}")
+    digest = f"\n  digest: {result['digest']}" if result.get("digest") else ""
+    console.print(f"{result.get('message') or 'Pushed ' + args.model}{digest}")
 
 
 def package(client: Any, args: argparse.Namespace, console: Console) -> None:

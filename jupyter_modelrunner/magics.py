@@ -25,7 +25,9 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
+from .arguments import build_parser, split_passthrough
 from .errors import ModelRunnerError
+from .terminal import AnswerWriter
 
 #: Environment override of the output style: `rich` (widgets, Markdown) or `text`.
 ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
@@ -54,8 +56,6 @@ class _MagicParser(argparse.ArgumentParser):
 
 
 def _model_parser() -> argparse.ArgumentParser:
-    from .cli import build_parser
-
     parser = build_parser("%model", verbs_only=MODEL_VERBS, parser_class=_MagicParser)
     verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     p = verbs.add_parser("connect", help="use another runner (URL, token), or show the one in use")
@@ -153,10 +153,7 @@ class ModelRunnerMagics(Magics):
             argv = shlex.split(line)
         except ValueError as exc:
             raise ModelRunnerError(f"Cannot read the arguments ({exc}).") from None
-        passthrough: list[str] = []
-        if "--" in argv:
-            index = argv.index("--")
-            argv, passthrough = argv[:index], argv[index + 1 :]
+        argv, passthrough = split_passthrough(argv)
         debug = "--debug" in argv
         argv = [a for a in argv if a != "--debug"]
         parser = _model_parser()
@@ -238,7 +235,7 @@ class ModelRunnerMagics(Magics):
             view = PullProgress(title=title)
             display(view)
             return view
-        from .cli import TerminalView
+        from .terminal import TerminalView
 
         return TerminalView(title, sys.stdout)
 
@@ -285,7 +282,7 @@ class ModelRunnerMagics(Magics):
         messages = [*history, {"role": "user", "content": content}]
         structured = _StructuredAnswer.named(args.json_schema, self.shell) if args.json_schema else None
         view = _MarkdownAnswer(model, code="json" if structured else None) if self.rich and not args.raw \
-            else _TextAnswer(model)
+            else AnswerWriter(sys.stdout)
         started = time.perf_counter()
         options: dict[str, Any] = {"response_format": structured.response_format} if structured else {}
         if args.no_think:
@@ -445,46 +442,6 @@ def thinking_details(thinking: str, thought_for: float | None) -> str:
     if thought_for is None:
         return f"<details open><summary>Thinking…</summary>\n\n{quoted}\n\n</details>\n\n"
     return f"<details><summary>Thought for {thought_for:.1f} s</summary>\n\n{quoted}\n\n</details>\n\n"
-
-
-class _TextAnswer:
-    """Plain text written as it arrives (a terminal, or `--raw`); a reasoning model's thinking first, each line
-    prefixed with `│ ` (and dimmed on a terminal), then the answer."""
-
-    def __init__(self, model: str) -> None:
-        self._written = 0
-        self._thought = 0
-        self._dim = sys.stdout.isatty()
-
-    def _think(self, thinking: str) -> None:
-        new = thinking[self._thought :]
-        if not new:
-            return
-        if self._thought == 0:
-            new = new.lstrip("\n")
-            sys.stdout.write(self._style("Thinking:\n│ "))
-        sys.stdout.write(self._style(new.replace("\n", "\n│ ")))
-        self._thought = len(thinking)
-
-    def _style(self, text: str) -> str:
-        return f"\x1b[2m{text}\x1b[0m" if self._dim else text
-
-    def _write(self, thinking: str, text: str) -> None:
-        if not self._written:
-            self._think(thinking)
-        if text[self._written :]:
-            if self._thought and not self._written:
-                sys.stdout.write("\n\n")  # the answer starts below the thinking
-            sys.stdout.write(text[self._written :])
-            self._written = len(text)
-
-    def update(self, thinking: str, text: str) -> None:
-        self._write(thinking, text)
-        sys.stdout.flush()
-
-    def finish(self, thinking: str, text: str, footer: str) -> None:
-        self._write(thinking, text)
-        print(f"\n[{footer}]")
 
 
 def load_ipython_extension(ipython: Any) -> None:

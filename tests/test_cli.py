@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from jupyter_modelrunner.lease import read_owner
@@ -162,9 +163,18 @@ def test_bad_credentials_is_one_line(cli_env, auth_registry):
 
 
 def test_run_pulls_loads_and_streams_an_answer(cli_env, seeded):
+    """`run` pulls a missing model, loads it and writes the model's own answer on stdout, and nothing else: the text
+    the runner's OpenAI endpoint gives for the same prompt at temperature 0."""
     done = run_cli("run", "--temperature", "0", "--max-tokens", "8", "ai/tiny", "Say hello")
     assert "pulling it" in done.stderr and "Engine: llama.cpp on cpu" in done.stderr
-    assert done.stdout.strip()
+    owner = read_owner(cli_env / "store")
+    with httpx.Client(base_url=owner.url.rstrip("/") + "/", headers={"Authorization": f"token {owner.token}"},
+                      trust_env=False, timeout=60) as http:
+        assert [r["model_name"] for r in http.get("engines/ps").json()] == ["ai/tiny:latest"]
+        answer = http.post("v1/chat/completions", json={
+            "model": "ai/tiny", "temperature": 0, "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Say hello"}]}).json()["choices"][0]["message"]["content"]
+    assert answer.strip() and done.stdout == answer + "\n"
     assert run_cli("run", "-d", "ai/tiny").returncode == 0
 
 

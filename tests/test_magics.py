@@ -4,22 +4,27 @@ tiny GGUF model and, for one test, the real SmolLM2)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import requests
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from prometheus_client.parser import text_string_to_metric_families
 
 from jupyter_modelrunner import client as client_module
-from jupyter_modelrunner import magics as magics_module
 from jupyter_modelrunner.distribution import package_gguf
 from jupyter_modelrunner.engines.vllm import default_vllm_python
 from jupyter_modelrunner.magics import ModelRunnerMagics, split_chat_line
+from jupyter_modelrunner.presentation import format_bytes
 from jupyter_modelrunner.reference import parse_reference
+from jupyter_modelrunner.terminal import AnswerWriter
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -79,25 +84,61 @@ def test_pull_of_a_vllm_model_offers_to_start_it_before_the_first_question(shell
     assert "Runs on llama.cpp" in out and "%model load" not in out
 
 
-def test_push_package_configure_logs_df_fsck_status(shell, registry, tiny_gguf, tmp_path):
+def test_push_package_configure_logs_df_fsck_status(shell, magics, registry, tiny_gguf, tmp_path):
+    """Each verb shows what a user checks it by: the packaged model's id and its row in `ls`, the digest the
+    registry now serves, the settings as the runner stored them, the store's numbers, `clean`, where the runner is
+    and what the engine printed."""
+    client = magics.client
     out, _, result = run(shell, f"%model package --gguf {tiny_gguf} --context-size 256 ai/packaged-tiny")
     assert result.success, out
-    assert "Packaged ai/packaged-tiny" in out and "llama.cpp" in out
+    packaged = client.inspect("ai/packaged-tiny")
+    short_id = packaged["id"].removeprefix("sha256:")[:12]
+    assert out.startswith(f"Packaged ai/packaged-tiny ({short_id}): gguf") and "Runs on llama.cpp" in out, out
+    out, _, _ = run(shell, "%model ls")
+    row = next(line for line in out.splitlines() if line.startswith("ai/packaged-tiny:latest "))
+    assert row.split()[1] == "gguf" and short_id in row.split()
+
     out, _, result = run(shell, f"%model push ai/packaged-tiny --to {registry.host}/team/pushed:v1")
-    assert result.success and "Pushed" in out and "team/pushed:v1" in out
+    assert result.success, out
+    assert "\nPushed team/pushed:v1: uploaded " in out  # after the progress lines; the registry is implied
+    served = requests.get(f"{registry.url}/v2/team/pushed/manifests/v1", timeout=10, headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json"}, proxies={"http": None, "https": None})
+    assert served.status_code == 200
+    assert f"digest: {served.headers['Docker-Content-Digest']}" in out
+
     out, _, result = run(shell, "%model configure ai/packaged-tiny --context-size 512 --keep-alive 2m "
                                 "-- --threads 1")
-    assert result.success and "context size 512" in out and "--threads 1" in out
+    assert result.success, out
+    shown, _, _ = run(shell, "%model configure ai/packaged-tiny")  # no options: what the runner kept
+    assert shown.strip() == out.strip() == "ai/packaged-tiny: context size 512, keep_alive 2m, flags --threads 1"
     out, _, result = run(shell, "%model configure ai/packaged-tiny -- --model /etc/passwd")
     assert not result.success and "Error:" in out and "Traceback" not in out
+
     out, _, _ = run(shell, "%model df")
-    assert "Store:" in out and "Total:" in out
+    usage, models = client.df(), client.models()
+    shown = dict(line.split(":", 1) for line in out.strip().splitlines())
+    assert shown["Store"].strip() == usage["store"] and int(shown["Model count"]) == len(models) >= 2
+    assert shown["Models"].strip() == format_bytes(usage["models"]) and usage["models"] >= packaged["size"] > 0
+    assert shown["Total"].strip() == format_bytes(usage["total"])
+
     out, _, result = run(shell, "%model fsck")
-    assert result.success and out.strip().splitlines()[-1].endswith(": clean"), out
+    assert result.success, out
+    assert out.strip().splitlines()[-1].startswith(f"fsck: {len(models)} models, ")
+    assert out.strip().splitlines()[-1].endswith(": clean"), out
+
     out, _, _ = run(shell, "%model status")
-    assert "llama.cpp" in out and "available" in out and "found via connect" in out
+    lines = out.splitlines()
+    assert lines[0] == f"Runner: {client.url} (found via connect)" and lines[1].startswith("Machine: ")
+    assert f"Store: {usage['store']}" in lines
+    assert any(line.split()[:2] == ["llama.cpp", "available"] for line in lines), out
+    assert any(line.startswith("vllm ") for line in lines), out
+
     out, _, _ = run(shell, "%model logs ai/packaged-tiny")
-    assert out.strip()
+    assert out.strip() == "No engine has run ai/packaged-tiny yet."
+    run(shell, "%model load ai/packaged-tiny")
+    out, _, _ = run(shell, "%model logs -n 100000 ai/packaged-tiny")
+    assert "--threads 1" in out  # the engine's command line, with the configured flag
+    run(shell, "%model unload ai/packaged-tiny")
 
 
 def test_chat_streams_keeps_history_and_new_resets(shell, magics):
@@ -188,10 +229,29 @@ def test_errors_are_one_line_unless_debug(shell):
     assert not result.success and "usage: %model pull" in out and "Traceback" not in out
 
 
-def test_interrupt_stops_the_stream_and_frees_the_runner(shell, magics, monkeypatch):
+def tokens_predicted(server, model: str) -> float:
+    """llama-server's own count of the tokens it generated for `model`, as the runner's `/metrics` shows it."""
+    with server.client() as http:
+        text = http.get("metrics").text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "llamacpp:tokens_predicted" for sample in family.samples
+               if sample.labels.get("model", "").endswith(model))
+
+
+def poll(condition, what: str, timeout: float = 120):
+    """Wait for `condition()` to be true (checked every 0.1 s); `timeout` is only how long to wait before failing."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"still not {what} after {timeout} s"
+        time.sleep(0.1)
+    return result
+
+
+def test_interrupt_stops_the_stream_and_frees_the_runner(shell, magics, standalone, monkeypatch):
     run(shell, "%chat --max-tokens 2 ai/tiny-long Hi")  # loaded, so the interrupt lands mid-stream
+    before = tokens_predicted(standalone, "ai/tiny-long:latest")
     shown = 0
-    original = magics_module._TextAnswer.update
+    original = AnswerWriter.update
 
     def interrupt_at_the_fifth_piece(self, thinking: str, text: str) -> None:  # Ctrl-C while the answer streams
         nonlocal shown
@@ -200,17 +260,20 @@ def test_interrupt_stops_the_stream_and_frees_the_runner(shell, magics, monkeypa
         if shown == 5:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(magics_module._TextAnswer, "update", interrupt_at_the_fifth_piece)
+    monkeypatch.setattr(AnswerWriter, "update", interrupt_at_the_fifth_piece)
     out, _, result = run(shell, "%%chat ai/tiny-long --max-tokens 6000 --temperature 0\nHello")
     assert result.success and "stopped" in out
     assert shown == 5, "no piece may be shown after the interrupt"
     assert shell.user_ns["_chat"], "what arrived before the interrupt is kept"
     assert magics.conversations["ai/tiny-long"][-1]["content"] == shell.user_ns["_chat"]
-    monkeypatch.setattr(magics_module._TextAnswer, "update", original)
-    started = time.monotonic()
+    monkeypatch.setattr(AnswerWriter, "update", original)
+    # The runner lets go of the engine, and the engine stopped generating: had it gone on to the 6000 tokens (the
+    # request left open), its own count would say so once it is free.
+    poll(lambda: not any(r["in_use"] for r in magics.client.ps() if r["model_name"] == "ai/tiny-long:latest"),
+         "free")
+    assert tokens_predicted(standalone, "ai/tiny-long:latest") - before < 6000
     out, _, result = run(shell, "%chat --max-tokens 4 ai/tiny-long Hi again")
     assert result.success, out
-    assert time.monotonic() - started < 8  # the engine is not still generating the 6000 tokens
 
 
 @pytest.mark.slow
@@ -254,8 +317,9 @@ def test_chat_image_shows_the_model_files_and_urls(shell, magics, tiny_vision, t
     from .support.imageserver import ImageServer
     from .support.vision import images_encoded, png
 
-    out, _, result = run(shell, f"%model package --gguf {tiny_vision.gguf} --mmproj {tiny_vision.mmproj} "
-                                "ai/tiny-vision")
+    # The server packages only from the suite's temporary folders (package_roots), not from the model cache.
+    gguf, mmproj = (Path(shutil.copy(path, tmp_path)) for path in (tiny_vision.gguf, tiny_vision.mmproj))
+    out, _, result = run(shell, f"%model package --gguf {gguf} --mmproj {mmproj} ai/tiny-vision")
     assert result.success and "with a multimodal projector" in out, out
     out, _, result = run(shell, "%model configure ai/tiny-vision -- -lv 4")  # llama-server then logs each image
     assert result.success, out
@@ -296,21 +360,45 @@ def test_chat_image_shows_the_model_files_and_urls(shell, magics, tiny_vision, t
 
 
 def test_load_ext_is_cheap():
-    code = ("import time, IPython; from IPython.core.interactiveshell import InteractiveShell; "
-            "s = InteractiveShell.instance(); t = time.perf_counter(); s.run_line_magic('load_ext', "
-            "'jupyter_modelrunner'); print(time.perf_counter() - t); import sys; "
-            "heavy = ('httpx', 'openai', 'ipywidgets', 'oras', 'jupyter_server'); "
-            "print(' '.join(m for m in heavy if m in sys.modules))")
+    """`%load_ext jupyter_modelrunner` imports no HTTP, OpenAI, widget, registry or server code, nor the other front
+    ends: a kernel pays for them at the first magic that needs them. (How long it takes is measured in
+    benchmarks/magics.py, not bounded here.)"""
+    heavy = ("httpx", "openai", "ipywidgets", "oras", "jupyter_server", "jupyter_modelrunner.cli",
+             "jupyter_modelrunner.widgets", "jupyter_modelrunner.commands")
+    code = ("import sys; from IPython.core.interactiveshell import InteractiveShell; "
+            "InteractiveShell.instance().run_line_magic('load_ext', 'jupyter_modelrunner'); "
+            f"print('loaded' if 'jupyter_modelrunner.magics' in sys.modules else ''); "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seconds, heavy = [*done.stdout.splitlines(), ""][:2]
-    assert not heavy.strip(), f"%load_ext imported {heavy}"
-    assert float(seconds) < 1.0  # the goal (< 0.3 s) is measured in benchmarks/magics.py
+    loaded, imported = [*done.stdout.splitlines(), "", ""][:2]
+    assert loaded == "loaded", done.stdout + done.stderr
+    assert not imported.strip(), f"%load_ext imported {imported}"
 
 
 def test_picker_and_runners_widgets_follow_the_runner(shell, magics):
+    """The widgets `%model picker` and `%model runners` give show what the runner has: a model `%model load` starts
+    appears in both, and is gone from both after `%model unload`; the picker's choice is `%%chat`'s default."""
+    run(shell, "%model unload --all")
     picker = shell.run_line_magic("model", "picker")
+    status = shell.run_line_magic("model", "runners")
     assert any(label.startswith(("ai/tiny", "127.0.0.1")) for label, _ in picker.dropdown.options)
     picker.value = "ai/tiny"
     assert magics.default_model == picker.value and picker.value.endswith("ai/tiny:latest")
-    status = shell.run_line_magic("model", "runners")
-    assert status.runners == magics.client.ps()
+    assert status.runners == [] and "No model is loaded" in status.table.value
+    assert not picker.loaded and picker.load_button.description == "Load"
+
+    out, _, result = run(shell, "%model load ai/tiny")
+    assert result.success, out
+    picker.refresh()
+    status.refresh()
+    assert [r["model_name"] for r in status.runners] == ["ai/tiny:latest"]
+    assert "<td>ai/tiny:latest</td><td>llama.cpp</td>" in status.table.value
+    assert picker.loaded and picker.load_button.description == "Unload" and "llama.cpp" in picker.load_status.value
+
+    out, _, result = run(shell, "%model unload ai/tiny")
+    assert result.success, out
+    picker.refresh()
+    status.refresh()
+    assert status.runners == [] and "No model is loaded" in status.table.value
+    assert not picker.loaded and picker.load_button.description == "Load"
+    assert "not loaded" in picker.load_status.value

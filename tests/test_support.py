@@ -52,9 +52,15 @@ def push_blob(http: requests.Session, base: str, repository: str, data: bytes) -
 
 
 def test_find_free_port_is_bindable():
+    """The port is a real one (not 0, which would bind anywhere), nothing listens on it, and a server can take
+    exactly it."""
     port = find_free_port()
-    with socket.create_server(("127.0.0.1", port)):
-        pass
+    assert isinstance(port, int) and 1024 <= port <= 65535
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with socket.create_server(("127.0.0.1", port)) as server:
+        assert server.getsockname()[1] == port
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def test_registry_answers_and_auth_registry_wants_credentials(registry, auth_registry, http):

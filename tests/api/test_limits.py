@@ -62,12 +62,20 @@ def test_requests_beyond_the_queue_bound_get_503_with_retry_after(limited):
                 pieces += line.startswith("data: {")
             return response.status_code, None, pieces
 
+    async def both_inside(client: httpx.AsyncClient) -> None:
+        """Until the runner counts two requests on the model (`ps`'s `requests`); the test's timeout bounds it."""
+        while True:
+            runners = (await client.get("engines/ps")).json()
+            if any(r["model_name"] == "ai/tiny-long:latest" and r["requests"] == 2 for r in runners):
+                return
+            await asyncio.sleep(0.05)
+
     async def scenario():
         async with httpx.AsyncClient(base_url=limited.url, headers=limited.headers, trust_env=False,
                                      timeout=120) as client:
             first = asyncio.create_task(stream(client))
             second = asyncio.create_task(stream(client))
-            await asyncio.sleep(0.5)  # both are in: one streams, one waits for the slot
+            await both_inside(client)  # one streams, one waits for the slot
             third = await stream(client)
             return third, await first, await second
 
