@@ -44,6 +44,12 @@ ENDPOINT_MODES = {"chat/completions": MODE_COMPLETION, "completions": MODE_COMPL
 _PLAIN_PARTS = frozenset({"text", "image_url", "input_audio"})
 
 
+class MalformedRequest(ModelRunnerError):
+    """A translated request an engine would choke on (a malformed tool): the client's error, said before it loads."""
+
+    http_status = 400
+
+
 class MediaRefused(ModelRunnerError):
     """A content part this runner will not hand an engine (audio or video by URL, a part type it does not know)."""
 
@@ -204,6 +210,44 @@ def media_refusal(body: dict[str, Any]) -> str | None:
                 data = audio.get("data") if isinstance(audio, dict) else None
                 if not isinstance(data, str) or data.startswith(("http://", "https://", "file:")):
                     return "An input_audio part carries its audio as base64 data (input_audio.data), not a URL."
+    return None
+
+
+def tools_refusal(body: dict[str, Any]) -> str | None:
+    """What is malformed in a chat body's tools, tool choice or the tool calls of its messages (None: nothing).
+    Engines answer a malformed tool with a 500 of their own (llama-server's JSON parser), and dialects that build
+    tools from their own shape (Anthropic, Responses) pass what they were given: the one check is here."""
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            return "tools must be a list of function tools."
+        for index, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            where = f"tool {index + 1}"
+            if not isinstance(function, dict) or tool.get("type", "function") != "function":
+                return f"{where} must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}."
+            if not isinstance(function.get("name"), str) or not function["name"]:
+                return f"{where} needs a name (a string)."
+            if function.get("description") is not None and not isinstance(function["description"], str):
+                return f"{where} ({function['name']}): description must be a string."
+            if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+                return f"{where} ({function['name']}): parameters must be a JSON Schema object."
+    choice = body.get("tool_choice")
+    if choice is not None and not (choice in ("none", "auto", "required") or (
+            isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str))):
+        return ('tool_choice must be "none", "auto", "required" or '
+                '{"type": "function", "function": {"name": …}}.')
+    for message in body.get("messages") or []:
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls is None:
+            continue
+        if not isinstance(calls, list):
+            return "A message's tool_calls must be a list."
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if (not isinstance(function, dict) or not isinstance(function.get("name"), str)
+                    or not isinstance(function.get("arguments", ""), str)):
+                return "Each tool call in a message needs a function name and its arguments as a JSON string."
     return None
 
 

@@ -39,10 +39,12 @@ from .inference import (
     CapabilityMissing,
     Inference,
     InferenceRequest,
+    MalformedRequest,
     MediaRefused,
     PolicyRefused,
     media_refusal,
     requires_tool_call,
+    tools_refusal,
 )
 from .lease import Owner, StoreLease
 from .scheduler import Scheduler
@@ -456,6 +458,9 @@ class ModelRunnerService:
         refusal = media_refusal(body)
         if refusal is not None:
             raise MediaRefused(refusal)
+        refusal = tools_refusal(body)
+        if refusal is not None:
+            raise MalformedRequest(refusal)
         images, tool_call = bool(image_parts(body)), requires_tool_call(body)
         if not images and not tool_call:
             return body

@@ -127,6 +127,9 @@ def request_to_openai(body: dict[str, Any], history: list[dict[str, Any]] | None
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise ValueError("instructions must be a string")
+    for key in ("reasoning", "text", "metadata"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise ValueError(f"{key} must be an object")
     system = [{"role": "system", "content": instructions}] if instructions else []
     chat: dict[str, Any] = {"model": model, "messages": [*system, *conversation]}
     if body.get("max_output_tokens") is not None:

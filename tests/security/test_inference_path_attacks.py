@@ -239,3 +239,26 @@ def test_the_dialect_modules_name_no_engine_and_call_no_scheduler():
                                       "adapt_request") if word in (api / name).read_text().lower()]
              for name in dialects}
     assert found == {name: [] for name in dialects}
+
+
+def test_a_malformed_tool_is_a_400_on_every_dialect_not_the_engines_500(server):
+    """llama-server answers a tool whose description is not a string with a 500 of its JSON parser (schemathesis
+    found it through the Anthropic and Responses routes, which build tools from their own shapes)."""
+    ask = [{"role": "user", "content": "Hi"}]
+    with _http(server, KEY) as http:
+        answers = {
+            "anthropic": http.post("v1/messages", json={"model": "ai/tiny", "max_tokens": 2, "messages": ask,
+                                                        "tools": [{"name": "f", "description": [None],
+                                                                   "input_schema": {}}]}),
+            "responses": http.post("v1/responses", json={"model": "ai/tiny", "input": "Hi", "tools": [
+                {"type": "function", "name": "f", "description": {}, "parameters": {}}]}),
+            "responses tokens": http.post("v1/responses/input_tokens", json={
+                "model": "ai/tiny", "input": "Hi",
+                "tools": [{"type": "function", "name": "f", "parameters": "not a schema"}]}),
+            "ollama": http.post("api/chat", json={"model": "ai/tiny", "stream": False, "messages": ask, "tools": [
+                {"type": "function", "function": {"name": "f", "description": 7}}]}),
+            "responses reasoning": http.post("v1/responses", json={"model": "ai/tiny", "input": "Hi",
+                                                                   "reasoning": [None, None]}),
+        }
+    wrong = {name: f"{r.status_code} {r.text[:200]}" for name, r in answers.items() if r.status_code != 400}
+    assert not wrong, wrong
