@@ -6,7 +6,10 @@ A `jupyter modelrunner serve` with a GGUF model (llama-server) and, when vLLM is
 (vLLM's CPU build), both pulled from a loopback registry. `--clients` clients send requests until the duration
 is over: chats streamed and not, and embeddings, across both models. Meanwhile a chaos task SIGKILLs a random
 engine every ~`--kill-every` s, the registry is restarted in the middle of a pull, and now and then a client
-hangs up in the middle of a stream.
+hangs up in the middle of a stream. And an attacker mixes in what a holder of an inference key, or of nothing, would
+try (`attacker`): path traversal out of the model routes, private image URLs through every API dialect, oversized and
+unauthenticated bodies, management through an inference key, malformed and deeply nested JSON. Every attack must be
+refused (a 4xx in its API's shape, never a 2xx or a 5xx): the script exits 1 otherwise.
 
 Every request ends as one of: completed; failed with a clear error (a JSON error with a message, or a stream's
 error event); hung up by the client on purpose; or LOST — no answer within the timeout, a stream that stopped
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -45,6 +49,90 @@ from tests.support.registry import LocalRegistry  # noqa: E402
 
 REQUEST_TIMEOUT = 180.0  # an answer later than this is counted as lost (hung)
 GGUF_MODEL, ST_MODEL = "ai/soak-gguf", "ai/soak-vllm"
+#: An inference key the soak's server accepts, for the attacker's scope probes.
+SOAK_KEY = "mrk-soak-inference-key-0123456789"
+#: The server's body limit in the soak (c.ModelRunner.max_body_bytes), small enough to cross cheaply.
+SOAK_MAX_BODY = 1024 * 1024
+
+
+def attacks(private_url: str) -> list[tuple[str, str, str, dict, bytes | None]]:
+    """(name, method, path, headers, body) of each attack; a path is sent exactly as written (no normalisation)."""
+    key = {"Authorization": f"Bearer {SOAK_KEY}"}
+    chat = {"model": GGUF_MODEL, "max_tokens": 2}
+    image = [{"type": "image_url", "image_url": {"url": private_url}}]
+
+    def body(value: object) -> bytes:
+        return json.dumps(value).encode()
+
+    return [
+        ("relay traversal", "GET", "/v1/models/../../../api/status", key, None),
+        ("relay traversal %2e", "GET", "/v1/models/%2e%2e/%2e%2e/%2e%2e/api/status", key, None),
+        ("relay traversal %2f", "GET", "/v1/models/..%2f..%2f..%2fapi%2fstatus", key, None),
+        ("private image, OpenAI", "POST", "/v1/chat/completions", key,
+         body({**chat, "messages": [{"role": "user", "content": image}]})),
+        ("private image, Anthropic", "POST", "/v1/messages", key, body({**chat, "messages": [
+            {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": private_url}}]}]})),
+        ("private image, Responses", "POST", "/v1/responses", key, body({"model": GGUF_MODEL, "input": [
+            {"role": "user", "content": [{"type": "input_image", "image_url": private_url}]}]})),
+        ("video URL", "POST", "/v1/chat/completions", key, body({**chat, "messages": [
+            {"role": "user", "content": [{"type": "video_url", "video_url": {"url": private_url}}]}]})),
+        ("oversized body", "POST", "/v1/chat/completions", key, b"{" + b" " * (SOAK_MAX_BODY + 1) + b"}"),
+        ("no credentials", "POST", "/v1/chat/completions", {}, body({**chat, "messages": [
+            {"role": "user", "content": "Hi"}]})),
+        ("wrong key", "POST", "/v1/chat/completions", {"Authorization": "Bearer mrk-not-a-key"},
+         body({**chat, "messages": [{"role": "user", "content": "Hi"}]})),
+        ("key pulls", "POST", "/models/create", key, body({"from": GGUF_MODEL})),
+        ("key deletes", "DELETE", f"/models/{GGUF_MODEL}", key, None),
+        ("key unloads", "POST", "/engines/unload", key, body({"all": True})),
+        ("key unloads via Ollama", "POST", "/api/chat", key, body({"model": GGUF_MODEL, "messages": [],
+                                                                    "keep_alive": 0})),
+        ("key configures", "POST", "/engines/_configure", key, body({"model": GGUF_MODEL, "context-size": 64})),
+        ("malformed JSON", "POST", "/v1/chat/completions", key, b'{"model": "ai/soak-gguf", "messages": ['),
+        ("deeply nested JSON", "POST", "/v1/messages", key, b"[" * 100_000 + b"]" * 100_000),
+        ("malformed tool", "POST", "/v1/messages", key, body({**chat, "messages": [{"role": "user", "content": "Hi"}],
+                                                              "tools": [{"name": "f", "description": [1],
+                                                                         "input_schema": {}}]})),
+    ]
+
+
+async def send_raw(host: str, port: int, prefix: str, method: str, path: str, headers: dict,
+                   body: bytes | None) -> int:
+    """One HTTP/1.1 request with its path exactly as written (clients normalise `..` away); the status it got."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        lines = [f"{method} /{prefix.strip('/') + '/' if prefix.strip('/') else ''}{path.lstrip('/')} HTTP/1.1",
+                 f"Host: {host}:{port}", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+        if body is not None:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if body is not None:
+            writer.write(body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+        return int(status_line.split()[1]) if status_line else 0
+    except (ConnectionError, IndexError, ValueError):
+        return 0  # the server closed the connection on it (an oversized body may be cut off): refused
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def attacker(server: ServerProcess, deadline: float, outcomes: collections.Counter, refusals: list[str],
+                   private_url: str) -> None:
+    """Play every attack in turn, again and again, while the clients run; tally tried and refused."""
+    rng = random.Random(13)
+    playbook = attacks(private_url)
+    while time.monotonic() < deadline:
+        name, method, path, headers, body = rng.choice(playbook)
+        status = await send_raw("127.0.0.1", server.port, server.prefix, method, path, headers, body)
+        outcomes["tried"] += 1
+        if status == 0 or 400 <= status < 500:
+            outcomes["refused"] += 1
+        else:
+            refusals.append(f"{name}: HTTP {status}")
+        await asyncio.sleep(rng.uniform(0.05, 0.3))
 
 
 class Tally:
@@ -260,11 +348,13 @@ def main() -> int:
                 record = None if env.get(variable) else installed(engine)
                 if record is not None:
                     env[variable] = str(record.executable)
-            env.update({"MODEL_RUNNER_STORE": str(tmp / "store"), "MODEL_RUNNER_DEFAULT_REGISTRY": registry.host,
+            env.update({"MODEL_RUNNER_API_KEY": SOAK_KEY,
+                        "MODEL_RUNNER_STORE": str(tmp / "store"), "MODEL_RUNNER_DEFAULT_REGISTRY": registry.host,
                         "MODEL_RUNNER_VLLM_STANDBY": "1", "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
                         "JUPYTER_CONFIG_DIR": str(tmp / "config"), "JUPYTER_DATA_DIR": str(tmp / "data")})
             (tmp / "serve").mkdir()
-            with ServerProcess.standalone(tmp / "serve", env) as server:
+            with ServerProcess.standalone(tmp / "serve", env, f"--ModelRunner.max_body_bytes={SOAK_MAX_BODY}",
+                                          "--ModelRunner.max_images_per_request=4") as server:
                 return asyncio.run(soak(server, registry, args, use_vllm))
 
 
@@ -289,12 +379,17 @@ async def soak(server: ServerProcess, registry: LocalRegistry, args: argparse.Na
                           "-p", str(server.process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     tally, status_samples, chaos_events = Tally(), [], []
+    attack_outcomes: collections.Counter[str] = collections.Counter()
+    let_through: list[str] = []
     started = time.monotonic()
     deadline = started + args.duration
+    # A private address with something listening: the metadata endpoint and the LAN stand-in (the registry itself).
+    private_url = f"http://{registry.host}/v2/"
     await asyncio.gather(
         *(client_loop(server, models, tally, deadline, seed) for seed in range(args.clients)),
         status_poller(server, deadline, status_samples),
         chaos(server, registry, deadline, args.kill_every, chaos_events, "ai/soak-big"),
+        attacker(server, deadline, attack_outcomes, let_through, private_url),
     )
     elapsed = time.monotonic() - started
     rss_end = rss(server.process.pid)
@@ -309,6 +404,8 @@ async def soak(server: ServerProcess, registry: LocalRegistry, args: argparse.Na
     print(f"\n{'requests':<36}{total:>10}")
     for key in ("completed", "failed with a clear error", "hung up by the client on purpose", "LOST"):
         print(f"{key:<36}{tally.counts[key]:>10}")
+    print(f"{'attacks tried':<36}{attack_outcomes['tried']:>10}")
+    print(f"{'attacks refused':<36}{attack_outcomes['refused']:>10}")
     print(f"{'completed latency p50 / p99 (s)':<36}{percentile(tally.latencies, 0.5):>10.2f}"
           f"{percentile(tally.latencies, 0.99):>10.2f}")
     at_rest_p99, loaded_p99 = percentile(at_rest, 0.99), percentile(status_samples, 0.99)
@@ -324,7 +421,9 @@ async def soak(server: ServerProcess, registry: LocalRegistry, args: argparse.Na
             print(f"  {count:>5}  {message}")
     for why in tally.lost[:20]:
         print(f"  LOST: {why}")
-    return 1 if tally.counts["LOST"] or not clean else 0
+    for what in collections.Counter(let_through).most_common(10):
+        print(f"  NOT REFUSED: {what[0]} (x{what[1]})")
+    return 1 if tally.counts["LOST"] or not clean or let_through else 0
 
 
 if __name__ == "__main__":

@@ -22,4 +22,7 @@ def test_a_minute_of_chaos_loses_nothing():
     assert re.search(r"^LOST\s+0$", done.stdout, re.M) and "fsck at the end" in done.stdout, report
     completed = int(re.search(r"^completed\s+(\d+)$", done.stdout, re.M).group(1))
     assert completed > 100, report  # it really ran under load
+    tried = int(re.search(r"^attacks tried\s+(\d+)$", done.stdout, re.M).group(1))
+    refused = int(re.search(r"^attacks refused\s+(\d+)$", done.stdout, re.M).group(1))
+    assert tried > 50 and refused == tried, report  # the attack mix ran alongside, and nothing got through
     print(done.stdout)
