@@ -216,7 +216,7 @@ class ModelRunner(ExtensionApp):
 
     @validate("keep_alive")
     def _check_keep_alive(self, proposal: dict[str, Any]) -> str:
-        from .runner_config import parse_keep_alive
+        from .scheduling import parse_keep_alive
 
         try:
             parse_keep_alive(proposal["value"])
@@ -233,7 +233,7 @@ class ModelRunner(ExtensionApp):
         from .engines.vllm import VllmEngine
         from .events import attach as attach_events
         from .keys import KeyRing
-        from .runner_config import parse_keep_alive
+        from .scheduling import parse_keep_alive
         from .store import Store
 
         store = Store(self.store_path or None, registry=self.default_registry or None)

@@ -38,7 +38,7 @@ from .inference import (
     requires_tool_call,
 )
 from .lease import Owner, StoreLease
-from .scheduler import Scheduler
+from .scheduling import Scheduler
 from .store import Model, Store
 
 log = logging.getLogger(__name__)
