@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..engines import hardware as hw
-from . import budget
+from .budget import Budget, Holding, Want, when_idle
 from .errors import EngineFailed
 from .runner import Runner, RunnerState
 
@@ -24,9 +24,9 @@ class Host(Protocol):
     admission: asyncio.Lock
     on_event: Callable[[str, dict[str, Any]], None]
 
-    def holdings(self, *, keep: Runner | None = None) -> list[budget.Holding]: ...
-    def budget_now(self) -> budget.Budget: ...
-    async def make_room(self, want: budget.Want, *, keep: Runner | None = None) -> None: ...
+    def holdings(self, *, keep: Runner | None = None) -> list[Holding]: ...
+    def budget_now(self) -> Budget: ...
+    async def make_room(self, want: Want, *, keep: Runner | None = None) -> None: ...
     async def stop(self, runner: Runner, why: str) -> None: ...
     def background(self, coro: Any) -> None: ...
 
@@ -77,7 +77,7 @@ class KeepAlive:
     async def _expire(self, runner: Runner) -> None:
         if runner.in_use or runner.state != RunnerState.READY or runner.pinned:
             return
-        action = budget.when_idle(vram=runner.vram, can_sleep=runner.choice.engine.can_sleep(self.host.hardware),
+        action = when_idle(vram=runner.vram, can_sleep=runner.choice.engine.can_sleep(self.host.hardware),
                                   weights=runner.model.size, holdings=self.host.holdings(),
                                   budget=self.host.budget_now())
         if action == "sleep":
@@ -108,7 +108,7 @@ class KeepAlive:
             if runner.state not in (RunnerState.SLEEPING, RunnerState.WAKING):
                 return
             async with self.host.admission:
-                await self.host.make_room(budget.Want(runner.name, runner.key.engine, 0, runner.vram), keep=runner)
+                await self.host.make_room(Want(runner.name, runner.key.engine, 0, runner.vram), keep=runner)
                 runner.state = RunnerState.WAKING
             self.host.on_event("waking", {"model": runner.model.short_id, "engine": runner.key.engine})
             started = time.monotonic()

@@ -28,7 +28,8 @@ from ..engines.base import CONTEXT_CONFIGURED, MODE_COMPLETION, MODES, Engine, R
 from ..engines.select import EngineChoice, default_engines, select_engine
 from ..errors import ModelRunnerError, Overloaded
 from ..store import Model, Store
-from . import budget
+from .budget import Budget, Holding, Want, standby_fits
+from .budget import make_room as plan_room
 from .errors import EngineFailed
 from .idle import KeepAlive
 from .loading import FailedStarts, SingleFlight, check_mode, plan_inputs, start_process, wait_ready
@@ -83,7 +84,7 @@ class Scheduler:
         self.logs_of = EngineLogs(store.root / "logs")
         #: Keep an engine interpreter with its imports done for the next load (vLLM: see standby.py).
         self.standby = StandbyKeeper(self.engines, self.hardware, self._cache_dir,
-                                     lambda size: budget.standby_fits(size, self.holdings(), self.budget_now()),
+                                     lambda size: standby_fits(size, self.holdings(), self.budget_now()),
                                      enabled=standby)
         self.idle = KeepAlive(self)
         self.stats = {"loads": 0, "load_failures": 0, "evictions": 0, "crashes": 0}
@@ -192,16 +193,17 @@ class Scheduler:
         plan = engine.plan(model, config, budget=self.memory_budget, request_context=context_size, mode=key.mode,
                            hardware=self.hardware, vram_budget=self.vram_budget)
         async with self.admission:
-            await self.make_room(budget.Want(_label(model), engine.name, plan.memory, plan.vram))
+            await self.make_room(Want(_label(model), engine.name, plan.memory, plan.vram))
             workdir = Path(tempfile.mkdtemp(prefix=f"{engine.name.replace('.', '')}-", dir=self.runtime_dir))
             launch = engine.launch(model, workdir=workdir, config=config, hardware=self.hardware, mode=key.mode,
                                    cache_dir=self._cache_dir(engine), plan=plan)
             self.on_event("loading", {"model": model.short_id, "engine": engine.name, "reason": choice.reason})
             standby = await self.standby.take(engine)
+            started = time.monotonic()
             process = await start_process(engine, launch, standby, model.short_id)
             keep_alive = config.keep_alive if config.keep_alive is not None else self.keep_alive
             runner = Runner(key, model, choice, launch, workdir, process, plan.memory, keep_alive, plan=plan,
-                            context_size=plan.context_size, vram=plan.vram)
+                            context_size=plan.context_size, vram=plan.vram, started_monotonic=started)
             runner.phases = {"started_from": "standby" if standby else "new process",
                              "imports_done_ahead_seconds": standby.import_seconds if standby else None}
             if standby is not None:
@@ -251,23 +253,23 @@ class Scheduler:
 
     # -- memory ---------------------------------------------------------------------------------------
 
-    def holdings(self, *, keep: Runner | None = None) -> list[budget.Holding]:
+    def holdings(self, *, keep: Runner | None = None) -> list[Holding]:
         """What every live runner holds now, as the budget policy sees it (`keep`: the one being made room for)."""
-        return [budget.Holding(r.key, r.name, r.memory_held, r.vram_held, r.last_used,
+        return [Holding(r.key, r.name, r.memory_held, r.vram_held, r.last_used,
                                r.in_use == 0 and r.state in (RunnerState.READY, RunnerState.SLEEPING))
                 for r in self.runners.values() if r.state != RunnerState.STOPPED and r is not keep]
 
-    def budget_now(self) -> budget.Budget:
+    def budget_now(self) -> Budget:
         """The budgets, with what the machine has free now."""
         gpus = ", ".join(f"{g.name} ({format_bytes(g.memory_total)})" for g in self.hardware.gpus)
-        return budget.Budget(self.memory_budget, self.vram_budget, hw.memory_available(), gpus or "no GPU")
+        return Budget(self.memory_budget, self.vram_budget, hw.memory_available(), gpus or "no GPU")
 
-    async def make_room(self, want: budget.Want, *, keep: Runner | None = None) -> None:
+    async def make_room(self, want: Want, *, keep: Runner | None = None) -> None:
         """Carry out the budget's answer until `want` fits (call under the admission lock): stop the standby, evict
         idle runners in the order it gives; `NotEnoughMemory` when it cannot fit. The facts are read again after each
         round, as stopped engines give their real memory back."""
         while True:
-            room = budget.make_room(want, self.holdings(keep=keep), self.budget_now(), standby_ram=self.standby.memory)
+            room = plan_room(want, self.holdings(keep=keep), self.budget_now(), standby_ram=self.standby.memory)
             if room.fits_now:
                 return
             if room.stop_standby:  # cheaper to start again than a model
