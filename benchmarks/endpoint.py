@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from jupyter_modelrunner.distribution import package_gguf  # noqa: E402
 from jupyter_modelrunner.reference import parse_reference  # noqa: E402
-from jupyter_modelrunner.scheduler import Scheduler  # noqa: E402
+from jupyter_modelrunner.scheduling import Scheduler  # noqa: E402
 from jupyter_modelrunner.store import Store  # noqa: E402
 from tests.conftest import server_env  # noqa: E402
 from tests.support.jupyter import ServerProcess  # noqa: E402

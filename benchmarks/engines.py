@@ -35,7 +35,7 @@ from jupyter_modelrunner.engines.hardware import probe  # noqa: E402
 from jupyter_modelrunner.engines.llamacpp import LlamaServer  # noqa: E402
 from jupyter_modelrunner.engines.vllm import Vllm, default_vllm_python  # noqa: E402
 from jupyter_modelrunner.reference import parse_reference  # noqa: E402
-from jupyter_modelrunner.scheduler import Scheduler  # noqa: E402
+from jupyter_modelrunner.scheduling import Scheduler  # noqa: E402
 from jupyter_modelrunner.sse import sse_events  # noqa: E402
 from jupyter_modelrunner.store import Store  # noqa: E402
 from tests.support.jupyter import ServerProcess  # noqa: E402

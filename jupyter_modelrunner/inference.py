@@ -22,7 +22,7 @@ from .engines.base import MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK, engine_m
 from .errors import EngineRefused, ModelRunnerError
 
 if TYPE_CHECKING:
-    from .scheduler import EngineStream, Runner
+    from .scheduling import EngineStream, Runner
 
 log = logging.getLogger(__name__)
 

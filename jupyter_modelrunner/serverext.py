@@ -212,7 +212,7 @@ class ModelRunner(ExtensionApp):
 
     @validate("keep_alive")
     def _check_keep_alive(self, proposal: dict[str, Any]) -> str:
-        from .runner_config import parse_keep_alive
+        from .scheduling import parse_keep_alive
 
         try:
             parse_keep_alive(proposal["value"])
@@ -247,7 +247,7 @@ class ModelRunner(ExtensionApp):
         from .engines.registry import default_engines
         from .events import attach as attach_events
         from .keys import KeyRing
-        from .runner_config import parse_keep_alive
+        from .scheduling import parse_keep_alive
         from .store import Store
 
         store = Store(self.store_path or None, registry=self.default_registry or None)

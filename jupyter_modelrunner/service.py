@@ -47,7 +47,7 @@ from .inference import (
     tools_refusal,
 )
 from .lease import Owner, StoreLease
-from .scheduler import Scheduler
+from .scheduling import Scheduler
 from .store import Model, Store
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from tornado import web
 
-from ..scheduler import Runner, RunnerState, Scheduler
+from ..scheduling import Runner, RunnerState, Scheduler
 from ..service import ModelRunnerService
 from .base import ModelRunnerHandler
 from .prometheus import EngineMetrics, render

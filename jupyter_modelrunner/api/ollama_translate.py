@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from ..images import sniff_media_type
-from ..runner_config import InvalidSetting, parse_keep_alive
+from ..scheduling.settings import InvalidSetting, parse_keep_alive
 from .tool_calls import parse_arguments
 
 Kind = Literal["chat", "generate"]

@@ -24,7 +24,7 @@ from jupyter_modelrunner.engines.hardware import Gpu, Hardware
 from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaServer
 from jupyter_modelrunner.engines.select import select_engine
 from jupyter_modelrunner.reference import parse_reference
-from jupyter_modelrunner.scheduler import Scheduler
+from jupyter_modelrunner.scheduling import Scheduler
 from jupyter_modelrunner.store import Store
 
 from ..support.models import make_tiny_gguf

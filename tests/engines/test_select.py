@@ -11,7 +11,7 @@ from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaServer
 from jupyter_modelrunner.engines.select import select_engine
 from jupyter_modelrunner.engines.vllm import Vllm
 from jupyter_modelrunner.reference import parse_reference
-from jupyter_modelrunner.runner_config import InvalidSetting, parse_keep_alive
+from jupyter_modelrunner.scheduling import InvalidSetting, parse_keep_alive
 from jupyter_modelrunner.store import Store
 
 CPU_ONLY = Hardware(cpu_count=2, memory_total=24 * 1024**3, memory_available=20 * 1024**3)

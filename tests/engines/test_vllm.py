@@ -16,7 +16,7 @@ from jupyter_modelrunner.engines.hardware import probe
 from jupyter_modelrunner.engines.select import select_engine
 from jupyter_modelrunner.engines.vllm import Vllm, default_vllm_python, reasoning_parser, tool_call_parser
 from jupyter_modelrunner.reference import parse_reference
-from jupyter_modelrunner.scheduler import Scheduler
+from jupyter_modelrunner.scheduling import Scheduler
 from jupyter_modelrunner.sse import sse_data, sse_events
 from jupyter_modelrunner.store import Store
 

@@ -9,7 +9,7 @@ import pytest
 from jupyter_modelrunner.distribution import package_safetensors
 from jupyter_modelrunner.engines.vllm import Vllm, default_vllm_python
 from jupyter_modelrunner.reference import parse_reference
-from jupyter_modelrunner.scheduler import Scheduler
+from jupyter_modelrunner.scheduling import Scheduler
 from jupyter_modelrunner.store import Store
 
 pytestmark = pytest.mark.timeout(900)

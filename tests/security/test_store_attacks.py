@@ -27,7 +27,7 @@ from jupyter_modelrunner import mediatypes as mt
 from jupyter_modelrunner.distribution import pull
 from jupyter_modelrunner.errors import ArtifactTooLarge, ModelRunnerError, UnsafePath
 from jupyter_modelrunner.lease import StoreLease, lease_is_held, read_owner
-from jupyter_modelrunner.runner_config import RunConfigFile
+from jupyter_modelrunner.scheduling import SettingsFile
 from jupyter_modelrunner.store import Store
 from jupyter_modelrunner.store.fsck import fsck
 
@@ -296,8 +296,8 @@ def test_symlinks_planted_where_the_lease_and_settings_write_are_not_followed(st
         assert read_owner(store_root).token == "the-token"
     finally:
         lease.release()
-    RunConfigFile(store_root).update("ai/tiny:latest", context_size=2048)
-    assert RunConfigFile(store_root).get("ai/tiny:latest").context_size == 2048
+    SettingsFile(store_root).update("ai/tiny:latest", context_size=2048)
+    assert SettingsFile(store_root).get("ai/tiny:latest").context_size == 2048
     assert victim.read_text() == "keep me"
 
     created = tmp_path / "created-through-the-lock-link"

@@ -21,7 +21,7 @@ from jupyter_modelrunner.engines.base import EngineFlagRefused
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
 from jupyter_modelrunner.engines.llamacpp import LlamaServer
 from jupyter_modelrunner.reference import parse_reference
-from jupyter_modelrunner.scheduler import EngineFailed, NotEnoughMemory, Scheduler
+from jupyter_modelrunner.scheduling import EngineFailed, NotEnoughMemory, Scheduler, SettingsFile
 from jupyter_modelrunner.sizes import format_bytes
 from jupyter_modelrunner.sse import sse_events
 from jupyter_modelrunner.store import Store
@@ -116,20 +116,17 @@ def test_keep_alive_zero_and_short_keep_alive_unload(local_store):
         try:
             scheduler.configure("ai/tiny", keep_alive="0")
             await chat(scheduler)
-            await asyncio.sleep(0.5)
-            after_zero = scheduler.ps()
+            await _poll(lambda: scheduler.ps() == [])  # unloaded after its request
             scheduler.configure("ai/tiny", keep_alive="1s")
             await chat(scheduler)
             loaded = scheduler.ps()
-            await asyncio.sleep(2.5)
-            return after_zero, loaded, scheduler.ps()
+            await _poll(lambda: scheduler.ps() == [])  # and after its second
+            return loaded
         finally:
             await scheduler.shutdown()
 
-    after_zero, loaded, later = run(scenario())
-    assert after_zero == []
+    loaded = run(scenario())
     assert loaded and loaded[0]["keep_alive"] == 1.0 and loaded[0]["expires_at"] <= time.time() + 1.0
-    assert later == []
 
 
 def test_a_requests_keep_alive_only_lengthens_its_own_lease(local_store):
@@ -141,9 +138,10 @@ def test_a_requests_keep_alive_only_lengthens_its_own_lease(local_store):
         try:
             async with scheduler.use("ai/tiny"):
                 pass  # another client: the default, 60 s
-            async with scheduler.use("ai/tiny", keep_alive=0):
+            async with scheduler.use("ai/tiny", keep_alive=0) as runner:
                 pass
-            await asyncio.sleep(0.3)
+            # What decides the unload is the idle timer the lease set: still a minute away, not now.
+            timer_in = runner.idle_timer.when() - asyncio.get_running_loop().time()
             after_zero = scheduler.ps()
             async with scheduler.use("ai/tiny", keep_alive=3600):
                 pass
@@ -151,18 +149,20 @@ def test_a_requests_keep_alive_only_lengthens_its_own_lease(local_store):
             async with scheduler.use("ai/tiny", keep_alive=-1):
                 pass
             pinned = scheduler.ps()[0]
-            return after_zero, longer, pinned
+            return after_zero, timer_in, longer, pinned
         finally:
             await scheduler.shutdown()
 
     started = time.time()
-    after_zero, longer, pinned = run(scenario())
-    assert len(after_zero) == 1 and after_zero[0]["expires_at"] >= started + 59
+    after_zero, timer_in, longer, pinned = run(scenario())
+    assert len(after_zero) == 1 and after_zero[0]["expires_at"] >= started + 59 and timer_in > 58
     assert longer >= started + 3599
     assert pinned["expires_at"] is None and pinned["state"] == "ready"
 
 
-def test_idle_runner_is_evicted_lru_to_fit_the_budget(local_store):
+def test_an_idle_runner_is_stopped_to_make_room_for_another(local_store):
+    """End to end, with real engines: the budget holds one of the two models, so the second load stops the first.
+    (Which runner goes first — LRU, not FIFO — is the policy's, tested without engines in test_budget.py.)"""
     engine = LlamaServer()
     one = engine.estimate_memory(local_store.resolve("ai/tiny"), _config(local_store, "ai/tiny"))
     two = engine.estimate_memory(local_store.resolve("ai/tiny-other"), _config(local_store, "ai/tiny-other"))
@@ -171,21 +171,20 @@ def test_idle_runner_is_evicted_lru_to_fit_the_budget(local_store):
         scheduler = Scheduler(local_store, keep_alive=60, memory_budget=max(one, two) + min(one, two) // 2)
         try:
             await chat(scheduler, "ai/tiny")
-            first = [r["model_name"] for r in scheduler.ps()]
+            first = [(r["model_name"], r["pid"]) for r in scheduler.ps()]
             await chat(scheduler, "ai/tiny-other")
             return first, [r["model_name"] for r in scheduler.ps()], scheduler.stats["evictions"]
         finally:
             await scheduler.shutdown()
 
     first, second, evictions = run(scenario())
-    assert first == ["ai/tiny:latest"]
+    assert [name for name, _pid in first] == ["ai/tiny:latest"]
     assert second == ["ai/tiny-other:latest"] and evictions == 1
+    assert not alive(first[0][1])  # its process is gone, not only forgotten
 
 
 def _config(store, name):
-    from jupyter_modelrunner.runner_config import RunConfigFile
-
-    return RunConfigFile(store.root).get(store.resolve(name).id)
+    return SettingsFile(store.root).get(store.resolve(name).id)
 
 
 def test_a_model_larger_than_the_budget_is_refused_with_numbers(local_store):
@@ -254,7 +253,7 @@ def test_no_engine_survives_its_owner_even_after_sigkill(local_store, tmp_path):
     script = tmp_path / "owner.py"
     script.write_text(textwrap.dedent(f"""
         import asyncio, sys
-        from jupyter_modelrunner.scheduler import Scheduler
+        from jupyter_modelrunner.scheduling import Scheduler
         from jupyter_modelrunner.store import Store
 
         async def main():
@@ -441,7 +440,9 @@ def test_idle_gpu_engine_sleeps_and_wakes_for_the_requests_that_wait(local_store
             # Two requests arrive while it is asleep: both wait for the one wake, neither fails.
             requests = [asyncio.create_task(chat(scheduler)) for _ in range(2)]
             waking = await _poll(lambda: [r for r in scheduler.ps() if r["state"] == "waking"])
-            await asyncio.sleep(0.3)
+            # both are inside `use`, waiting for the wake the gate holds
+            model_id = local_store.resolve("ai/tiny").id
+            await _poll(lambda: scheduler._inside.get((model_id, "completion")) == 2)
             pending = [not task.done() for task in requests]
             engine.wake_gate.set()
             answers = await asyncio.gather(*requests)
@@ -456,7 +457,8 @@ def test_idle_gpu_engine_sleeps_and_wakes_for_the_requests_that_wait(local_store
     assert waking["pid"] == loaded["pid"] and pending == [True, True]
     assert all(a["choices"][0]["message"]["content"] for a in answers)
     assert awake["state"] == "ready" and awake["pid"] == loaded["pid"] and awake["vram"] == loaded["vram"]
-    assert awake["load"]["woke_seconds"] >= 0.3 and engine.calls[:2] == ["sleep", "wake"]
+    assert awake["load"]["woke_seconds"] >= 0 and engine.calls[:2] == ["sleep", "wake"]
+    assert engine.calls.count("wake") == 1  # one wake for both
     assert events[events.index("sleeping"):events.index("sleeping") + 3] == ["sleeping", "waking", "ready"]
 
 
@@ -486,3 +488,50 @@ def test_engine_sockets_live_in_a_short_user_only_folder(local_store, monkeypatc
     short_runtime = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_runtime))
     assert Scheduler(local_store).runtime_dir.parent == short_runtime
+
+
+# -- an engine that refuses to start -----------------------------------------------------------------------------
+# `--cache-type-k` passes the allowlist (it takes a value) and llama-server refuses an unknown cache type at once:
+# `error while handling argument "--cache-type-k": Unsupported cache type: bogus`, then its usage, exit code 1.
+
+REFUSED_FLAGS = ["--cache-type-k", "bogus"]
+
+
+def _starts(store: Store) -> int:
+    """Engine starts for ai/tiny, counted in its log files (each run begins with a `--- <time> <argv>` line)."""
+    return sum(path.read_text().count("\n--- ") + path.read_text().startswith("--- ")
+               for path in (store.root / "logs").glob(f"*-{store.resolve('ai/tiny').short_id}.log*"))
+
+
+def test_an_engine_that_refuses_its_settings_fails_at_once_until_they_change(local_store):
+    async def scenario():
+        scheduler = Scheduler(local_store, keep_alive=60)
+        try:
+            scheduler.configure("ai/tiny", runtime_flags=REFUSED_FLAGS)
+            with pytest.raises(EngineFailed) as first:
+                await chat(scheduler)
+            after_first = dict(scheduler.stats)
+            with pytest.raises(EngineFailed) as second:
+                await chat(scheduler)
+            after_second = dict(scheduler.stats)
+            await _poll(lambda: _starts(local_store) == 1)  # the log thread has written the one start
+            restarted_by_its_own_flags = None
+            with pytest.raises(EngineFailed):  # saving the same settings again is a configure too: one more try
+                scheduler.configure("ai/tiny", runtime_flags=REFUSED_FLAGS)
+                restarted_by_its_own_flags = await chat(scheduler)
+            scheduler.configure("ai/tiny", runtime_flags=[])
+            answer = await chat(scheduler)
+            return first.value, second.value, after_first, after_second, restarted_by_its_own_flags, answer, \
+                dict(scheduler.stats)
+        finally:
+            await scheduler.shutdown()
+
+    first, second, after_first, after_second, again, answer, stats = run(scenario())
+    message = str(first)
+    assert message.startswith('error while handling argument "--cache-type-k": Unsupported cache type: bogus\n')
+    assert "llama.cpp could not start for ai/tiny:latest (exit code 1)" in message
+    assert "change them (`configure`) to try again" in message and "Last lines of its log:" in message
+    assert str(second) == message and second.http_status == 502
+    assert after_first["load_failures"] == after_second["load_failures"] == 1  # the second started nothing
+    assert again is None and stats["load_failures"] == 2
+    assert answer["choices"][0]["message"]["content"] and stats["loads"] == 1
