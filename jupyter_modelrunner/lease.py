@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .keys import RELAY_KEY_FILES, write_relay_keys
+
 LEASE_DIR = "runner"
 LOCK_FILE = "lease.lock"
 RECORD_FILE = "owner.json"
@@ -71,6 +73,7 @@ class StoreLease:
         if self._fd is None:
             raise RuntimeError("publish() without holding the lease")
         _write_private(self.folder / TOKEN_FILE, token)
+        write_relay_keys(self.folder, token)  # what servers relaying to this one send instead of the token
         record = {"url": url, "token_file": str(self.folder / TOKEN_FILE), "pid": os.getpid(), "kind": kind,
                   "started": time.time()}
         _write_private(self.folder / RECORD_FILE, json.dumps(record))
@@ -85,24 +88,27 @@ class StoreLease:
         self._fd = None
 
     def owner(self) -> Owner | None:
-        """The live owner's record (None when no process holds the lease, or it has not said where it listens)."""
-        return read_owner(self.folder.parent)
+        """The live owner's record (None when no process holds the lease, or it has not said where it listens),
+        without its token: a server that does not own the store relays with a relay key (keys.py), never the
+        owner's token, so it does not even read it."""
+        return read_owner(self.folder.parent, with_token=False)
 
     def _discard_record(self) -> None:
-        for name in (RECORD_FILE, TOKEN_FILE):
+        for name in (RECORD_FILE, TOKEN_FILE, *RELAY_KEY_FILES.values()):
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / name).unlink()
 
 
-def read_owner(store_root: Path | str) -> Owner | None:
-    """The owner of the store at `store_root`, if a live process holds its lease and has published its address.
+def read_owner(store_root: Path | str, *, with_token: bool = True) -> Owner | None:
+    """The owner of the store at `store_root`, if a live process holds its lease and has published its address
+    (its token left empty unless `with_token`).
 
     Cheap (two small reads and a non-blocking lock attempt), so clients call it on every lookup.
     """
     folder = Path(store_root) / LEASE_DIR
     try:
         record = json.loads((folder / RECORD_FILE).read_text())
-        token = Path(record["token_file"]).read_text().strip()
+        token = Path(record["token_file"]).read_text().strip() if with_token else ""
         owner = Owner(url=str(record["url"]), token=token, pid=int(record["pid"]), kind=str(record.get("kind", "")),
                       started=float(record.get("started", 0)))
     except (OSError, ValueError, KeyError, TypeError):
