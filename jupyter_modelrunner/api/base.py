@@ -220,7 +220,8 @@ class ModelRunnerHandler(APIHandler):
                                 "or an inference key (`Authorization: Bearer KEY`).")
 
     def _small_announced_body(self) -> bool:
-        length = self.request.headers.get("Content-Length", "")
+        """Whether the body is announced and small (none at all, without Content-Length or Transfer-Encoding)."""
+        length = self.request.headers.get("Content-Length", "0")
         return "Transfer-Encoding" not in self.request.headers and length.isdigit() and \
             int(length) <= UNAUTHENTICATED_DRAIN_BYTES
 
