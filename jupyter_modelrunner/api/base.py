@@ -123,10 +123,8 @@ class _KeyAwareIdentity:
 
 
 class _Unauthenticated(web.HTTPError):
-    """A request that no credential authenticates: 401, answered before its body is read (see prepare)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(401, message)
+    """A request that no credential authenticates (401, or 403 for a wrong token as Jupyter answers it), answered
+    before its body is read (see prepare)."""
 
 
 def _nesting_exceeds(value: Any, limit: int) -> bool:
@@ -214,10 +212,12 @@ class ModelRunnerHandler(APIHandler):
 
     def _unauthenticated(self) -> _Unauthenticated:
         if self._refused_key:  # an OpenAI/Anthropic client with a wrong or revoked key: say so the way their APIs do
-            return _Unauthenticated("Invalid or revoked API key. Create one with `jupyter modelrunner key create "
-                                    "NAME`, or use the server's token.")
-        return _Unauthenticated("Authentication required: send the server's token (`Authorization: token TOKEN`) "
-                                "or an inference key (`Authorization: Bearer KEY`).")
+            return _Unauthenticated(401, "Invalid or revoked API key. Create one with `jupyter modelrunner key create "
+                                         "NAME`, or use the server's token.")
+        if self.request.headers.get("Authorization"):  # a wrong token: Jupyter's own answer (clients know it)
+            return _Unauthenticated(403, None)
+        return _Unauthenticated(401, "Authentication required: send the server's token (`Authorization: token "
+                                     "TOKEN`) or an inference key (`Authorization: Bearer KEY`).")
 
     def _small_announced_body(self) -> bool:
         """Whether the body is announced and small (none at all, without Content-Length or Transfer-Encoding)."""
