@@ -36,7 +36,7 @@ MAX_BODY_SETTING = "modelrunner_max_body_bytes"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024**2
 #: How much of a body over the limit is read (and dropped) so the client sees the 413 (see _limit_body).
 DRAIN_BYTES = 16 * 1024**2
-#: The largest body of a request without credentials that is read (and dropped) before its 401, so that a client
+#: The largest body of a request without credentials that is read (and dropped) before its refusal, so that a client
 #: that forgot its key reads the answer rather than a reset; anything larger, or of unannounced length, is answered
 #: at once and its connection closed.
 UNAUTHENTICATED_DRAIN_BYTES = 64 * 1024
@@ -123,8 +123,8 @@ class _KeyAwareIdentity:
 
 
 class _Unauthenticated(web.HTTPError):
-    """A request that no credential authenticates (401, or 403 for a wrong token as Jupyter answers it), answered
-    before its body is read (see prepare)."""
+    """A request that no credential authenticates (403 as Jupyter answers it; 401 for a wrong inference key, as
+    OpenAI's API does), answered before its body is read (see prepare)."""
 
 
 def _nesting_exceeds(value: Any, limit: int) -> bool:
@@ -216,7 +216,8 @@ class ModelRunnerHandler(APIHandler):
                                          "NAME`, or use the server's token.")
         if self.request.headers.get("Authorization"):  # a wrong token: Jupyter's own answer (clients know it)
             return _Unauthenticated(403, None)
-        return _Unauthenticated(401, "Authentication required: send the server's token (`Authorization: token "
+        # 403 as Jupyter answers an API request without credentials (clients and tests rely on it), with the fix.
+        return _Unauthenticated(403, "Authentication required: send the server's token (`Authorization: token "
                                      "TOKEN`) or an inference key (`Authorization: Bearer KEY`).")
 
     def _small_announced_body(self) -> bool:

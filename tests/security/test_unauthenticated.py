@@ -69,7 +69,7 @@ async def _read_answer(reader: asyncio.StreamReader, service, seen_active: list)
 
 def test_an_unauthenticated_upload_is_refused_at_the_headers_and_is_no_activity(jp_asyncio_loop, jp_http_port,
                                                                              jp_base_url, service):
-    """A chat POST announcing 60 MiB (under the body limit) without credentials: the 401 comes after the headers
+    """A chat POST announcing 60 MiB (under the body limit) without credentials: the 403 comes after the headers
     alone, in OpenAI's shape, the connection closes, and the service never counted it as work."""
     before = service.last_activity
 
@@ -93,7 +93,7 @@ def test_an_unauthenticated_upload_is_refused_at_the_headers_and_is_no_activity(
 
     answer, seen, sent = jp_asyncio_loop.run_until_complete(attack())
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 401"), head
+    assert head.startswith(b"HTTP/1.1 403"), head
     assert "Authentication required" in json.loads(body)["error"]["message"]
     assert not seen and not service.active
     assert service.last_activity == before
@@ -124,7 +124,7 @@ def test_a_streamed_unauthenticated_upload_is_cut_off_early(jp_asyncio_loop, jp_
         return answer, seen, sent
 
     answer, seen, sent = jp_asyncio_loop.run_until_complete(attack())
-    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
     assert not seen and service.last_activity == before
     assert sent < 64 * 1024**2
 
@@ -137,7 +137,7 @@ def test_a_small_unauthenticated_request_gets_the_routes_error_shape(jp_fetch, j
     response = jp_asyncio_loop.run_until_complete(jp_fetch(
         *path.split("/"), method="POST", body=json.dumps({"model": "ai/tiny", "messages": []}),
         headers={"Authorization": ""}, raise_error=False))
-    assert response.code == 401
+    assert response.code == 403
     assert_error_shape(json.loads(response.body), shape)
     assert service.last_activity == before and not service.active
 
