@@ -165,8 +165,10 @@ def _start_embedded(store: Path, registry: str, tried: list[str]) -> RunnerLocat
             argv.append("--allow-root")
         log_path = folder / "embedded.log"
         env = {k: v for k, v in os.environ.items() if k not in (ENV_HOST, ENV_TOKEN)}
+        # Its log is stderr: its stdout has `serve`'s "Token:" line for a person at a terminal, which must not
+        # sit in a file (the lease's user-only token file is where clients find the token).
         with log_path.open("ab") as log:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                                        env=env, start_new_session=True)  # outlives this process, for the next one
         deadline = time.monotonic() + EMBEDDED_START_TIMEOUT
         while time.monotonic() < deadline:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .engines.base import MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK, engine_message
 from .errors import EngineRefused, ModelRunnerError
+from .keys import SCOPE_MANAGE
 
 if TYPE_CHECKING:
     from .scheduling import EngineStream, Runner
@@ -30,9 +31,6 @@ log = logging.getLogger(__name__)
 #: and answers are renamed to the name the client used.
 ENGINE_MODEL_NAME = "model"
 
-#: What a scoped inference key (not the Jupyter token) may reach: routes that answer with a model, never manage.
-SCOPE_INFERENCE = "inference"
-SCOPE_MANAGE = "manage"
 
 #: The endpoints of the engines' OpenAI API that requests are sent to, and the runner mode each needs.
 ENDPOINT_MODES = {"chat/completions": MODE_COMPLETION, "completions": MODE_COMPLETION, "embeddings": MODE_EMBEDDING,

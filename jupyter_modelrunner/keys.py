@@ -12,18 +12,26 @@ routes that answer with a model (the API's handlers say which: `api_scope`). Key
 
 The file is read again whenever it changes (one `stat` per check), so `key revoke` takes effect at once, without
 restarting the server.
+
+Relay keys are what a server that does not own the store (a second JupyterLab, a `serve`) sends the owner in place of
+the owner's Jupyter token, which must never leave the owner: that token opens the owner's files and kernels, and a
+relayed request is only ever meant to reach model runner routes. The owner derives one key per scope from its token
+(an HMAC, so a key tells nothing of the token) and leaves them beside its lease record, user-only; it recognises them
+by deriving them again, so they live in no key file and die with the token. A caller with an inference key is relayed
+with the inference relay key, and the owner refuses it management exactly as it would refuse the caller's own key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
 import secrets
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,17 @@ from .paths import config_dir
 KEY_PREFIX = "mrk-"
 ENV_API_KEY = "MODEL_RUNNER_API_KEY"
 log = logging.getLogger(__name__)
+
+#: What a credential may reach: SCOPE_INFERENCE only routes that answer with a model (the API handlers' `api_scope`);
+#: SCOPE_MANAGE every model runner route (still none of Jupyter's own).
+SCOPE_INFERENCE = "inference"
+SCOPE_MANAGE = "manage"
+#: Relay keys start with this (see the module's docstring); files holding them, beside the lease record, per scope.
+RELAY_KEY_PREFIX = "mrr-"
+RELAY_KEY_FILES = {SCOPE_INFERENCE: "relay-inference.key", SCOPE_MANAGE: "relay-manage.key"}
+#: The server's own credentials, as the environment may hold them (Jupyter's, JupyterHub's, ours): nothing the server
+#: starts (an engine, and any code a model's template or tool runs in it) may inherit them.
+CREDENTIAL_VARIABLES = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN", "MODEL_RUNNER_TOKEN", ENV_API_KEY)
 
 
 def default_keys_path() -> Path:
@@ -142,6 +161,51 @@ class KeyRing:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def relay_key(secret: str, scope: str) -> str:
+    """The relay key of `scope` for an owner whose Jupyter token is `secret` (see the module's docstring)."""
+    mac = hmac.new(secret.encode(), f"jupyter-modelrunner relay key, scope {scope}".encode(), hashlib.sha256)
+    return f"{RELAY_KEY_PREFIX}{scope}-{mac.hexdigest()}"
+
+
+def relay_scope(secret: str, credential: str) -> str | None:
+    """The scope `credential` opens as a relay key of the owner whose token is `secret`; None if it is not one.
+    An owner without a token has no relay keys (a key derived from nothing could be derived by anyone)."""
+    if not secret or not credential.startswith(RELAY_KEY_PREFIX):
+        return None
+    for scope in RELAY_KEY_FILES:
+        if hmac.compare_digest(credential.encode(), relay_key(secret, scope).encode()):
+            return scope
+    return None
+
+
+def write_relay_keys(folder: Path, secret: str) -> None:
+    """Leave the relay keys for `secret` in `folder` (the lease's), user-only and atomically; empty files when the
+    owner has no token (relayed requests then carry no credential, as the owner asks none)."""
+    for scope, name in RELAY_KEY_FILES.items():
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=folder)  # 0600, a new file: never through a link
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(relay_key(secret, scope) if secret else "")
+            os.replace(tmp, folder / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def read_relay_key(folder: Path, scope: str) -> str | None:
+    """The relay key of `scope` the owner left in `folder`: "" when it asks no credential, None when it left none."""
+    try:
+        return (folder / RELAY_KEY_FILES[scope]).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def without_credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the server's credentials (CREDENTIAL_VARIABLES, and all of JupyterHub's settings): the
+    environment to hand a process the server starts but does not trust with its identity."""
+    return {k: v for k, v in environ.items() if k not in CREDENTIAL_VARIABLES and not k.startswith("JUPYTERHUB_")}
 
 
 def keys_from_env() -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import UntrustedStore
+from .keys import RELAY_KEY_FILES, write_relay_keys
 
 LEASE_DIR = "runner"
 LOCK_FILE = "lease.lock"
@@ -98,6 +99,7 @@ class StoreLease:
         if self._fd is None:
             raise RuntimeError("publish() without holding the lease")
         write_atomically(self.folder / TOKEN_FILE, token, mode=0o600)
+        write_relay_keys(self.folder, token)  # what servers relaying to this one send instead of the token
         record = {"url": url, "pid": os.getpid(), "kind": kind, "started": time.time()}
         write_atomically(self.folder / RECORD_FILE, json.dumps(record), mode=0o600)
 
@@ -111,17 +113,20 @@ class StoreLease:
         self._fd = None
 
     def owner(self) -> Owner | None:
-        """The live owner's record (None when no process holds the lease, or it has not said where it listens)."""
-        return read_owner(self.folder.parent)
+        """The live owner's record (None when no process holds the lease, or it has not said where it listens),
+        without its token: a server that does not own the store relays with a relay key (keys.py), never the
+        owner's token, so it does not even read it."""
+        return read_owner(self.folder.parent, with_token=False)
 
     def _discard_record(self) -> None:
-        for name in (RECORD_FILE, TOKEN_FILE):
+        for name in (RECORD_FILE, TOKEN_FILE, *RELAY_KEY_FILES.values()):
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / name).unlink()
 
 
-def read_owner(store_root: Path | str) -> Owner | None:
-    """The owner of the store at `store_root`, if a live process holds its lease and has published its address.
+def read_owner(store_root: Path | str, *, with_token: bool = True) -> Owner | None:
+    """The owner of the store at `store_root`, if a live process holds its lease and has published its address
+    (its token left empty unless `with_token`).
 
     Cheap (two small reads and a non-blocking lock attempt), so clients call it on every lookup. Raises
     UntrustedStore when the store, its record or its token could have been written by someone else (see the
@@ -130,7 +135,7 @@ def read_owner(store_root: Path | str) -> Owner | None:
     folder = Path(store_root) / LEASE_DIR
     check_store_folders(Path(store_root))
     text = _read_trusted(folder / RECORD_FILE, secret=False)
-    token = _read_trusted(folder / TOKEN_FILE, secret=True) if text is not None else None
+    token = (_read_trusted(folder / TOKEN_FILE, secret=True) if with_token else "") if text is not None else None
     if text is None or token is None:
         return None
     try:

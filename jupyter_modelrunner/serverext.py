@@ -369,6 +369,8 @@ class ModelRunner(ExtensionApp):
         url = self._server_origin() + server.base_url
         token = getattr(server.identity_provider, "token", "")
         self.log.info("Model runner API at %s", url)
+        if self.runner_kind == "embedded":
+            return  # nobody reads its output; clients find its token in the lease record (user-only)
         print(f"Model runner API at {url}\nToken: {token}", flush=True)
 
     @property

@@ -20,10 +20,11 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from ..errors import ModelRunnerError, Overloaded
-from ..inference import SCOPE_INFERENCE, SCOPE_MANAGE, Caller, Inference
+from ..inference import Caller, Inference
+from ..keys import SCOPE_INFERENCE, SCOPE_MANAGE, relay_scope
 from ..service import ModelRunnerService
 from ..sizes import format_bytes
-from .forward import forward
+from .forward import DOT_SEGMENT_MESSAGE, forward, has_dot_segment
 
 #: The authorizer's resource for every route: `c.ServerApp.authorizer_class` may grant or deny it as a whole.
 AUTH_RESOURCE = "modelrunner"
@@ -36,6 +37,13 @@ MAX_BODY_SETTING = "modelrunner_max_body_bytes"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024**2
 #: How much of a body over the limit is read (and dropped) so the client sees the 413 (see _limit_body).
 DRAIN_BYTES = 16 * 1024**2
+#: The largest body of a request without credentials that is read (and dropped) before its refusal, so that a client
+#: that forgot its key reads the answer rather than a reset; anything larger, or of unannounced length, is answered
+#: at once and its connection closed.
+UNAUTHENTICATED_DRAIN_BYTES = 64 * 1024
+#: How deeply a request body may nest arrays and objects: far beyond any real request (OpenAI caps structured-output
+#: schemas at 10 levels), and shallow enough that no recursive code after json_body can run out of stack.
+MAX_JSON_DEPTH = 100
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 409: "conflict_error", 422: "invalid_request_error",
@@ -73,12 +81,16 @@ def openai_error(status: int, message: str) -> dict[str, Any]:
                                           "code": status}}
 
 
+# What a credential may reach, SCOPE_INFERENCE (routes that answer with a model) or SCOPE_MANAGE (all of ours), is
+# defined in keys.py and imported from here by the handlers (`api_scope`).
 
 
 class _KeyAwareIdentity:
-    """The server's identity provider, and our inference keys after it: a `Bearer` credential that is not the
-    Jupyter token (nor anything else Jupyter accepts) is looked up among the keys. A key's user is then
-    treated as token-authenticated (no XSRF check: a browser never sends a header credential by itself)."""
+    """The server's identity provider, and our keys after it: a `Bearer` credential that is not the Jupyter token
+    (nor anything else Jupyter accepts) is checked as one of this server's relay keys (a server relaying to this
+    one, in the scope its caller had), then looked up among the inference keys. A key's user is then treated as
+    token-authenticated (no XSRF check: a browser never sends a header credential by itself). Only our handlers
+    use this provider, so no key opens any of Jupyter's own routes."""
 
     def __init__(self, inner: Any, handler: ModelRunnerHandler) -> None:
         self._inner = inner
@@ -92,18 +104,41 @@ class _KeyAwareIdentity:
         if user is not None:
             return user
         credential = _bearer(handler.request.headers.get("Authorization", ""))
+        if credential is None:
+            return None
+        scope = relay_scope(getattr(self._inner, "token", "") or "", credential)
+        if scope is not None:
+            self._handler.key_name, self._handler.key_scope = f"relay ({scope})", scope
+            return User(username=f"relay:{scope}", name=f"relay-{scope}",
+                        display_name=f"a server relaying to this one ({scope})")
         keys = handler.settings.get(KEYS_SETTING)
-        if credential is None or keys is None:
-            return None
-        name = keys.match(credential)
+        name = keys.match(credential) if keys is not None else None
         if name is None:
-            self._handler._refused_key = True
+            self._handler._refused_key = keys is not None
             return None
-        self._handler.key_name = name
+        self._handler.key_name, self._handler.key_scope = name, SCOPE_INFERENCE
         return User(username=f"key:{name}", name=name, display_name=f"inference key {name}")
 
     def is_token_authenticated(self, handler: Any) -> bool:
         return self._handler.key_name is not None or self._inner.is_token_authenticated(handler)
+
+
+class _Unauthenticated(web.HTTPError):
+    """A request that no credential authenticates (403 as Jupyter answers it; 401 for a wrong inference key, as
+    OpenAI's API does), answered before its body is read (see prepare)."""
+
+
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists and dicts more than `limit` deep: checked without recursion, so any depth is
+    safe to ask about."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _bearer(header: str) -> str | None:
@@ -120,8 +155,10 @@ class ModelRunnerHandler(APIHandler):
     api_scope = SCOPE_MANAGE
     #: Whether a server that does not own the store asks the owner (False: the answer is this server's own).
     relayed = True
-    #: The inference key this request authenticated with (None: the Jupyter token, a cookie, ...).
+    #: The key this request authenticated with (None: the Jupyter token, a cookie, ...) and what it may reach:
+    #: SCOPE_INFERENCE for an inference key, a relay key's scope for a server relaying to this one (None: anything).
     key_name: str | None = None
+    key_scope: str | None = None
     _refused_key = False
 
     @property
@@ -133,20 +170,27 @@ class ModelRunnerHandler(APIHandler):
         return self.settings[SERVICE_SETTING]
 
     async def prepare(self) -> None:  # type: ignore[override]
-        """Refuse a body over the limit before reading it, authenticate as every route does, check a key's
-        scope, then relay to the store's owner when it is another process.
+        """Authenticate at the headers, refuse a body over the limit before reading it, check the key's scope and
+        the path, then relay to the store's owner when it is another process.
 
-        The body streams in (`stream_request_body`) only after this returns, so a request that announces too
-        large a body is refused without keeping it (see _limit_body). Refusals are answered once the body is in,
-        in place of the route's method: tornado closes a connection whose request body was not read, which a
-        client still sending, or reusing the connection, would see as a reset. The relay's checks happen here
-        because it too answers in place of the route's method (which would otherwise authenticate through its
-        decorators).
+        The body streams in (`stream_request_body`) only after this returns, so nothing of a refused request's
+        body is kept (data_received drops it). A request without credentials costs nothing more: it is not
+        activity (that would keep an idle runner up), and unless its body is small and announced it is answered at
+        once and its connection closed, never read. Other refusals are answered once the body is in, in place of the
+        route's method: tornado closes a connection whose request body was not read, which a client still sending,
+        or reusing the connection, would see as a reset (see _limit_body). The relay's checks happen here because
+        it too answers in place of the route's method (which would otherwise authenticate through its decorators).
         """
+        self.request.body = bytearray()  # type: ignore[assignment]  # data_received appends to it
         try:
+            await self._authenticate()
             self._limit_body()
             await self._admit()
         except web.HTTPError as exc:
+            self._dropping_body = True
+            if isinstance(exc, _Unauthenticated) and not self._small_announced_body():
+                self.send_error(exc.status_code, exc_info=(type(exc), exc, None))
+                raise web.Finish() from None
             refusal = exc
 
             async def refuse(*_args: Any, **_kwargs: Any) -> None:
@@ -154,17 +198,43 @@ class ModelRunnerHandler(APIHandler):
 
             setattr(self, self.request.method.lower(), refuse)  # type: ignore[union-attr]
 
-    async def _admit(self) -> None:
+    async def _authenticate(self) -> None:
+        """Jupyter's authentication (token, cookie, XSRF) and our keys; _Unauthenticated when no credential holds,
+        whatever Jupyter objected to first (a POST without credentials fails its XSRF check). A CORS preflight
+        (`OPTIONS`) carries none by design: Jupyter answers it."""
         try:
             await super().prepare()
-        finally:
-            if self.current_user is None and self._refused_key:
-                # An OpenAI/Anthropic client with a wrong or revoked key: say so the way their APIs do.
-                raise web.HTTPError(401, "Invalid or revoked API key. Create one with `jupyter modelrunner key "
-                                         "create NAME`, or use the server's token.")
-        if self.key_name is not None and self.api_scope != SCOPE_INFERENCE:
+        except web.HTTPError:
+            if self.current_user is None:
+                raise self._unauthenticated() from None
+            raise
+        if self.current_user is None and self.request.method != "OPTIONS":
+            raise self._unauthenticated()
+
+    def _unauthenticated(self) -> _Unauthenticated:
+        if self._refused_key:  # an OpenAI/Anthropic client with a wrong or revoked key: say so the way their APIs do
+            return _Unauthenticated(401, "Invalid or revoked API key. Create one with `jupyter modelrunner key create "
+                                         "NAME`, or use the server's token.")
+        if self.request.headers.get("Authorization"):  # a wrong token: Jupyter's own answer (clients know it)
+            return _Unauthenticated(403, None)
+        # 403 as Jupyter answers an API request without credentials (clients and tests rely on it), with the fix.
+        return _Unauthenticated(403, "Authentication required: send the server's token (`Authorization: token "
+                                     "TOKEN`) or an inference key (`Authorization: Bearer KEY`).")
+
+    def _small_announced_body(self) -> bool:
+        """Whether the body is announced and small (none at all, without Content-Length or Transfer-Encoding)."""
+        length = self.request.headers.get("Content-Length", "0")
+        return "Transfer-Encoding" not in self.request.headers and length.isdigit() and \
+            int(length) <= UNAUTHENTICATED_DRAIN_BYTES
+
+    async def _admit(self) -> None:
+        if self.current_user is None:
+            return  # a CORS preflight: Jupyter's `options` answers it; it is not work
+        if self.key_scope == SCOPE_INFERENCE and self.api_scope != SCOPE_INFERENCE:
             raise web.HTTPError(403, f"The inference key {self.key_name!r} may only ask models (chat, completions, "
                                      "embeddings, model lists); this route needs the Jupyter token.")
+        if has_dot_segment(self.request.path):
+            raise web.HTTPError(400, DOT_SEGMENT_MESSAGE)
         owner = self.service.remote_owner if self.relayed else None
         if owner is None or self._finished:
             if not self._track_activity:  # a Prometheus scrape is not work that keeps a runner up
@@ -175,8 +245,6 @@ class ModelRunnerHandler(APIHandler):
             weakref.finalize(self, self.service.end_activity, key)
             self._activity = key
             return
-        if self.current_user is None:
-            raise web.HTTPError(403)
         action = HTTP_METHOD_TO_AUTH_ACTION.get(self.request.method, "write")
         if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, action, AUTH_RESOURCE)):
             raise web.HTTPError(403, f"User is not authorized to {action} on resource: {AUTH_RESOURCE}.")
@@ -191,7 +259,6 @@ class ModelRunnerHandler(APIHandler):
         """413 for a body announced larger than `max_body_bytes`. Up to DRAIN_BYTES more are read and dropped
         first, so that the client, still sending, reads the answer instead of a reset connection; beyond that
         the answer comes at once and the connection is closed. A chunked body is cut off at the limit."""
-        self.request.body = bytearray()  # type: ignore[assignment]  # data_received appends to it
         limit = self.settings.get(MAX_BODY_SETTING) or DEFAULT_MAX_BODY_BYTES
         length = self.request.headers.get("Content-Length", "")
         if not (length.isdigit() and int(length) > limit):
@@ -203,7 +270,6 @@ class ModelRunnerHandler(APIHandler):
             self.send_error(413, exc_info=(type(refusal), refusal, None))
             raise web.Finish()
         self.request.connection.set_max_body_size(int(length))  # type: ignore[union-attr]
-        self._dropping_body = True
         raise refusal
 
     _dropping_body = False
@@ -224,16 +290,25 @@ class ModelRunnerHandler(APIHandler):
         """The request's JSON object (an empty one when there is no body), checked against `schema` (api/schemas.py,
         what the OpenAPI description says); 400 saying what is wrong and where, on anything else."""
         raw = bytes(self.request.body).strip()
+        too_deep = web.HTTPError(400, f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} deep; "
+                                      "no request needs that many levels: flatten it.")
         try:
             body = json.loads(raw) if raw else {}
+        except RecursionError:
+            raise too_deep from None
         except UnicodeDecodeError as exc:
             raise web.HTTPError(400, "The request body is not UTF-8 text; send JSON.") from exc
         except ValueError as exc:
             raise web.HTTPError(400, f"The request body is not valid JSON ({exc}).") from exc
         if not isinstance(body, dict):
             raise web.HTTPError(400, "The request body must be a JSON object.")
+        if _nesting_exceeds(body, MAX_JSON_DEPTH):
+            raise too_deep
         if schema is not None:
-            problem = next(iter(_validator(schema).iter_errors(body)), None)
+            try:
+                problem = next(iter(_validator(schema).iter_errors(body)), None)
+            except RecursionError:
+                raise too_deep from None
             if problem is not None:
                 where = "/".join(str(p) for p in problem.absolute_path)
                 raise web.HTTPError(400, f"The request body does not fit this route: {problem.message}"
@@ -247,9 +322,10 @@ class ModelRunnerHandler(APIHandler):
     @property
     def caller(self) -> Caller:
         """Who asks, for the inference path's policy: an inference key asks only; the token's user manages."""
-        if self.key_name is not None:
+        if self.key_scope == SCOPE_INFERENCE:
             return Caller(f"key:{self.key_name}", SCOPE_INFERENCE)
-        # Jupyter names a token-only request's user anew each time: the token (or the server's own user) is one owner.
+        # A relay key of the manage scope speaks for the relaying server's token holders. Jupyter names a token-only
+        # request's user anew each time: the token (or the server's own user) is one owner.
         return Caller("token", SCOPE_MANAGE)
 
     def name_the_engine(self, inference: Inference) -> None:

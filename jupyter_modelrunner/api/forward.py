@@ -2,18 +2,27 @@
 
 One owner per store (lease.py): a second Jupyter server, a `serve` or an embedded runner started while another
 process runs the store's engines keeps its routes — JupyterLab's sidebar and the kernels it started talk to it — but
-relays each request, streams included, to the owner with the owner's token. Nothing is loaded twice.
+relays each request, streams included, to the owner. Nothing is loaded twice.
+
+The relay must not become a way into the rest of the owner (a Jupyter server's files and kernels). Three walls:
+the path carries no dot segment (the handlers refuse one before anything is relayed, see `has_dot_segment`); the
+target is checked to stay under the owner's model runner prefix on the owner's host; and the request carries a relay
+key (keys.py), which the owner accepts on model runner routes only and in the caller's scope — never the owner's
+token, which this process does not even read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import httpx
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..keys import SCOPE_MANAGE, read_relay_key
 from ..lease import Owner
 
 if TYPE_CHECKING:
@@ -23,6 +32,40 @@ if TYPE_CHECKING:
 PREFIX_SETTING = "modelrunner_prefix"
 _REQUEST_HEADERS = ("content-type", "accept")
 _RESPONSE_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
+
+
+#: The answer (400) to a path with a dot segment.
+DOT_SEGMENT_MESSAGE = ("The path has a `.` or `..` dot segment (perhaps percent-encoded): no model runner route has "
+                       "one, nor does any model name. Send the route's path as documented, e.g. "
+                       "`v1/models/ai%2Fsmollm2:latest`.")
+#: Rounds of percent-decoding looked through for a dot segment (`%252e` is `%2e` once decoded, `.` twice).
+_DECODE_ROUNDS = 4
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether `path` has a `.` or `..` segment, as sent or once percent-decoded (any case, any number of times up
+    to _DECODE_ROUNDS), with `/` or `\\` as separators. No model runner route has one, and a client or proxy that
+    normalises them away would land outside the route the request was checked for; a path still encoded after
+    those rounds counts as one."""
+    for _ in range(_DECODE_ROUNDS):
+        if any(segment in (".", "..") for segment in re.split(r"[/\\]", path)):
+            return True
+        decoded = unquote(path)
+        if decoded == path:
+            return False
+        path = decoded
+    return True
+
+
+def relay_target(owner_url: str, relative: str, query: str) -> httpx.URL:
+    """The owner's URL for `relative` (a path under our prefix), refused (400) unless it stays on the owner's host
+    under its model runner prefix once resolved (httpx resolves dot segments, whatever has_dot_segment missed)."""
+    base = httpx.URL(owner_url)
+    target = httpx.URL(owner_url + relative + (f"?{query}" if query else ""))
+    if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port) or \
+            not target.path.startswith(base.path):
+        raise web.HTTPError(400, "This path leads outside the model runner's routes; send the route's own path.")
+    return target
 
 
 def _client(handler: ModelRunnerHandler) -> httpx.AsyncClient:
@@ -36,16 +79,22 @@ def _client(handler: ModelRunnerHandler) -> httpx.AsyncClient:
 
 
 async def forward(handler: ModelRunnerHandler, owner: Owner) -> None:
-    """Answer `handler`'s request with the owner's answer, relayed chunk by chunk as it comes."""
+    """Answer `handler`'s request with the owner's answer, relayed chunk by chunk as it comes, authenticated with
+    the owner's relay key of the caller's scope (an inference key's holder is relayed with inference scope)."""
     if not owner.url:
         raise web.HTTPError(503, f"The store is owned by {owner.kind} pid {owner.pid}, which cannot be reached over "
                                  "HTTP (it listens on a Unix socket). Use that server, or stop it.")
     prefix = handler.settings.get(PREFIX_SETTING, "/")
-    relative = handler.request.path[len(prefix):] if handler.request.path.startswith(prefix) else ""
-    target = owner.url + relative + (f"?{handler.request.query}" if handler.request.query else "")
+    if has_dot_segment(handler.request.path) or not handler.request.path.startswith(prefix):
+        raise web.HTTPError(400, DOT_SEGMENT_MESSAGE)  # the handler refused it already: a second wall
+    target = relay_target(owner.url, handler.request.path[len(prefix):], handler.request.query)
     headers = {k: v for k, v in handler.request.headers.items() if k.lower() in _REQUEST_HEADERS}
-    if owner.token:
-        headers["Authorization"] = f"token {owner.token}"
+    key = read_relay_key(handler.service.lease.folder, handler.key_scope or SCOPE_MANAGE)
+    if key is None:
+        raise web.HTTPError(503, f"The model runner that owns this store, {owner.describe()}, left no relay key "
+                                 "(it may run an older jupyter-modelrunner): use that server directly, or restart it.")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     request = _client(handler).build_request(handler.request.method, target, headers=headers,
                                              content=bytes(handler.request.body) or None)
     try:

@@ -315,12 +315,15 @@ class Vllm(Engine):
 
     def _env(self, cache: Path, hardware: Hardware) -> dict[str, str]:
         """What every vLLM start of this store shares (a standby is started with it): offline, no telemetry, and
-        the compile caches in the store, kept per vLLM version so nothing is computed twice."""
+        the compile caches in the store, kept per vLLM version so nothing is computed twice. Never the server's
+        credentials (Jupyter's and the Hub's tokens): code a model's template or tool runs must not act as the user."""
+        from ..keys import without_credentials
+
         version = self.availability(hardware).version or "unknown"
         cache = cache / version
         cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("MODEL_RUNNER_", "JPY_"))},
+            **{k: v for k, v in without_credentials(os.environ).items() if not k.startswith(("MODEL_RUNNER_", "JPY_"))},
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1", "VLLM_CACHE_ROOT": str(cache / "vllm"),
             "XDG_CACHE_HOME": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
