@@ -545,7 +545,7 @@ def _engine_env() -> dict[str, str]:
     template or a tool runs in the engine must not act as the user), minus the runner's settings, and minus
     llama.cpp's own LLAMA_ARG_* variables, which llama-server reads as flags (a stray LLAMA_ARG_API_KEY would lock
     the runner out)."""
-    from ..keys import without_credentials
+    from ...keys import without_credentials
 
     return {k: v for k, v in without_credentials(os.environ).items()
             if not k.startswith(("MODEL_RUNNER_", "JPY_", "LLAMA_ARG_")) and k != "LLAMA_API_KEY"}

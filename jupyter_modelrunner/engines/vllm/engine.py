@@ -317,7 +317,7 @@ class Vllm(Engine):
         """What every vLLM start of this store shares (a standby is started with it): offline, no telemetry, and
         the compile caches in the store, kept per vLLM version so nothing is computed twice. Never the server's
         credentials (Jupyter's and the Hub's tokens): code a model's template or tool runs must not act as the user."""
-        from ..keys import without_credentials
+        from ...keys import without_credentials
 
         version = self.availability(hardware).version or "unknown"
         cache = cache / version
