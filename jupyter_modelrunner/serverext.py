@@ -25,7 +25,8 @@ from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, 
 from ._version import __version__
 from .api import metrics, routes
 from .api.base import KEYS_SETTING, MAX_BODY_SETTING, SERVICE_SETTING
-from .api.forward import PREFIX_SETTING
+from .api.openapi import ROUTES_SETTING
+from .api.owner_proxy import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
 from .errors import ModelRunnerError
 from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES_PER_REQUEST
@@ -270,6 +271,7 @@ class ModelRunner(ExtensionApp):
         self.settings[KEYS_SETTING] = KeyRing(fixed=[*self.api_keys, *self.extra_api_keys])
         self.settings[MAX_BODY_SETTING] = self.max_body_bytes
         self.settings[PREFIX_SETTING] = self.api_path
+        self.settings[ROUTES_SETTING] = tuple(routes(""))  # what openapi.json describes
         self.service = service
         metrics.attach(service)  # our counters on Jupyter's own /metrics too
         if service.claim_store():

@@ -20,7 +20,7 @@ from ..inference import InferenceRequest
 from . import anthropic_translate as translate
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .openai import ENGINE_SEGMENT
-from .relay import TranslatedStreamMixin
+from .stream_relay import TranslatedStreamMixin
 
 
 class AnthropicHandler(ModelRunnerHandler):

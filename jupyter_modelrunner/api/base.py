@@ -24,7 +24,7 @@ from ..inference import Caller, Inference
 from ..keys import SCOPE_INFERENCE, SCOPE_MANAGE, relay_scope
 from ..service import ModelRunnerService
 from ..sizes import format_bytes
-from .forward import DOT_SEGMENT_MESSAGE, forward, has_dot_segment
+from .owner_proxy import DOT_SEGMENT_MESSAGE, has_dot_segment, proxy_to_owner
 
 #: The authorizer's resource for every route: `c.ServerApp.authorizer_class` may grant or deny it as a whole.
 AUTH_RESOURCE = "modelrunner"
@@ -250,7 +250,7 @@ class ModelRunnerHandler(APIHandler):
             raise web.HTTPError(403, f"User is not authorized to {action} on resource: {AUTH_RESOURCE}.")
 
         async def relay(*_args: Any, **_kwargs: Any) -> None:
-            await forward(self, owner)
+            await proxy_to_owner(self, owner)
 
         # Answer with the owner's answer instead of this route's method, once the body has come in.
         setattr(self, self.request.method.lower(), relay)  # type: ignore[union-attr]

@@ -27,7 +27,7 @@ from . import ollama_translate as translate
 from . import schemas
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .models import ProgressStreamMixin
-from .relay import StreamRelayMixin
+from .stream_relay import StreamRelayMixin
 
 NDJSON = "application/x-ndjson"
 #: What `GET api/version` answers: clients check it against the Ollama features they need.

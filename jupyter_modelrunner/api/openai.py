@@ -24,7 +24,7 @@ from ..reference import parse_reference
 from ..store import Model
 from . import schemas
 from .base import SCOPE_INFERENCE, ModelRunnerHandler, openai_error
-from .relay import SSE, StreamRelayMixin
+from .stream_relay import SSE, StreamRelayMixin
 
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
 _ENGINE_MODEL_FIELD = re.compile(rb'"model":\s?"model"')

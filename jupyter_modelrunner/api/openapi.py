@@ -181,12 +181,16 @@ def expand(pattern: str) -> list[tuple[str, dict[str, str]]]:
     return [(re.sub(r"\\(.)", r"\1", path), params) for path, params in paths]  # `openapi\.json` → `openapi.json`
 
 
-def operations() -> list[tuple[str, str, type, dict[str, str]]]:
-    """(method, path, handler, path parameters) for every method every route's handler implements."""
-    from . import routes
+#: Where the server keeps its route table (api.routes("")) for the description to read: this module describes a
+#: table it is given, and so imports no other route module (the table includes this one's).
+ROUTES_SETTING = "modelrunner_routes"
 
+
+def operations(table: tuple[tuple[str, Any], ...]) -> list[tuple[str, str, type, dict[str, str]]]:
+    """(method, path, handler, path parameters) for every method every route's handler implements, in `table`
+    (patterns without a prefix: `api.routes("")`)."""
     found = []
-    for pattern, handler in routes(""):
+    for pattern, handler in table:
         for path, params in expand(pattern):
             for method in METHODS:
                 if getattr(handler, method) is not getattr(web.RequestHandler, method):
@@ -195,11 +199,11 @@ def operations() -> list[tuple[str, str, type, dict[str, str]]]:
 
 
 @cache
-def describe() -> dict[str, Any]:
-    """The document, without `servers` (the handler adds where it is mounted). Raises KeyError for a route with
-    no description: the test that keeps this true fails first."""
+def describe(table: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The document of the routes in `table`, without `servers` (the handler adds where it is mounted). Raises
+    KeyError for a route with no description: the test that keeps this true fails first."""
     paths: dict[str, dict[str, Any]] = {}
-    for method, path, handler, params in operations():
+    for method, path, handler, params in operations(table):
         operation = json.loads(json.dumps(OPERATIONS[(method, canonical(path))]))  # each path its own copy
         operation["operationId"] = f"{method}_{re.sub(r'[^A-Za-z0-9]+', '_', path).strip('_')}"
         if params:
@@ -248,7 +252,7 @@ class OpenAPIHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        document = dict(describe())
+        document = dict(describe(self.settings[ROUTES_SETTING]))
         document["servers"] = [{"url": self.request.path.removesuffix("openapi.json")}]  # where it was asked
         self.send_json(document)
 

@@ -20,7 +20,7 @@ from ..service import ModelRunnerService
 from . import responses_translate as translate
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .openai import ENGINE_SEGMENT
-from .relay import TranslatedStreamMixin
+from .stream_relay import TranslatedStreamMixin
 
 
 def response_store(service: ModelRunnerService) -> translate.ResponseStore:

@@ -1,7 +1,7 @@
 """Attacks on the relay to the store's owner, and on the places the owner's token could leak to.
 
 A `serve --api-key K` started while JupyterLab's server owns the store relays every model runner request to that
-server (api/forward.py). An attacker holding only K (or only `serve`'s token, which opens models and nothing else)
+server (api/owner_proxy.py). An attacker holding only K (or only `serve`'s token, which opens models and nothing else)
 tries to climb out of the owner's model runner prefix with dot segments and reach the Jupyter server's files and
 kernels; then we check what the relay authenticates with, and that the owner's token reaches neither the relaying
 process, nor an engine's environment, nor the embedded runner's log.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import httpx
@@ -25,8 +25,29 @@ from tornado.iostream import StreamClosedError
 from ..keys import SCOPE_MANAGE, read_relay_key
 from ..lease import Owner
 
-if TYPE_CHECKING:
-    from .base import ModelRunnerHandler
+
+class RelayingHandler(Protocol):
+    """What the proxy needs of the route answering (a `RelayingHandler`; named by shape, so this module and
+    base.py, which calls it, do not import each other)."""
+
+    request: Any
+    settings: dict[str, Any]
+
+    @property
+    def service(self) -> Any: ...
+
+    @property
+    def key_scope(self) -> str | None: ...
+
+    def set_status(self, status_code: int, reason: str | None = None) -> None: ...
+
+    def set_header(self, name: str, value: Any) -> None: ...
+
+    def write(self, chunk: Any) -> None: ...
+
+    def flush(self) -> Any: ...
+
+    def finish(self, chunk: Any = None) -> Any: ...
 
 #: Where the mount prefix of the routes (`{base_url}modelrunner/`) is kept in the tornado settings.
 PREFIX_SETTING = "modelrunner_prefix"
@@ -68,7 +89,7 @@ def relay_target(owner_url: str, relative: str, query: str) -> httpx.URL:
     return target
 
 
-def _client(handler: ModelRunnerHandler) -> httpx.AsyncClient:
+def _client(handler: RelayingHandler) -> httpx.AsyncClient:
     """One connection pool per service (kept on it), opened on first use."""
     service = handler.service
     client = getattr(service, "_forward_client", None)
@@ -78,7 +99,7 @@ def _client(handler: ModelRunnerHandler) -> httpx.AsyncClient:
     return client
 
 
-async def forward(handler: ModelRunnerHandler, owner: Owner) -> None:
+async def proxy_to_owner(handler: RelayingHandler, owner: Owner) -> None:
     """Answer `handler`'s request with the owner's answer, relayed chunk by chunk as it comes, authenticated with
     the owner's relay key of the caller's scope (an inference key's holder is relayed with inference scope)."""
     if not owner.url:
