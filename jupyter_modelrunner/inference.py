@@ -11,19 +11,21 @@ This module is the core's side of that contract: no web framework, no engine nam
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .engines.base import MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK, engine_message
 from .errors import EngineRefused, ModelRunnerError
+from .images import ImageRejected, image_parts, inline_images
 from .keys import SCOPE_MANAGE
 
 if TYPE_CHECKING:
-    from .scheduling import EngineStream, Runner
+    from .scheduling import EngineStream, Runner, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -257,3 +259,94 @@ def requires_tool_call(body: dict[str, Any]) -> bool:
     choice = body.get("tool_choice")
     return choice == "required" or isinstance(choice, dict) or (
         isinstance(choice, str) and choice not in ("auto", "none", "required"))
+
+
+class InferenceHost(Protocol):
+    """What the inference path needs of the runner that takes it (`ModelRunnerService`): its scheduler and counters,
+    and its limits on the images of requests."""
+
+    scheduler: Scheduler
+    metrics: Any
+    max_image_bytes: int
+    image_fetch_timeout: float
+    allow_private_image_urls: bool
+    max_images_per_request: int
+    max_image_bytes_in_flight: int | None
+
+
+@contextlib.asynccontextmanager
+async def infer(host: InferenceHost, request: InferenceRequest) -> AsyncIterator[Inference]:
+    """THE path from a translated request to an engine; every dialect's route takes it.
+
+    Before anything loads: the model's capabilities are checked against what the request needs (images, a
+    required tool call; a reranker's or chat model's mode when its runner has to start), every media part is
+    guarded (images fetched here from public addresses and inlined; audio and video URLs refused), and the
+    caller's policy applied (an inference key cannot pin a model, keep it longer than the server's keep_alive,
+    nor restart it with another context). Then a ready runner is leased for the length of the block, the body
+    adapted for its engine, and the request counted. Failures are counted under the request's route and raised
+    as `ModelRunnerError`s (`EngineRefused` for an engine's own error answer), which each dialect shapes.
+    """
+    route = request.route or request.endpoint
+    try:
+        body = await admitted_body(host, request)
+        context_size, keep_alive = allowed_lifetime(host, request)
+        async with host.scheduler.use(request.model, mode=request.mode, engine=request.engine,
+                                      context_size=context_size, keep_alive=keep_alive) as runner:
+            host.metrics.requests.labels(route, runner.name).inc()
+            if request.endpoint != "rerank":
+                body = runner.choice.engine.adapt_request(
+                    request.endpoint, {**body, "model": ENGINE_MODEL_NAME}, runner.plan, launch=runner.launch,
+                    wants_matched_stop=request.wants_matched_stop)
+            yield Inference(request, runner, body, host.metrics)
+    except Exception:
+        host.metrics.errors.labels(route).inc()
+        raise
+
+async def admitted_body(host: InferenceHost, request: InferenceRequest) -> dict[str, Any]:
+    """The request's body once its media are guarded and the model can do what it asks (else a 400 that says
+    why, before any engine starts)."""
+    body = request.body
+    if request.endpoint != "chat/completions":
+        return body
+    refusal = media_refusal(body)
+    if refusal is not None:
+        raise MediaRefused(refusal)
+    refusal = tools_refusal(body)
+    if refusal is not None:
+        raise MalformedRequest(refusal)
+    images, tool_call = bool(image_parts(body)), requires_tool_call(body)
+    if not images and not tool_call:
+        return body
+
+    def capability_refusal() -> tuple[str | None, str | None]:
+        model, choice = host.scheduler.choose(request.model, request.engine)
+        engine = choice.engine
+        return (engine.image_refusal(model, request.model) if images else None,
+                engine.tool_refusal(model, request.model) if tool_call else None)
+
+    image_refusal, tool_refusal = await asyncio.to_thread(capability_refusal)
+    if image_refusal is not None:
+        raise ImageRejected(image_refusal)
+    if tool_refusal is not None:
+        raise CapabilityMissing(tool_refusal)
+    if not images:
+        return body
+    return await inline_images(body, max_bytes=host.max_image_bytes, timeout=host.image_fetch_timeout,
+                               allow_private=host.allow_private_image_urls, max_images=host.max_images_per_request,
+                               max_bytes_in_flight=host.max_image_bytes_in_flight)
+
+def allowed_lifetime(host: InferenceHost, request: InferenceRequest) -> tuple[int | None, float | None]:
+    """The request's own context size and keep_alive, as far as its caller may set them. A manager's are
+    honoured; an inference key's context is ignored (a new one restarts the engine under everyone's requests)
+    and its keep_alive is capped at the server's (never for good), so a key can neither pin a model nor hold
+    memory longer than the server's policy."""
+    if request.caller.may_manage:
+        return request.context_size, request.keep_alive
+    keep_alive = request.keep_alive
+    if keep_alive is not None:
+        keep_alive = None if keep_alive < 0 else min(keep_alive, host.scheduler.keep_alive)
+    if request.context_size is not None or keep_alive != request.keep_alive:
+        log.info("inference key %s: its context size and keep_alive beyond the server's policy are ignored",
+                 request.caller.name)
+    return None, keep_alive
+

@@ -28,32 +28,24 @@ from .images import (
     DEFAULT_FETCH_TIMEOUT,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGES_PER_REQUEST,
-    ImageRejected,
-    image_parts,
-    inline_images,
 )
 from .inference import (
-    ENGINE_MODEL_NAME,
     OWNER,
     Caller,
-    CapabilityMissing,
     Inference,
     InferenceRequest,
-    MalformedRequest,
-    MediaRefused,
     PolicyRefused,
-    media_refusal,
-    requires_tool_call,
-    tools_refusal,
+    admitted_body,
+    allowed_lifetime,
+    infer,
 )
 from .lease import Owner, StoreLease
 from .scheduling import Scheduler
 from .store import Model, Store
+from .transfers import DEFAULT_MAX_CONCURRENT_PULLS, PROGRESS_BACKLOG, Transfers, TransferWatcher
 
 log = logging.getLogger(__name__)
 
-#: How many progress events may wait for a slow HTTP client before older ones are dropped.
-PROGRESS_BACKLOG = 256
 #: The listener kind (see `subscribe`) of a change to the store's models: data `{change, model_id, model_name}`.
 STORE_CHANGED = "store"
 
@@ -85,9 +77,6 @@ class Metrics:
                                      registry=registry)
 
 
-#: `watcher(mode, name)` → the callback for that transfer's events (see `ModelRunnerService.watch_transfers`).
-DEFAULT_MAX_CONCURRENT_PULLS = 3
-TransferWatcher = Callable[[str, str], Callable[[dict[str, Any] | None], None]]
 
 
 class ModelRunnerService:
@@ -120,11 +109,8 @@ class ModelRunnerService:
         self.last_activity = time.time()
         self._activity_ids = itertools.count()
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
-        self._transfer_watchers: list[TransferWatcher] = []
-        #: Pulls that download at once; more wait their turn (each is a thread and a registry connection per layer).
-        self.max_concurrent_pulls = max(1, max_concurrent_pulls)
-        self._pull_slots: asyncio.Semaphore | None = None
-        self._pulls_running = 0
+        #: Pulls and pushes in worker threads, at most `max_concurrent_pulls` pulls downloading at once.
+        self.transfers = Transfers(store, registry, self.metrics, self._describe, max_concurrent_pulls)
 
     @classmethod
     def create(cls, store: Store, *, registry: str | None = None,
@@ -185,27 +171,9 @@ class ModelRunnerService:
 
     def watch_transfers(self, watcher: TransferWatcher) -> Callable[[], None]:
         """For each pull or push as it starts, `watcher(mode, name)` returns a callback that then gets the transfer's
-        events as its client reads them, and `None` once it is over (after `success`/`error`, or when the client went
-        away, which cancels it). Called on the event loop. Returns the function that stops watching."""
-        self._transfer_watchers.append(watcher)
-        return lambda: self._transfer_watchers.remove(watcher) if watcher in self._transfer_watchers else None
-
-    def _watch_transfer(self, mode: str, name: str) -> Callable[[dict[str, Any] | None], None]:
-        callbacks = []
-        for watcher in list(self._transfer_watchers):
-            try:
-                callbacks.append(watcher(mode, name))
-            except Exception:  # a broken watcher must not break the transfer
-                log.exception("transfer watcher failed")
-
-        def tell(event: dict[str, Any] | None) -> None:
-            for callback in callbacks:
-                try:
-                    callback(event)
-                except Exception:
-                    log.exception("transfer watcher failed")
-
-        return tell
+        events as its client reads them, and `None` once it is over (see transfers.py). Returns the function that
+        stops watching."""
+        return self.transfers.watch(watcher)
 
     def _store_changed(self, change: str, model: dict[str, Any]) -> None:
         """Tell listeners (the event bus, so every sidebar) that a model was added, tagged, untagged or removed here:
@@ -329,173 +297,22 @@ class ModelRunnerService:
         with an `error` of status 499; closing the iterator early sets it too. What was downloaded is kept
         and the next pull resumes it.
         """
-        return self._transfer("pull", reference, cancel=cancel)
+        return self.transfers.run("pull", reference, cancel=cancel)
 
     def push(self, name: str, target: str | None = None, *,
              cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
         """Push a stored model (to its own tag, or `target`), yielding progress events like `pull`."""
-        return self._transfer("push", name, target, cancel=cancel)
-
-    async def _transfer(self, mode: str, name: str, target: str | None = None, *,
-                        cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
-        from .distribution import pull, push
-        from .sizes import format_bytes
-
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        cancel = threading.Event() if cancel is None else cancel
-        counter = self.metrics.pulls if mode == "pull" else self.metrics.pushes
-
-        def emit(event: dict[str, Any] | None) -> None:
-            # Progress is lossy under backpressure (the next event has the newer numbers); the end is not.
-            if event is not None and event.get("type") == "progress" and queue.qsize() > PROGRESS_BACKLOG:
-                return
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        def on_progress(event: Any) -> None:
-            if cancel.is_set() and mode == "push":  # pull watches `cancel` itself; push stops here
-                raise _Cancelled
-            emit(event.to_json())
-
-        def work() -> None:
-            try:
-                if mode == "pull":
-                    result = pull(name, self.store, on_progress=on_progress, registry=self.registry, cancel=cancel)
-                    model = self._describe(result.model)  # with its engine: the client needs no second request
-                    how = (f"downloaded {format_bytes(result.downloaded_bytes)}" if result.downloaded_bytes
-                           else "already up to date")
-                    emit({"type": "success", "mode": mode, "model": model,
-                          "message": f"Pulled {result.reference.relative_to(self.registry)} ({result.model.short_id}), "
-                                     f"{how}"})
-                else:
-                    result = push(self.store, name, target=target, on_progress=on_progress, registry=self.registry)
-                    emit({"type": "success", "mode": mode, "digest": result.digest,
-                          "message": f"Pushed {result.reference.relative_to(self.registry)}: uploaded "
-                                     f"{format_bytes(result.uploaded_bytes)}, "
-                                     f"{format_bytes(result.skipped_bytes)} already there"})
-                counter.labels("success").inc()
-            except ModelRunnerError as exc:
-                counter.labels("cancelled" if cancel.is_set() else "error").inc()
-                emit({"type": "error", "mode": mode, "message": str(exc), "status": exc.http_status})
-            except _Cancelled:
-                counter.labels("cancelled").inc()
-            except OSError as exc:
-                counter.labels("error").inc()
-                emit({"type": "error", "mode": mode, "status": 500,
-                      "message": f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"})
-            except Exception as exc:  # the stream must always end with an event, whatever happened
-                counter.labels("error").inc()
-                log.exception("%s of %s failed", mode, name)
-                emit({"type": "error", "mode": mode, "status": 500, "message": f"{mode} failed: {exc!r}"})
-            finally:
-                emit(None)
-
-        watchers = self._watch_transfer(mode, name)
-        slots = None
-        if mode == "pull":
-            if self._pull_slots is None:
-                self._pull_slots = asyncio.Semaphore(self.max_concurrent_pulls)
-            slots = self._pull_slots
-            if slots.locked():
-                yield {"type": "progress", "mode": mode, "total": 0, "message":
-                       f"Waiting: {self._pulls_running} other pulls are downloading (at most "
-                       f"{self.max_concurrent_pulls} at once, c.ModelRunner.max_concurrent_pulls)"}
-            await slots.acquire()
-            self._pulls_running += 1
-        thread = threading.Thread(target=work, name=f"modelrunner-{mode}", daemon=True)
-        thread.start()
-        try:
-            while (event := await queue.get()) is not None:
-                watchers(event)
-                yield event
-        finally:
-            if slots is not None:
-                self._pulls_running -= 1
-                slots.release()
-            cancel.set()  # no one is listening any more: stop at the next read, keep the partial files
-            try:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(thread.join)
-            finally:
-                watchers(None)  # even when the wait is cancelled: watchers always hear the end
+        return self.transfers.run("push", name, target, cancel=cancel)
 
     # -- requests -------------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def infer(self, request: InferenceRequest) -> AsyncIterator[Inference]:
-        """THE path from a translated request to an engine; every dialect's route takes it.
-
-        Before anything loads: the model's capabilities are checked against what the request needs (images, a
-        required tool call; a reranker's or chat model's mode when its runner has to start), every media part is
-        guarded (images fetched here from public addresses and inlined; audio and video URLs refused), and the
-        caller's policy applied (an inference key cannot pin a model, keep it longer than the server's keep_alive,
-        nor restart it with another context). Then a ready runner is leased for the length of the block, the body
-        adapted for its engine, and the request counted. Failures are counted under the request's route and raised
-        as `ModelRunnerError`s (`EngineRefused` for an engine's own error answer), which each dialect shapes.
-        """
-        route = request.route or request.endpoint
-        try:
-            body = await self.admitted_body(request)
-            context_size, keep_alive = self._allowed_lifetime(request)
-            async with self.scheduler.use(request.model, mode=request.mode, engine=request.engine,
-                                          context_size=context_size, keep_alive=keep_alive) as runner:
-                self.metrics.requests.labels(route, runner.name).inc()
-                if request.endpoint != "rerank":
-                    body = runner.choice.engine.adapt_request(
-                        request.endpoint, {**body, "model": ENGINE_MODEL_NAME}, runner.plan, launch=runner.launch,
-                        wants_matched_stop=request.wants_matched_stop)
-                yield Inference(request, runner, body, self.metrics)
-        except Exception:
-            self.metrics.errors.labels(route).inc()
-            raise
+    def infer(self, request: InferenceRequest) -> contextlib.AbstractAsyncContextManager[Inference]:
+        """THE path from a translated request to an engine; every dialect's route takes it (`inference.infer`)."""
+        return infer(self, request)
 
     async def admitted_body(self, request: InferenceRequest) -> dict[str, Any]:
-        """The request's body once its media are guarded and the model can do what it asks (else a 400 that says
-        why, before any engine starts)."""
-        body = request.body
-        if request.endpoint != "chat/completions":
-            return body
-        refusal = media_refusal(body)
-        if refusal is not None:
-            raise MediaRefused(refusal)
-        refusal = tools_refusal(body)
-        if refusal is not None:
-            raise MalformedRequest(refusal)
-        images, tool_call = bool(image_parts(body)), requires_tool_call(body)
-        if not images and not tool_call:
-            return body
-
-        def capability_refusal() -> tuple[str | None, str | None]:
-            model, choice = self.scheduler.choose(request.model, request.engine)
-            engine = choice.engine
-            return (engine.image_refusal(model, request.model) if images else None,
-                    engine.tool_refusal(model, request.model) if tool_call else None)
-
-        image_refusal, tool_refusal = await asyncio.to_thread(capability_refusal)
-        if image_refusal is not None:
-            raise ImageRejected(image_refusal)
-        if tool_refusal is not None:
-            raise CapabilityMissing(tool_refusal)
-        if not images:
-            return body
-        return await inline_images(body, max_bytes=self.max_image_bytes, timeout=self.image_fetch_timeout,
-                                   allow_private=self.allow_private_image_urls, max_images=self.max_images_per_request,
-                                   max_bytes_in_flight=self.max_image_bytes_in_flight)
-
-    def _allowed_lifetime(self, request: InferenceRequest) -> tuple[int | None, float | None]:
-        """The request's own context size and keep_alive, as far as its caller may set them. A manager's are
-        honoured; an inference key's context is ignored (a new one restarts the engine under everyone's requests)
-        and its keep_alive is capped at the server's (never for good), so a key can neither pin a model nor hold
-        memory longer than the server's policy."""
-        if request.caller.may_manage:
-            return request.context_size, request.keep_alive
-        keep_alive = request.keep_alive
-        if keep_alive is not None:
-            keep_alive = None if keep_alive < 0 else min(keep_alive, self.scheduler.keep_alive)
-        if request.context_size is not None or keep_alive != request.keep_alive:
-            log.info("inference key %s: its context size and keep_alive beyond the server's policy are ignored",
-                     request.caller.name)
-        return None, keep_alive
+        """The request's body once its media are guarded and the model can do what it asks (`inference`)."""
+        return await admitted_body(self, request)
 
     async def load(self, name: str, *, engine: str | None = None, mode: str = "completion",
                    context_size: int | None = None, keep_alive: float | None = None,
@@ -504,7 +321,7 @@ class ModelRunnerService:
         idles out as usual. An inference key's context and keep_alive go through the same policy as its requests."""
         wish = InferenceRequest(name, "chat/completions", engine=engine, caller=caller, context_size=context_size,
                                 keep_alive=keep_alive)
-        context_size, keep_alive = self._allowed_lifetime(wish)
+        context_size, keep_alive = allowed_lifetime(self, wish)
         started = time.monotonic()
         runner = await self.scheduler.load(name, engine=engine, mode=mode, context_size=context_size,
                                            keep_alive=keep_alive)
@@ -638,7 +455,3 @@ class ModelRunnerService:
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()
         self.lease.release()
-
-
-class _Cancelled(Exception):
-    """Raised inside the worker's progress callback to stop a push whose listener went away."""

@@ -241,6 +241,6 @@ def test_transfer_watchers_see_each_event_then_the_end(store, seeded):
         finally:
             stop()
             await service.shutdown()
-        assert not service._transfer_watchers
+        assert not service.transfers.watchers
 
     asyncio.run(main())

@@ -234,7 +234,7 @@ def test_a_response_store_keeps_its_byte_budget():
 def test_the_dialect_modules_name_no_engine_and_call_no_scheduler():
     """The one path is the only way to an engine: no dialect drives an engine or the scheduler itself."""
     api = Path(__file__).parents[2] / "jupyter_modelrunner" / "api"
-    dialects = ["openai.py", "anthropic.py", "responses.py", "ollama.py", "rerank.py", "relay.py"]
+    dialects = ["openai.py", "anthropic.py", "responses.py", "ollama.py", "rerank.py", "stream_relay.py"]
     found = {name: [word for word in ("scheduler", "llama-server", "llama.cpp", "vllm", "runner.request",
                                       "adapt_request") if word in (api / name).read_text().lower()]
              for name in dialects}
