@@ -72,7 +72,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return EXIT_USAGE
     if args.verb in _LOCAL_VERBS:
         return globals()[f"_cmd_{args.verb.replace('-', '_')}"](args)
-    from .client import RunnerUnreachable, runner
+    from .client import runner
+    from .errors import RunnerUnreachable
 
     try:
         client = runner(start=args.verb not in _NO_START_VERBS, store=args.store, registry=args.registry)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFound, ModelRunnerError
+from .errors import ModelNotFound, ModelRunnerError, RunnerUnreachable
 from .lease import LEASE_DIR, read_owner
 from .paths import default_store_path, jupyter_runtime_dir
 
@@ -42,12 +42,6 @@ DEFAULT_HOST = "http://localhost:12434/"
 EMBEDDED_IDLE_SECONDS = 3600
 EMBEDDED_START_TIMEOUT = 60.0
 PROBE_TIMEOUT = 3.0
-
-
-class RunnerUnreachable(ModelRunnerError):
-    """No model runner answered; the message lists every place that was tried."""
-
-    http_status = 503
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,85 @@ class UntrustedStore(ModelRunnerError):
     owner listens (and with which token) cannot be believed. The message names the path and the fix."""
 
     http_status = 403
+
+
+class EngineUnavailable(ModelRunnerError):
+    """No installed engine can run this model here; the message names the fix."""
+
+    http_status = 501
+
+
+class UnknownEngine(EngineUnavailable):
+    """An engine name (a URL's `engines/{engine}/`, `--engine`) that is none of ours."""
+
+    http_status = 404
+
+
+class EngineFlagRefused(ModelRunnerError):
+    """A runtime flag outside the engine's allowlist."""
+
+    http_status = 400
+
+
+class UnsuitableModel(ModelRunnerError):
+    """A request the model was not made for: reranking with a model that has no classification head to score
+    with, or chatting with a reranker."""
+
+    http_status = 400
+
+
+class ImageRejected(ModelRunnerError):
+    """An image in a request that cannot be used: not fetchable, too large, not an image, or a model that cannot
+    see. The client's error (400), with the sentence it should read."""
+
+    http_status = 400
+
+
+class MalformedRequest(ModelRunnerError):
+    """A translated request an engine would choke on (a malformed tool): the client's error, said before it loads."""
+
+    http_status = 400
+
+
+class MediaRefused(ModelRunnerError):
+    """A content part this runner will not hand an engine (audio or video by URL, a part type it does not know)."""
+
+    http_status = 400
+
+
+class CapabilityMissing(ModelRunnerError):
+    """A request the model cannot honour as asked (a required tool call from a template that cannot call tools):
+    refused before anything loads, rather than answered in a way that silently breaks the API's contract."""
+
+    http_status = 400
+
+
+class PolicyRefused(ModelRunnerError):
+    """Something only a manager may do, asked for with an inference key (unloading a model for everyone)."""
+
+    http_status = 403
+
+
+class PackagingRefused(ModelRunnerError, PermissionError):
+    """A path to package lies outside the folders this server packages from (links resolved), or packaging over
+    HTTP is off here."""
+
+    http_status = 403
+
+
+class RunnerUnreachable(ModelRunnerError):
+    """No model runner answered; the message lists every place that was tried."""
+
+    http_status = 503
+
+
+class CheckCancelled(ModelRunnerError):
+    """The caller stopped the check (its client went away); nothing was changed."""
+
+    http_status = 499
+
+
+class PullCancelled(ModelRunnerError):
+    """The caller cancelled the pull; partial downloads are kept for the next attempt."""
+
+    http_status = 499

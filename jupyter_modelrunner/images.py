@@ -35,7 +35,7 @@ import socket
 import weakref
 from typing import Any
 
-from .errors import ModelRunnerError
+from .errors import ImageRejected
 from .sizes import format_bytes
 
 #: The default of `c.ModelRunner.max_image_bytes`: larger than any photo a vision model needs (they downscale to a
@@ -58,13 +58,6 @@ _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(;[^;,]*)*),(?P<data>.*)", re.DOTALL)
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
                (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
-
-
-class ImageRejected(ModelRunnerError):
-    """An image in a request that cannot be used: not fetchable, too large, not an image, or a model that cannot
-    see. The client's error (400), with the sentence it should read."""
-
-    http_status = 400
 
 
 def image_parts(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .engines.base import MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK, engine_message
-from .errors import EngineRefused, ModelRunnerError
-from .images import ImageRejected, image_parts, inline_images
+from .errors import CapabilityMissing, EngineRefused, ImageRejected, MalformedRequest, MediaRefused
+from .images import image_parts, inline_images
 from .keys import SCOPE_MANAGE
 
 if TYPE_CHECKING:
@@ -42,31 +42,6 @@ ENDPOINT_MODES = {"chat/completions": MODE_COMPLETION, "completions": MODE_COMPL
 #: `video_url` are URLs vLLM would fetch itself (from any address, with no size cap), and unknown parts are at best
 #: ignored by one engine and a 500 from another.
 _PLAIN_PARTS = frozenset({"text", "image_url", "input_audio"})
-
-
-class MalformedRequest(ModelRunnerError):
-    """A translated request an engine would choke on (a malformed tool): the client's error, said before it loads."""
-
-    http_status = 400
-
-
-class MediaRefused(ModelRunnerError):
-    """A content part this runner will not hand an engine (audio or video by URL, a part type it does not know)."""
-
-    http_status = 400
-
-
-class CapabilityMissing(ModelRunnerError):
-    """A request the model cannot honour as asked (a required tool call from a template that cannot call tools):
-    refused before anything loads, rather than answered in a way that silently breaks the API's contract."""
-
-    http_status = 400
-
-
-class PolicyRefused(ModelRunnerError):
-    """Something only a manager may do, asked for with an inference key (unloading a model for everyone)."""
-
-    http_status = 403
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelRunnerError
+from .errors import PackagingRefused
 
 #: The setting every refusal names, so the operator knows what to change.
 SETTING = "c.ModelRunner.package_roots"
 
 PathLike = str | os.PathLike[str]
-
-
-class PackagingRefused(ModelRunnerError, PermissionError):
-    """A path to package lies outside the folders this server packages from (links resolved), or packaging over
-    HTTP is off here."""
-
-    http_status = 403
 
 
 def confine(path: PathLike, roots: Sequence[PathLike], what: str) -> Path:

@@ -23,22 +23,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ._version import __version__
-from .errors import ModelRunnerError, UnsupportedArtifact
+from .errors import ModelRunnerError, PolicyRefused, UnsupportedArtifact
 from .images import (
     DEFAULT_FETCH_TIMEOUT,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGES_PER_REQUEST,
 )
-from .inference import (
-    OWNER,
-    Caller,
-    Inference,
-    InferenceRequest,
-    PolicyRefused,
-    admitted_body,
-    allowed_lifetime,
-    infer,
-)
+from .inference import OWNER, Caller, Inference, InferenceRequest, admitted_body, allowed_lifetime, infer
 from .lease import Owner, StoreLease
 from .scheduling import Scheduler
 from .store import Model, Store

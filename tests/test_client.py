@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_modelrunner import client as client_module
-from jupyter_modelrunner.client import RunnerClient, RunnerLocation, RunnerUnreachable, locate
-from jupyter_modelrunner.errors import ModelNotFound, ModelRunnerError
+from jupyter_modelrunner.client import RunnerClient, RunnerLocation, locate
+from jupyter_modelrunner.errors import ModelNotFound, ModelRunnerError, RunnerUnreachable
 from jupyter_modelrunner.lease import read_owner
 
 from .support.faultproxy import FaultProxy

@@ -10,13 +10,8 @@ import copy
 import pytest
 
 from jupyter_modelrunner.engines.llamacpp import LlamaServer
-from jupyter_modelrunner.images import (
-    ImageRejected,
-    _refuse_private_hosts,
-    image_parts,
-    inline_images,
-    sniff_media_type,
-)
+from jupyter_modelrunner.errors import ImageRejected
+from jupyter_modelrunner.images import _refuse_private_hosts, image_parts, inline_images, sniff_media_type
 
 from .support.imageserver import ImageServer
 from .support.registry import find_free_port

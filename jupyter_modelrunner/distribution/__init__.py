@@ -13,9 +13,10 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..errors import PullCancelled
     from .package import package_gguf, package_safetensors
     from .progress import ProgressEvent
-    from .pulling import PullCancelled, PullResult, pull
+    from .pulling import PullResult, pull
     from .pushing import PushResult, push
 
 _EXPORTS = {

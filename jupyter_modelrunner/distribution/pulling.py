@@ -22,7 +22,7 @@ import requests
 import urllib3.exceptions
 
 from .. import mediatypes as mt
-from ..errors import DigestMismatch, InsufficientStorage, ModelRunnerError, RegistryUnavailable
+from ..errors import DigestMismatch, InsufficientStorage, ModelRunnerError, PullCancelled, RegistryUnavailable
 from ..reference import Reference, parse_reference
 from ..sizes import format_bytes
 from .artifact import Layer, Manifest, parse_config, parse_manifest, sha256_digest
@@ -39,12 +39,6 @@ KNOWN_LAYER_TYPES = frozenset(
      mt.LICENSE, mt.CHAT_TEMPLATE}
 )
 _TRANSPORT_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, RegistryUnavailable)
-
-
-class PullCancelled(ModelRunnerError):
-    """The caller cancelled the pull; partial downloads are kept for the next attempt."""
-
-    http_status = 499
 
 
 _CANCELLED = "The pull was cancelled; run it again to resume."

@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
-from ..errors import EngineRefused, InstallError, ModelRunnerError
+from ..errors import (
+    EngineFlagRefused,
+    EngineRefused,
+    InstallError,
+)
 from .hardware import Hardware
 
 if TYPE_CHECKING:
@@ -31,31 +35,6 @@ MODE_RERANK = "rerank"
 MODES = (MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK)
 #: GGUF's `pooling_type` of a reranker (llama.cpp's LLAMA_POOLING_TYPE_RANK).
 GGUF_POOLING_RANK = "4"
-
-
-class EngineUnavailable(ModelRunnerError):
-    """No installed engine can run this model here; the message names the fix."""
-
-    http_status = 501
-
-
-class UnknownEngine(EngineUnavailable):
-    """An engine name (a URL's `engines/{engine}/`, `--engine`) that is none of ours."""
-
-    http_status = 404
-
-
-class EngineFlagRefused(ModelRunnerError):
-    """A runtime flag outside the engine's allowlist."""
-
-    http_status = 400
-
-
-class UnsuitableModel(ModelRunnerError):
-    """A request the model was not made for: reranking with a model that has no classification head to score
-    with, or chatting with a reranker."""
-
-    http_status = 400
 
 
 @dataclass(frozen=True, slots=True)

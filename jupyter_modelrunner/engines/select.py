@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import mediatypes as mt
-from .base import Engine, EngineUnavailable, UnknownEngine
+from ..errors import EngineUnavailable, UnknownEngine
+from .base import Engine
 from .hardware import Hardware
 from .registry import default_engines, find_engine
 

@@ -13,7 +13,8 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from ..engines.base import MODE_COMPLETION, MODE_RERANK, Engine, Launch, ModelFacts, RunConfig, UnsuitableModel
+from ..engines.base import MODE_COMPLETION, MODE_RERANK, Engine, Launch, ModelFacts, RunConfig
+from ..errors import UnsuitableModel
 from ..store import Model
 from .errors import EngineFailed
 from .runner import Runner, RunnerKey

@@ -37,7 +37,7 @@ from filelock import Timeout
 from .. import mediatypes as mt
 from ..distribution.artifact import Layer, Manifest, parse_manifest, sha256_digest
 from ..distribution.progress import ProgressEvent, ProgressTracker
-from ..errors import ModelRunnerError
+from ..errors import CheckCancelled, ModelRunnerError
 from ..sizes import format_bytes
 from .blobs import COPY_CHUNK_BYTES
 from .bundles import bundle_plan
@@ -64,12 +64,6 @@ __all__ = ["CheckCancelled", "FsckReport", "Problem", "check", "fsck", "repair_s
 _DROP = "removes the model from the index (pull it again)"
 _DROP_CORRUPT = "removes the model from the index and deletes the corrupt blob (pull it again)"
 _PARTIAL_NAME = re.compile(r"[0-9a-f]{64}\.incomplete")
-
-
-class CheckCancelled(ModelRunnerError):
-    """The caller stopped the check (its client went away); nothing was changed."""
-
-    http_status = 499
 
 
 def fsck(store: Store, *, repair: bool = False, on_progress: Callable[[ProgressEvent], None] | None = None,

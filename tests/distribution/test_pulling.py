@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from jupyter_modelrunner import mediatypes as mt
-from jupyter_modelrunner.distribution import PullCancelled, pull, push
+from jupyter_modelrunner.distribution import pull, push
 from jupyter_modelrunner.errors import (
     AuthenticationFailed,
     DigestMismatch,
     InsufficientStorage,
     InvalidReference,
     ModelNotFound,
+    PullCancelled,
     RegistryUnavailable,
     UnsafePath,
     UnsupportedArtifact,

@@ -16,13 +16,12 @@ from jupyter_modelrunner.engines.base import (
     CONTEXT_REQUEST,
     CONTEXT_TRAINING,
     CONTEXT_TRAINING_CAPPED,
-    EngineFlagRefused,
-    EngineUnavailable,
     RunConfig,
 )
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware
 from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaServer
 from jupyter_modelrunner.engines.select import select_engine
+from jupyter_modelrunner.errors import EngineFlagRefused, EngineUnavailable
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduling import Scheduler
 from jupyter_modelrunner.store import Store

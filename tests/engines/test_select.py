@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from jupyter_modelrunner.distribution import package_gguf, package_safetensors
-from jupyter_modelrunner.engines.base import EngineFlagRefused, EngineUnavailable, RunConfig
+from jupyter_modelrunner.engines.base import RunConfig
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
 from jupyter_modelrunner.engines.llamacpp import DEFAULT_SLOTS, LlamaServer
 from jupyter_modelrunner.engines.select import select_engine
 from jupyter_modelrunner.engines.vllm import Vllm
+from jupyter_modelrunner.errors import EngineFlagRefused, EngineUnavailable
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduling import InvalidSetting, parse_keep_alive
 from jupyter_modelrunner.store import Store

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from jupyter_modelrunner.distribution import package_gguf
-from jupyter_modelrunner.engines.base import EngineFlagRefused
 from jupyter_modelrunner.engines.hardware import Gpu, Hardware, probe
 from jupyter_modelrunner.engines.llamacpp import LlamaServer
+from jupyter_modelrunner.errors import EngineFlagRefused
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduling import EngineFailed, NotEnoughMemory, Scheduler, SettingsFile
 from jupyter_modelrunner.sizes import format_bytes

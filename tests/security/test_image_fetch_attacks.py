@@ -22,7 +22,8 @@ import subprocess
 import pytest
 
 from jupyter_modelrunner import images as images_module
-from jupyter_modelrunner.images import ImageRejected, _fetch_budget, _is_public_address, image_parts, inline_images
+from jupyter_modelrunner.errors import ImageRejected
+from jupyter_modelrunner.images import _fetch_budget, _is_public_address, image_parts, inline_images
 
 from ..support.imageserver import ImageServer
 from ..support.vision import data_url, png

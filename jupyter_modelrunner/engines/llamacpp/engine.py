@@ -30,14 +30,13 @@ from typing import TYPE_CHECKING, Any
 from traitlets import Float, Unicode, default
 
 from ... import mediatypes as mt
+from ...errors import EngineFlagRefused, EngineUnavailable
 from ..base import (
     MODE_COMPLETION,
     MODE_EMBEDDING,
     MODE_RERANK,
     Availability,
     Engine,
-    EngineFlagRefused,
-    EngineUnavailable,
     Launch,
     LoadPlan,
     ModelFacts,

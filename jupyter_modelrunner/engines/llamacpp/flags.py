@@ -3,7 +3,8 @@ fallback, reads the few it has a setting for. Anything not listed is refused (en
 
 from __future__ import annotations
 
-from ..base import EngineFlagRefused, FlagSpec
+from ...errors import EngineFlagRefused
+from ..base import FlagSpec
 
 INSTALL_COMMAND = "jupyter modelrunner install-runner llama.cpp"
 
