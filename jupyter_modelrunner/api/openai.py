@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -27,15 +26,20 @@ from .base import SCOPE_INFERENCE, ModelRunnerHandler, openai_error
 from .stream_relay import SSE, StreamRelayMixin
 
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
-_ENGINE_MODEL_FIELD = re.compile(rb'"model":\s?"model"')
+_ENGINE_MODEL_FIELDS = (b'"model":"model"', b'"model": "model"')
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date",
                "server"}
 
 
 def rename_model(data: bytes, name: str) -> bytes:
-    """Replace the engine's `"model":"model"` by the name the client used (bytes in, bytes out: no re-encoding)."""
+    """Replace the engine's `"model":"model"` by the name the client used (bytes in, bytes out: no re-encoding).
+    A plain replace, not a regex: it runs on every streamed event, and the engines write the field compactly
+    (llama-server and vLLM alike), or with one space."""
     replacement = b'"model":' + json.dumps(name).encode()
-    return _ENGINE_MODEL_FIELD.sub(lambda _m: replacement, data)
+    for field in _ENGINE_MODEL_FIELDS:
+        if field in data:
+            data = data.replace(field, replacement)
+    return data
 
 
 def engine_error(content: bytes) -> bytes:
