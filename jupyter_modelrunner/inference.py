@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .engines.base import MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK, engine_message
+from .engines.base import ENGINE_MODEL_NAME, MODE_COMPLETION, MODE_EMBEDDING, MODE_RERANK, engine_message
 from .errors import CapabilityMissing, EngineRefused, ImageRejected, MalformedRequest, MediaRefused
 from .images import image_parts, inline_images
 from .keys import SCOPE_MANAGE
@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The name every engine serves its one model under (`--served-model-name`/`--alias`): requests to an engine say it,
-#: and answers are renamed to the name the client used.
-ENGINE_MODEL_NAME = "model"
 
 
 #: The endpoints of the engines' OpenAI API that requests are sent to, and the runner mode each needs.

@@ -28,6 +28,9 @@ from .hardware import Hardware
 if TYPE_CHECKING:
     from ..store import Model
 
+#: The name every engine serves its one model under (`--alias`, `--served-model-name`): requests to an engine say
+#: it, and the OpenAI route renames answers to the name the client used.
+ENGINE_MODEL_NAME = "model"
 MODE_COMPLETION = "completion"
 MODE_EMBEDDING = "embedding"
 #: A reranker (a cross-encoder with a classification head) scoring documents against a query.

@@ -32,6 +32,7 @@ from traitlets import Float, Unicode, default
 from ... import mediatypes as mt
 from ...errors import EngineFlagRefused, EngineUnavailable
 from ..base import (
+    ENGINE_MODEL_NAME,
     MODE_COMPLETION,
     MODE_EMBEDDING,
     MODE_RERANK,
@@ -261,7 +262,7 @@ class LlamaServer(Engine):
     def _server_launch(self, server: Path, model: Model, gguf: Path, socket: Path, plan: LoadPlan,
                        hardware: Hardware, mode: str) -> Launch:
         argv = [
-            str(server), "--model", str(gguf), "--host", str(socket), "--alias", "model",
+            str(server), "--model", str(gguf), "--host", str(socket), "--alias", ENGINE_MODEL_NAME,
             # -c is the KV cache of all slots together: each slot gets an equal share, the context of one request.
             "--ctx-size", str(plan.context_size * plan.slots), "--parallel", str(plan.slots),
             "--n-gpu-layers", "999" if hardware.cuda else "0",
@@ -301,7 +302,7 @@ class LlamaServer(Engine):
         facts = ModelFacts.of(model)
         argv = [
             self.python, "-m", "jupyter_modelrunner.engines.llamacpp.python_server",
-            "--uds", str(socket), "--model", str(gguf), "--model_alias", "model",
+            "--uds", str(socket), "--model", str(gguf), "--model_alias", ENGINE_MODEL_NAME,
             "--n_ctx", str(plan.context_size), "--n_gpu_layers", "-1" if hardware.cuda else "0",
         ]
         template = model.bundle / "template.jinja"

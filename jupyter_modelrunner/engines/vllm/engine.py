@@ -24,6 +24,7 @@ from ..base import (
     CONTEXT_DEFAULT,
     CONTEXT_TRAINING,
     CONTEXT_TRAINING_CAPPED,
+    ENGINE_MODEL_NAME,
     MODE_COMPLETION,
     MODE_EMBEDDING,
     MODE_RERANK,
@@ -263,7 +264,7 @@ class Vllm(Engine):
         argv = [
             self.python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model.bundle),
-            "--served-model-name", "model",
+            "--served-model-name", ENGINE_MODEL_NAME,
             "--uds", str(socket),
             "--max-model-len", str(plan.context_size),
         ]
