@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .errors import ModelNotFound, ModelRunnerError, RunnerUnreachable
-from .lease import LEASE_DIR, read_owner
+from .lease import LEASE_DIR, Owner, lease_is_held, read_owner
 from .paths import default_store_path, jupyter_runtime_dir
 
 ENV_HOST = "MODEL_RUNNER_HOST"
@@ -42,6 +45,9 @@ DEFAULT_HOST = "http://localhost:12434/"
 EMBEDDED_IDLE_SECONDS = 3600
 EMBEDDED_START_TIMEOUT = 60.0
 PROBE_TIMEOUT = 3.0
+#: How long a client waits for an embedded runner of another version to finish its work and hand the store over.
+HANDOVER_TIMEOUT = 60.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,14 +126,70 @@ def locate(*, start: bool = True, store: Path | str | None = None, registry: str
 
     root = Path(store).expanduser() if store else default_store_path()
     owner = read_owner(root)
+    if owner is not None and owner.version != __version__:
+        owner = _meet_another_version(owner, root, restart=start)
+        if owner is None:
+            tried.append(f"the owner of the store {root}: an embedded runner of another version, stopped")
     if owner is not None:
         # The lease proves the owner is alive; its answer to the actual request says the rest (no extra probe).
-        return RunnerLocation(_normalize(owner.url), owner.token, f"the owner of the store {root}: {owner.describe()}",
-                              tuple(tried))
+        source = f"the owner of the store {root}: {owner.describe()}"
+        if owner.version != __version__:
+            source += f" (jupyter-modelrunner {owner.version or 'of an older version'}; this client is {__version__})"
+        return RunnerLocation(_normalize(owner.url), owner.token, source, tuple(tried))
     tried.append(f"the owner of the store {root} (none is running)")
     if not start:
         raise RunnerUnreachable(_unreachable_message(tried))
     return _start_embedded(root, registry if registry is not None else os.environ.get(ENV_REGISTRY, ""), tried)
+
+
+def _meet_another_version(owner: Owner, root: Path, *, restart: bool) -> Owner | None:
+    """What to do with a store's owner whose jupyter-modelrunner version is not this client's: None once it is gone
+    (the caller starts a runner of this version), else the owner to use as it is.
+
+    An embedded runner is this package's own background process (a CLI command or a kernel started it, it lives an
+    hour), so a user who upgraded expects the new version to answer, not an hour-old one: it is asked to hand the
+    store over (it finishes its work in progress, unloads and exits; an older one without that route is sent
+    SIGTERM, which does the same), and a new one is started. A runner a user started (JupyterLab, `serve`) may be
+    serving notebooks and other clients, so a command never stops it: it is used, with a warning naming both
+    versions (the CLI prints it, a kernel shows it on stderr) and the versions in the location's `source`. When
+    `restart` is False (verbs that must start nothing) nothing is stopped either.
+    """
+    theirs = owner.version or "an older version (it does not say which)"
+    if owner.kind != "embedded" or not restart:
+        log.warning("The model runner that owns the store %s, %s, runs jupyter-modelrunner %s, and this client is "
+                    "%s: it is used as it is. Restart it to run %s.", root, owner.describe(), theirs, __version__,
+                    __version__)
+        return owner
+    log.warning("The embedded model runner of the store %s (pid %d) runs jupyter-modelrunner %s, and this client is "
+                "%s: it is asked to finish its work and stop, and a runner of %s starts in its place.", root,
+                owner.pid, theirs, __version__, __version__)
+    if not _ask_to_hand_over(owner):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(owner.pid, signal.SIGTERM)  # the lease proves it alive; an embedded runner stops cleanly on it
+    deadline = time.monotonic() + HANDOVER_TIMEOUT
+    while time.monotonic() < deadline:
+        if not lease_is_held(root):
+            return None
+        time.sleep(0.1)
+    log.warning("The embedded model runner of the store %s (pid %d) did not stop within %.0f s (still working?); "
+                "it is used as it is.", root, owner.pid, HANDOVER_TIMEOUT)
+    return owner
+
+
+def _ask_to_hand_over(owner: Owner) -> bool:
+    """Whether the embedded runner `owner` agreed to hand its store over (`engines/_handover`); False when it
+    cannot be asked (no URL, no such route in its version, no answer)."""
+    import httpx
+
+    if not owner.url:
+        return False
+    headers = {"Authorization": f"token {owner.token}"} if owner.token else {}
+    try:
+        response = httpx.post(_normalize(owner.url) + "engines/_handover", headers=headers, timeout=PROBE_TIMEOUT,
+                              trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 202
 
 
 def _unreachable_message(tried: Sequence[str]) -> str:

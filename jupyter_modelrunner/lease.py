@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._version import __version__
 from .errors import UntrustedStore
 from .keys import RELAY_KEY_FILES, write_relay_keys
 
@@ -50,6 +51,8 @@ class Owner:
     pid: int
     kind: str  # "jupyter server", "serve", "embedded"
     started: float
+    #: The owner's jupyter-modelrunner version ("" for a runner older than the field): clients compare it with theirs.
+    version: str = ""
 
     def describe(self) -> str:
         return f"the {self.kind} (pid {self.pid}) at {self.url}"
@@ -100,7 +103,7 @@ class StoreLease:
             raise RuntimeError("publish() without holding the lease")
         write_atomically(self.folder / TOKEN_FILE, token, mode=0o600)
         write_relay_keys(self.folder, token)  # what servers relaying to this one send instead of the token
-        record = {"url": url, "pid": os.getpid(), "kind": kind, "started": time.time()}
+        record = {"url": url, "pid": os.getpid(), "kind": kind, "started": time.time(), "version": __version__}
         write_atomically(self.folder / RECORD_FILE, json.dumps(record), mode=0o600)
 
     def release(self) -> None:
@@ -141,7 +144,8 @@ def read_owner(store_root: Path | str, *, with_token: bool = True) -> Owner | No
     try:
         record = json.loads(text)
         owner = Owner(url=str(record["url"]), token=token.strip(), pid=int(record["pid"]),
-                      kind=str(record.get("kind", "")), started=float(record.get("started", 0)))
+                      kind=str(record.get("kind", "")), started=float(record.get("started", 0)),
+                      version=str(record.get("version", "")))
     except (ValueError, KeyError, TypeError):
         return None
     if owner.url and not _is_http_url(owner.url):
@@ -267,4 +271,5 @@ def _random_suffix() -> str:
 
 def owner_json(owner: Owner) -> dict[str, Any]:
     """What `engines/status` says of the owner (never the token)."""
-    return {"url": owner.url, "pid": owner.pid, "kind": owner.kind, "started": owner.started}
+    return {"url": owner.url, "pid": owner.pid, "kind": owner.kind, "started": owner.started,
+            "version": owner.version}

@@ -25,6 +25,7 @@ from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, 
 from ._version import __version__
 from .api import metrics, routes
 from .api.base import KEYS_SETTING, MAX_BODY_SETTING, SERVICE_SETTING
+from .api.engines import KIND_SETTING
 from .api.openapi import ROUTES_SETTING
 from .api.owner_proxy import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
@@ -37,6 +38,8 @@ URL_PREFIX = "modelrunner"
 OWNER_CHECK_SECONDS = 1.0
 #: How often work in progress is reported to Jupyter as activity.
 ACTIVITY_SECONDS = 5.0
+#: How often an embedded runner asked for its store (engines/_handover) looks whether its work is done.
+HANDOVER_CHECK_SECONDS = 0.5
 
 
 class _Folders(List):
@@ -182,6 +185,9 @@ class ModelRunner(ExtensionApp):
         starts find this runner (jupyter_modelrunner.base_url() and api_key() read them).""",
     )
 
+    #: The pid of the embedded owner this server asked for the store (it asks each owner once).
+    _asked_owner: int | None = None
+
     #: Keys given to `serve --api-key`, set by the CLI in-process so that they never appear on a command line.
     extra_api_keys: list[str] = []
 
@@ -271,6 +277,7 @@ class ModelRunner(ExtensionApp):
         self.settings[KEYS_SETTING] = KeyRing(fixed=[*self.api_keys, *self.extra_api_keys])
         self.settings[MAX_BODY_SETTING] = self.max_body_bytes
         self.settings[PREFIX_SETTING] = self.api_path
+        self.settings[KIND_SETTING] = self.runner_kind
         self.settings[ROUTES_SETTING] = tuple(routes(""))  # what openapi.json describes
         self.service = service
         metrics.attach(service)  # our counters on Jupyter's own /metrics too
@@ -298,6 +305,10 @@ class ModelRunner(ExtensionApp):
             self._announce()
         self._watchers = [PeriodicCallback(self._watch_owner, OWNER_CHECK_SECONDS * 1000),
                           PeriodicCallback(self._record_activity, ACTIVITY_SECONDS * 1000)]
+        if self.runner_kind == "embedded":
+            self._watchers.append(PeriodicCallback(self._hand_over_when_idle, HANDOVER_CHECK_SECONDS * 1000))
+        else:
+            self._ask_for_the_store()
         if self.idle_timeout > 0:
             period = max(0.5, min(30.0, self.idle_timeout / 4))
             self._watchers.append(PeriodicCallback(self._stop_when_idle, period * 1000))
@@ -328,6 +339,58 @@ class ModelRunner(ExtensionApp):
             self.log.warning("Model runner: the store's owner is gone; this server runs its engines now")
         elif service.remote_owner is None:
             self.log.debug("Model runner: the store's owner has not published its address yet")
+        elif self.runner_kind != "embedded":
+            self._ask_for_the_store()
+
+    def _ask_for_the_store(self) -> None:
+        """A server a user started (JupyterLab, `serve`) on a store an embedded runner owns asks it for the store
+        (`engines/_handover`), once per owner: the embedded runner finishes its work and exits, and `_watch_owner`
+        then claims the store, so the server the user started runs the engines instead of relaying every request
+        to a background process. A runner a user started is never asked: it answers 409 and keeps its store."""
+        owner = self.service.remote_owner
+        if owner is None or owner.kind != "embedded" or not owner.url or owner.pid == self._asked_owner:
+            return
+        self._asked_owner = owner.pid
+        task = asyncio.get_running_loop().create_task(self._request_handover(owner))
+        self._handover_task = task  # keep a reference until it is done
+
+    async def _request_handover(self, owner: Any) -> None:
+        import httpx
+
+        from .keys import SCOPE_MANAGE, read_relay_key
+
+        key = read_relay_key(self.service.lease.folder, SCOPE_MANAGE)
+        if key is None:
+            self.log.warning("Model runner: %s owns the store and left no relay key (an older version?); this "
+                             "server relays to it until it stops", owner.describe())
+            return
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            async with httpx.AsyncClient(timeout=10.0, trust_env=False) as http:
+                response = await http.post(owner.url + "engines/_handover", headers=headers)
+        except httpx.HTTPError as exc:
+            self.log.warning("Model runner: asking %s for the store failed (%s); this server relays to it until it "
+                             "stops", owner.describe(), exc.__class__.__name__)
+            return
+        if response.status_code == 202:
+            self.log.warning("Model runner: %s hands the store over once its work in progress is done; this server "
+                             "relays to it until then, and runs the engines after", owner.describe())
+        else:
+            self.log.warning("Model runner: %s did not hand the store over (HTTP %d: %s); this server relays to it "
+                             "until it stops", owner.describe(), response.status_code, response.text[:300])
+
+    def _hand_over_when_idle(self) -> None:
+        """An embedded runner asked for its store stops once no work is in progress: its engines stop and its lease
+        is released as the server stops (stop_extension), and the server that asked takes the store."""
+        service = self.service
+        if not service.handing_over or service.active:
+            return
+        self.log.warning("Model runner: handing store %s over to the server that asked for it; stopping",
+                         service.store.root)
+        for watcher in getattr(self, "_watchers", []):
+            watcher.stop()
+        assert self.serverapp is not None
+        self.serverapp.stop()
 
     def _prepare_standby(self) -> None:
         """Start the vLLM standby in the background (the server answers meanwhile)."""

@@ -98,6 +98,9 @@ class ModelRunnerService:
         #: Work in progress (requests, pulls, streams), so idle shutdown and cullers never stop the runner mid-way.
         self.active: dict[int, str] = {}
         self.last_activity = time.time()
+        #: Set when a server that started on this store asked this (embedded) runner for it (`engines/_handover`):
+        #: the extension stops the runner, releasing the lease, as soon as no work is in progress.
+        self.handing_over = False
         self._activity_ids = itertools.count()
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         #: Pulls and pushes in worker threads, at most `max_concurrent_pulls` pulls downloading at once.

@@ -1,8 +1,10 @@
-"""Engine control: status, ps, df, unload, configure and logs — DMR's `engines/...` routes."""
+"""Engine control: status, ps, df, unload, configure and logs — DMR's `engines/...` routes — and the handover of
+an embedded runner's store to a server that starts on it."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
@@ -10,6 +12,10 @@ from tornado.iostream import StreamClosedError
 
 from . import schemas
 from .base import ModelRunnerHandler
+
+log = logging.getLogger(__name__)
+#: Where the extension keeps what this runner is (`jupyter server`, `serve`, `embedded`) in the tornado settings.
+KIND_SETTING = "modelrunner_kind"
 
 
 class EngineStatusHandler(ModelRunnerHandler):
@@ -136,6 +142,36 @@ class EngineLogsHandler(ModelRunnerHandler):
         self._gone = True
 
 
+class EngineHandoverHandler(ModelRunnerHandler):
+    """`POST engines/_handover`: a server that started on this runner's store asks for it.
+
+    Only an embedded runner (the one a CLI command or a kernel started for itself) gives its store away: it finishes
+    the work in progress, stops its engines, releases the lease and exits, and the asking server, which polls the
+    lease, becomes the owner, so the server the user started runs the engines instead of relaying to a background
+    process. Any other runner was started by a user and answers 409, so calling this on a JupyterLab server or a
+    `serve` (a fuzzer, a mistaken user) stops nothing. Never relayed: the answer is this runner's own.
+    """
+
+    relayed = False
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        kind = self.settings.get(KIND_SETTING, "")
+        if kind != "embedded":
+            raise web.HTTPError(409, f"This runner is a {kind or 'runner'} that a user started, so it hands its store "
+                                     "over to nobody; only an embedded runner (started by a CLI command or a kernel) "
+                                     "does. Stop this server to free its store.")
+        if not self.service.owns_store:
+            raise web.HTTPError(409, "This embedded runner does not own its store, so it has nothing to hand over.")
+        if not self.service.handing_over:
+            self.service.handing_over = True
+            log.warning("Model runner: a server started on store %s asked for it; this embedded runner stops once "
+                        "its work in progress is done (%d now) and hands the store over",
+                        self.service.store.root, max(0, len(self.service.active) - 1))
+        self.send_json({"handing_over": True, "in_progress": max(0, len(self.service.active) - 1)}, status=202)
+
+
 default_handlers = [
     (r"engines/status", EngineStatusHandler),
     (r"engines/ps", EnginePsHandler),
@@ -143,4 +179,5 @@ default_handlers = [
     (r"engines/unload", EngineUnloadHandler),
     (r"engines/_configure", EngineConfigureHandler),
     (r"engines/logs", EngineLogsHandler),
+    (r"engines/_handover", EngineHandoverHandler),
 ]

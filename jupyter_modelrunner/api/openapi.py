@@ -108,6 +108,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "engines/unload"): _op("Stop models' engines", DMR, body=UNLOAD),
     ("get", "engines/_configure"): _op("A model's settings", DMR, query=(("model", NAME, True),)),
     ("post", "engines/_configure"): _op("Set a model's context size, runtime flags, keep_alive", DMR, body=CONFIGURE),
+    ("post", "engines/_handover"): {
+        "summary": "Ask an embedded runner to hand its store over to a server starting on it (others: 409)",
+        "tags": [RUNNER], "responses": {
+            "202": _json({"type": "object", "properties": {"handing_over": {"type": "boolean"},
+                                                            "in_progress": {"type": "integer"}}},
+                         "The embedded runner stops once its work in progress is done, releasing the store"),
+            "409": _json({"type": "object"}, "Not an embedded runner (or it does not own its store): nothing stops")}},
     ("get", "engines/logs"): _op("An engine's output", RUNNER, query=(
         ("model", NAME, True), ("lines", {"type": "integer", "minimum": 1, "maximum": 10000}, False),
         ("follow", {"type": "boolean", "const": False}, False)), ok={
