@@ -34,7 +34,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 def rename_model(data: bytes, name: str) -> bytes:
     """Replace the engine's `"model":"model"` by the name the client used (bytes in, bytes out: no re-encoding).
     A plain replace, not a regex: it runs on every streamed event, and the engines write the field compactly
-    (llama-server and vLLM alike), or with one space."""
+    (every engine here does), or with one space."""
     replacement = b'"model":' + json.dumps(name).encode()
     for field in _ENGINE_MODEL_FIELDS:
         if field in data:
