@@ -31,7 +31,7 @@ from .images import (
 )
 from .inference import OWNER, Caller, Inference, InferenceRequest, admitted_body, allowed_lifetime, infer
 from .lease import Owner, StoreLease
-from .scheduling import Scheduler
+from .scheduling import Runner, Scheduler
 from .store import Model, Store
 from .transfers import DEFAULT_MAX_CONCURRENT_PULLS, PROGRESS_BACKLOG, Transfers, TransferWatcher
 
@@ -329,6 +329,15 @@ class ModelRunnerService:
             raise PolicyRefused(f"The inference key {caller.name!r} may not unload models (keep_alive 0 unloads a "
                                 "model for every user); ask with the Jupyter token.")
         return await self.scheduler.unload(names, all=all, engine=engine)
+
+    def runners(self) -> list[Runner]:
+        """The engine processes now (a snapshot: `metrics` reads them while loads come and go)."""
+        return list(self.scheduler.runners.values())
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes of memory the engines may use together."""
+        return self.scheduler.memory_budget
 
     def engine_formats(self) -> dict[str, set[str]]:
         """The engines this runner knows, each with the model formats it runs (`engines/{engine}/v1/models`)."""

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from tornado import web
 
-from ..scheduling import Runner, RunnerState, Scheduler
+from ..scheduling import Runner, RunnerState
 from ..service import ModelRunnerService
 from .base import ModelRunnerHandler
 from .prometheus import EngineMetrics, render
@@ -27,15 +27,15 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 SCRAPE_TIMEOUT = 2.0
 
 
-def runner_families(scheduler: Scheduler) -> list[Metric]:
-    """The runner gauges, read from the scheduler now: an unloaded model leaves no stale series behind."""
+def runner_families(service: ModelRunnerService) -> list[Metric]:
+    """The runner gauges, read from the runner now: an unloaded model leaves no stale series behind."""
     runners = GaugeMetricFamily("modelrunner_runners", "Engine processes by engine, model and state.",
                                 labels=["engine", "model", "state"])
     memory = GaugeMetricFamily("modelrunner_runner_memory_bytes", "Estimated memory of each running engine.",
                                labels=["engine", "model"])
     counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
     sizes: collections.Counter[tuple[str, str]] = collections.Counter()
-    for runner in list(scheduler.runners.values()):  # one model may run in two modes: one series, summed
+    for runner in service.runners():  # one model may run in two modes: one series, summed
         counts[(runner.key.engine, runner.name, runner.state.value)] += 1
         sizes[(runner.key.engine, runner.name)] += runner.memory
     for labels, count in sorted(counts.items()):
@@ -43,7 +43,7 @@ def runner_families(scheduler: Scheduler) -> list[Metric]:
     for labels, size in sorted(sizes.items()):
         memory.add_metric(labels, size)
     budget = GaugeMetricFamily("modelrunner_memory_budget_bytes", "Memory the engines may use together.",
-                               value=scheduler.memory_budget)
+                               value=service.memory_budget)
     return [runners, memory, budget]
 
 
@@ -53,7 +53,7 @@ def own_families(service: ModelRunnerService) -> Iterator[Metric]:
         # modelrunner_start_time_seconds says when counting began: a `_created` series per counter series is noise.
         family.samples = [s for s in family.samples if not s.name.endswith("_created")]
         yield family
-    yield from runner_families(service.scheduler)
+    yield from runner_families(service)
 
 
 async def scrape(runner: Runner) -> tuple[dict[str, str], str] | None:
@@ -116,7 +116,7 @@ class MetricsHandler(ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        runners = [r for r in self.service.scheduler.runners.values() if r.state == RunnerState.READY]
+        runners = [r for r in self.service.runners() if r.state == RunnerState.READY]
         started = time.perf_counter()
         scraped = [s for s in await asyncio.gather(*(scrape(r) for r in runners)) if s is not None]
         # Parsing and rendering are pure Python, ~10 ms for a vLLM's 40 KB: off the notebook server's event loop.
