@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ from jupyter_modelrunner.lease import read_owner
 from .conftest import TEST_API_KEY, server_env
 from .support.jupyter import ServerProcess
 from .support.runners import stop_store_owner
+from .support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 #: No test here pulls: the runners only need a registry name, never an answer from it.
@@ -33,15 +33,6 @@ NO_REGISTRY = "127.0.0.1:9"
 OTHER_VERSION = "0.0.0+another"
 
 
-def wait_for(condition, timeout: float = 90.0, interval: float = 0.1):
-    """Poll `condition` until it returns something truthy; fail naming it if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {condition.__name__}")
 
 
 def running(pid: int) -> bool:

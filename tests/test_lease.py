@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
@@ -22,19 +21,11 @@ from jupyter_modelrunner.lease import StoreLease, lease_is_held, read_owner
 
 from .conftest import server_env
 from .support.jupyter import ServerProcess
+from .support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def wait_for(condition, timeout: float = 60.0, interval: float = 0.1):
-    """Poll `condition` until it returns something truthy; fail with a message if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {condition.__name__}")
 
 
 def engine_processes(store: Path) -> list[int]:

@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -29,6 +28,7 @@ from jupyter_modelrunner.store import Store
 from ..conftest import SESSION_MARKER, server_env
 from ..support.jupyter import ServerProcess
 from ..support.runners import stop_store_owner
+from ..support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 #: What `serve --api-key` accepts in these tests (the owner does not know it: only the relaying server does).
@@ -51,15 +51,6 @@ TRAVERSALS = [
 ]
 
 
-def wait_for(condition, timeout: float = 60.0, interval: float = 0.1):
-    """Poll `condition` until it returns something truthy (the timeout only bounds a failure)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {condition.__name__}")
 
 
 def raw_get(server: ServerProcess, path: str, headers: dict[str, str]) -> tuple[int, str]:
