@@ -237,7 +237,7 @@ def standalone(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess
 
 ENGINE_MARKERS = ("jupyter_modelrunner.engines.llamacpp.python_server", "llama-server", "vllm.entrypoints",
                   "engines/vllm/standby.py", "VLLM::")
-EMBEDDED_RUNNER_MARKER = " --embedded --idle-timeout "  # client._start_embedded's argv
+EMBEDDED_RUNNER_MARKER = " --embedded --idle-timeout "  # discovery._start_embedded's argv
 # Every process this session starts inherits this variable (engines included: they drop only MODEL_RUNNER_*
 # and JPY_*), so the check below judges this session's engines, not those of another run on the machine.
 SESSION_MARKER = f"PYTEST_MODELRUNNER_SESSION={os.getpid()}-{os.urandom(4).hex()}"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_modelrunner import client as client_module
+from jupyter_modelrunner import discovery
 from jupyter_modelrunner.client import RunnerClient, RunnerLocation, locate
 from jupyter_modelrunner.errors import ModelNotFound, ModelRunnerError, RunnerUnreachable
 from jupyter_modelrunner.lease import read_owner
@@ -45,14 +46,14 @@ def embedded(runtime_dir, registry, seeded, tmp_path, monkeypatch) -> Iterator[P
     monkeypatch.setenv("MODEL_RUNNER_STORE", str(store))
     monkeypatch.setenv("MODEL_RUNNER_DEFAULT_REGISTRY", registry.host)
     started: list[int] = []
-    real_start = client_module._start_embedded
+    real_start = discovery._start_embedded
 
     def tracking(root, registry_host, tried):
         location = real_start(root, registry_host, tried)
         started.append(read_owner(root).pid)
         return location
 
-    monkeypatch.setattr(client_module, "_start_embedded", tracking)
+    monkeypatch.setattr(discovery, "_start_embedded", tracking)
     yield store
     for pid in started:
         with contextlib.suppress(ProcessLookupError):

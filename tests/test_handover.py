@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jupyter_modelrunner import client as client_module
+from jupyter_modelrunner import discovery
 from jupyter_modelrunner._version import __version__
 from jupyter_modelrunner.lease import read_owner
 
@@ -111,7 +111,7 @@ def client_env(store_env, monkeypatch):
     for name, value in env.items():
         if name.startswith(("MODEL_RUNNER_", "JUPYTER_")) or name == "HOME":
             monkeypatch.setenv(name, value)
-    monkeypatch.setattr(client_module, "__version__", OTHER_VERSION)
+    monkeypatch.setattr(discovery, "__version__", OTHER_VERSION)
     return store, env
 
 
@@ -120,12 +120,12 @@ def test_an_embedded_runner_of_another_version_is_replaced(client_env, caplog):
     cli("ls", env=env)
     old = read_owner(store)
     assert old is not None and old.kind == "embedded"
-    with caplog.at_level(logging.WARNING, logger=client_module.__name__):
+    with caplog.at_level(logging.WARNING, logger=discovery.__name__):
         # A verb that must start nothing uses it as it is, saying so.
-        kept = client_module.locate(start=False, store=store)
+        kept = discovery.locate(start=False, store=store)
         assert read_owner(store).pid == old.pid and running(old.pid)
         assert __version__ in kept.source and OTHER_VERSION in kept.source
-        location = client_module.locate(store=store)
+        location = discovery.locate(store=store)
     new = read_owner(store)
     assert new is not None and new.pid != old.pid and new.kind == "embedded"
     assert not running(old.pid)
@@ -139,8 +139,8 @@ def test_an_embedded_runner_of_another_version_is_replaced(client_env, caplog):
 def test_a_server_a_user_started_of_another_version_is_used_and_both_versions_named(client_env, tmp_path, caplog):
     store, env = client_env
     with ServerProcess.standalone(tmp_path, env) as serve:
-        with caplog.at_level(logging.WARNING, logger=client_module.__name__):
-            location = client_module.locate(store=store)
+        with caplog.at_level(logging.WARNING, logger=discovery.__name__):
+            location = discovery.locate(store=store)
         assert location.url == serve.url
         assert f"jupyter-modelrunner {__version__}; this client is {OTHER_VERSION}" in location.source
         warning = " ".join(r.getMessage() for r in caplog.records)
