@@ -48,6 +48,7 @@ from ..base import (
     tool_choice_of,
 )
 from ..hardware import Hardware
+from .answers import with_neutral_fields
 from .flags import (
     BUDGET_FLAG,
     CONTEXT_FLAGS,
@@ -365,7 +366,7 @@ class LlamaServer(Engine):
         on the last chunks only, so every other event passes untouched."""
         if b'"__verbose"' not in data and b'"timings"' not in data:
             return data
-        return rewrite_objects(data, _with_neutral_fields)
+        return rewrite_objects(data, with_neutral_fields)
 
     def image_refusal(self, model: Model, name: str) -> str | None:
         """llama.cpp sees images through the artifact's multimodal projector, loaded by llama-server (`--mmproj`).
@@ -418,26 +419,6 @@ class LlamaServer(Engine):
 
 #: A Jinja template that reads the request's tools (`{% if tools %}`, `tools | tojson`, …) can render a tool call.
 _TEMPLATE_TOOLS = re.compile(r"\btools\b")
-
-
-def _with_neutral_fields(answer: dict[str, Any]) -> bool:
-    """Add `matched_stop` and `generation_stats` to one llama-server answer or chunk from its own fields."""
-    changed = False
-    verbose = answer.get("__verbose")
-    if isinstance(verbose, dict) and verbose.get("stop_type") == "word" and verbose.get("stopping_word"):
-        for choice in answer.get("choices") or []:
-            if isinstance(choice, dict):
-                choice["matched_stop"] = str(verbose["stopping_word"])
-                changed = True
-    timings = answer.get("timings")
-    if isinstance(timings, dict) and all(isinstance(timings.get(key), int | float)
-                                         for key in ("prompt_ms", "predicted_ms")):
-        answer["generation_stats"] = {
-            "prompt_tokens": int(timings.get("prompt_n") or 0), "prompt_seconds": timings["prompt_ms"] / 1000,
-            "completion_tokens": int(timings.get("predicted_n") or 0),
-            "generation_seconds": timings["predicted_ms"] / 1000}
-        changed = True
-    return changed
 
 
 def _implementation(launch: Launch | None) -> str | None:
