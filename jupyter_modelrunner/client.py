@@ -15,8 +15,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .discovery import ENV_HOST, ENV_REGISTRY, ENV_TOKEN, RunnerLocation, _answers, _normalize, locate
-from .errors import ModelNotFound, ModelRunnerError, RunnerUnreachable
+from .discovery import (
+    ENV_HOST,
+    ENV_REGISTRY,
+    ENV_TOKEN,
+    RunnerLocation,
+    _answers,
+    _normalize,
+    after_handover,
+    locate,
+)
+from .errors import HandingOver, ModelNotFound, ModelRunnerError, RunnerUnreachable
 
 __all__ = ["ENV_HOST", "ENV_REGISTRY", "ENV_TOKEN", "ChatStream", "RunnerClient", "RunnerLocation", "api_key",
            "base_url", "connect", "host", "locate", "runner"]
@@ -161,16 +170,35 @@ class RunnerClient:
 
     def __init__(self, url: str | None = None, token: str | None = None, *, location: RunnerLocation | None = None,
                  timeout: float = 30.0) -> None:
-        import httpx
-
         if location is None:
             location = RunnerLocation(_normalize(url), token or "", "given") if url else locate(start=False)
+        self._timeout = timeout
+        self._bind(location, location.token if token is None else token)
+
+    def _bind(self, location: RunnerLocation, token: str) -> None:
+        import httpx
+
         self.location = location
         self.url = location.url
-        self.token = location.token if token is None else token
+        self.token = token
         headers = {"Authorization": f"token {self.token}"} if self.token and self.token != "none" else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, trust_env=False)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=self._timeout, trust_env=False)
         self._openai: dict[str | None, Any] = {}
+
+    def _moved(self, status: int | None, headers: Any) -> bool:
+        """Whether the runner refused the request because it is handing its store over (`HandingOver`'s 503): then
+        this client follows the store to its new owner (`discovery.after_handover`), and the caller retries once."""
+        if status != 503 or headers is None or not headers.get(HandingOver.header):
+            return False
+        try:
+            retry_after = float(headers.get("retry-after") or 1)
+        except ValueError:
+            retry_after = 1.0
+        old = self._http
+        location = after_handover(self.location, retry_after)
+        self._bind(location, location.token if location.store is not None else self.token)  # a new owner, its token
+        old.close()
+        return True
 
     def __repr__(self) -> str:
         return f"RunnerClient({self.url!r}, found via {self.location.source})"
@@ -294,12 +322,17 @@ class RunnerClient:
              temperature: float | None = None, max_tokens: int | None = None, **options: Any) -> ChatStream:
         """Start a streamed chat completion; iterate the result for text as it arrives."""
         extra = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None}
-        try:
-            raw = self.openai(engine).chat.completions.with_raw_response.create(
-                model=model, messages=list(messages), stream=True, **extra, **options)
-        except Exception as exc:
-            raise _openai_error(exc) from exc
-        return ChatStream(raw)
+        for attempt in range(2):
+            try:
+                raw = self.openai(engine).chat.completions.with_raw_response.create(
+                    model=model, messages=list(messages), stream=True, **extra, **options)
+            except Exception as exc:
+                response = getattr(exc, "response", None)
+                if attempt == 0 and self._moved(getattr(exc, "status_code", None), getattr(response, "headers", None)):
+                    continue
+                raise _openai_error(exc) from exc
+            return ChatStream(raw)
+        raise AssertionError("unreachable")
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -324,6 +357,8 @@ class RunnerClient:
     def _send(self, method: str, path: str, *, json_body: dict[str, Any] | None = None,
               params: dict[str, str] | None = None, text: bool = False, **options: Any) -> Any:
         response = self._request(method, path, json=json_body, params=params, **options)
+        if self._moved(response.status_code, response.headers):
+            response = self._request(method, path, json=json_body, params=params, **options)
         self._raise_for_status(response.status_code, response.content)
         if text:
             return response.text
@@ -349,18 +384,23 @@ class RunnerClient:
         import httpx
 
         try:
-            with self._http.stream("POST", path, json=body, timeout=httpx.Timeout(30.0, read=None)) as response:
-                if response.status_code >= 400:
-                    self._raise_for_status(response.status_code, response.read())
-                for line in response.iter_lines():
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    if event.get("type") == "error":
-                        error = ModelRunnerError(str(event.get("message") or "the transfer failed"))
-                        error.http_status = int(event.get("status") or 500)
-                        raise error
-                    yield event
+            for attempt in range(2):
+                with self._http.stream("POST", path, json=body, timeout=httpx.Timeout(30.0, read=None)) as response:
+                    if response.status_code >= 400:
+                        content = response.read()
+                        if attempt == 0 and self._moved(response.status_code, response.headers):
+                            continue
+                        self._raise_for_status(response.status_code, content)
+                    for line in response.iter_lines():
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        if event.get("type") == "error":
+                            error = ModelRunnerError(str(event.get("message") or "the transfer failed"))
+                            error.http_status = int(event.get("status") or 500)
+                            raise error
+                        yield event
+                    return
         except httpx.TransportError as exc:
             raise RunnerUnreachable(f"The model runner at {self.url} stopped answering during the transfer "
                                     f"({exc.__class__.__name__}); run it again to resume.") from exc

@@ -58,6 +58,8 @@ class RunnerLocation:
     token: str = ""
     source: str = ""
     tried: tuple[str, ...] = field(default=(), compare=False)
+    #: The store whose owner this is (found through its lease), so a client can follow the store to a new owner.
+    store: Path | None = field(default=None, compare=False)
 
     @property
     def base_url(self) -> str:
@@ -135,7 +137,7 @@ def locate(*, start: bool = True, store: Path | str | None = None, registry: str
         source = f"the owner of the store {root}: {owner.describe()}"
         if owner.version != __version__:
             source += f" (jupyter-modelrunner {owner.version or 'of an older version'}; this client is {__version__})"
-        return RunnerLocation(_normalize(owner.url), owner.token, source, tuple(tried))
+        return RunnerLocation(_normalize(owner.url), owner.token, source, tuple(tried), root)
     tried.append(f"the owner of the store {root} (none is running)")
     if not start:
         raise RunnerUnreachable(_unreachable_message(tried))
@@ -192,6 +194,28 @@ def _ask_to_hand_over(owner: Owner) -> bool:
     return response.status_code == 202
 
 
+def after_handover(location: RunnerLocation, retry_after: float) -> RunnerLocation:
+    """Where to retry a request that the runner at `location` refused because it is handing its store over
+    (`errors.HandingOver`, a 503): the store's new owner once the old one has gone, found through the store's lease
+    as `locate` finds it. A location that did not come from a store (`$MODEL_RUNNER_HOST`, the parent Jupyter server,
+    `connect`) is never second-guessed: the retry goes to it again after `retry_after` seconds (a server relaying to
+    the old owner owns the store by then, or answers the 503 again)."""
+    log.info("The model runner at %s is handing its store over to a newer one; the request is retried at the new "
+             "owner once it runs the store", location.url)
+    if location.store is None:
+        time.sleep(max(0.0, min(retry_after, HANDOVER_TIMEOUT)))
+        return location
+    deadline = time.monotonic() + HANDOVER_TIMEOUT
+    while time.monotonic() < deadline:
+        owner = read_owner(location.store)
+        if owner is not None and owner.url and _normalize(owner.url) != location.url:
+            return RunnerLocation(_normalize(owner.url), owner.token, f"the owner of the store {location.store}, "
+                                  f"after a handover: {owner.describe()}", (), location.store)
+        time.sleep(0.1)
+    # Nobody took the store in time (the server that asked for it stopped?): find or start one as usual.
+    return locate(store=location.store)
+
+
 def _unreachable_message(tried: Sequence[str]) -> str:
     lines = "\n".join(f"  - {item}" for item in tried)
     return (f"No model runner could be reached. Tried:\n{lines}\nStart JupyterLab (the extension serves it) or "
@@ -212,7 +236,7 @@ def _start_embedded(store: Path, registry: str, tried: list[str]) -> RunnerLocat
         owner = read_owner(store)  # another process may have started one while we waited for the lock
         if owner is not None:
             return RunnerLocation(_normalize(owner.url), owner.token, f"the owner of the store {store}: "
-                                  f"{owner.describe()}", tuple(tried))
+                                  f"{owner.describe()}", tuple(tried), store)
         argv = [sys.executable, "-m", "jupyter_modelrunner", "--store", str(store)]
         if registry:
             argv += ["--registry", registry]
@@ -235,7 +259,7 @@ def _start_embedded(store: Path, registry: str, tried: list[str]) -> RunnerLocat
             owner = read_owner(store)
             if owner is not None and owner.pid == process.pid:
                 return RunnerLocation(_normalize(owner.url), owner.token, f"an embedded runner started now (pid "
-                                      f"{process.pid}, store {store}; log {log_path})", tuple(tried))
+                                      f"{process.pid}, store {store}; log {log_path})", tuple(tried), store)
             time.sleep(0.05)
         process.terminate()
         tried.append(f"starting an embedded runner: not ready within {EMBEDDED_START_TIMEOUT:.0f} s (log {log_path})")

@@ -107,6 +107,21 @@ class Overloaded(ModelRunnerError):
         self.retry_after = retry_after
 
 
+class HandingOver(ModelRunnerError):
+    """This (embedded) runner is handing its store over to a server that started on it: it finishes the work in
+    flight and takes no new work, so nothing new runs on a runner about to unload. The client retries once at the
+    new owner (`discovery.after_handover`); `retry_after` is a hint for clients that cannot look for it."""
+
+    http_status = 503
+    #: The response header that tells this 503 from an overloaded runner's.
+    header = "X-Model-Runner-Handing-Over"
+
+    def __init__(self, retry_after: int = 2) -> None:
+        super().__init__("This model runner is handing the store over to a newer one (the server that just started "
+                         "on it) and takes no new work; retry, and the new owner answers.")
+        self.retry_after = retry_after
+
+
 class TarLayerTooLarge(ArtifactTooLarge):
     """A tar layer that would unpack to far more than its own size (a gzip or sparse-file bomb); refused before the
     entry that crosses the cap is written."""

@@ -2,14 +2,15 @@
 
 The relay passes complete events on as bytes (`split_complete`), the dialect translators read the JSON objects of
 those events (`sse_data`), and clients of an engine stream (benchmarks, tests, the scheduler's probes) iterate the
-objects of a live stream (`sse_events`). All three cut the stream at the same place: a blank line.
+objects of a live stream (`sse_events`). All three cut the stream at the same place: a blank line. The engines
+rename their own fields in an answer, whole or streamed, with `rewrite_objects`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 DONE = b"[DONE]"
@@ -33,6 +34,36 @@ def sse_data(events: bytes) -> Iterator[dict[str, Any]]:
             if data and data != DONE:
                 with contextlib.suppress(ValueError):
                     yield json.loads(data)
+
+
+def rewrite_objects(data: bytes, rewrite: Callable[[dict[str, Any]], bool]) -> bytes:
+    """An engine's answer (a whole JSON body, or complete server-sent events) with `rewrite` applied to each of its
+    JSON objects; `rewrite` changes the object in place and says whether it did. Objects it leaves alone keep their
+    bytes, so a caller that checks for its field's bytes first costs the relay nothing on the other events."""
+    if data.lstrip()[:1] == b"{":
+        try:
+            whole = json.loads(data)
+        except ValueError:
+            return data
+        return _dumps(whole) if isinstance(whole, dict) and rewrite(whole) else data
+    lines = data.split(b"\n")
+    changed = False
+    for index, line in enumerate(lines):
+        payload = line[5:].strip() if line.startswith(b"data:") else b""
+        if not payload.startswith(b"{"):
+            continue
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and rewrite(event):
+            lines[index] = b"data: " + _dumps(event) + (b"\r" if line.endswith(b"\r") else b"")
+            changed = True
+    return b"\n".join(lines) if changed else data
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:

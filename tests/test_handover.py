@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,11 @@ import pytest
 
 from jupyter_modelrunner import discovery
 from jupyter_modelrunner._version import __version__
+from jupyter_modelrunner.client import RunnerClient
+from jupyter_modelrunner.distribution import package_gguf
 from jupyter_modelrunner.lease import read_owner
+from jupyter_modelrunner.reference import parse_reference
+from jupyter_modelrunner.store import Store
 
 from .conftest import TEST_API_KEY, server_env
 from .support.jupyter import ServerProcess
@@ -84,6 +89,67 @@ def test_a_serve_started_after_a_cli_command_takes_the_store_from_the_embedded_r
         # The next command finds serve as the store's owner and starts no runner.
         assert cli("ls", env=env).returncode == 0
         assert read_owner(store).pid == serve.process.pid
+
+
+def test_work_arriving_during_the_handover_gets_a_503_or_the_new_owner_never_the_old_runner(
+        store_env, tmp_path, tiny_gguf, monkeypatch, caplog):
+    """While the embedded runner finishes what is in flight (here a `logs --follow` stream it must not cut), every new
+    request to it, inference or management, is a 503 that says why, with Retry-After, and loads nothing; a client
+    that meets that 503 finds the new owner and retries there once. Nothing is lost and nothing is answered by the
+    old runner once it is handing over."""
+    store, env = store_env
+    package_gguf(Store(store, registry=NO_REGISTRY), tiny_gguf, parse_reference(f"{NO_REGISTRY}/ai/tiny"))
+    for name in ("MODEL_RUNNER_HOST", "MODEL_RUNNER_TOKEN", "JPY_PARENT_PID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if name.startswith(("MODEL_RUNNER_", "JUPYTER_")) or name == "HOME":
+            monkeypatch.setenv(name, value)
+    cli("ls", env=env)
+    embedded = read_owner(store)
+    assert embedded is not None and embedded.kind == "embedded"
+    old = discovery.locate(start=False, store=store)
+    assert old.url == discovery._normalize(embedded.url)
+    old_http = httpx.Client(base_url=old.url, headers={"Authorization": f"token {old.token}"}, trust_env=False,
+                            timeout=60)
+    with old_http, old_http.stream("GET", "engines/logs", params={"model": "ai/tiny", "follow": "true"}) as follow, \
+            caplog.at_level(logging.INFO, logger=discovery.__name__):
+        assert follow.status_code == 200  # admitted before the handover: it keeps the embedded runner busy
+        with ServerProcess.standalone(tmp_path, env) as serve:
+
+            def embedded_refuses_new_work():
+                answer = old_http.get("models")
+                return answer if answer.status_code == 503 else None
+
+            refused = wait_for(embedded_refuses_new_work)
+            assert "handing the store over" in refused.json()["message"] and "retry" in refused.json()["message"]
+            assert int(refused.headers["Retry-After"]) >= 1
+            chat = old_http.post("engines/v1/chat/completions", json={
+                "model": "ai/tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]})
+            unload = old_http.post("engines/unload", json={"all": True})
+            assert (chat.status_code, unload.status_code) == (503, 503)
+            assert "handing the store over" in chat.json()["error"]["message"]
+            assert running(embedded.pid) and read_owner(store).pid == embedded.pid  # still finishing its stream
+
+            # A client of the old runner meets the 503, waits for the new owner, and retries there once.
+            client = RunnerClient(location=old)
+            answered: dict[str, object] = {}
+            worker = threading.Thread(target=lambda: answered.update(models=client.models()))
+            worker.start()
+
+            def client_met_the_handover():
+                return any("handing its store over" in r.getMessage() for r in caplog.records)
+
+            wait_for(client_met_the_handover)
+            assert worker.is_alive() and running(embedded.pid)
+            follow.close()  # the work in flight ends: the embedded runner finishes and goes
+            worker.join(timeout=120)
+            assert not worker.is_alive()
+            assert [m["tags"] for m in answered["models"]] == [["ai/tiny:latest"]]
+            assert client.url == serve.url
+            assert read_owner(store).pid == serve.process.pid
+            wait_for(lambda: not running(embedded.pid))  # its lease is released as it stops, before it exits
+            assert client.status()["owner"] == "this runner"
+            assert client.ps() == []  # the chat sent during the handover loaded nothing anywhere
 
 
 def test_the_handover_route_on_a_runner_a_user_started_is_a_409_and_stops_nothing(store_env, tmp_path):

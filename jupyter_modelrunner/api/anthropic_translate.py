@@ -8,9 +8,8 @@ requests raise `ValueError` with the sentence to send back as an `invalid_reques
 
 What an OpenAI answer cannot say directly:
 
-- Which stop sequence ended the answer. vLLM names it in the choice's `stop_reason`; llama-server only in the
-  debugging block it adds when asked with `"verbose": true` (`__verbose.stopping_word`). Both are read; without
-  either, a stop is an `end_turn`.
+- Which stop sequence ended the answer: each engine names it on the choice as the runner's `matched_stop` (see
+  `engines.base.Engine`; the handler asks for it with `wants_matched_stop`). Without it, a stop is an `end_turn`.
 - Input tokens at the start of a stream: OpenAI reports usage in the last chunk, so `message_start` says 0 and
   `message_delta` carries the real `input_tokens` (the SDK's accumulator takes it from there).
 """
@@ -302,7 +301,7 @@ def message_from_openai(model: str, completion: dict[str, Any], *, message_id: s
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": tool_use_id(call.get("id")), "name": function.get("name") or "",
                         "input": parse_arguments(function.get("name") or "", function.get("arguments"))})
-    stop_reason, stop_sequence = _stop(choice.get("finish_reason"), _matched_stop(completion, choice))
+    stop_reason, stop_sequence = _stop(choice.get("finish_reason"), _matched_stop(choice))
     if any(block["type"] == "tool_use" for block in content) and stop_reason == "end_turn":
         stop_reason = "tool_use"
     usage = completion.get("usage") or {}
@@ -323,20 +322,15 @@ def tool_use_id(engine_id: Any) -> str:
 
 
 def _reasoning(message_or_delta: dict[str, Any]) -> str:
-    """The engine's reasoning text: llama-server's `reasoning_content`, or `reasoning` as newer vLLM names it."""
-    value = message_or_delta.get("reasoning_content") or message_or_delta.get("reasoning")
+    """The model's thinking, as every engine names it for the runner (`reasoning_content`)."""
+    value = message_or_delta.get("reasoning_content")
     return value if isinstance(value, str) else ""
 
 
-def _matched_stop(completion: dict[str, Any], choice: dict[str, Any]) -> str | None:
-    """The stop sequence that ended the answer, when the engine says: vLLM's `stop_reason` (a string; a number is
-    a stop token), or llama-server's `__verbose.stopping_word` (sent when the request asked for `verbose`)."""
-    if isinstance(choice.get("stop_reason"), str) and choice["stop_reason"]:
-        return choice["stop_reason"]
-    verbose = completion.get("__verbose")
-    if isinstance(verbose, dict) and verbose.get("stop_type") == "word" and verbose.get("stopping_word"):
-        return str(verbose["stopping_word"])
-    return None
+def _matched_stop(choice: dict[str, Any]) -> str | None:
+    """The stop sequence that ended the choice, when the engine says (`matched_stop`)."""
+    matched = choice.get("matched_stop")
+    return matched if isinstance(matched, str) and matched else None
 
 
 def _stop(finish_reason: Any, matched: str | None) -> tuple[str, str | None]:
@@ -380,10 +374,9 @@ class MessageStream:
             raise ValueError(str(error.get("message", error) if isinstance(error, dict) else error))
         self._usage = chunk.get("usage") or self._usage
         events: list[dict[str, Any]] = []
-        self._matched = self._matched or _matched_stop(chunk, {})  # llama-server's `__verbose`, on one chunk
         for choice in chunk.get("choices") or []:
             self._finish_reason = choice.get("finish_reason") or self._finish_reason
-            self._matched = self._matched or _matched_stop(chunk, choice)  # vLLM's `stop_reason`, on the last
+            self._matched = self._matched or _matched_stop(choice)  # on the last chunks
             delta = choice.get("delta") or {}
             reasoning = _reasoning(delta)
             if reasoning:

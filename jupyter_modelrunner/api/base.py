@@ -19,7 +19,7 @@ from jupyter_server.auth.utils import HTTP_METHOD_TO_AUTH_ACTION
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..errors import ModelRunnerError, Overloaded
+from ..errors import HandingOver, ModelRunnerError, Overloaded
 from ..inference import Caller, Inference
 from ..keys import SCOPE_INFERENCE, SCOPE_MANAGE, relay_scope
 from ..service import ModelRunnerService
@@ -155,6 +155,9 @@ class ModelRunnerHandler(APIHandler):
     api_scope = SCOPE_MANAGE
     #: Whether a server that does not own the store asks the owner (False: the answer is this server's own).
     relayed = True
+    #: Whether the route still answers while this runner hands its store over (see `HandingOver`): only those that
+    #: start no work (its status, the handover itself) do.
+    answers_while_handing_over = False
     #: The key this request authenticated with (None: the Jupyter token, a cookie, ...) and what it may reach:
     #: SCOPE_INFERENCE for an inference key, a relay key's scope for a server relaying to this one (None: anything).
     key_name: str | None = None
@@ -186,7 +189,7 @@ class ModelRunnerHandler(APIHandler):
             await self._authenticate()
             self._limit_body()
             await self._admit()
-        except web.HTTPError as exc:
+        except (web.HTTPError, HandingOver) as exc:
             self._dropping_body = True
             if isinstance(exc, _Unauthenticated) and not self._small_announced_body():
                 self.send_error(exc.status_code, exc_info=(type(exc), exc, None))
@@ -239,6 +242,8 @@ class ModelRunnerHandler(APIHandler):
         if owner is None or self._finished:
             if not self._track_activity:  # a Prometheus scrape is not work that keeps a runner up
                 return
+            if self.service.handing_over and not self.answers_while_handing_over:
+                raise HandingOver()
             # Work in progress until the answer is complete; a handler dropped without finishing (its client
             # vanished) ends it when collected, so no stale entry keeps an idle runner alive.
             key = self.service.begin_activity(f"{self.request.method} {self.request.path}")
@@ -351,8 +356,10 @@ class ModelRunnerHandler(APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs["exc_info"][1] if kwargs.get("exc_info") else None
         status, message = error_status(exc, status_code)
-        if isinstance(exc, Overloaded):
+        if isinstance(exc, Overloaded | HandingOver):
             self.set_header("Retry-After", str(exc.retry_after))
+        if isinstance(exc, HandingOver):
+            self.set_header(HandingOver.header, "true")
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="model runner"')
         if status != status_code:

@@ -21,6 +21,8 @@ KIND_SETTING = "modelrunner_kind"
 class EngineStatusHandler(ModelRunnerHandler):
     """`GET engines/status`: which engines can run here, on which device, and why or why not."""
 
+    answers_while_handing_over = True  # a read: clients and servers probe it to find who runs the store
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -146,13 +148,15 @@ class EngineHandoverHandler(ModelRunnerHandler):
     """`POST engines/_handover`: a server that started on this runner's store asks for it.
 
     Only an embedded runner (the one a CLI command or a kernel started for itself) gives its store away: it finishes
-    the work in progress, stops its engines, releases the lease and exits, and the asking server, which polls the
-    lease, becomes the owner, so the server the user started runs the engines instead of relaying to a background
-    process. Any other runner was started by a user and answers 409, so calling this on a JupyterLab server or a
-    `serve` (a fuzzer, a mistaken user) stops nothing. Never relayed: the answer is this runner's own.
+    the work in progress (new work meanwhile is a 503, `HandingOver`, which clients retry at the new owner), stops
+    its engines, releases the lease and exits, and the asking server, which polls the lease, becomes the owner, so
+    the server the user started runs the engines instead of relaying to a background process. Any other runner was
+    started by a user and answers 409, so calling this on a JupyterLab server or a `serve` (a fuzzer, a mistaken
+    user) stops nothing. Never relayed: the answer is this runner's own.
     """
 
     relayed = False
+    answers_while_handing_over = True  # asked again (the server polls, a client retries): the same 202
 
     @web.authenticated
     @authorized

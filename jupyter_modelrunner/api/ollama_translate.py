@@ -239,20 +239,20 @@ class OllamaStream:
     """Turns an engine's OpenAI stream (parsed SSE `data:` objects) into Ollama's NDJSON objects.
 
     Durations come from our clock (prompt evaluation until the first token, generation after it) unless a chunk
-    carries llama.cpp's `timings`. `clock` is injectable for tests.
+    carries the engine's own measurements (`generation_stats`). `clock` is injectable for tests.
     """
 
     def __init__(self, model: str, kind: Kind, started: float, *, clock: Callable[[], float] = time.monotonic):
         self.model, self.kind, self.started, self._clock = model, kind, started, clock
         self._first_token: float | None = None
         self._finish_reason: str | None = None
-        self._usage, self._timings, self._pieces = {}, {}, 0
+        self._usage, self._stats, self._pieces = {}, {}, 0
         self._tool_calls: dict[int, dict[str, str]] = {}
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """The Ollama objects to send for one chunk: one per non-empty text delta, none for role/usage chunks."""
         self._usage = chunk.get("usage") or self._usage
-        self._timings = chunk.get("timings") or self._timings
+        self._stats = chunk.get("generation_stats") or self._stats
         out = []
         for choice in chunk.get("choices") or []:
             self._finish_reason = choice.get("finish_reason") or self._finish_reason
@@ -283,7 +283,7 @@ class OllamaStream:
         if self.kind == "chat" and self._tool_calls:
             calls = [_tool_call(c["name"], c["arguments"]) for _, c in sorted(self._tool_calls.items())]
             final["message"]["tool_calls"] = calls
-        final.update(_final_fields(self.kind, self._finish_reason, self._usage, self._timings, self.started,
+        final.update(_final_fields(self.kind, self._finish_reason, self._usage, self._stats, self.started,
                                    self._first_token, self._clock(), self._pieces))
         return final
 
@@ -295,7 +295,7 @@ class OllamaStream:
 def chat_response_to_ollama(model: str, response: dict[str, Any], started: float, kind: Kind, *,
                             clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """A whole OpenAI (chat or text) completion as Ollama's `"stream": false` object. With no first-token time,
-    the whole request counts as generation unless llama.cpp's `timings` say better."""
+    the whole request counts as generation unless the engine's `generation_stats` say better."""
     choice = (response.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     obj = _ollama_object(model, kind, (choice.get("text") if "text" in choice else message.get("content")) or "",
@@ -305,7 +305,7 @@ def chat_response_to_ollama(model: str, response: dict[str, Any], started: float
     if kind == "chat" and calls:
         obj["message"]["tool_calls"] = calls
     obj.update(_final_fields(kind, choice.get("finish_reason"), response.get("usage") or {},
-                             response.get("timings") or {}, started, started, clock(), 0))
+                             response.get("generation_stats") or {}, started, started, clock(), 0))
     return obj
 
 
@@ -323,29 +323,28 @@ def _ollama_object(model: str, kind: Kind, text: str, thinking: str | None = Non
 
 
 def _reasoning(message: dict[str, Any]) -> str | None:
-    """The thinking in an OpenAI message or delta: `reasoning_content` (llama-server, and the runner's name for it)
-    or `reasoning` (vLLM's own)."""
-    text = message.get("reasoning_content") or message.get("reasoning")
+    """The thinking in an OpenAI message or delta, as every engine names it for the runner (`reasoning_content`)."""
+    text = message.get("reasoning_content")
     return text if isinstance(text, str) and text else None
 
 
-def _final_fields(kind: Kind, finish_reason: str | None, usage: dict[str, Any], timings: dict[str, Any],
+def _final_fields(kind: Kind, finish_reason: str | None, usage: dict[str, Any], stats: dict[str, Any],
                   started: float, first_token: float | None, now: float, pieces: int) -> dict[str, Any]:
     """Ollama's closing statistics. Durations are whole nanoseconds and at least 1, so clients that divide
     counts by durations (tokens per second) never divide by zero. Without usage, each streamed piece counts
     as one token, which is what llama.cpp and vLLM stream."""
     first = now if first_token is None else first_token
     prompt_s, eval_s = first - started, now - first
-    if timings.get("prompt_ms") is not None and timings.get("predicted_ms") is not None:
-        prompt_s, eval_s = timings["prompt_ms"] / 1000, timings["predicted_ms"] / 1000
+    if stats.get("prompt_seconds") is not None and stats.get("generation_seconds") is not None:
+        prompt_s, eval_s = stats["prompt_seconds"], stats["generation_seconds"]
     return {
         "done": True,
         "done_reason": "length" if finish_reason == "length" else "stop",  # "tool_calls" is "stop" in Ollama
         "total_duration": _ns(now - started),
         "load_duration": 0,
-        "prompt_eval_count": int(usage.get("prompt_tokens") or timings.get("prompt_n") or 0),
+        "prompt_eval_count": int(usage.get("prompt_tokens") or stats.get("prompt_tokens") or 0),
         "prompt_eval_duration": _ns(prompt_s),
-        "eval_count": int(usage.get("completion_tokens") or timings.get("predicted_n") or pieces),
+        "eval_count": int(usage.get("completion_tokens") or stats.get("completion_tokens") or pieces),
         "eval_duration": _ns(eval_s),
         **({"context": []} if kind == "generate" else {}),  # no token context to offer back
     }

@@ -52,7 +52,7 @@ class RelayingHandler(Protocol):
 #: Where the mount prefix of the routes (`{base_url}modelrunner/`) is kept in the tornado settings.
 PREFIX_SETTING = "modelrunner_prefix"
 _REQUEST_HEADERS = ("content-type", "accept")
-_RESPONSE_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
+_RESPONSE_HEADERS = ("content-type", "cache-control", "x-accel-buffering", "retry-after")
 
 
 #: The answer (400) to a path with a dot segment.

@@ -382,8 +382,8 @@ def _reasoning_item(item_id: str, text: str, status: str) -> dict[str, Any]:
 
 
 def _reasoning(message_or_delta: dict[str, Any]) -> str:
-    """The engine's reasoning text: llama-server's `reasoning_content`, or `reasoning` as newer vLLM names it."""
-    value = message_or_delta.get("reasoning_content") or message_or_delta.get("reasoning")
+    """The model's thinking, as every engine names it for the runner (`reasoning_content`)."""
+    value = message_or_delta.get("reasoning_content")
     return value if isinstance(value, str) else ""
 
 

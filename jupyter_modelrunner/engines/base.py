@@ -209,6 +209,16 @@ class Engine(LoggingConfigurable):
     A new engine subclasses this in a package of its own, says which model formats it runs (`formats`) and how much
     it wants them (`priority`, the highest available one runs a format), and implements `availability` and
     `launch`; everything else has a default that suits an OpenAI-compatible server.
+
+    What the dialects read of an answer is OpenAI's shape plus a few engine-neutral fields, which each engine's
+    `adapt_response` fills from its own (so no dialect module names an engine's field):
+
+    - `reasoning_content` on a message or delta: the model's thinking, apart from its answer.
+    - `matched_stop` on a choice: the stop sequence (a string of the request's `stop`) that ended it. In a stream it
+      comes on the last chunks, no later than the chunk with the choice's `finish_reason`. Engines that say so only
+      when asked get `adapt_request(..., wants_matched_stop=True)`.
+    - `generation_stats` on the answer (or a stream's last chunk), when the engine measures them:
+      `{"prompt_tokens", "prompt_seconds", "completion_tokens", "generation_seconds"}`.
     """
 
     name: ClassVar[str]
@@ -348,7 +358,9 @@ class Engine(LoggingConfigurable):
 
     def adapt_response(self, endpoint: str, data: bytes) -> bytes:
         """Reshape the engine's answer (a whole JSON body, or complete SSE events) where its fields differ from
-        what clients expect of the runner. Bytes in, bytes out; the default changes nothing."""
+        what clients expect of the runner, and fill the engine-neutral fields of the class docstring from the
+        engine's own (`sse.rewrite_objects` helps). Bytes in, bytes out, on every event of every stream: check for
+        the bytes of a field before parsing anything. The default changes nothing."""
         return data
 
     def image_refusal(self, model: Model, name: str) -> str | None:

@@ -190,15 +190,14 @@ def test_a_tool_call_with_arguments_that_are_not_an_object_is_an_error():
         message_from_openai("m", completion({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{"}}]}))
 
 
-@pytest.mark.parametrize(("finish_reason", "extra", "choice_extra", "expected"), [
-    ("length", {}, {}, ("max_tokens", None)),
-    ("stop", {}, {"stop_reason": "END"}, ("stop_sequence", "END")),  # vLLM
-    ("stop", {}, {"stop_reason": 2}, ("end_turn", None)),  # vLLM: a stop token, not a sequence
-    ("stop", {"__verbose": {"stop_type": "word", "stopping_word": "END"}}, {}, ("stop_sequence", "END")),  # llama
-    ("stop", {"__verbose": {"stop_type": "eos", "stopping_word": ""}}, {}, ("end_turn", None)),
+@pytest.mark.parametrize(("finish_reason", "choice_extra", "expected"), [
+    ("length", {}, ("max_tokens", None)),
+    ("stop", {"matched_stop": "END"}, ("stop_sequence", "END")),  # the engine-neutral field every engine fills
+    ("stop", {}, ("end_turn", None)),
+    ("length", {"matched_stop": "END"}, ("max_tokens", None)),
 ])
-def test_stop_reasons(finish_reason, extra, choice_extra, expected):
-    body = completion({"content": "x"}, finish_reason, **extra)
+def test_stop_reasons(finish_reason, choice_extra, expected):
+    body = completion({"content": "x"}, finish_reason)
     body["choices"][0].update(choice_extra)
     message = message_from_openai("m", body)
     assert (message["stop_reason"], message["stop_sequence"]) == expected
@@ -259,9 +258,10 @@ def test_reasoning_text_and_tool_calls_are_blocks_one_after_another():
     assert events[-2]["usage"] == {"output_tokens": 1}  # no usage chunk: the text pieces counted
 
 
-def test_a_stop_sequence_named_in_llama_servers_verbose_chunk_ends_the_stream_as_stop_sequence():
-    events = run(MessageStream("m"), [chunk({"content": "a"}),
-                                      chunk({}, "stop", __verbose={"stop_type": "word", "stopping_word": "END"})])
+def test_a_stop_sequence_named_on_a_last_chunk_ends_the_stream_as_stop_sequence():
+    named = chunk({"content": "b"})
+    named["choices"][0]["matched_stop"] = "END"  # llama-server may name it on the chunk before the finish
+    events = run(MessageStream("m"), [chunk({"content": "a"}), named, chunk({}, "stop")])
     assert events[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
 
 

@@ -286,11 +286,12 @@ def test_without_usage_each_streamed_piece_counts_as_a_token():
     assert (final["prompt_eval_count"], final["eval_count"]) == (0, 2)
 
 
-def test_llamacpp_timings_replace_the_clock_estimate():
+def test_the_engines_own_measurements_replace_the_clock_estimate():
     clock = Clock()
     stream = OllamaStream("m", "chat", clock.now, clock=clock)
     chunks = [chunk({"content": "Hi"}),
-              chunk({}, "stop", timings={"prompt_n": 9, "prompt_ms": 12.5, "predicted_n": 1, "predicted_ms": 30.0})]
+              chunk({}, "stop", generation_stats={"prompt_tokens": 9, "prompt_seconds": 0.0125,
+                                                  "completion_tokens": 1, "generation_seconds": 0.03})]
     final = run_stream(stream, clock, chunks)[-1]
     assert final["prompt_eval_duration"] == 12_500_000
     assert final["eval_duration"] == 30_000_000
@@ -512,7 +513,7 @@ def test_streamed_thinking_becomes_message_thinking_before_the_content():
     clock = Clock()
     stream = OllamaStream("m", "chat", clock.now, clock=clock)
     chunks = [chunk({"role": "assistant", "content": None}), chunk({"reasoning_content": "Let me see."}),
-              chunk({"reasoning": " Hm."}), chunk({"content": "Hi"}), chunk({}, "stop")]
+              chunk({"reasoning_content": " Hm."}), chunk({"content": "Hi"}), chunk({}, "stop")]
     *pieces, final = run_stream(stream, clock, chunks)
     assert [(p["message"].get("thinking"), p["message"]["content"]) for p in pieces] == [
         ("Let me see.", ""), (" Hm.", ""), (None, "Hi")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 
 import pytest
 
@@ -24,6 +25,7 @@ from jupyter_modelrunner.engines.select import select_engine
 from jupyter_modelrunner.errors import EngineFlagRefused, EngineUnavailable
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.scheduling import Scheduler
+from jupyter_modelrunner.sse import sse_data
 from jupyter_modelrunner.store import Store
 
 from ..support.models import make_tiny_gguf
@@ -230,6 +232,30 @@ def test_a_reasoning_effort_level_asks_the_template_to_think():
     told = {**ask, "reasoning_effort": "high", "chat_template_kwargs": {"enable_thinking": False, "x": 1}}
     assert engine.adapt_request("chat/completions", told) == told  # what the request says about thinking wins
     assert engine.adapt_request("chat/completions", {**ask, "thinking_token_budget": 8})["reasoning_budget_tokens"] == 8
+
+
+def test_llama_servers_matched_stop_and_timings_get_the_engine_neutral_names():
+    """What the dialects read (`matched_stop`, `generation_stats`; see `Engine`) is filled from llama-server's own
+    fields, whole or streamed; events that carry neither pass as the same bytes."""
+    engine = LlamaServer(server="/x/llama-server")
+    timings = {"prompt_n": 9, "prompt_ms": 12.5, "predicted_n": 2, "predicted_ms": 30.0}
+    whole = json.dumps({"choices": [{"index": 0, "message": {"content": "a"}, "finish_reason": "stop"}],
+                        "__verbose": {"stop_type": "word", "stopping_word": "END"}, "timings": timings}).encode()
+    answer = json.loads(engine.adapt_response("chat/completions", whole))
+    assert answer["choices"][0]["matched_stop"] == "END"
+    assert answer["generation_stats"] == {"prompt_tokens": 9, "prompt_seconds": 0.0125, "completion_tokens": 2,
+                                          "generation_seconds": 0.03}
+    plain = b'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}\n\n'
+    assert engine.adapt_response("chat/completions", plain) == plain
+    last = (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+            b'"__verbose":{"stop_type":"word","stopping_word":"\xc3\xa9nd"}}\n\n'
+            b'data: {"choices":[],"usage":{"prompt_tokens":9},"timings":' + json.dumps(timings).encode() + b'}\n\n'
+            b'data: [DONE]\n\n')
+    events = list(sse_data(engine.adapt_response("chat/completions", plain + last)))
+    assert [e["choices"][0].get("matched_stop") for e in events if e["choices"]] == [None, "\u00e9nd"]
+    assert events[-1]["generation_stats"]["completion_tokens"] == 2
+    eos = b'data: {"choices":[{"index":0,"delta":{}}],"__verbose":{"stop_type":"eos","stopping_word":""}}\n\n'
+    assert "matched_stop" not in next(sse_data(engine.adapt_response("chat/completions", eos)))["choices"][0]
 
 
 def test_the_fallback_translates_the_flags_it_knows_and_refuses_the_rest(store, tmp_path):

@@ -205,6 +205,20 @@ def test_vllms_reasoning_field_is_also_sent_as_reasoning_content():
     assert engine.adapt_response("chat/completions", spoken) == spoken
 
 
+def test_vllms_stop_reason_string_is_also_sent_as_matched_stop():
+    """A string `stop_reason` is the stop sequence that matched (the engine-neutral `matched_stop`); a number is a
+    stop token and null says nothing: those events keep their bytes."""
+    engine = Vllm(python="/x/python")
+    whole = b'{"choices":[{"index":0,"message":{"content":"a"},"finish_reason":"stop","stop_reason":"END"}]}'
+    assert json.loads(engine.adapt_response("chat/completions", whole))["choices"][0]["matched_stop"] == "END"
+    streamed = (b'data: {"choices":[{"index":0,"delta":{"content":"a"},"stop_reason":null}]}\n\n'
+                b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop","stop_reason": "END"}]}\n\n')
+    assert [e["choices"][0].get("matched_stop") for e in sse_data(engine.adapt_response("chat/completions",
+                                                                                         streamed))] == [None, "END"]
+    token = b'{"choices":[{"index":0,"finish_reason":"stop","stop_reason":2}]}'
+    assert engine.adapt_response("chat/completions", token) == token
+
+
 def test_vllm_starts_with_the_reasoning_parser_and_renders_the_thinking_switches(tmp_path, vllm_python):
     """DeepSeek-R1's template (llama.cpp's copy: the prompt ends inside `<think>` unless `enable_thinking` is false or
     undefined, which vLLM leaves it) on a tiny model whose tokenizer has the think tokens: vLLM starts with the parser

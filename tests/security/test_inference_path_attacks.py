@@ -7,6 +7,7 @@ manage models through Ollama's options, and a stored response read with someone 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +240,23 @@ def test_the_dialect_modules_name_no_engine_and_call_no_scheduler():
                                       "adapt_request") if word in (api / name).read_text().lower()]
              for name in dialects}
     assert found == {name: [] for name in dialects}
+
+
+#: Fields of one engine's answers (llama-server's debugging block and timings, vLLM's `stop_reason` and `reasoning`):
+#: each engine's `adapt_response` turns them into the runner's engine-neutral ones (`matched_stop`,
+#: `generation_stats`, `reasoning_content`), so no dialect module may read them.
+_ENGINE_ANSWER_FIELDS = re.compile(
+    r"__verbose|stopping_word|stop_word|stop_type|timings|prompt_ms|predicted_ms|predicted_n|prompt_n\b"
+    r"""|\.get\(\s*["']stop_reason["']|\[\s*["']stop_reason["']\s*\]"""  # Anthropic's own `stop_reason` is only written
+    r"""|(?:message|delta|choice)\w*\.get\(\s*["']reasoning["']""")  # not Responses' request `reasoning`
+
+
+def test_no_module_of_the_api_reads_an_engines_own_answer_fields():
+    """Which stop sequence matched, the engine's timings and the thinking reach every dialect under one name; the
+    engine-specific names stay in `engines/`."""
+    api = Path(__file__).parents[2] / "jupyter_modelrunner" / "api"
+    found = {path.name: sorted(set(_ENGINE_ANSWER_FIELDS.findall(path.read_text()))) for path in api.glob("*.py")}
+    assert {name: words for name, words in found.items() if words} == {}
 
 
 def test_a_malformed_tool_is_a_400_on_every_dialect_not_the_engines_500(server):

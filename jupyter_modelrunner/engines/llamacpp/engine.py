@@ -31,6 +31,7 @@ from traitlets import Float, Unicode, default
 
 from ... import mediatypes as mt
 from ...errors import EngineFlagRefused, EngineUnavailable
+from ...sse import rewrite_objects
 from ..base import (
     ENGINE_MODEL_NAME,
     MODE_COMPLETION,
@@ -47,6 +48,7 @@ from ..base import (
     tool_choice_of,
 )
 from ..hardware import Hardware
+from .answers import with_neutral_fields
 from .flags import (
     BUDGET_FLAG,
     CONTEXT_FLAGS,
@@ -356,6 +358,15 @@ class LlamaServer(Engine):
             schema = (response_format.get("json_schema") or {}).get("schema")
             body = {**body, "response_format": {"type": "json_object", **({"schema": schema} if schema else {})}}
         return body
+
+    def adapt_response(self, endpoint: str, data: bytes) -> bytes:
+        """llama-server names the matched stop sequence only in the debugging block a `verbose` request gets
+        (`__verbose.stopping_word`), and its own measurements in `timings` (milliseconds, llama.cpp's names): both
+        are given the runner's engine-neutral names (`matched_stop`, `generation_stats`; see `Engine`). Both come
+        on the last chunks only, so every other event passes untouched."""
+        if b'"__verbose"' not in data and b'"timings"' not in data:
+            return data
+        return rewrite_objects(data, with_neutral_fields)
 
     def image_refusal(self, model: Model, name: str) -> str | None:
         """llama.cpp sees images through the artifact's multimodal projector, loaded by llama-server (`--mmproj`).

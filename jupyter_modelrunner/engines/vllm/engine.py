@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from traitlets import Float, Unicode, default
 
 from ... import mediatypes as mt
+from ...sse import rewrite_objects
 from ..base import (
     CONTEXT_DEFAULT,
     CONTEXT_TRAINING,
@@ -201,10 +202,14 @@ class Vllm(Engine):
 
     def adapt_response(self, endpoint: str, data: bytes) -> bytes:
         """vLLM names the thinking `reasoning`; llama-server, DeepSeek's API and most clients `reasoning_content`.
-        Both are sent, so a client of either convention finds it whichever engine answered."""
-        if b'"reasoning"' not in data or b'"reasoning_content"' in data:
-            return data
-        return _VLLM_REASONING.sub(rb'"reasoning":\1,"reasoning_content":\1', data)
+        Both are sent, so a client of either convention finds it whichever engine answered. The stop sequence that
+        ended a choice is vLLM's `stop_reason` when it is a string (a number is a stop token): it is also sent as
+        the runner's engine-neutral `matched_stop` (see `Engine`)."""
+        if b'"reasoning"' in data and b'"reasoning_content"' not in data:
+            data = _VLLM_REASONING.sub(rb'"reasoning":\1,"reasoning_content":\1', data)
+        if _VLLM_STOP_STRING.search(data):
+            data = rewrite_objects(data, _with_matched_stop)
+        return data
 
     def chat_template(self, model: Model) -> str | None:
         return chat_template_text(Path(model.bundle)) or None
@@ -377,6 +382,18 @@ def chat_template_text(bundle: Path) -> str:
 _BUDGET_FIELDS = ("thinking_token_budget", "reasoning_budget_tokens", "thinking_budget_tokens")
 #: vLLM's answer fields naming the thinking (a JSON string or null), copied under llama-server's name.
 _VLLM_REASONING = re.compile(rb'"reasoning":\s?(null|"(?:[^"\\]|\\.)*")')
+#: A choice's `stop_reason` that names a stop sequence (a string; null or a token number are left alone).
+_VLLM_STOP_STRING = re.compile(rb'"stop_reason":\s?"')
+
+
+def _with_matched_stop(answer: dict[str, Any]) -> bool:
+    """Copy each choice's string `stop_reason` to `matched_stop`."""
+    changed = False
+    for choice in answer.get("choices") or []:
+        if isinstance(choice, dict) and isinstance(choice.get("stop_reason"), str) and choice["stop_reason"]:
+            choice["matched_stop"] = choice["stop_reason"]
+            changed = True
+    return changed
 
 # How a chat template marks thinking → vLLM's reasoning parser for it, first match wins. Each parser finds its
 # markers as single tokens of the tokenizer and refuses to start without them: see `reasoning_parser`.

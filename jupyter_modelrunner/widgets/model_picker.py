@@ -1,10 +1,7 @@
-"""Notebook widgets for the model runner: pick a local model, pull one with live progress, see what runs.
+"""`ModelPicker`: choose a local model, pull one with live progress, load or unload its engine.
 
-Stock ipywidgets 8 only (no custom JavaScript), so they work wherever widgets render: JupyterLab, Notebook 7,
-VS Code. Like every front end they talk to the runner through `client.py` only, so what they show is what the
-CLI, the magics and the JupyterLab sidebar see. Anything slow (a pull, loading an engine) runs in a background
-thread: the kernel stays free for other cells, and ipykernel sends the widgets' updates from that thread.
-Failures are shown inside the widget as the runner's one-line message, never as a traceback.
+The slow parts (a pull, an engine start) run in background threads so the kernel stays free; ipykernel sends
+the widget's updates from those threads.
 """
 
 from __future__ import annotations
@@ -13,198 +10,27 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 import traitlets
 
-from .errors import ModelRunnerError
-from .presentation import context_cell, expires_text, format_bytes
+from ..errors import ModelRunnerError
+from ..presentation import format_bytes
+from ._common import MUTED_STYLE, WARN_STYLE, UsesRunner, describe_failure, error_html, find_option
+from .progress import PullProgress
 
 if TYPE_CHECKING:
-    from .client import RunnerClient
-
-__all__ = ["ModelPicker", "PullProgress", "RunnerStatus", "picker"]
+    from ..client import RunnerClient
 
 _logger = logging.getLogger(__name__)
 
-#: JupyterLab's theme colours (so dark themes work), with fallbacks for front ends without them.
-_ERROR_STYLE = "color: var(--jp-error-color1, #d32f2f); white-space: pre-wrap"
-_WARN_STYLE = ("color: var(--jp-warn-color0, #8a5a00); background: var(--jp-warn-color3, #fff3cd); "
-               "padding: 2px 6px; border-radius: 3px; white-space: pre-wrap")
-_MUTED_STYLE = "color: var(--jp-ui-font-color2, #616161)"
+#: Runner states in which a model counts as loaded (the button offers Unload).
 _ACTIVE_STATES = ("loading", "ready")
 
 
-def _error_html(message: str) -> str:
-    return f'<span style="{_ERROR_STYLE}">✖ {html.escape(message)}</span>'
-
-
-def _describe_failure(exc: Exception) -> str:
-    """The sentence to show for a failure: the runner's own message, or the exception's for a surprise."""
-    if isinstance(exc, ModelRunnerError):
-        return str(exc)
-    return f"{exc.__class__.__name__}: {exc}"
-
-
-class _UsesRunner:
-    """The `client` property of every widget here: the one given, else the process-wide runner, found on first use.
-
-    Resolving at first use, not at import, keeps `import jupyter_modelrunner.widgets` free of network access
-    (finding the runner may start an embedded one); once found, a widget keeps talking to that runner.
-    """
-
-    _client: RunnerClient | None = None
-
-    @property
-    def client(self) -> RunnerClient:
-        if self._client is None:
-            from .client import runner
-
-            self._client = runner()
-        return self._client
-
-
-def _find_option(values: Iterable[str], reference: str) -> str | None:
-    """The stored tag `reference` names: exact, or as a short form (`ai/tiny` for `host/ai/tiny:latest`)."""
-    reference = reference.strip()
-    if not reference:
-        return None
-    last = reference.rsplit("/", 1)[-1]
-    wanted = [reference] if (":" in last or "@" in reference) else [reference, f"{reference}:latest"]
-    values = list(values)
-    for name in wanted:
-        for value in values:
-            if value == name or value.endswith("/" + name):
-                return value
-    return None
-
-
-class PullProgress(w.VBox):
-    """A pull's (or push's) progress: one overall bar with `pulled / total (percent)`, and a row per layer.
-
-    Feed it the events of `RunnerClient.pull()` (or `push()`) with `update(event)`, or let `track(events)` do
-    it, then `done(message)` or `fail(message)`; `%model pull` and `ModelPicker` both drive it that way.
-    `phase` is `idle`, `running`, `done` or `failed`, and the bar is full exactly when the transfer succeeded.
-    """
-
-    phase = traitlets.Unicode("idle").tag(sync=False)
-
-    def __init__(self, reference: str = "", *, title: str | None = None, **kwargs: Any) -> None:
-        self.heading = w.HTML()
-        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
-                                   layout=w.Layout(width="50%", min_width="12em"))
-        self.label = w.Label()
-        self.message = w.HTML()
-        self.layers = w.VBox()
-        self._layers: dict[str, tuple[w.FloatProgress, w.Label]] = {}
-        self._total = 0
-        self._pulled = 0
-        self._lock = threading.Lock()
-        super().__init__([self.heading, w.HBox([self.bar, self.label]), self.layers, self.message], **kwargs)
-        if reference or title:
-            self.start(reference, title=title)
-
-    def start(self, reference: str = "", *, title: str | None = None, mode: str = "pull") -> None:
-        """Clear the bars for a new transfer; the heading is `title`, else "Pulling `reference`"."""
-        with self._lock:
-            self._layers.clear()
-            self._total = self._pulled = 0
-            self.layers.children = ()
-            self.bar.value, self.bar.bar_style = 0.0, "info"
-            self.label.value = ""
-            self.message.value = ""
-            if title is not None:
-                self.heading.value = html.escape(title)
-            elif reference:
-                verb = "Pushing" if mode == "push" else "Pulling"
-                self.heading.value = f"{verb} <code>{html.escape(reference)}</code>"
-            else:
-                self.heading.value = ""
-            self.phase = "running"
-
-    def update(self, event: dict[str, Any]) -> None:
-        """Show one event of the NDJSON stream (`progress`, `warning`, `success` or `error`)."""
-        kind = event.get("type")
-        if kind == "success":
-            self.done(str(event.get("message") or ""))
-        elif kind == "error":
-            self.fail(str(event.get("message") or "The transfer failed."))
-        elif kind == "warning":
-            self.message.value = f'<span style="{_WARN_STYLE}">⚠ {html.escape(str(event.get("message", "")))}</span>'
-        elif kind == "progress":
-            with self._lock:
-                if self.phase != "running":
-                    self.phase = "running"
-                if event.get("total"):
-                    self._total = int(event["total"])
-                    self._pulled = min(int(event.get("pulled") or 0), self._total)
-                    self.bar.value = self._pulled / self._total
-                    self.label.value = self._amount(self._pulled, self._total)
-                layer = event.get("layer")
-                if isinstance(layer, dict) and layer.get("id"):
-                    self._update_layer(str(layer["id"]), int(layer.get("size") or 0), int(layer.get("current") or 0))
-                if event.get("message"):
-                    self.message.value = f'<span style="{_MUTED_STYLE}">{html.escape(str(event["message"]))}</span>'
-
-    def done(self, message: str = "") -> None:
-        """The transfer succeeded: every bar full and green, and the runner's closing message."""
-        with self._lock:
-            self.bar.value = self.bar.max
-            self.bar.bar_style = "success"
-            if self._total:
-                self.label.value = self._amount(self._total, self._total)
-            for bar, _size in self._layers.values():
-                bar.value, bar.bar_style = bar.max, "success"
-            self.message.value = f"✔ {html.escape(message)}" if message else ""
-            self.phase = "done"
-
-    def fail(self, message: str) -> None:
-        """The transfer failed: the bar stops where it was, red, with the runner's message under it."""
-        with self._lock:
-            self.bar.bar_style = "danger"
-            self.message.value = _error_html(message)
-            self.phase = "failed"
-
-    def track(self, events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-        """Show every event of `events` (e.g. `client.pull(ref)`); returns the `success` event.
-
-        A `ModelRunnerError` raised by the stream is shown with `fail` and raised again for the caller.
-        """
-        final: dict[str, Any] | None = None
-        try:
-            for event in events:
-                self.update(event)
-                if event.get("type") == "success":
-                    final = event
-        except ModelRunnerError as exc:
-            self.fail(str(exc))
-            raise
-        if final is None and self.phase == "running":
-            self.done()
-        return final
-
-    @staticmethod
-    def _amount(done: int, total: int) -> str:
-        return f"{format_bytes(done)} / {format_bytes(total)} ({int(done * 100 / total)} %)"
-
-    def _update_layer(self, digest: str, size: int, current: int) -> None:
-        row = self._layers.get(digest)
-        if row is None:
-            bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="30%", min_width="8em"))
-            size_label = w.Label(format_bytes(size))
-            short = digest.removeprefix("sha256:")[:12]
-            self._layers[digest] = row = (bar, size_label)
-            self.layers.children = (*self.layers.children,
-                                    w.HBox([w.HTML(f"<code>{html.escape(short)}</code>"), bar, size_label]))
-        bar, _ = row
-        bar.value = min(current / size, 1.0) if size else 1.0
-        if size and current >= size:
-            bar.bar_style = "success"
-
-
-class ModelPicker(_UsesRunner, w.VBox):
+class ModelPicker(UsesRunner, w.VBox):
     """Choose a local model (`.value` is its reference, e.g. `ai/smollm2:latest`), pull one, load or unload it.
 
     The dropdown lists every tag in the runner's store with format and size; the badge under it says which
@@ -279,7 +105,7 @@ class ModelPicker(_UsesRunner, w.VBox):
             for name in model.get("tags") or [str(model.get("id", ""))]:
                 documents[name] = model
                 options.append((self._label(name, model), name))
-        wanted = _find_option(documents, select) if select else None
+        wanted = find_option(documents, select) if select else None
         with self._state_lock:
             self._runners, self._models = runners, documents
             if wanted is None:
@@ -357,7 +183,7 @@ class ModelPicker(_UsesRunner, w.VBox):
             final = self.progress.track(self.client.pull(reference))
         except Exception as exc:
             if self.progress.phase != "failed":
-                self.progress.fail(_describe_failure(exc))
+                self.progress.fail(describe_failure(exc))
             raise
         finally:
             with self._state_lock:
@@ -365,7 +191,7 @@ class ModelPicker(_UsesRunner, w.VBox):
             self.pull_button.disabled = self.pull_text.disabled = False
         model = (final or {}).get("model") or {}
         tags = [str(t) for t in model.get("tags") or []]
-        self.refresh(select=_find_option(tags, reference) or (tags[0] if tags else reference))
+        self.refresh(select=find_option(tags, reference) or (tags[0] if tags else reference))
         self.pull_text.value = ""
 
     def _start_engine_action(self, name: str, busy: str, work: Callable[[str], None]) -> threading.Thread | None:
@@ -417,7 +243,7 @@ class ModelPicker(_UsesRunner, w.VBox):
     def _validate_value(self, proposal: dict[str, Any]) -> str:
         # `picker.value = "ai/tiny"` selects `ai/tiny:latest` (or `host/ai/tiny:latest`) when it is listed.
         value = str(proposal["value"] or "")
-        return _find_option(self._models, value) or value
+        return find_option(self._models, value) or value
 
     @traitlets.observe("value")
     def _on_value(self, change: dict[str, Any]) -> None:
@@ -452,16 +278,16 @@ class ModelPicker(_UsesRunner, w.VBox):
                 text = "No local models yet: pull one below (e.g. <code>ai/smollm2</code>)."
             else:
                 text = "No model selected."
-            self.badge.value = f'<span style="{_MUTED_STYLE}">{text}</span>'
+            self.badge.value = f'<span style="{MUTED_STYLE}">{text}</span>'
             return
         engine = model.get("engine")
         if engine:
             self.badge.value = (f"<b>{html.escape(str(engine.get('engine', '')))}</b> · "
                                 f"{html.escape(str(engine.get('device', '')))} — "
-                                f'<span style="{_MUTED_STYLE}">{html.escape(str(engine.get("reason", "")))}</span>')
+                                f'<span style="{MUTED_STYLE}">{html.escape(str(engine.get("reason", "")))}</span>')
         else:
             message = str(model.get("engine_error") or "No engine here can run this model.")
-            self.badge.value = f'<span style="{_WARN_STYLE}">⚠ {html.escape(message)}</span>'
+            self.badge.value = f'<span style="{WARN_STYLE}">⚠ {html.escape(message)}</span>'
 
     def _runner_of(self, name: str) -> dict[str, Any] | None:
         model = self._models.get(name)
@@ -486,75 +312,20 @@ class ModelPicker(_UsesRunner, w.VBox):
         else:
             button.description, button.icon, button.disabled = "Load", "play", not runnable
         if entry is None:
-            self.load_status.value = "" if busy or not name else f'<span style="{_MUTED_STYLE}">not loaded</span>'
+            self.load_status.value = "" if busy or not name else f'<span style="{MUTED_STYLE}">not loaded</span>'
         else:
             memory = entry.get("memory")
             parts = [str(entry.get("backend_name", "")), str(entry.get("state", "")),
                      format_bytes(memory) if isinstance(memory, int) and memory else "",
                      "in use" if entry.get("in_use") else "idle"]
             text = " · ".join(html.escape(p) for p in parts if p)
-            self.load_status.value = f'<span style="{_MUTED_STYLE}">{text}</span>'
+            self.load_status.value = f'<span style="{MUTED_STYLE}">{text}</span>'
 
     def _show_error(self, exc: Exception) -> None:
-        self.error.value = _error_html(_describe_failure(exc))
+        self.error.value = error_html(describe_failure(exc))
 
     def _clear_error(self) -> None:
         self.error.value = ""
-
-
-class RunnerStatus(_UsesRunner, w.VBox):
-    """What the runner has loaded (model, engine, device, state, memory, in use, keep-alive), from `client.ps()`.
-
-    Compact enough to sit above a chat; `refresh()` (or its button) reads the state again. `runners` holds
-    the last answer, for code that wants the numbers rather than the table.
-    """
-
-    runners = traitlets.List(help="The last `client.ps()` answer.").tag(sync=False)
-
-    def __init__(self, client: RunnerClient | None = None, **kwargs: Any) -> None:
-        self._client = client
-        self.table = w.HTML()
-        self.refresh_button = w.Button(description="Refresh", icon="refresh", layout=w.Layout(width="auto"))
-        self.error = w.HTML()
-        super().__init__([w.HBox([w.HTML("<b>Model runner</b>"), self.refresh_button]), self.table, self.error],
-                         **kwargs)
-        self.refresh_button.on_click(lambda _button: self.refresh())
-        self.refresh()
-
-    def refresh(self) -> list[dict[str, Any]]:
-        """Ask the runner what is loaded and show it; returns the entries (empty when the runner did not answer)."""
-        try:
-            runners = self.client.ps()
-        except Exception as exc:
-            self.error.value = _error_html(_describe_failure(exc))
-            return []
-        self.error.value = ""
-        self.runners = runners
-        self.table.value = self._table(runners)
-        return runners
-
-    @staticmethod
-    def _table(runners: list[dict[str, Any]]) -> str:
-        if not runners:
-            return f'<span style="{_MUTED_STYLE}">No model is loaded.</span>'
-        head = ("Model", "Engine", "Device", "State", "Context", "Memory", "In use", "Unloads")
-        rows = []
-        for entry in runners:
-            memory = entry.get("memory")
-            requests = int(entry.get("requests") or 0)
-            cells = (
-                entry.get("model_name", ""),
-                entry.get("backend_name", ""),
-                entry.get("device", ""),
-                entry.get("state", ""),
-                context_cell(entry),
-                format_bytes(memory) if isinstance(memory, int) and memory else "",
-                f"yes ({requests})" if entry.get("in_use") else "no",
-                expires_text(entry),
-            )
-            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-        header = "<tr>" + "".join(f"<th style='text-align:left'>{h}</th>" for h in head) + "</tr>"
-        return f"<table style='border-collapse: collapse'>{header}{''.join(rows)}</table>"
 
 
 def picker(client: RunnerClient | None = None, *, value: str = "") -> ModelPicker:
@@ -563,4 +334,3 @@ def picker(client: RunnerClient | None = None, *, value: str = "") -> ModelPicke
     Display it, then read (or observe) `.value` in later cells.
     """
     return ModelPicker(client, value=value)
-
