@@ -394,7 +394,7 @@ class Scheduler(SchedulerConfig):
         return self.settings.describe(name, model.id, self.keep_alive)
 
     def status(self) -> dict[str, Any]:
-        """Engines on this machine: installed or not, the device, and why."""
+        """Engines on this machine: installed or not, the device, and why; and the configuration in force."""
         engines = []
         for engine in self.engines:
             availability = engine.availability(self.hardware)
@@ -403,7 +403,8 @@ class Scheduler(SchedulerConfig):
                             "formats": sorted(engine.formats), "location": availability.location,
                             "implementation": availability.implementation})
         return {"hardware": self.hardware.describe(), "memory_budget": self.memory_budget,
-                "vram_budget": self.vram_budget, "engines": engines}
+                "vram_budget": self.vram_budget, "max_waiting_requests": self.max_waiting_requests,
+                "vllm_standby": self.vllm_standby, "engines": engines}
 
     @property
     def runtime_dir(self) -> Path:
