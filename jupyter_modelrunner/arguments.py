@@ -127,7 +127,11 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p = verbs.add_parser("status", help="which engines can run here, and why or why not")
     p.add_argument("--json", action="store_true")
 
-    p = verbs.add_parser("serve", help="serve the API on its own (Docker Model Runner's port 12434), token auth on")
+    p = verbs.add_parser("serve", help="serve the API on its own (Docker Model Runner's port 12434), token auth on",
+                         epilog="Jupyter's configuration options work too, on the object that reads them: "
+                                "--Scheduler.keep_alive=10m, --Scheduler.memory_budget=BYTES, "
+                                "--Scheduler.max_waiting_requests=N, --LlamaServer.load_timeout=SECONDS, "
+                                "--ModelRunner.max_body_bytes=BYTES (the README's Configuration section lists them).")
     p.add_argument("--port", type=int, default=12434, help="TCP port (default 12434, like Docker Model Runner)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--token", help="token clients must send (default: $MODEL_RUNNER_TOKEN, else a random one)")

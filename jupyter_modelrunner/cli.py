@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv, passthrough = split_passthrough(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
-    # `serve` takes Jupyter's own configuration options too (`--ModelRunner.max_body_bytes=1000000`).
+    # `serve` takes Jupyter's own configuration options too (`--Scheduler.keep_alive=10m`).
     args.traitlets = [a for a in unknown if args.verb == "serve" and _TRAITLET_OPTION.fullmatch(a)]
     if len(args.traitlets) != len(unknown):
         parser.error(f"unrecognized arguments: {' '.join(a for a in unknown if a not in args.traitlets)}")

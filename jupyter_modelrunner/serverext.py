@@ -21,6 +21,7 @@ from jupyter_server.serverapp import ServerApp
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
+from traitlets.config import Configurable
 
 from ._version import __version__
 from .api import metrics, routes
@@ -29,8 +30,8 @@ from .api.engines import KIND_SETTING
 from .api.openapi import ROUTES_SETTING
 from .api.owner_proxy import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
-from .errors import ModelRunnerError
 from .images import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES_PER_REQUEST
+from .scheduling.config import Duration, standby_from_env
 from .service import STORE_CHANGED, ModelRunnerService
 
 URL_PREFIX = "modelrunner"
@@ -76,33 +77,17 @@ class ModelRunner(ExtensionApp):
         help="""Registry for short names such as `ai/smollm2` (empty: $MODEL_RUNNER_DEFAULT_REGISTRY, else
         Docker Hub).""",
     )
-    keep_alive = Unicode(
-        "5m", config=True,
-        help="""How long an idle model stays loaded, unless configured per model: seconds or a duration (30s, 10m,
-        1h); -1 keeps models loaded until the server stops, 0 unloads after each request.""",
-    )
-    memory_budget = Integer(
-        0, config=True,
-        help="""Bytes of memory the engines may use together (weights and KV caches). Idle models are unloaded
-        to make room, least recently used first; a model that cannot fit is refused. 0: 80% of the machine's RAM.""",
-    )
-    gpu_memory_budget = Integer(
-        0, config=True,
-        help="""Bytes of GPU memory the engines may use together, a budget apart from RAM: each plan counts its
-        weights, KV caches and the engine's device runtime; idle models are evicted for a new one, least recently
-        used first. 0: 90% of the NVIDIA GPUs' memory.""",
-    )
-    # Deprecated: the engines' own settings (`c.LlamaServer.…`, `c.Vllm.…`), kept working with a warning.
+    # Deprecated: the settings of the objects that read them (`c.Scheduler.…`, `c.LlamaServer.…`, `c.Vllm.…`), kept
+    # working with a warning (_DEPRECATED_SETTINGS).
+    keep_alive = Duration(config=True, help="""Deprecated: use c.Scheduler.keep_alive.""")
+    memory_budget = Integer(0, config=True, help="""Deprecated: use c.Scheduler.memory_budget.""")
+    gpu_memory_budget = Integer(0, config=True, help="""Deprecated: use c.Scheduler.gpu_memory_budget.""")
+    max_waiting_requests = Integer(0, config=True, help="""Deprecated: use c.Scheduler.max_waiting_requests.""")
+    vllm_standby = Bool(True, config=True, help="""Deprecated: use c.Scheduler.vllm_standby.""")
     load_timeout = Float(0, config=True, help="""Deprecated: use c.LlamaServer.load_timeout and c.Vllm.load_timeout.""")
     llama_server = Unicode("", config=True, help="""Deprecated: use c.LlamaServer.llama_server.""")
     llamacpp_python = Unicode("", config=True, help="""Deprecated: use c.LlamaServer.python.""")
     vllm_python = Unicode("", config=True, help="""Deprecated: use c.Vllm.python.""")
-    vllm_standby = Bool(
-        True, config=True,
-        help="""Keep a vLLM interpreter with its imports done (7-8 s of a CPU start) waiting for the next safetensors
-        model, and a new one after each load, when vLLM is installed and the memory budget has room (~1 GiB). Off:
-        $MODEL_RUNNER_VLLM_STANDBY=0.""",
-    )
     api_keys = List(
         Unicode(), config=True,
         help="""Inference keys: a client sending `Authorization: Bearer KEY` with one of these may use the routes
@@ -115,11 +100,6 @@ class ModelRunner(ExtensionApp):
         64 * 1024**2, config=True,
         help="""The largest request body the model runner's routes accept, in bytes (a larger one is refused with 413
         before it is read). Chats with images are the large ones: raise it if you send big pictures inline.""",
-    )
-    max_waiting_requests = Integer(
-        64, config=True,
-        help="""Requests that may wait for one model beyond those its engine works on at once (its slots); the
-        next gets 503 with Retry-After instead of waiting minutes. 0: no bound.""",
     )
     max_concurrent_pulls = Integer(
         3, config=True,
@@ -203,10 +183,6 @@ class ModelRunner(ExtensionApp):
             return [self.serverapp.root_dir] if self.serverapp is not None else []
         return ["/"]
 
-    @default("vllm_standby")
-    def _vllm_standby_default(self) -> bool:
-        return os.environ.get("MODEL_RUNNER_VLLM_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
-
     @default("default_registry")
     def _default_registry_default(self) -> str:
         return os.environ.get("MODEL_RUNNER_DEFAULT_REGISTRY", "")
@@ -217,34 +193,32 @@ class ModelRunner(ExtensionApp):
             raise TraitError(f"ModelRunner.{proposal['trait'].name} must be positive, not {proposal['value']!r}.")
         return proposal["value"]
 
-    @validate("keep_alive")
-    def _check_keep_alive(self, proposal: dict[str, Any]) -> str:
-        from .scheduling import parse_keep_alive
+    #: The app's old flat settings → (who reads them now: an engine's name, every engine, or the scheduler; the
+    #: setting's name there).
+    _DEPRECATED_SETTINGS = {
+        "llama_server": ("llama.cpp", "llama_server"), "llamacpp_python": ("llama.cpp", "python"),
+        "vllm_python": ("vllm", "python"), "load_timeout": ("engines", "load_timeout"),
+        "keep_alive": ("scheduler", "keep_alive"), "memory_budget": ("scheduler", "memory_budget"),
+        "gpu_memory_budget": ("scheduler", "gpu_memory_budget"), "vllm_standby": ("scheduler", "vllm_standby"),
+        "max_waiting_requests": ("scheduler", "max_waiting_requests"),
+    }
 
-        try:
-            parse_keep_alive(proposal["value"])
-        except ModelRunnerError as exc:
-            raise TraitError(f"ModelRunner.keep_alive: {exc}") from exc
-        return proposal["value"]
-
-    #: The app's old flat engine settings → (engine, the engine's own setting).
-    _DEPRECATED_ENGINE_SETTINGS = {"llama_server": ("llama.cpp", "llama_server"),
-                                   "llamacpp_python": ("llama.cpp", "python"), "vllm_python": ("vllm", "python")}
-
-    def _apply_deprecated_engine_settings(self, engines: list) -> None:
-        """`c.ModelRunner.llama_server` and friends still work, with a warning naming the engine's own setting."""
-        by_name = {engine.name: engine for engine in engines}
-        for old, (engine_name, setting) in self._DEPRECATED_ENGINE_SETTINGS.items():
-            value = getattr(self, old)
-            if value and engine_name in by_name:
-                engine = by_name[engine_name]
-                self.log.warning("c.ModelRunner.%s is deprecated: use c.%s.%s", old, type(engine).__name__, setting)
-                setattr(engine, setting, value)
-        if self.load_timeout > 0:
-            self.log.warning("c.ModelRunner.load_timeout is deprecated: use c.LlamaServer.load_timeout, "
-                             "c.Vllm.load_timeout")
-            for engine in engines:
-                engine.load_timeout = self.load_timeout
+    def _apply_deprecated_settings(self, engines: list[Any], scheduler: Configurable) -> None:
+        """`c.ModelRunner.keep_alive` and the other old flat names still work, with a warning naming the new
+        spelling: the value goes to the object that reads it, unless that object's own setting is configured too
+        (the new spelling wins)."""
+        targets: dict[str, list[Configurable]] = {"engines": engines, "scheduler": [scheduler]}
+        targets.update({engine.name: [engine] for engine in engines})
+        for old, (where, new) in self._DEPRECATED_SETTINGS.items():
+            objects = targets.get(where, [])
+            if not objects or not _configured(self, old):
+                continue
+            spellings = ", ".join(f"c.{type(obj).__name__}.{new}" for obj in objects)
+            kept = [obj for obj in objects if not _configured(obj, new)]
+            self.log.warning("c.ModelRunner.%s is deprecated: use %s%s", old, spellings,
+                             "" if kept else f" (set too, so c.ModelRunner.{old} is ignored)")
+            for obj in kept:
+                setattr(obj, new, getattr(self, old))
 
     @property
     def url_prefix(self) -> str:
@@ -254,20 +228,18 @@ class ModelRunner(ExtensionApp):
         from .engines.registry import default_engines
         from .events import attach as attach_events
         from .keys import KeyRing
-        from .scheduling import parse_keep_alive
         from .store import Store
 
         store = Store(self.store_path or None, registry=self.default_registry or None)
         engines = default_engines(parent=self)
-        self._apply_deprecated_engine_settings(engines)
         service = ModelRunnerService.create(
-            store, registry=self.default_registry or None, engines=engines,
-            memory_budget=self.memory_budget or None, vram_budget=self.gpu_memory_budget or None,
-            keep_alive=parse_keep_alive(self.keep_alive), standby=self.vllm_standby,
-            max_waiting=self.max_waiting_requests or None, max_concurrent_pulls=self.max_concurrent_pulls,
-            max_image_bytes=self.max_image_bytes, image_fetch_timeout=self.image_fetch_timeout,
-            allow_private_image_urls=self.allow_private_image_urls,
+            store, registry=self.default_registry or None, engines=engines, parent=self,  # c.Scheduler.…
+            max_concurrent_pulls=self.max_concurrent_pulls, max_image_bytes=self.max_image_bytes,
+            image_fetch_timeout=self.image_fetch_timeout, allow_private_image_urls=self.allow_private_image_urls,
         )
+        if not _configured(service.scheduler, "vllm_standby"):
+            service.scheduler.vllm_standby = standby_from_env()  # a server keeps one, unlike a Scheduler in code
+        self._apply_deprecated_settings(engines, service.scheduler)
         service.package_roots = self._package_roots()
         service.max_images_per_request = self.max_images_per_request
         service.max_image_bytes_in_flight = self.max_image_bytes_in_flight or None
@@ -394,7 +366,7 @@ class ModelRunner(ExtensionApp):
 
     def _prepare_standby(self) -> None:
         """Start the vLLM standby in the background (the server answers meanwhile)."""
-        if self.vllm_standby:
+        if self.service.scheduler.vllm_standby:
             task = asyncio.get_running_loop().create_task(self.service.scheduler.prepare_standby())
             self._standby_task = task  # keep a reference until it is done
 
@@ -475,6 +447,12 @@ class ModelRunner(ExtensionApp):
         else:
             self.log.info("Model runner: %s %s", kind, {k: v for k, v in data.items() if k in (
                 "model", "model_name", "engine", "backend_name", "reason", "why", "device")})
+
+
+def _configured(obj: Configurable, name: str) -> bool:
+    """Whether `name` is set in `obj`'s config (a config file, the command line), under its class, a base class or
+    its parent's section, as opposed to being left at its default."""
+    return name in obj._find_my_config(obj.config)
 
 
 class ModelRunnerOnlyServer(ServerApp):

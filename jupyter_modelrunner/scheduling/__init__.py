@@ -3,12 +3,14 @@
 One module per concern: `runner` (a runner and its transport), `loading` (single-flight loads, readiness, failed
 starts), `budget` (RAM and GPU memory as pure policy), `idle` (keep_alive, sleep and wake), `standby` (the vLLM
 interpreter kept ready), `supervision` (starting and stopping processes), `logs` (engine output), `settings`
-(per-model settings) and `scheduler` (the `Scheduler` that composes them).
+(per-model settings), `config` (the server-wide settings, `c.Scheduler.…`) and `scheduler` (the `Scheduler` that
+composes them).
 """
 
+from .config import DEFAULT_KEEP_ALIVE
 from .errors import EngineFailed, InvalidSetting, NotEnoughMemory
 from .runner import EngineStream, Runner, RunnerKey, RunnerState
-from .scheduler import DEFAULT_KEEP_ALIVE, Scheduler
+from .scheduler import Scheduler
 from .settings import SettingsFile, parse_keep_alive
 from .standby import Standby
 

@@ -30,6 +30,7 @@ from ..errors import ModelRunnerError, Overloaded
 from ..store import Model, Store
 from .budget import Budget, Holding, Want, standby_fits
 from .budget import make_room as plan_room
+from .config import SchedulerConfig
 from .errors import EngineFailed
 from .idle import KeepAlive
 from .loading import FailedStarts, SingleFlight, check_mode, plan_inputs, start_process, wait_ready
@@ -41,11 +42,12 @@ from .supervision import runtime_folder, signal_group, terminate, watch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEEP_ALIVE = 300.0
+class Scheduler(SchedulerConfig):
+    """Owns the engine processes for one store. Create one per server (or CLI run), in its event loop.
 
-
-class Scheduler:
-    """Owns the engine processes for one store. Create one per server (or CLI run), in its event loop."""
+    Its configuration (`keep_alive`, the memory budgets, `max_waiting_requests`, `vllm_standby`: config.py) comes
+    from `config`/`parent` (`c.Scheduler.…`) or from keyword arguments, which win; `vram_budget` and `standby` are
+    the older keyword spellings of `gpu_memory_budget` and `vllm_standby`, and None means the default."""
 
     def __init__(
         self,
@@ -53,28 +55,24 @@ class Scheduler:
         *,
         engines: Sequence[Engine] | None = None,
         hardware: hw.Hardware | None = None,
-        memory_budget: int | None = None,
         vram_budget: int | None = None,
-        keep_alive: float = DEFAULT_KEEP_ALIVE,
         runtime_dir: Path | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
-        standby: bool = False,
-        max_waiting: int | None = None,
+        standby: bool | None = None,
+        **traits: Any,
     ) -> None:
         self.store = store
+        self.hardware = hardware or hw.probe()  # before the traits: the budgets' defaults are shares of it
+        traits.setdefault("gpu_memory_budget", vram_budget)
+        traits.setdefault("vllm_standby", standby)
+        super().__init__(**{name: value for name, value in traits.items() if value is not None})
         self.engines = list(engines or default_engines())
-        self.hardware = hardware or hw.probe()
-        self.memory_budget = memory_budget or int(self.hardware.memory_total * 0.8)
-        #: GPU memory the engines may use together (a budget of its own): 90 % of the GPUs' memory by default.
-        self.vram_budget = vram_budget or int(sum(gpu.memory_total for gpu in self.hardware.gpus) * 0.9)
-        self.keep_alive = keep_alive
         self.settings = SettingsFile(store.root)
         self.runners: dict[RunnerKey, Runner] = {}
         self._loads: SingleFlight[RunnerKey, Runner] = SingleFlight()
         self.failed_starts = FailedStarts()
-        #: Requests per (model, mode) between `use` and its end, and how many may wait beyond what runs (None: any).
+        #: Requests per (model, mode) between `use` and its end (`max_waiting_requests` may wait beyond what runs).
         self._inside: dict[tuple[str, str], int] = {}
-        self.max_waiting = max_waiting
         #: One load or wake at a time decides what to evict, so two cannot both count the same free memory.
         self.admission = asyncio.Lock()
         self.on_event = on_event or (lambda kind, data: None)
@@ -85,9 +83,14 @@ class Scheduler:
         #: Keep an engine interpreter with its imports done for the next load (vLLM: see standby.py).
         self.standby = StandbyKeeper(self.engines, self.hardware, self._cache_dir,
                                      lambda size: standby_fits(size, self.holdings(), self.budget_now()),
-                                     enabled=standby)
+                                     enabled=self.vllm_standby)
         self.idle = KeepAlive(self)
         self.stats = {"loads": 0, "load_failures": 0, "evictions": 0, "crashes": 0}
+
+    def _standby_changed(self, enabled: bool) -> None:
+        keeper = getattr(self, "standby", None)  # not made yet while the config is read
+        if keeper is not None:
+            keeper.enabled = enabled
 
     # -- choosing ------------------------------------------------------------------------------------
 
@@ -126,18 +129,20 @@ class Scheduler:
                 del self._inside[queue_key]
 
     def _check_queue(self, model: Model, mode: str) -> None:
-        """Refuse (503, Retry-After) a request when more than `max_waiting` already wait for this model: answers
-        that would come minutes late are worse than a prompt "try again", and a flood must not grow without end."""
-        if self.max_waiting is None:
+        """Refuse (503, Retry-After) a request when more than `max_waiting_requests` already wait for this model:
+        answers that would come minutes late are worse than a prompt "try again", and a flood must not grow without
+        end."""
+        if not self.max_waiting_requests:
             return
         inside = self._inside.get((model.id, mode), 0)
         runner = self._runner_of(model.id, mode, None, (RunnerState.READY,))
         capacity = runner.choice.engine.capacity(runner.plan) if runner and runner.plan else 0
         waiting = inside - capacity
-        if waiting >= self.max_waiting:
+        if waiting >= self.max_waiting_requests:
             retry = 1 + waiting // max(1, capacity) if runner else 5
-            raise Overloaded(f"{_label(model)} has {waiting} requests waiting already (at most {self.max_waiting}: "
-                             f"c.ModelRunner.max_waiting_requests). Try again in {retry} s.", retry_after=retry)
+            raise Overloaded(f"{_label(model)} has {waiting} requests waiting already (at most "
+                             f"{self.max_waiting_requests}: c.Scheduler.max_waiting_requests). Try again in {retry} s.",
+                             retry_after=retry)
 
     @contextlib.asynccontextmanager
     async def _use(self, model: Model, name: str, mode: str, engine: str | None, context_size: int | None,
@@ -389,7 +394,7 @@ class Scheduler:
         return self.settings.describe(name, model.id, self.keep_alive)
 
     def status(self) -> dict[str, Any]:
-        """Engines on this machine: installed or not, the device, and why."""
+        """Engines on this machine: installed or not, the device, and why; and the configuration in force."""
         engines = []
         for engine in self.engines:
             availability = engine.availability(self.hardware)
@@ -398,7 +403,8 @@ class Scheduler:
                             "formats": sorted(engine.formats), "location": availability.location,
                             "implementation": availability.implementation})
         return {"hardware": self.hardware.describe(), "memory_budget": self.memory_budget,
-                "vram_budget": self.vram_budget, "engines": engines}
+                "vram_budget": self.vram_budget, "max_waiting_requests": self.max_waiting_requests,
+                "vllm_standby": self.vllm_standby, "engines": engines}
 
     @property
     def runtime_dir(self) -> Path:
