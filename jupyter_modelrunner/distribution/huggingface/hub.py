@@ -141,14 +141,27 @@ class Hub:
             wait = 2.0 ** attempt
         return min(max(wait, 0.0), MAX_RATE_LIMIT_WAIT)
 
+    def _repo_folder(self, repo_id: str) -> Path:
+        return self.cache_dir / f"models--{repo_id.replace('/', '--')}"
+
+    def remember_revision(self, repo_id: str, revision: str, commit: str) -> None:
+        """Record in the cache which commit `revision` (a branch or tag) is, as `huggingface_hub` does when it
+        downloads by branch: files fetched by commit leave no such record, and an offline pull needs it."""
+        if revision == commit or not _COMMIT.match(commit):
+            return
+        ref = self._repo_folder(repo_id) / "refs" / safe_relative_path(revision, what="revision")
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not ref.exists() or ref.read_text().strip() != commit:
+            ref.write_text(commit)
+
     def _list_cached(self, repo_id: str, revision: str) -> tuple[str, list[RepoFile]] | None:
         """The revision's files as the cache holds them (a snapshot folder of links to blobs), or None."""
-        folder = self.cache_dir / f"models--{repo_id.replace('/', '--')}"
+        folder = self._repo_folder(repo_id)
         commit = revision if _COMMIT.match(revision) else None
         if commit is None:
             try:
-                commit = (folder / "refs" / revision).read_text().strip()
-            except (OSError, ValueError):
+                commit = (folder / "refs" / safe_relative_path(revision, what="revision")).read_text().strip()
+            except (OSError, ValueError, UnsafePath):
                 return None
         if not _COMMIT.match(commit or ""):
             return None

@@ -54,17 +54,19 @@ def pull_hub(hub_ref: HubReference, store: BlobStore, *, on_progress: ProgressCa
     reference = parse_reference(hf_model_name(hub_ref.repo_id, tag))
     with store.adding(), _staging(store) as staging:
         fetched = _fetch_all(hub, hub_ref.repo_id, commit, selection, tracker, cancel)
+        hub.remember_revision(hub_ref.repo_id, revision, commit)
         downloaded = sum(n for _, n in fetched.values())
         digests = _link_all(store, selection, fetched, staging)
         model = _package(_LinkingStore(store, digests), selection, staging, reference,
                          {"type": "huggingface", "endpoint": hub.endpoint, "repo": hub_ref.repo_id,
                           "revision": revision, "commit": commit,
-                          "files": [{"path": f.path, "digest": digests[staging / f.path][0], "size": f.size}
-                                    for f in selection.files]})
+                          "files": [{"path": f.path, "digest": digests[staging / f.path][0],
+                                     "size": digests[staging / f.path][1]} for f in selection.files]})
     if selection.quantization and reference.tag != selection.quantization:
         # `hf.co/org/repo` (latest) also answers to the quantization it chose: ls shows what it is.
         model = store.add_model(parse_reference(hf_model_name(hub_ref.repo_id, selection.quantization)),
                                 store.manifest_path(model.id).read_bytes())  # type: ignore[attr-defined]
+    total = sum(size for _, size in digests.values())  # a hub may list no sizes (olah's git mirrors)
     tracker.emit(ProgressEvent("success", f"Model {reference.familiar} pulled from {hub.page(hub_ref.repo_id)} "
                                f"({commit[:12]})", total=total, pulled=total))
     return PullResult(reference, model.id, downloaded, total - downloaded, model)
