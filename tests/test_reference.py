@@ -113,5 +113,5 @@ def test_other_references_are_not_hugging_face_ones():
     from jupyter_modelrunner.reference import parse_hub_reference
 
     assert parse_hub_reference("ai/smollm2") is None and parse_hub_reference("ghcr.io/org/model:1") is None
-    with pytest.raises(InvalidReference, match="hf.co/org/repo"):
+    with pytest.raises(InvalidReference, match=r"hf\.co/org/repo"):
         parse_hub_reference("hf.co/a/b/c")

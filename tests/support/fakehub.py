@@ -5,8 +5,9 @@ mid-body, and a git tree cannot hold a file named `../x`. This small server spea
 `huggingface_hub` uses for a pull (`GET /api/models/{repo}/revision/{rev}`, `HEAD`/`GET
 /{repo}/resolve/{rev}/{path}` with `X-Repo-Commit`, `ETag` = the LFS sha256, `Range`), and can:
 `token` — answer 401 without `Authorization: Bearer <token>`; `rate_limited` — answer 429 that many times first;
-`cut_after` — end the first body of a file after that many bytes (the hub "dies" mid-download); and list any file
-name it is given (hostile names included). Everything is real HTTP on 127.0.0.1 for the real client.
+`cut_after` — end the first body of a file after that many bytes (the hub "dies" mid-download); `redirects` —
+send a repo's downloads elsewhere; and list any file name it is given (hostile names included).
+Everything is real HTTP on 127.0.0.1 for the real client.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class FakeHub:
         self.token: str | None = None
         self.rate_limited = 0
         self.cut_after: int | None = None
-        self.redirect_to: str | None = None
+        self.redirects: dict[str, str] = {}  # repo → where its downloads are redirected
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.bytes_served = 0
         self._cut_done: set[str] = set()
@@ -98,9 +99,9 @@ class FakeHub:
                 data = hub.repos.get(repo, {}).get(name)
                 if data is None:
                     return self._plain(404, "Entry not found", {"X-Error-Code": "EntryNotFound"})
-                if hub.redirect_to is not None:
+                if repo in hub.redirects:
                     self.send_response(302)
-                    self.send_header("Location", hub.redirect_to)
+                    self.send_header("Location", hub.redirects[repo])
                     self.send_header("X-Repo-Commit", COMMIT)
                     self.send_header("X-Linked-Etag", f'"{hashlib.sha256(data).hexdigest()}"')
                     self.send_header("X-Linked-Size", str(len(data)))
