@@ -25,6 +25,7 @@ from .discovery import (
     after_handover,
     locate,
 )
+from .distribution.huggingface import HF_TOKEN_HEADER
 from .errors import HandingOver, ModelNotFound, ModelRunnerError, RunnerUnreachable
 
 __all__ = ["ENV_HOST", "ENV_REGISTRY", "ENV_TOKEN", "ChatStream", "RunnerClient", "RunnerLocation", "api_key",
@@ -217,7 +218,9 @@ class RunnerClient:
 
         Stopping the iteration early (an interrupt) cancels the pull; the next pull resumes it.
         """
-        return self._progress("models/create", {"from": reference})
+        # Our own HF_TOKEN (set in this kernel, say) goes with the pull: the runner may run with none.
+        token = os.environ.get("HF_TOKEN", "").strip()
+        return self._progress("models/create", {"from": reference}, headers={HF_TOKEN_HEADER: token} if token else None)
 
     def push(self, name: str, target: str | None = None) -> Iterator[dict[str, Any]]:
         return self._progress(f"models/{name}/push", {"target": target} if target else {})
@@ -380,12 +383,14 @@ class RunnerClient:
         error.http_status = status
         raise error
 
-    def _progress(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _progress(self, path: str, body: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
         import httpx
 
         try:
             for attempt in range(2):
-                with self._http.stream("POST", path, json=body, timeout=httpx.Timeout(30.0, read=None)) as response:
+                with self._http.stream("POST", path, json=body, headers=headers,
+                                       timeout=httpx.Timeout(30.0, read=None)) as response:
                     if response.status_code >= 400:
                         content = response.read()
                         if attempt == 0 and self._moved(response.status_code, response.headers):

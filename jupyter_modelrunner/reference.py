@@ -16,11 +16,15 @@ from .errors import InvalidReference
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
-HUGGING_FACE = "huggingface.co"
-HUGGING_FACE_ALIASES = frozenset({"hf.co", "huggingface.co"})
+#: Hugging Face models are stored under `hf.co/…`, as Docker Model Runner names them.
+HUGGING_FACE = "hf.co"
+HUGGING_FACE_ALIASES = frozenset({"hf.co", "huggingface.co", "www.huggingface.co"})
+HUGGING_FACE_SCHEME = "hf://"
 DEFAULT_NAMESPACE = "ai"
 DEFAULT_TAG = "latest"
-HUGGING_FACE_DEFAULT_TAG = "Q4_K_M"
+#: `hf.co/org/repo` means its default choice (Q4_K_M when the repo has it, see distribution/huggingface), kept under
+#: `latest` like any other name without a tag; `hf.co/org/repo:Q4_K_M` names the quantization itself.
+HUGGING_FACE_DEFAULT_TAG = DEFAULT_TAG
 
 ENV_DEFAULT_REGISTRY = "MODEL_RUNNER_DEFAULT_REGISTRY"
 ENV_INSECURE_REGISTRIES = "MODEL_RUNNER_INSECURE_REGISTRIES"
@@ -98,6 +102,44 @@ class Reference:
         return self.familiar
 
 
+@dataclass(frozen=True, slots=True)
+class HubReference:
+    """A Hugging Face model as the user typed it: the repo id goes to the Hub with its case (the Hub ignores case,
+    mirrors may not); `tag` is None when none was given (a quantization for a GGUF repo, else a revision)."""
+
+    repo_id: str
+    tag: str | None = None
+
+    @property
+    def reference(self) -> Reference:
+        """The local (lower-cased) name, `hf.co/org/repo:tag` (`latest` without a tag)."""
+        return Reference(HUGGING_FACE, self.repo_id.lower(), self.tag or HUGGING_FACE_DEFAULT_TAG, None)
+
+
+def parse_hub_reference(text: str) -> HubReference | None:
+    """`hf.co/ORG/REPO[:TAG]`, `huggingface.co/…` or `hf://ORG/REPO[:TAG]` as a `HubReference`; None for any other
+    reference. Raises `InvalidReference` for a Hugging Face name that is malformed."""
+    if not isinstance(text, str):
+        return None
+    stripped = text.strip()
+    if stripped.lower().startswith(HUGGING_FACE_SCHEME):
+        stripped = f"{HUGGING_FACE}/{stripped[len(HUGGING_FACE_SCHEME):]}"
+    for scheme in ("https://", "http://"):  # a Hub page's address pasted as it is
+        if stripped.lower().startswith(scheme):
+            stripped = stripped[len(scheme):]
+    host, _, rest = stripped.partition("/")
+    if host.lower() not in HUGGING_FACE_ALIASES:
+        return None
+    ref = parse_reference(f"{HUGGING_FACE}/{rest}")  # validates the characters, the tag and org/repo
+    if ref.digest:
+        raise InvalidReference(f"Invalid model reference {text!r}: pin a Hugging Face revision with `:COMMIT`, not "
+                               "a digest.")
+    path, _, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if len(path.split("/")) != 2:
+        raise InvalidReference(f"Invalid model reference {text!r}: Hugging Face models are `hf.co/org/repo`.")
+    return HubReference(path, tag or None)
+
+
 def default_registry(override: str | None = None) -> str:
     """The registry a bare name resolves to: the explicit value, then the environment, then Docker Hub."""
     value = (override or os.environ.get(ENV_DEFAULT_REGISTRY) or DOCKER_HUB).strip()
@@ -124,6 +166,8 @@ def parse_reference(text: str, *, registry: str | None = None) -> Reference:
         raise InvalidReference("A model reference cannot be empty (try `ai/smollm2`).")
     original = text
     text = text.strip()
+    if text.lower().startswith(HUGGING_FACE_SCHEME):
+        text = f"{HUGGING_FACE}/{text[len(HUGGING_FACE_SCHEME):]}"
     if any(ch.isspace() for ch in text):
         raise InvalidReference(f"Invalid model reference {original!r}: it contains whitespace.")
     if "://" in text:

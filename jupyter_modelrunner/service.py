@@ -284,14 +284,15 @@ class ModelRunnerService:
         usage = await asyncio.to_thread(self.store.df)
         return {**usage.to_json(), "store": str(self.store.root)}
 
-    def pull(self, reference: str, *, cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
+    def pull(self, reference: str, *, cancel: threading.Event | None = None,
+             hf_token: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Pull in a worker thread, yielding FORMAT §4 progress events and ending with `success` or `error`.
 
         Setting `cancel` (the HTTP client went away) stops the download within one read and ends the events
         with an `error` of status 499; closing the iterator early sets it too. What was downloaded is kept
-        and the next pull resumes it.
+        and the next pull resumes it. `hf_token` is the caller's Hugging Face token, for an `hf.co/…` pull.
         """
-        return self.transfers.run("pull", reference, cancel=cancel)
+        return self.transfers.run("pull", reference, cancel=cancel, hf_token=hf_token)
 
     def push(self, name: str, target: str | None = None, *,
              cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:

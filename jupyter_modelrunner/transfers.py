@@ -67,10 +67,11 @@ class Transfers:
         return tell
 
     async def run(self, mode: str, name: str, target: str | None = None, *,
-                  cancel: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
+                  cancel: threading.Event | None = None, hf_token: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Pull (`name` a reference) or push (`name` a stored model, to `target` or its own tag) in a worker thread,
         yielding progress events and ending with `success` or `error`. Setting `cancel`, or closing the iterator,
-        stops it at the next read; what was downloaded is kept for the next pull to resume."""
+        stops it at the next read; what was downloaded is kept for the next pull to resume. `hf_token` goes with a
+        Hugging Face pull only (never logged)."""
         from .distribution import pull, push
         from .sizes import format_bytes
 
@@ -93,7 +94,8 @@ class Transfers:
         def work() -> None:
             try:
                 if mode == "pull":
-                    result = pull(name, self.store, on_progress=on_progress, registry=self.registry, cancel=cancel)
+                    result = pull(name, self.store, on_progress=on_progress, registry=self.registry, cancel=cancel,
+                                  hf_token=hf_token)
                     model = self.describe(result.model)  # with its engine: the client needs no second request
                     how = (f"downloaded {format_bytes(result.downloaded_bytes)}" if result.downloaded_bytes
                            else "already up to date")

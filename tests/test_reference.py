@@ -32,8 +32,10 @@ def _clean_env(monkeypatch):
         ("ghcr.io/org/team/model:1.0", "ghcr.io/org/team/model:1.0"),
         (f"ai/smollm2@{DIGEST}", f"docker.io/ai/smollm2@{DIGEST}"),
         (f"ai/smollm2:v2@{DIGEST}", f"docker.io/ai/smollm2:v2@{DIGEST}"),
-        ("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF", "huggingface.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M"),
-        ("hf.co/org/repo:Q8_0", "huggingface.co/org/repo:Q8_0"),
+        ("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF", "hf.co/bartowski/llama-3.2-1b-instruct-gguf:latest"),
+        ("hf.co/org/repo:Q8_0", "hf.co/org/repo:Q8_0"),
+        ("huggingface.co/org/repo:Q8_0", "hf.co/org/repo:Q8_0"),
+        ("hf://Org/Repo:main", "hf.co/org/repo:main"),
     ],
 )
 def test_references_normalize_like_docker_model_runner(text, full):
@@ -88,3 +90,28 @@ def test_loopback_is_plain_http_and_others_need_listing(monkeypatch):
 def test_malformed_references_say_why(text, reason):
     with pytest.raises(InvalidReference, match=reason):
         parse_reference(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "repo_id", "tag", "local"),
+    [
+        ("hf.co/Bartowski/Llama-3.2-1B-Instruct-GGUF", "Bartowski/Llama-3.2-1B-Instruct-GGUF", None,
+         "hf.co/bartowski/llama-3.2-1b-instruct-gguf:latest"),
+        ("huggingface.co/org/Repo:q8_0", "org/Repo", "q8_0", "hf.co/org/repo:q8_0"),
+        ("hf://org/Repo:v1.0", "org/Repo", "v1.0", "hf.co/org/repo:v1.0"),
+        ("https://huggingface.co/org/Repo", "org/Repo", None, "hf.co/org/repo:latest"),
+    ],
+)
+def test_hugging_face_references_keep_the_repo_id_as_typed(text, repo_id, tag, local):
+    from jupyter_modelrunner.reference import parse_hub_reference
+
+    hub = parse_hub_reference(text)
+    assert (hub.repo_id, hub.tag, hub.reference.full) == (repo_id, tag, local)
+
+
+def test_other_references_are_not_hugging_face_ones():
+    from jupyter_modelrunner.reference import parse_hub_reference
+
+    assert parse_hub_reference("ai/smollm2") is None and parse_hub_reference("ghcr.io/org/model:1") is None
+    with pytest.raises(InvalidReference, match=r"hf\.co/org/repo"):
+        parse_hub_reference("hf.co/a/b/c")

@@ -12,6 +12,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..distribution.huggingface import HF_TOKEN_HEADER
 from ..package_roots import confine_files
 from . import schemas
 from .base import ModelRunnerHandler
@@ -86,7 +87,10 @@ class ModelCreateHandler(ProgressStreamMixin, ModelRunnerHandler):
         if not isinstance(reference, str) or not reference.strip():
             raise web.HTTPError(400, 'Say which model to pull: {"from": "ai/smollm2"}.')
         self.set_header("Content-Type", NDJSON)
-        await self.relay_progress(self.service.pull(reference.strip(), cancel=self.transfer_cancel))
+        # The client's own Hugging Face token (its HF_TOKEN) for this pull only: passed on, never logged or stored.
+        hf_token = self.request.headers.get(HF_TOKEN_HEADER) or None
+        await self.relay_progress(self.service.pull(reference.strip(), cancel=self.transfer_cancel,
+                                                    hf_token=hf_token))
 
 
 class ModelPackageHandler(ModelRunnerHandler):

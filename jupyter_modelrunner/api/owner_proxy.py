@@ -51,7 +51,8 @@ class RelayingHandler(Protocol):
 
 #: Where the mount prefix of the routes (`{base_url}modelrunner/`) is kept in the tornado settings.
 PREFIX_SETTING = "modelrunner_prefix"
-_REQUEST_HEADERS = ("content-type", "accept")
+#: `x-hf-token`: a client's own Hugging Face token goes with its pull to the runner that downloads (api/models.py).
+_REQUEST_HEADERS = ("content-type", "accept", "x-hf-token")
 _RESPONSE_HEADERS = ("content-type", "cache-control", "x-accel-buffering", "retry-after")
 
 

@@ -37,11 +37,13 @@ def package_gguf(
     chat_template: Path | None = None,
     context_size: int | None = None,
     mmproj: Path | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Any:
     """Store `gguf_files` (one file, or the shards of one model in order) as the model `reference`.
 
     `mmproj` is a vision model's multimodal projector (what llama.cpp's `convert_hf_to_gguf.py --mmproj` writes): it
     becomes a layer of Docker's media type, which a pull links as `model.mmproj` and llama-server loads with `--mmproj`.
+    `source` (where the files came from: a Hugging Face repo and commit) is recorded in the config for `inspect`.
     """
     files = [Path(gguf_files)] if isinstance(gguf_files, str | Path) else [Path(p) for p in gguf_files]
     if not files:
@@ -57,6 +59,7 @@ def package_gguf(
     config_inner: dict[str, Any] = {"format": mt.FORMAT_GGUF, **facts["summary"]}
     if context_size is not None:
         config_inner["context_size"] = _positive(context_size)
+    config_inner["source"] = source
     config_inner["gguf"] = facts["gguf"]
     with store.adding():  # its blobs stay until the model is indexed (see Store.adding)
         layers = [_file_layer(store, path, mt.GGUF, annotate_title=len(files) > 1) for path in files]
@@ -76,8 +79,10 @@ def package_safetensors(
     license_files: Sequence[Path] = (),
     chat_template: Path | None = None,
     context_size: int | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Any:
-    """Store a Hugging Face-style folder (weights + config/tokenizer files) as the model `reference`."""
+    """Store a Hugging Face-style folder (weights + config/tokenizer files) as the model `reference`; `source` as
+    for `package_gguf`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UnsupportedArtifact(f"{folder} is not a folder of safetensors files.")
@@ -108,6 +113,7 @@ def package_safetensors(
     context = context_size or hf_config.get("max_position_embeddings")
     if context:
         config_inner["context_size"] = _positive(int(context))
+    config_inner["source"] = source
     config_inner["safetensors"] = header_meta
     with store.adding():  # its blobs stay until the model is indexed (see Store.adding)
         layers = [_file_layer(store, path, mt.SAFETENSORS, filepath=rel) for path, rel in weights]

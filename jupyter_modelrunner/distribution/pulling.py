@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,13 @@ import urllib3.exceptions
 
 from .. import mediatypes as mt
 from ..errors import DigestMismatch, InsufficientStorage, ModelRunnerError, PullCancelled, RegistryUnavailable
-from ..reference import Reference, parse_reference
+from ..reference import HUGGING_FACE, HubReference, Reference, parse_hub_reference, parse_reference
 from ..sizes import format_bytes
 from .artifact import Layer, Manifest, parse_config, parse_manifest, sha256_digest
+from .huggingface.pulling import pull_hub
 from .progress import ProgressCallback, ProgressEvent, ProgressTracker
 from .registry import RegistryClient
+from .result import PullResult
 from .sink import BlobStore
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,6 @@ _TRANSPORT_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HT
 _CANCELLED = "The pull was cancelled; run it again to resume."
 
 
-@dataclass(frozen=True)
-class PullResult:
-    reference: Reference
-    digest: str
-    downloaded_bytes: int
-    reused_bytes: int
-    model: Any
-
-
 def pull(
     reference: Reference | str,
     store: BlobStore,
@@ -61,12 +53,19 @@ def pull(
     registry: str | None = None,
     max_workers: int = 4,
     cancel: threading.Event | None = None,
+    hf_token: str | None = None,
 ) -> PullResult:
     """Pull `reference` into `store` and return what was done; raises a `ModelRunnerError` subclass.
 
     Setting `cancel` (from any thread) makes the pull raise `PullCancelled` within one read of the body being
-    downloaded; what arrived stays in `*.incomplete` and the next pull resumes from there.
+    downloaded; what arrived stays in `*.incomplete` and the next pull resumes from there. A Hugging Face name
+    (`hf.co/org/repo[:tag]`) is pulled from the Hub (distribution/huggingface), with `hf_token` when the caller
+    has one (else the runner's own `HF_TOKEN`).
     """
+    hub_ref = parse_hub_reference(reference) if isinstance(reference, str) else (
+        HubReference(reference.repository, reference.tag) if reference.registry == HUGGING_FACE else None)
+    if hub_ref is not None:
+        return pull_hub(hub_ref, store, on_progress=on_progress, cancel=cancel, token=hf_token)
     ref = reference if isinstance(reference, Reference) else parse_reference(reference, registry=registry)
     client = RegistryClient(ref)
     raw, advertised = client.fetch_manifest()

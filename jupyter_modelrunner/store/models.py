@@ -64,6 +64,9 @@ class Model:
         projector: it takes images)."""
         config = self.config.summary()
         config["format"] = self.format
+        inner = self.config.raw.get("config")
+        if isinstance(inner, dict) and isinstance(inner.get("source"), dict):
+            config["source"] = inner["source"]  # where it came from (a Hugging Face repo, revision and files)
         return {
             "id": self.id,
             "tags": [familiar_name(tag, self.default_registry) for tag in self.tags],
