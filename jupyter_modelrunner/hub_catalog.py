@@ -248,6 +248,17 @@ def check_query(query: str, limit: int) -> str:
     return query
 
 
+def _headers() -> dict[str, str]:
+    """The search's headers: the token when there is one, and who asks. Not `build_hf_headers`: its telemetry fetches
+    `/api/agent-harnesses` once a day from the endpoint set when huggingface_hub was imported (huggingface.co itself
+    when HF_ENDPOINT was set later), a request nobody asked for."""
+    from ._version import __version__
+
+    token = hf_token()
+    return {"user-agent": f"jupyter-modelrunner/{__version__}",
+            **({"authorization": f"Bearer {token}"} if token else {})}
+
+
 def model_format(info: Any) -> str | None:
     """`gguf`, `safetensors` (a checkpoint vLLM serves) or None, from a `ModelInfo`'s tags and library."""
     tags = set(info.tags or [])
@@ -276,7 +287,7 @@ def search(query: str, *, limit: int = DEFAULT_SEARCH_LIMIT, fmt: str | None = N
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
     from huggingface_hub.hf_api import ModelInfo
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    from huggingface_hub.utils import get_session, hf_raise_for_status
 
     endpoint = hf_endpoint()
     params = [("search", query), ("sort", "downloads"), *(("expand", name) for name in SEARCH_FIELDS),
@@ -286,7 +297,7 @@ def search(query: str, *, limit: int = DEFAULT_SEARCH_LIMIT, fmt: str | None = N
         # `HfApi.list_models` makes it, but without its retries (~25 s against a hub that is down, too long for a
         # search box) and without following the answer's `Link` to further pages, wherever it points.
         response = get_session().get(f"{endpoint}/api/models", params=params,
-                                     headers=build_hf_headers(token=hf_token() or False), timeout=SEARCH_TIMEOUT)
+                                     headers=_headers(), timeout=SEARCH_TIMEOUT)
         hf_raise_for_status(response)
         items = response.json()
         if not isinstance(items, list):

@@ -206,3 +206,10 @@ def test_a_query_that_cannot_be_meant_is_refused_before_asking(search_hub, query
     with pytest.raises(InvalidReference):
         search(query)
     assert search_hub.requests == []
+
+
+def test_the_suite_never_reaches_the_real_hub():
+    """huggingface_hub reads its endpoint and telemetry switch once, at import: tests/__init__.py sets them first."""
+    from huggingface_hub import constants
+
+    assert constants.ENDPOINT == "http://127.0.0.1:9" and constants.HF_HUB_DISABLE_TELEMETRY

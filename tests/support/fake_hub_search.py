@@ -50,11 +50,14 @@ class FakeRepo:
 @dataclass
 class FakeHubSearch:
     """The fake hub: `models` answer the search; `repos[(repo, revision)]` serve files; `search_status` (when set)
-    answers the search with that status instead. `requests` records `(method, path, query)` of each request."""
+    answers the search with that status instead, `search_body` with those bytes, and `search_link` adds a `Link`
+    header pointing at a next page there. `requests` records `(method, path, query)` of each request."""
 
     models: list[dict[str, Any]] = field(default_factory=list)
     repos: dict[tuple[str, str], FakeRepo] = field(default_factory=dict)
     search_status: int | None = None
+    search_body: bytes | None = None
+    search_link: str | None = None
     requests: list[tuple[str, str, dict[str, list[str]]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -112,12 +115,16 @@ class FakeHubSearch:
         if self.search_status is not None:
             self._send(handler, self.search_status, json.dumps({"error": "refused"}).encode(), body=body)
             return
+        if self.search_body is not None:
+            self._send(handler, 200, self.search_body, body=body)
+            return
         words = (query.get("search") or [""])[0].lower()
         wanted = set(query.get("filter") or [])
         found = [m for m in self.models if words in m["id"].lower() and wanted <= set(m.get("tags") or [])]
         found.sort(key=lambda m: -m.get("downloads", 0))
         limit = int((query.get("limit") or ["1000"])[0])
-        self._send(handler, 200, json.dumps(found[:limit]).encode(), body=body)
+        link = {"Link": f'<{self.url}{self.search_link}>; rel="next"'} if self.search_link else None
+        self._send(handler, 200, json.dumps(found[:limit]).encode(), body=body, headers=link)
 
     def _file(self, handler: BaseHTTPRequestHandler, path: str, *, body: bool) -> None:
         repo, _, rest = path.lstrip("/").partition("/resolve/")
