@@ -4,7 +4,7 @@ fill a real HF cache without the network.
 
 It is named a fake because it is one: the search answers with the shape the Hub answers with (recorded from
 `https://huggingface.co/api/models?search=…&expand=…`, trimmed to the fields `hub_catalog.SEARCH_FIELDS` asks for) but
-from a list the test gives it, matched by substring as the Hub does; files are served at
+from a list the test gives it (a model matches when its id holds every word of the query); files are served at
 `/{repo}/resolve/{revision}/{path}` with the headers `hf_hub_download` reads (`X-Repo-Commit`, `ETag`,
 `Content-Length`). Every request's path and query are recorded, so attack tests can say where requests went.
 """
@@ -118,9 +118,10 @@ class FakeHubSearch:
         if self.search_body is not None:
             self._send(handler, 200, self.search_body, body=body)
             return
-        words = (query.get("search") or [""])[0].lower()
+        words = (query.get("search") or [""])[0].lower().split()
         wanted = set(query.get("filter") or [])
-        found = [m for m in self.models if words in m["id"].lower() and wanted <= set(m.get("tags") or [])]
+        found = [m for m in self.models if all(w in m["id"].lower() for w in words)
+                 and wanted <= set(m.get("tags") or [])]
         found.sort(key=lambda m: -m.get("downloads", 0))
         limit = int((query.get("limit") or ["1000"])[0])
         link = {"Link": f'<{self.url}{self.search_link}>; rel="next"'} if self.search_link else None
