@@ -190,8 +190,11 @@ def _runnable(repo_id: str, revision: Any) -> Iterable[CachedModel]:
         names.sort()
         if not _shards_complete(names):
             continue
-        yield model(FORMAT_GGUF, quant, names, quant if gguf_quantization(names[0]) else None,
-                    projectors[0] if projectors else None)
+        quantization = gguf_quantization(names[0])
+        # A file whose name says no quantization is named by its stem, unless it is the repo's only one: then the
+        # repo's name alone pulls it (with no tag, pull takes the one there is).
+        tag = quant if quantization or len(groups) > 1 else None
+        yield model(FORMAT_GGUF, tag, names, quantization, projectors[0] if projectors else None)
 
     weights = sorted(n for n in files if n.endswith(".safetensors") and "/" not in n)
     if "config.json" in files and weights and _weights_complete(files, weights):

@@ -77,6 +77,13 @@ def test_gguf_quantizations_are_listed_apart_with_their_projector(hub, cache, gg
     assert q4_model["revision"] == "main" and len(q4_model["commit"]) == 40
 
 
+def test_a_lone_gguf_whose_name_says_no_quantization_is_the_repos_name(hub, cache, gguf_bytes):
+    fill_hf_cache(hub, cache, "org/plain", {"model.gguf": gguf_bytes})
+    fill_hf_cache(hub, cache, "org/two", {"a.gguf": gguf_bytes + b"a", "b.gguf": gguf_bytes + b"b"})
+    assert [(m.name, m.quantization) for m in cached_models()] == [
+        ("hf.co/org/plain", None), ("hf.co/org/two:a", None), ("hf.co/org/two:b", None)]
+
+
 def test_sharded_gguf_is_one_model_and_only_when_every_shard_is_there(hub, cache, gguf_bytes):
     shards = {f"big-Q4_K_M-0000{i}-of-00002.gguf": gguf_bytes + bytes([i]) for i in (1, 2)}
     fill_hf_cache(hub, cache, "org/big", shards, download=["big-Q4_K_M-00001-of-00002.gguf"])
