@@ -82,6 +82,14 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
         p = verbs.add_parser(name, help="list stored models" if name == "ls" else "alias of ls")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("--quiet", "-q", action="store_true", help="only ids")
+        p.add_argument("--hf-cache", action="store_true",
+                       help="list instead what the Hugging Face cache holds that an engine here runs (pull it by name)")
+
+    p = verbs.add_parser("search", help="find GGUF and safetensors models on the Hugging Face Hub")
+    p.add_argument("query", nargs="+", help="words of the model's name, e.g. qwen2.5 0.5b")
+    p.add_argument("--limit", "-n", type=int, default=20, metavar="N", help="at most N models (1-100, default 20)")
+    p.add_argument("--format", choices=("gguf", "safetensors"), help="only this format")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = verbs.add_parser("inspect", help="show a stored model as JSON")
     p.add_argument("model")

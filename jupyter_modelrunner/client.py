@@ -248,6 +248,17 @@ class RunnerClient:
             body["mmproj"] = absolute(mmproj)
         return self.post("models/package", body)
 
+    def hf_cache(self) -> dict[str, Any]:
+        """The models in the runner's Hugging Face cache an engine runs: `{cache, models: [{name, repo, revision,
+        format, quantization, files, size, engine}]}`."""
+        return self.get("huggingface/cache")
+
+    def hf_search(self, query: str, *, limit: int = 20, fmt: str | None = None) -> list[dict[str, Any]]:
+        """The Hub's GGUF and safetensors models matching `query`, most downloaded first (`{name, repo, format,
+        downloads, likes, size, parameters}`)."""
+        params = {"q": query, "limit": str(limit), **({"format": fmt} if fmt else {})}
+        return self._send("GET", "huggingface/search", params=params)["models"]
+
     # -- engines --------------------------------------------------------------------------------------
 
     def ps(self) -> list[dict[str, Any]]:

@@ -18,6 +18,8 @@ from .presentation import (
     engine_line,
     format_bytes,
     fsck_text,
+    hf_cache_table,
+    hf_search_table,
     model_summary,
     models_table,
     preload_hint,
@@ -123,6 +125,8 @@ def tag(client: Any, args: argparse.Namespace, console: Console) -> None:
 
 
 def ls(client: Any, args: argparse.Namespace, console: Console) -> None:
+    if getattr(args, "hf_cache", False):
+        return hf_cache(client, args, console)
     models = client.models()
     if args.json:
         console.print(json.dumps(models, indent=2))
@@ -132,6 +136,33 @@ def ls(client: Any, args: argparse.Namespace, console: Console) -> None:
         console.print(f"No models yet. Pull one: {console.command} pull ai/smollm2")
     else:
         console.print(models_table(models))
+
+
+def hf_cache(client: Any, args: argparse.Namespace, console: Console) -> None:
+    """`ls --hf-cache`: what the runner's Hugging Face cache holds that an engine runs, named as `pull` takes it."""
+    listing = client.hf_cache()
+    models = listing.get("models") or []
+    if args.json:
+        console.print(json.dumps(listing, indent=2))
+    elif args.quiet:
+        console.print("\n".join(m["name"] for m in models))
+    elif not models:
+        console.print(f"The Hugging Face cache ({listing.get('cache')}) holds no GGUF or safetensors model. Find "
+                      f"one: {console.command} search QUERY")
+    else:
+        console.print(f"{hf_cache_table(models)}\n\nPull one by its name: {console.command} pull NAME")
+
+
+def search(client: Any, args: argparse.Namespace, console: Console) -> None:
+    """`search QUERY`: the Hub's models an engine here runs, most downloaded first (Docker Model Runner's verb)."""
+    query = " ".join(args.query) if isinstance(args.query, list) else args.query
+    models = client.hf_search(query, limit=args.limit, fmt=args.format)
+    if args.json:
+        console.print(json.dumps(models, indent=2))
+    elif not models:
+        console.print(f"No GGUF or safetensors model on the Hugging Face Hub matches {query!r}.")
+    else:
+        console.print(f"{hf_search_table(models)}\n\nPull one by its name: {console.command} pull NAME")
 
 
 def inspect(client: Any, args: argparse.Namespace, console: Console) -> None:
@@ -256,5 +287,5 @@ def _short(model: dict[str, Any]) -> str:
 VERBS: dict[str, Callable[[Any, argparse.Namespace, Console], Any]] = {
     "pull": pull, "push": push, "package": package, "tag": tag, "ls": ls, "inspect": inspect, "rm": rm,
     "purge": purge, "df": df, "gc": gc, "fsck": fsck, "load": load, "ps": ps, "unload": unload, "configure": configure,
-    "logs": logs, "status": status,
+    "logs": logs, "status": status, "search": search,
 }

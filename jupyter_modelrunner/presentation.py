@@ -13,8 +13,8 @@ from typing import Any
 
 from .sizes import format_bytes
 
-__all__ = ["ago", "df_text", "engine_line", "format_bytes", "fsck_text", "model_summary", "models_table",
-           "runners_table", "settings_line", "status_text"]
+__all__ = ["ago", "df_text", "engine_line", "format_bytes", "fsck_text", "hf_cache_table", "hf_search_table",
+           "model_summary", "models_table", "runners_table", "settings_line", "status_text"]
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -35,6 +35,33 @@ def models_table(models: Sequence[dict[str, Any]]) -> str:
                          config.get("quantization") or "", config.get("architecture") or "", short_id,
                          ago(model.get("created") or 0), format_bytes(model.get("size") or 0)))
     return format_table(rows)
+
+
+def hf_cache_table(models: Sequence[dict[str, Any]]) -> str:
+    """`ls --hf-cache`: `MODEL NAME  FORMAT  QUANTIZATION  REVISION  ENGINE  SIZE`, the name as `pull` takes it."""
+    rows = [("MODEL NAME", "FORMAT", "QUANTIZATION", "REVISION", "ENGINE", "SIZE")]
+    rows += [(m["name"], m.get("format") or "", m.get("quantization") or "", str(m.get("revision") or "")[:12],
+              m.get("engine") or "", format_bytes(m.get("size") or 0)) for m in models]
+    return format_table(rows)
+
+
+def hf_search_table(models: Sequence[dict[str, Any]]) -> str:
+    """`search`: `MODEL NAME  FORMAT  PARAMETERS  DOWNLOADS  LIKES  SIZE`, most downloaded first (the Hub's order)."""
+    rows = [("MODEL NAME", "FORMAT", "PARAMETERS", "DOWNLOADS", "LIKES", "SIZE")]
+    rows += [(m["name"], m.get("format") or "", count_text(m.get("parameters")), count_text(m.get("downloads")),
+              count_text(m.get("likes")), format_bytes(m["size"]) if m.get("size") else "") for m in models]
+    return format_table(rows)
+
+
+def count_text(count: int | None) -> str:
+    """`494M`, `1.2K`, `7`: a count as the Hub shows it (empty when unknown)."""
+    if count is None:
+        return ""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return str(count)
 
 
 def runners_table(runners: Sequence[dict[str, Any]]) -> str:

@@ -60,6 +60,13 @@ def isolated_env(monkeypatch, tmp_path_factory) -> None:
     monkeypatch.delenv("MODEL_RUNNER_HOST", raising=False)
     monkeypatch.delenv("MODEL_RUNNER_TOKEN", raising=False)
     monkeypatch.setenv("MODEL_RUNNER_VLLM_STANDBY", "0")  # runners the tests start: see server_env
+    # Nor the developer's HF cache or token, nor the real Hub: HF_ENDPOINT is a port nothing listens on (discard)
+    # unless a test points it at its own hub.
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH",
+                 "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -290,3 +290,25 @@ def test_key_create_list_revoke(tmp_path):
     assert "No inference keys" in run_cli("key", "list", env=env).stdout
     unknown = run_cli("key", "revoke", "dashboard", env=env, check=False)
     assert unknown.returncode == 1 and "No key named 'dashboard'" in unknown.stderr
+
+
+def test_ls_hf_cache_and_search(cli_env, monkeypatch, tiny_gguf):
+    """`ls --hf-cache` lists the HF cache the runner sees (HF_HOME); `search` asks the Hub at HF_ENDPOINT (the
+    suite's named fake hub: olah has no search route)."""
+    from .support.fake_hub_search import FakeHubSearch, fill_hf_cache, hub_model
+
+    monkeypatch.setenv("HF_HOME", str(cli_env / "hf"))
+    with FakeHubSearch(models=[hub_model("Org/Tiny-GGUF", downloads=1234, likes=5, library="gguf", tags=["gguf"],
+                                         used_storage=2 * 1024**2, gguf_parameters=494_032_768)]) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        assert "holds no GGUF or safetensors model" in run_cli("ls", "--hf-cache").stdout
+        fill_hf_cache(hub, cli_env / "hf" / "hub", "Org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_gguf.read_bytes()})
+        listing = run_cli("ls", "--hf-cache").stdout
+        assert "hf.co/org/tiny-gguf:q4_k_m" in listing and "Q4_K_M" in listing and "llama.cpp" in listing
+        assert run_cli("ls", "--hf-cache", "-q").stdout.split() == ["hf.co/org/tiny-gguf:q4_k_m"]
+        found = run_cli("search", "tiny", "gguf", "--limit", "5").stdout
+        assert "hf.co/org/tiny-gguf" in found and "494M" in found and "1.2K" in found and "2.00 MiB" in found
+        assert hub.searches()[-1]["search"] == ["tiny gguf"]
+        assert json.loads(run_cli("search", "tiny", "--json").stdout)[0]["repo"] == "Org/Tiny-GGUF"
+        refused = run_cli("search", "x" * 300, check=False)
+        assert refused.returncode == 1 and "at most 256" in refused.stderr

@@ -402,3 +402,11 @@ def test_picker_and_runners_widgets_follow_the_runner(shell, magics):
     assert status.runners == [] and "No model is loaded" in status.table.value
     assert not picker.loaded and picker.load_button.description == "Load"
     assert "not loaded" in picker.load_status.value
+
+
+def test_model_ls_hf_cache_and_search_share_the_cli_verbs(shell):
+    """The test runner's HF cache is empty and its Hub a port nothing listens on: what a user then reads."""
+    out, _, result = run(shell, "%model ls --hf-cache")
+    assert result.success and "holds no GGUF or safetensors model" in out and "%model search" in out
+    _, err, result = run(shell, "%model search qwen")
+    assert not result.success and "cannot be reached" in err + str(result.error_in_exec)

@@ -19,6 +19,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from .._version import __version__
+from ..hub_catalog import MAX_QUERY_CHARS, MAX_SEARCH_LIMIT
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .schemas import (
     ANTHROPIC_ERROR,
@@ -29,6 +30,8 @@ from .schemas import (
     EMBEDDING,
     FSCK,
     GC,
+    HF_CACHE,
+    HF_SEARCH,
     LOAD,
     MESSAGES,
     MODEL,
@@ -82,6 +85,7 @@ def _op(summary: str, tag: str, *, body: dict[str, Any] | None = None, ok: dict[
 
 DMR, OPENAI, OLLAMA, RUNNER = "Docker Model Runner", "OpenAI-compatible", "Ollama-compatible", "Runner"
 ANTHROPIC = "Anthropic-compatible"
+HUGGING_FACE = "Hugging Face"
 #: (method, path with `engines/` mounts folded to `v1/...`) → its operation. Path parameters are `{name}`.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "models"): _op("Every model in the store", DMR, ok=_json({"type": "array", "items": MODEL})),
@@ -157,6 +161,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "metrics"): _op("Prometheus metrics: ours and the engines'", RUNNER, ok={
         "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}),
     ("get", "openapi.json"): _op("This description", RUNNER),
+    ("get", "huggingface/cache"): _op("The models in the Hugging Face cache an engine here runs, as `pull` names them",
+                                      HUGGING_FACE, ok=_json(HF_CACHE)),
+    ("get", "huggingface/search"): _op("The Hub's GGUF and safetensors models matching a query, most downloaded "
+                                       "first", HUGGING_FACE, ok=_json(HF_SEARCH), query=(
+        ("q", {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}, True),
+        ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT}, False),
+        ("format", {"type": "string", "enum": ["gguf", "safetensors"]}, False))),
 }
 _MOUNT = re.compile(r"^(engines/(\{engine\}/)?(?=v1/)|anthropic/(?=v1/)|(engines/)?(?=responses))")
 

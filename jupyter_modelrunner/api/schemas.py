@@ -207,3 +207,17 @@ RESPONSE = obj({"model": NAME,
                 "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
                 "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1}},
                ("model", "input"), example={"model": "ai/tiny", "input": "Hello", "max_output_tokens": 8})
+# Answers of the Hugging Face routes (api/huggingface.py), for the description.
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+HF_CACHED_MODEL = obj({"name": {"type": "string"}, "repo": {"type": "string"}, "revision": {"type": "string"},
+                       "commit": {"type": "string"}, "format": {"type": "string", "enum": ["gguf", "safetensors"]},
+                       "quantization": {"type": ["string", "null"]}, "files": _STRINGS, "size": {"type": "integer"},
+                       "engine": {"type": "string"}, "mmproj": {"type": ["string", "null"]}},
+                      ("name", "repo", "revision", "format", "size", "files"))
+HF_CACHE = obj({"cache": {"type": "string"}, "models": {"type": "array", "items": HF_CACHED_MODEL}}, ("models",))
+HF_SEARCH_RESULT = obj({"name": {"type": "string"}, "repo": {"type": "string"},
+                        "format": {"type": "string", "enum": ["gguf", "safetensors"]},
+                        "downloads": {"type": "integer"}, "likes": {"type": "integer"},
+                        "size": {"type": ["integer", "null"]}, "parameters": {"type": ["integer", "null"]}},
+                       ("name", "repo", "format", "downloads", "likes"))
+HF_SEARCH = obj({"models": {"type": "array", "items": HF_SEARCH_RESULT}}, ("models",))

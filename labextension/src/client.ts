@@ -7,6 +7,8 @@ import { readNdjson } from './ndjson';
 import { isProgressEvent } from './progress';
 import type {
   DeleteResult,
+  HfCache,
+  HfSearchResult,
   Model,
   ProgressEvent,
   Runner,
@@ -194,6 +196,17 @@ export class ModelRunnerClient {
 
   status(): Promise<RunnerStatus> {
     return this._json<RunnerStatus>('engines/status');
+  }
+
+  /** What the runner's Hugging Face cache holds that an engine here runs. */
+  hfCache(): Promise<HfCache> {
+    return this._json<HfCache>('huggingface/cache');
+  }
+
+  /** The Hub's GGUF and safetensors models matching `query`, most downloaded first. */
+  async hfSearch(query: string, limit = 8, signal?: AbortSignal): Promise<HfSearchResult[]> {
+    const params = `q=${encodeURIComponent(query)}&limit=${limit}`;
+    return (await this._json<{ models: HfSearchResult[] }>(`huggingface/search?${params}`, { signal })).models;
   }
 }
 

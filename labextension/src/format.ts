@@ -91,3 +91,29 @@ export function familiar(name: string): string {
 export function nameParts(name: string): string[] {
   return name.split(/(?<=\/)|(?=:)/);
 }
+
+/** `494M`, `1.2K`, `7`: a count as the Hub shows it. */
+export function formatCount(count: number | null | undefined): string {
+  if (count === null || count === undefined) {
+    return '';
+  }
+  for (const [unit, size] of [['B', 1e9], ['M', 1e6], ['K', 1e3]] as const) {
+    if (count >= size) {
+      const value = count / size;
+      return `${value < 10 ? value.toFixed(1) : value.toFixed(0)}${unit}`;
+    }
+  }
+  return String(count);
+}
+
+/**
+ * What to ask the Hub's search for, from what is typed in the pull box: the repository part of an `hf.co/…`,
+ * `huggingface.co/…` or `hf://…` reference (no tag); null when too short to be worth a request.
+ */
+export function hubQuery(typed: string): string | null {
+  const query = typed
+    .trim()
+    .replace(/^(hf:\/\/|(https?:\/\/)?(hf\.co|huggingface\.co)\/)/i, '')
+    .replace(/:[^/]*$/, '');
+  return query.length >= 2 ? query : null;
+}

@@ -1,5 +1,6 @@
 /**
- * The Models sidebar: pull box, local models with their actions, and the runners view, in one panel.
+ * The Models sidebar: pull box (with the Hub's suggestions), local models with their actions, the Hugging Face
+ * cache's models, and the runners view, in one panel.
  */
 
 import { ReactWidget } from '@jupyterlab/ui-components';
@@ -7,6 +8,7 @@ import type { CommandRegistry } from '@lumino/commands';
 import type { Message } from '@lumino/messaging';
 import * as React from 'react';
 
+import { HfCacheList } from './components/HfCacheList';
 import { useRunnerState } from './components/hooks';
 import { ModelList } from './components/ModelList';
 import { PullBox } from './components/PullBox';
@@ -25,6 +27,7 @@ function Panel(props: { state: ModelRunnerState; commands: CommandRegistry }): J
       </header>
       <PullBox state={props.state} />
       <ModelList state={props.state} commands={props.commands} />
+      <HfCacheList state={props.state} />
       <RunnersView state={props.state} />
     </div>
   );

@@ -115,3 +115,34 @@ export interface RunnerStatus {
   version: string;
   memory_budget?: number;
 }
+
+/** A model in the Hugging Face cache an engine here runs (`GET huggingface/cache`), named as `pull` takes it. */
+export interface HfCachedModel {
+  name: string;
+  repo: string;
+  revision: string;
+  commit?: string;
+  format: 'gguf' | 'safetensors';
+  quantization: string | null;
+  files: string[];
+  size: number;
+  engine?: string;
+  mmproj?: string | null;
+}
+
+/** `GET huggingface/cache`: where the cache is, and its runnable models. */
+export interface HfCache {
+  cache?: string;
+  models: HfCachedModel[];
+}
+
+/** A model on the Hub an engine here runs (`GET huggingface/search`), most downloaded first. */
+export interface HfSearchResult {
+  name: string;
+  repo: string;
+  format: 'gguf' | 'safetensors';
+  downloads: number;
+  likes: number;
+  size?: number | null;
+  parameters?: number | null;
+}

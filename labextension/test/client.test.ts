@@ -177,4 +177,20 @@ describe('errorMessage', () => {
     expect(errorMessage('<html>proxy</html>', 502, 'Bad Gateway')).toBe('502 Bad Gateway');
     expect(errorMessage('', 403, 'Forbidden')).toBe('403 Forbidden');
   });
+
+  it('asks the Hugging Face cache and search, the query as a parameter only', async () => {
+    const { fetcher, calls } = fakeFetcher(path =>
+      path.startsWith('huggingface/cache')
+        ? json({ cache: '/hf/hub', models: [] })
+        : json({ models: [{ name: 'hf.co/org/tiny', repo: 'Org/Tiny', format: 'gguf', downloads: 3, likes: 1 }] })
+    );
+    const client = new ModelRunnerClient(fetcher);
+    expect((await client.hfCache()).models).toEqual([]);
+    const found = await client.hfSearch('../x?y=1#z&limit=1', 5);
+    expect(found[0].repo).toBe('Org/Tiny');
+    expect(calls.map(c => c.path)).toEqual([
+      'huggingface/cache',
+      'huggingface/search?q=..%2Fx%3Fy%3D1%23z%26limit%3D1&limit=5'
+    ]);
+  });
 });

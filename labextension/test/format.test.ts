@@ -1,7 +1,9 @@
 import {
   familiar,
   formatBytes,
+  formatCount,
   formatDuration,
+  hubQuery,
   keepAliveSeconds,
   keepAliveText,
   modelName,
@@ -89,5 +91,26 @@ describe('status bar', () => {
     const standby = runner({ model_name: '(standby)', mode: 'standby', state: 'standby', model_id: '' });
     expect(statusText(state([standby])).text).toBe('No model loaded');
     expect(statusText(state([runner({}), standby])).text).toBe('ai/smollm2-vllm:latest · vllm');
+  });
+});
+
+describe('Hugging Face helpers', () => {
+  it('counts as the Hub shows them', () => {
+    expect([formatCount(7), formatCount(1234), formatCount(494_032_768), formatCount(12_500_000_000)]).toEqual([
+      '7',
+      '1.2K',
+      '494M',
+      '13B'
+    ]);
+    expect(formatCount(null)).toBe('');
+  });
+
+  it('searches the repository part of what is typed', () => {
+    expect(hubQuery('hf.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M')).toBe('Qwen/Qwen2.5-0.5B-Instruct-GGUF');
+    expect(hubQuery('https://huggingface.co/org/tiny')).toBe('org/tiny');
+    expect(hubQuery('hf://org/tiny')).toBe('org/tiny');
+    expect(hubQuery('  qwen ')).toBe('qwen');
+    expect(hubQuery('q')).toBeNull();
+    expect(hubQuery('hf.co/')).toBeNull();
   });
 });

@@ -2,7 +2,8 @@
 // JupyterLab with the extension, a real registry and llama.cpp. Started by tests/browser/test_sidebar.py.
 //
 // Environment: LAB_URL (ending in /), LAB_TOKEN, MODEL (a reference to pull, e.g. ai/tiny), CHROMIUM (the
-// browser binary), ARTIFACTS (a folder for screenshots); optional SLOW_MODEL (a model behind a slow proxy, to watch partial progress and cancel) and EXPECT_BUILD (the entry point the
+// browser binary), ARTIFACTS (a folder for screenshots); optional HF_CACHE_MODEL and HUB_SUGGESTION (a model in the
+// server's HF cache, and one its Hub suggests for "tiny-gg"), SLOW_MODEL (a model behind a slow proxy, to watch partial progress and cancel) and EXPECT_BUILD (the entry point the
 // page must load).
 // Exits 0 when every step passed; prints each step as it goes.
 
@@ -190,6 +191,28 @@ try {
   const status = page.locator('.jp-ModelRunner-status');
   await status.getByText('No model loaded').waitFor();
   await screenshot(page, 'sidebar-empty');
+
+  // 1b. The Hugging Face cache's runnable models are listed with a Pull button each, and the pull box suggests the
+  // Hub's models as one types (the test's HF cache and fake hub: HF_CACHE_MODEL, HUB_SUGGESTION).
+  if (process.env.HF_CACHE_MODEL) {
+    const cached = env('HF_CACHE_MODEL');
+    const row = sidebar.locator(`section[aria-label="Hugging Face cache"] li[data-model="${cached}"]`);
+    await row.waitFor();
+    check((await row.textContent()).includes('Q4_K_M'), `the cache row shows the quantization: ${await row.textContent()}`);
+    await row.getByRole('button', { name: `Pull ${cached}` }).waitFor();
+    const input = sidebar.locator('.jp-ModelRunner-input');
+    await input.fill('tiny-gg');
+    const suggested = env('HUB_SUGGESTION');
+    const suggestion = sidebar.locator(`.jp-ModelRunner-suggestions li[data-model="${suggested}"]`);
+    await suggestion.waitFor();
+    check((await suggestion.textContent()).includes('downloads'), 'a suggestion shows its downloads');
+    await screenshot(page, 'hf-cache-and-hub-suggestions', sidebar);
+    await suggestion.locator('button').click();
+    check((await input.inputValue()) === suggested, 'picking a suggestion fills the pull box');
+    await sidebar.locator('.jp-ModelRunner-suggestions').waitFor({ state: 'detached' });
+    await input.fill('');
+    log('Hugging Face cache listed; the pull box suggests from the Hub');
+  }
 
   // 2. The commands are in the palette.
   await openPalette(page, 'Model Runner');

@@ -73,6 +73,7 @@ def handler_of(path: str) -> type:
     ("v1/models/ai/tiny:latest", SCOPE_INFERENCE), ("api/embeddings", SCOPE_INFERENCE),
     ("v1/rerank", SCOPE_INFERENCE), ("engines/llama.cpp/v1/score", SCOPE_INFERENCE),
     ("api/copy", SCOPE_MANAGE), ("api/push", SCOPE_MANAGE),
+    ("huggingface/search", SCOPE_INFERENCE), ("huggingface/cache", SCOPE_MANAGE),
 ])
 def test_routes_that_answer_with_a_model_have_the_inference_scope_and_management_does_not(path, scope):
     assert handler_of(path).api_scope == scope

@@ -5,7 +5,9 @@ JupyterLab runs in a subprocess with the extension, an empty store and the test 
 once the kernel is idle (a cold machine's first kernel start takes tens of seconds), watches the status bar,
 checks that the Running view follows an unload and a load made through the REST API from the server's events
 (within seconds, no read of `engines/ps`), unloads and deletes the model, saving a screenshot of every step in
-`tests/browser/artifacts/` (set UPDATE_DOCS_SCREENSHOT=1 to refresh the README's `docs/sidebar.png`).
+`tests/browser/artifacts/` (set UPDATE_DOCS_SCREENSHOT=1 to refresh the README's `docs/sidebar.png`). First it sees the
+Hugging Face cache section list a GGUF of the server's HF cache, and the pull box suggest a model from the Hub (the
+suite's named fake hub, tests/support/fake_hub_search.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import server_env
+from ..support.fake_hub_search import FakeHubSearch, fill_hf_cache, hub_model
 from ..support.jupyter import ServerProcess
 from ..support.publish import publish_gguf
 from ..support.vision import png
@@ -149,7 +152,7 @@ SCRIPT_TIMEOUT = 900
 
 
 @pytest.mark.timeout(SCRIPT_TIMEOUT + 300)
-def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model, tiny_vision):
+def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model, tiny_vision, tiny_gguf):
     if not (LABEXTENSION / "node_modules" / "playwright-core").is_dir():
         pytest.fail(f"playwright-core is not installed: run `jlpm --cwd {LABEXTENSION} install`.")
     workdir = tmp_path / "lab"
@@ -163,11 +166,33 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model, 
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
 
-    with (SlowProxy(registry.host) as slow,
-          ServerProcess.jupyter_lab(workdir, env, "--ModelRunner.keep_alive=10m") as lab):
+    # A Hugging Face cache holding a GGUF (filled by huggingface_hub from the fake hub, which also answers search).
+    hub_models = [hub_model("Org/Tiny-GGUF", downloads=4321, likes=12, library="gguf", tags=["gguf"],
+                            gguf_parameters=300_000)]
+    with (FakeHubSearch(models=hub_models) as hub, SlowProxy(registry.host) as slow):
+        fill_hf_cache(hub, workdir / "hf" / "hub", "Org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_gguf.read_bytes()})
+        env.update({"HF_HOME": str(workdir / "hf"), "HF_ENDPOINT": hub.url})
+        result, elapsed, server_log = run_script(workdir, env, slow, big_model, tiny_vision, tmp_path)
+    report = f"--- browser script ({elapsed:.1f} s) ---\n{result.stdout}\n{result.stderr}"
+    print(report)
+    assert result.returncode == 0, f"{report}\n--- JupyterLab log ---\n{server_log}"
+    assert "all steps passed" in result.stdout and "Hugging Face cache listed" in result.stdout
+
+    shots = sorted(ARTIFACTS.glob("*.png"))
+    assert len(shots) >= 8, [p.name for p in shots]
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(next(p for p in shots if DOCS_STEP in p.name), DOCS_SCREENSHOT)
+
+
+def run_script(workdir: Path, env: dict[str, str], slow: SlowProxy, big_model: str, tiny_vision,
+               tmp_path: Path) -> tuple[subprocess.CompletedProcess, float, str]:
+    """JupyterLab with `env`, and the browser script against it: its result, how long it took, the server's log."""
+    with ServerProcess.jupyter_lab(workdir, env, "--ModelRunner.keep_alive=10m") as lab:
         script_env = {**os.environ, "LAB_URL": lab.origin, "LAB_TOKEN": lab.token, "MODEL": "ai/tiny",
                       "VISION_MODEL": "ai/tiny-vision", "VISION_GGUF": str(tiny_vision.gguf),
                       "VISION_MMPROJ": str(tiny_vision.mmproj), "IMAGE": "red square.png",
+                      "HF_CACHE_MODEL": "hf.co/org/tiny-gguf:q4_k_m", "HUB_SUGGESTION": "hf.co/org/tiny-gguf",
                       "SLOW_MODEL": f"{slow.host}/{big_model}",
                       "CHROMIUM": str(CHROMIUM), "ARTIFACTS": str(ARTIFACTS),
                       "NO_PROXY": "127.0.0.1,localhost",
@@ -179,14 +204,4 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model, 
         server_log = lab.log_tail(60)
         if result.returncode == 0:
             assert_pull_stopped(tmp_path / "store", big_model)
-
-    report = f"--- browser script ({elapsed:.1f} s) ---\n{result.stdout}\n{result.stderr}"
-    print(report)
-    assert result.returncode == 0, f"{report}\n--- JupyterLab log ---\n{server_log}"
-    assert "all steps passed" in result.stdout
-
-    shots = sorted(ARTIFACTS.glob("*.png"))
-    assert len(shots) >= 8, [p.name for p in shots]
-    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(next(p for p in shots if DOCS_STEP in p.name), DOCS_SCREENSHOT)
+    return result, elapsed, server_log

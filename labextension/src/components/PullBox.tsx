@@ -1,9 +1,54 @@
 import * as React from 'react';
 
-import { formatBytes, shortId } from '../format';
+import { formatBytes, formatCount, hubQuery, shortId } from '../format';
 import { percent } from '../progress';
-import type { ModelRunnerState } from '../state';
+import { message, type ModelRunnerState } from '../state';
+import type { HfSearchResult } from '../types';
 import { ProgressBar } from './ProgressBar';
+
+/** How long typing must pause before the Hub is asked for suggestions. */
+export const SUGGEST_DELAY_MS = 350;
+
+/**
+ * The Hub's models matching what is typed, asked once typing pauses (one request at a time: a newer query aborts
+ * the one in flight). Nothing is asked while a pull runs or when the text is too short.
+ */
+function useHubSuggestions(
+  state: ModelRunnerState,
+  typed: string,
+  enabled: boolean
+): { suggestions: HfSearchResult[]; problem: string | null } {
+  const [suggestions, setSuggestions] = React.useState<HfSearchResult[]>([]);
+  const [problem, setProblem] = React.useState<string | null>(null);
+  React.useEffect(() => {
+    const query = enabled ? hubQuery(typed) : null;
+    if (query === null) {
+      setSuggestions([]);
+      setProblem(null);
+      return;
+    }
+    const controller = new AbortController();
+    const timer = window.setTimeout(() => {
+      state.client.hfSearch(query, 8, controller.signal).then(
+        found => {
+          setSuggestions(found);
+          setProblem(null);
+        },
+        err => {
+          if (!controller.signal.aborted) {
+            setSuggestions([]);
+            setProblem(message(err));
+          }
+        }
+      );
+    }, SUGGEST_DELAY_MS);
+    return () => {
+      window.clearTimeout(timer);
+      controller.abort();
+    };
+  }, [state, typed, enabled]);
+  return { suggestions, problem };
+}
 
 /** A reference box and Pull button; while pulling, total and per-layer progress with Cancel. */
 export function PullBox(props: { state: ModelRunnerState }): JSX.Element {
@@ -11,6 +56,8 @@ export function PullBox(props: { state: ModelRunnerState }): JSX.Element {
   const [reference, setReference] = React.useState('');
   const pull = state.pull;
   const running = state.pulling;
+  const [picked, setPicked] = React.useState<string | null>(null);
+  const { suggestions, problem } = useHubSuggestions(state, reference, !running && picked !== reference);
 
   const submit = (event: React.FormEvent): void => {
     event.preventDefault();
@@ -32,6 +79,7 @@ export function PullBox(props: { state: ModelRunnerState }): JSX.Element {
           aria-label="Model to pull"
           spellCheck={false}
           onChange={e => setReference(e.target.value)}
+          aria-controls="jp-ModelRunner-suggestions"
         />
         {running ? (
           <button
@@ -48,6 +96,44 @@ export function PullBox(props: { state: ModelRunnerState }): JSX.Element {
           </button>
         )}
       </form>
+      {suggestions.length > 0 && (
+        <ul
+          id="jp-ModelRunner-suggestions"
+          className="jp-ModelRunner-suggestions"
+          role="listbox"
+          aria-label="Models on the Hugging Face Hub"
+        >
+          {suggestions.map(found => (
+            <li key={found.name} role="option" aria-selected={false} data-model={found.name}>
+              <button
+                type="button"
+                className="jp-ModelRunner-suggestion"
+                title={`${found.repo} on the Hugging Face Hub`}
+                onClick={() => {
+                  setPicked(found.name);
+                  setReference(found.name);
+                }}
+              >
+                <span className="jp-ModelRunner-suggestionName">{found.name}</span>
+                <span className="jp-ModelRunner-muted">
+                  {[
+                    found.format,
+                    found.parameters ? `${formatCount(found.parameters)} parameters` : '',
+                    `${formatCount(found.downloads)} downloads`,
+                    `${formatCount(found.likes)} likes`,
+                    found.size ? formatBytes(found.size) : ''
+                  ]
+                    .filter(x => x)
+                    .join(' · ')}
+                </span>
+              </button>
+            </li>
+          ))}
+        </ul>
+      )}
+      {problem && reference.trim() && (
+        <div className="jp-ModelRunner-muted jp-ModelRunner-suggestProblem">Hub search: {problem}</div>
+      )}
       {pull && (
         <div className={`jp-ModelRunner-pullStatus jp-mod-${pull.phase}`} aria-live="polite">
           <div className="jp-ModelRunner-pullHeader">
