@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .distribution.huggingface.selection import SHARD_SUFFIX, hf_model_name, hf_repo_name, quantization_of
+from .distribution.huggingface.settings import hub_cache_dir, hub_endpoint, hub_offline, hub_token
 from .errors import AuthenticationFailed, InvalidReference, RegistryError, RegistryUnavailable
 from .mediatypes import FORMAT_GGUF, FORMAT_SAFETENSORS
 
 log = logging.getLogger(__name__)
 
-#: The host local names of Hugging Face models start with.
-HF_HOST = "hf.co"
 #: Engines that run each format (what `engines/select.py` picks on any machine).
 ENGINE_OF = {FORMAT_GGUF: "llama.cpp", FORMAT_SAFETENSORS: "vllm"}
 #: The longest search query passed on: the Hub's names are at most 96 characters (org/repo); anything much longer is
@@ -44,67 +42,6 @@ SEARCH_FIELDS = ("downloads", "likes", "tags", "library_name", "pipeline_tag", "
                  "lastModified", "gated", "private")
 #: Libraries whose safetensors checkpoints vLLM serves (its model loader is transformers').
 VLLM_LIBRARIES = frozenset({"transformers", "sentence-transformers"})
-
-# `Model-Q4_K_M.gguf`, `model.q8_0.gguf`, `x-UD-Q4_K_XL-00001-of-00002.gguf`, `x-IQ4_XS.gguf`, `x-f16.gguf`.
-_SHARD = re.compile(r"-(\d{5})-of-(\d{5})$")
-_QUANT = re.compile(r"(?:^|[-_.])((?:UD-)?(?:I?Q[1-8](?:_[A-Z0-9]+)*|TQ[12]_0|BF16|F16|F32|MXFP4(?:_MOE)?))$",
-                    re.IGNORECASE)
-
-
-def hf_model_name(repo: str, tag: str | None = None) -> str:
-    """The local name of a Hugging Face model, as `pull` stores it: `hf.co/<org>/<repo>[:<tag>]`, all lowercase
-    (the Hub ignores case; the store's names are lowercase). `tag` is a GGUF quantization or, for safetensors, a
-    revision other than `main`. The one place this rule lives, so it can be swapped for the pull's own."""
-    return f"{HF_HOST}/{repo}{f':{tag}' if tag else ''}".lower()
-
-
-def gguf_quantization(file_name: str) -> str | None:
-    """The quantization a GGUF file's name carries, upper case (`…-q4_k_m.gguf` → `Q4_K_M`), shard suffix ignored;
-    None when the name carries none."""
-    stem = _SHARD.sub("", Path(file_name).name.removesuffix(".gguf").removesuffix(".GGUF"))
-    match = _QUANT.search(stem)
-    return match.group(1).upper() if match else None
-
-
-# -- settings ------------------------------------------------------------------------------------------------
-
-
-def _true(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hf_home() -> Path:
-    """`$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface` (huggingface_hub's rule)."""
-    if os.environ.get("HF_HOME"):
-        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface"
-
-
-def hf_cache_dir() -> Path:
-    """The HF cache: `$HF_HUB_CACHE` (or the older `$HUGGINGFACE_HUB_CACHE`), else `<HF_HOME>/hub`."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    return Path(os.path.expandvars(explicit)).expanduser() if explicit else hf_home() / "hub"
-
-
-def hf_endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
-def hf_offline() -> bool:
-    return _true(os.environ.get("HF_HUB_OFFLINE")) or _true(os.environ.get("TRANSFORMERS_OFFLINE"))
-
-
-def hf_token() -> str | None:
-    """`$HF_TOKEN`, else the token file (`$HF_TOKEN_PATH`, else `<HF_HOME>/token`); never logged."""
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token and token.strip():
-        return token.strip()
-    path = Path(os.environ.get("HF_TOKEN_PATH") or hf_home() / "token").expanduser()
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
 
 
 # -- the cache -----------------------------------------------------------------------------------------------
@@ -134,7 +71,7 @@ class CachedModel:
 
 
 def cached_models(cache_dir: Path | str | None = None) -> list[CachedModel]:
-    """The runnable models in the HF cache (`hf_cache_dir()` unless given), by name; an absent cache holds none.
+    """The runnable models in the HF cache (`hub_cache_dir()` unless given), by name; an absent cache holds none.
 
     Each name appears once: when several revisions of a repo hold it, the one `main` points at wins, else the newest.
     Revisions with a GGUF shard missing, or safetensors weights an index names but the cache lacks, cannot run and
@@ -144,7 +81,7 @@ def cached_models(cache_dir: Path | str | None = None) -> list[CachedModel]:
     from huggingface_hub.errors import CacheNotFound
 
     try:
-        info = scan_cache_dir(cache_dir if cache_dir is not None else hf_cache_dir())
+        info = scan_cache_dir(cache_dir if cache_dir is not None else hub_cache_dir())
     except CacheNotFound:
         return []
     for warning in info.warnings:
@@ -184,13 +121,13 @@ def _runnable(repo_id: str, revision: Any) -> Iterable[CachedModel]:
     groups: dict[str, list[str]] = {}
     for name in ggufs:
         if name not in projectors:
-            quant = gguf_quantization(name) or _SHARD.sub("", Path(name).name[: -len(".gguf")])
+            quant = quantization_of(name) or SHARD_SUFFIX.sub("", Path(name).name[: -len(".gguf")])
             groups.setdefault(quant, []).append(name)
     for quant, names in sorted(groups.items()):
         names.sort()
         if not _shards_complete(names):
             continue
-        quantization = gguf_quantization(names[0])
+        quantization = quantization_of(names[0])
         # A file whose name says no quantization is named by its stem, unless it is the repo's only one: then the
         # repo's name alone pulls it (with no tag, pull takes the one there is).
         tag = quant if quantization or len(groups) > 1 else None
@@ -204,7 +141,7 @@ def _runnable(repo_id: str, revision: Any) -> Iterable[CachedModel]:
 
 def _shards_complete(names: list[str]) -> bool:
     """Whether a sharded GGUF has every shard its names count (an unsharded file is complete)."""
-    counts = [match.groups() for match in (_SHARD.search(Path(n).name[: -len(".gguf")]) for n in names) if match]
+    counts = [match.groups() for match in (SHARD_SUFFIX.search(Path(n).name[: -len(".gguf")]) for n in names) if match]
     if not counts:
         return len(names) == 1
     return len(counts) == len(names) == int(counts[0][1])
@@ -257,7 +194,7 @@ def _headers() -> dict[str, str]:
     when HF_ENDPOINT was set later), a request nobody asked for."""
     from ._version import __version__
 
-    token = hf_token()
+    token = hub_token()
     return {"user-agent": f"jupyter-modelrunner/{__version__}",
             **({"authorization": f"Bearer {token}"} if token else {})}
 
@@ -284,7 +221,7 @@ def search(query: str, *, limit: int = DEFAULT_SEARCH_LIMIT, fmt: str | None = N
     query = check_query(query, limit)
     if fmt not in (None, FORMAT_GGUF, FORMAT_SAFETENSORS):
         raise InvalidReference(f"Search for `{FORMAT_GGUF}` or `{FORMAT_SAFETENSORS}` models (not {fmt!r}).")
-    if hf_offline():
+    if hub_offline():
         raise RegistryUnavailable("HF_HUB_OFFLINE is set, so the Hugging Face Hub is not asked; unset it to search "
                                   "(the models already in the HF cache: `ls --hf-cache`).")
     import httpx2
@@ -292,7 +229,7 @@ def search(query: str, *, limit: int = DEFAULT_SEARCH_LIMIT, fmt: str | None = N
     from huggingface_hub.hf_api import ModelInfo
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
-    endpoint = hf_endpoint()
+    endpoint = hub_endpoint()
     params = [("search", query), ("sort", "downloads"), *(("expand", name) for name in SEARCH_FIELDS),
               ("limit", str(limit if fmt else min(2 * limit, MAX_SEARCH_LIMIT))), *((("filter", fmt),) if fmt else ())]
     try:
@@ -329,7 +266,7 @@ def search(query: str, *, limit: int = DEFAULT_SEARCH_LIMIT, fmt: str | None = N
             continue
         details = info.gguf if kind == FORMAT_GGUF else info.safetensors
         parameters = details.get("total") if isinstance(details, dict) else getattr(details, "total", None)
-        found.append({"name": hf_model_name(info.id), "repo": info.id, "format": kind,
+        found.append({"name": hf_repo_name(info.id), "repo": info.id, "format": kind,
                       "downloads": info.downloads or 0, "likes": info.likes or 0, "size": info.used_storage,
                       "parameters": parameters, "pipeline_tag": info.pipeline_tag, "engine": ENGINE_OF[kind],
                       "gated": bool(info.gated), "private": bool(info.private)})

@@ -304,8 +304,8 @@ def test_ls_hf_cache_and_search(cli_env, monkeypatch, tiny_gguf):
         assert "holds no GGUF or safetensors model" in run_cli("ls", "--hf-cache").stdout
         fill_hf_cache(hub, cli_env / "hf" / "hub", "Org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_gguf.read_bytes()})
         listing = run_cli("ls", "--hf-cache").stdout
-        assert "hf.co/org/tiny-gguf:q4_k_m" in listing and "Q4_K_M" in listing and "llama.cpp" in listing
-        assert run_cli("ls", "--hf-cache", "-q").stdout.split() == ["hf.co/org/tiny-gguf:q4_k_m"]
+        assert "hf.co/org/tiny-gguf:Q4_K_M" in listing and "Q4_K_M" in listing and "llama.cpp" in listing
+        assert run_cli("ls", "--hf-cache", "-q").stdout.split() == ["hf.co/org/tiny-gguf:Q4_K_M"]
         found = run_cli("search", "tiny", "gguf", "--limit", "5").stdout
         assert "hf.co/org/tiny-gguf" in found and "494M" in found and "1.2K" in found and "2.00 MiB" in found
         assert hub.searches()[-1]["search"] == ["tiny gguf"]

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_modelrunner.distribution.huggingface import hf_model_name, quantization_of
 from jupyter_modelrunner.errors import AuthenticationFailed, InvalidReference, RegistryUnavailable
 from jupyter_modelrunner.hub_catalog import (
     MAX_QUERY_CHARS,
     cached_models,
-    gguf_quantization,
-    hf_model_name,
     search,
 )
 
@@ -49,9 +48,9 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "hf-home" / "hub"
 
 
-def test_local_names_are_lowercase_and_keep_the_tag():
-    assert hf_model_name("Org/Tiny-GGUF", "Q4_K_M") == "hf.co/org/tiny-gguf:q4_k_m"
-    assert hf_model_name("Org/Tiny") == "hf.co/org/tiny"
+def test_local_names_are_lowercase_with_the_quantization_upper_case():
+    assert hf_model_name("Org/Tiny-GGUF", "Q4_K_M") == "hf.co/org/tiny-gguf:Q4_K_M"
+    assert hf_model_name("Org/Tiny") == "hf.co/org/tiny:latest"
 
 
 @pytest.mark.parametrize(("file_name", "quant"), [
@@ -60,7 +59,7 @@ def test_local_names_are_lowercase_and_keep_the_tag():
     ("x-UD-Q4_K_XL-00002-of-00003.gguf", "UD-Q4_K_XL"), ("gpt-oss-20b-MXFP4.gguf", "MXFP4"), ("model.gguf", None),
 ])
 def test_quantization_comes_from_the_file_name(file_name, quant):
-    assert gguf_quantization(file_name) == quant
+    assert quantization_of(file_name) == quant
 
 
 def test_gguf_quantizations_are_listed_apart_with_their_projector(hub, cache, gguf_bytes):
@@ -68,8 +67,8 @@ def test_gguf_quantizations_are_listed_apart_with_their_projector(hub, cache, gg
     fill_hf_cache(hub, cache, "Org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": q4, "tiny-Q8_0.gguf": q8,
                                                  "mmproj-tiny-f16.gguf": projector, "README.md": b"# tiny"})
     models = {m.name: m.to_json() for m in cached_models()}
-    assert set(models) == {"hf.co/org/tiny-gguf:q4_k_m", "hf.co/org/tiny-gguf:q8_0"}
-    q4_model = models["hf.co/org/tiny-gguf:q4_k_m"]
+    assert set(models) == {"hf.co/org/tiny-gguf:Q4_K_M", "hf.co/org/tiny-gguf:Q8_0"}
+    q4_model = models["hf.co/org/tiny-gguf:Q4_K_M"]
     assert q4_model["quantization"] == "Q4_K_M" and q4_model["format"] == "gguf"
     assert q4_model["engine"] == "llama.cpp" and q4_model["repo"] == "Org/Tiny-GGUF"
     assert q4_model["files"] == ["tiny-Q4_K_M.gguf"] and q4_model["mmproj"] == "mmproj-tiny-f16.gguf"
@@ -81,7 +80,7 @@ def test_a_lone_gguf_whose_name_says_no_quantization_is_the_repos_name(hub, cach
     fill_hf_cache(hub, cache, "org/plain", {"model.gguf": gguf_bytes})
     fill_hf_cache(hub, cache, "org/two", {"a.gguf": gguf_bytes + b"a", "b.gguf": gguf_bytes + b"b"})
     assert [(m.name, m.quantization) for m in cached_models()] == [
-        ("hf.co/org/plain", None), ("hf.co/org/two:a", None), ("hf.co/org/two:b", None)]
+        ("hf.co/org/plain:latest", None), ("hf.co/org/two:a", None), ("hf.co/org/two:b", None)]
 
 
 def test_sharded_gguf_is_one_model_and_only_when_every_shard_is_there(hub, cache, gguf_bytes):
@@ -90,7 +89,7 @@ def test_sharded_gguf_is_one_model_and_only_when_every_shard_is_there(hub, cache
     assert cached_models() == []  # half a download runs nowhere
     fill_hf_cache(hub, cache, "org/big", shards)
     [model] = cached_models()
-    assert model.name == "hf.co/org/big:q4_k_m" and model.files == sorted(shards)
+    assert model.name == "hf.co/org/big:Q4_K_M" and model.files == sorted(shards)
     assert model.size == sum(len(b) for b in shards.values())
 
 
@@ -98,7 +97,7 @@ def test_safetensors_snapshot_counts_each_blob_once(hub, cache, safetensors_file
     files = {**safetensors_files, "copy-of-config.json": safetensors_files["config.json"]}
     fill_hf_cache(hub, cache, "Org/Tiny-Chat", files)
     [model] = cached_models()
-    assert model.name == "hf.co/org/tiny-chat" and model.format == "safetensors"
+    assert model.name == "hf.co/org/tiny-chat:latest" and model.format == "safetensors"
     assert model.to_json()["engine"] == "vllm" and model.revision == "main"
     assert "model.safetensors" in model.files and "config.json" in model.files
     # The two identical files share one blob in the cache: counted once, as the disk holds it.

@@ -14,7 +14,8 @@ import asyncio
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..hub_catalog import DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT, cached_models, hf_cache_dir, search
+from ..distribution.huggingface.settings import hub_cache_dir
+from ..hub_catalog import DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT, cached_models, search
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 
 
@@ -26,7 +27,7 @@ class HuggingFaceCacheHandler(ModelRunnerHandler):
     @authorized
     async def get(self) -> None:
         models = await asyncio.to_thread(cached_models)
-        self.send_json({"cache": str(hf_cache_dir()), "models": [model.to_json() for model in models]})
+        self.send_json({"cache": str(hub_cache_dir()), "models": [model.to_json() for model in models]})
 
 
 class HuggingFaceSearchHandler(ModelRunnerHandler):

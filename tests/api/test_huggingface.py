@@ -34,7 +34,7 @@ async def test_the_cache_lists_what_an_engine_runs_under_the_name_pull_takes(jp_
     fill_hf_cache(hub, tmp_path / "hf" / "hub", "Org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": gguf, "README.md": b"hi"})
     listing = await get(jp_fetch, "huggingface", "cache")
     [model] = listing["models"]
-    assert model["name"] == "hf.co/org/tiny-gguf:q4_k_m" and model["repo"] == "Org/Tiny-GGUF"
+    assert model["name"] == "hf.co/org/tiny-gguf:Q4_K_M" and model["repo"] == "Org/Tiny-GGUF"
     assert (model["format"], model["quantization"], model["engine"]) == ("gguf", "Q4_K_M", "llama.cpp")
     assert model["size"] == len(gguf) and model["files"] == ["tiny-Q4_K_M.gguf"] and model["revision"] == "main"
 

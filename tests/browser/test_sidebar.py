@@ -192,7 +192,7 @@ def run_script(workdir: Path, env: dict[str, str], slow: SlowProxy, big_model: s
         script_env = {**os.environ, "LAB_URL": lab.origin, "LAB_TOKEN": lab.token, "MODEL": "ai/tiny",
                       "VISION_MODEL": "ai/tiny-vision", "VISION_GGUF": str(tiny_vision.gguf),
                       "VISION_MMPROJ": str(tiny_vision.mmproj), "IMAGE": "red square.png",
-                      "HF_CACHE_MODEL": "hf.co/org/tiny-gguf:q4_k_m", "HUB_SUGGESTION": "hf.co/org/tiny-gguf",
+                      "HF_CACHE_MODEL": "hf.co/org/tiny-gguf:Q4_K_M", "HUB_SUGGESTION": "hf.co/org/tiny-gguf",
                       "SLOW_MODEL": f"{slow.host}/{big_model}",
                       "CHROMIUM": str(CHROMIUM), "ARTIFACTS": str(ARTIFACTS),
                       "NO_PROXY": "127.0.0.1,localhost",

@@ -10,7 +10,6 @@ here at each pull and passed explicitly.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -28,53 +27,15 @@ from ...errors import (
 )
 from ..artifact import safe_relative_path
 from .selection import RepoFile
+from .settings import hub_cache_dir, hub_endpoint, hub_offline, hub_token
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 #: A 429 on the listing is retried this many times, waiting 1, 2, 4… seconds (or what `Retry-After` says, capped).
 RATE_LIMIT_RETRIES = 4
 MAX_RATE_LIMIT_WAIT = 30.0
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def hub_endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face cache as `huggingface_hub` finds it: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
-    `~/.cache/huggingface/hub` (`XDG_CACHE_HOME` honoured)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    return _hf_home() / "hub"
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_token(explicit: str | None = None) -> str | None:
-    """The token to send: the one the client passed with its pull, else `HF_TOKEN`, else the file `hf auth login`
-    writes (`HF_TOKEN_PATH`, else `HF_HOME/token`)."""
-    if explicit:
-        return explicit.strip() or None
-    if os.environ.get("HF_TOKEN", "").strip():
-        return os.environ["HF_TOKEN"].strip()
-    path = Path(os.environ.get("HF_TOKEN_PATH") or _hf_home() / "token").expanduser()
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _hf_home() -> Path:
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface"
 
 
 class Hub:

@@ -20,10 +20,11 @@ from ...reference import HUGGING_FACE, HUGGING_FACE_DEFAULT_TAG
 DEFAULT_QUANTIZATION = "Q4_K_M"
 #: Tags that ask for the repo's default choice rather than naming a quantization or revision (as DMR reads them).
 DEFAULT_TAGS = frozenset({"latest", "main"})
-#: A quantization as it appears in GGUF file names: Q4_K_M, IQ2_XXS, Q8_0, F16, BF16, MXFP4…
-_QUANT = re.compile(r"(?i)^(?:i?q\d+(?:_[a-z0-9]+)*|b?f16|f32|fp16|fp32|mxfp4)$")
-_QUANT_IN_NAME = re.compile(r"(?i)(?:^|[-._])(i?q\d+(?:_[a-z0-9]+)*?|b?f16|f32|mxfp4)(?=$|[-.])")
-_SHARD = re.compile(r"-(\d{5})-of-(\d{5})$")
+#: A quantization as it appears in GGUF file names: Q4_K_M, IQ2_XXS, Q8_0, TQ1_0, F16, BF16, MXFP4, Unsloth's UD-…
+_QUANTIZATION = r"(?:ud-)?(?:i?q\d+(?:_[a-z0-9]+)*?|tq[12]_0|b?f16|f32|fp16|fp32|mxfp4(?:_moe)?)"
+_QUANT = re.compile(rf"(?i)^{_QUANTIZATION}$")
+_QUANT_IN_NAME = re.compile(rf"(?i)(?:^|[-._])({_QUANTIZATION})(?=$|[-.])")
+SHARD_SUFFIX = re.compile(r"-(\d{5})-of-(\d{5})$")
 #: Files besides the weights that make a safetensors model runnable (vLLM reads them from the model folder).
 SAFETENSORS_SIDE_FILES = frozenset({
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -61,6 +62,12 @@ class Selection:
         return (*self.weights, *self.side_files, *((self.mmproj,) if self.mmproj else ()))
 
 
+def hf_repo_name(repo_id: str) -> str:
+    """The local name of a Hub repository without a tag (`hf.co/org/repo`, lower-cased: the Hub ignores case), as
+    search offers it to be pulled."""
+    return f"{HUGGING_FACE}/{repo_id.lower()}"
+
+
 def hf_model_name(repo_id: str, tag: str | None = None) -> str:
     """The name a model from the Hub is stored under: `hf.co/<repo id lower-cased>:<tag>`.
 
@@ -72,7 +79,7 @@ def hf_model_name(repo_id: str, tag: str | None = None) -> str:
         tag = HUGGING_FACE_DEFAULT_TAG
     elif is_quantization(tag):
         tag = tag.upper()
-    return f"{HUGGING_FACE}/{repo_id.lower()}:{tag}"
+    return f"{hf_repo_name(repo_id)}:{tag}"
 
 
 def is_quantization(tag: str) -> bool:
@@ -82,7 +89,7 @@ def is_quantization(tag: str) -> bool:
 
 def quantization_of(filename: str) -> str | None:
     """The quantization a GGUF file name carries (`Llama-3.2-1B-Instruct-Q4_K_M-00001-of-00002.gguf` → `Q4_K_M`)."""
-    stem = _SHARD.sub("", PurePosixPath(filename).name.removesuffix(".gguf").removesuffix(".GGUF"))
+    stem = SHARD_SUFFIX.sub("", PurePosixPath(filename).name.removesuffix(".gguf").removesuffix(".GGUF"))
     found = _QUANT_IN_NAME.findall(stem)
     return found[-1].upper() if found else None
 
@@ -146,7 +153,7 @@ def _first_with_shards(models: list[RepoFile]) -> list[RepoFile]:
 
 def _shard_prefix(file: RepoFile) -> str | None:
     stem = file.path.removesuffix(".gguf")
-    match = _SHARD.search(stem)
+    match = SHARD_SUFFIX.search(stem)
     return stem[: match.start()] if match else None
 
 
@@ -157,7 +164,7 @@ def _one_model(chosen: list[RepoFile]) -> list[RepoFile]:
         sets.setdefault(_shard_prefix(file) or file.path, []).append(file)
     key = sorted(sets, key=str)[0]
     files = sorted(sets[key], key=lambda f: f.path)
-    match = _SHARD.search(files[0].path.removesuffix(".gguf"))
+    match = SHARD_SUFFIX.search(files[0].path.removesuffix(".gguf"))
     if match and len(files) != int(match.group(2)):
         raise UnsupportedArtifact(f"{files[0].path} is one of {int(match.group(2))} shards but the repo has "
                                   f"{len(files)} of them.")
