@@ -19,9 +19,9 @@ from .. import mediatypes as mt
 from ..errors import UnsafePath, UnsupportedArtifact
 from ..reference import Reference
 from .artifact import safe_relative_path
+from .gguf_header import read_gguf_header
 from .sink import BlobStore
 
-MAX_GGUF_ARRAY_ITEMS = 50
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 _WEIGHT_SUFFIXES = (".safetensors",)
 #: The `general.architecture` of every multimodal projector GGUF (llama.cpp's clip/mtmd encoders).
@@ -126,21 +126,15 @@ def package_safetensors(
 
 def gguf_facts(files: Sequence[Path]) -> dict[str, Any]:
     """Read architecture, quantization, parameter count and every small key/value from GGUF headers."""
-    from gguf import GGUFReader, GGUFValueType, LlamaFileType  # heavy import, only when packaging
+    from gguf import LlamaFileType  # an enum of llama.cpp's file types; the header itself is read by gguf_header
 
     params = 0
     kv: dict[str, str] = {}
     for index, path in enumerate(files):
-        reader = GGUFReader(path, "r")
-        params += sum(int(t.n_elements) for t in reader.tensors)
-        if index:
-            continue
-        for name, field in reader.fields.items():
-            if name.startswith("GGUF.") or not field.types:
-                continue
-            if field.types[0] == GGUFValueType.ARRAY and len(field.data) > MAX_GGUF_ARRAY_ITEMS:
-                continue
-            kv[name] = _gguf_string(field.contents())
+        header = read_gguf_header(path)
+        params += header.parameters
+        if not index:
+            kv = {name: _gguf_string(value) for name, value in header.fields.items() if not name.startswith("GGUF.")}
     file_type = kv.get("general.file_type")
     quantization = None
     if file_type is not None and file_type.isdigit():
@@ -234,11 +228,8 @@ def _require_gguf(path: Path, what: str) -> None:
 def _require_projector(path: Path) -> None:
     """A projector is a GGUF whose architecture is `clip` (llama.cpp's name for every vision/audio encoder): a model
     GGUF given by mistake would only fail later, when llama-server starts."""
-    from gguf import GGUFReader  # heavy import, only when packaging
-
     _require_gguf(path, "Multimodal projector")
-    field = GGUFReader(path, "r").fields.get("general.architecture")
-    architecture = _gguf_string(field.contents()) if field is not None and field.types else None
+    architecture = read_gguf_header(path, tensors=False).fields.get("general.architecture")
     if architecture != MMPROJ_ARCHITECTURE:
         raise UnsupportedArtifact(
             f"{path} is not a multimodal projector (its GGUF architecture is {architecture or 'not recorded'}, not "
