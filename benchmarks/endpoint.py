@@ -157,7 +157,7 @@ def main() -> None:
 
     direct = DirectEngine(store)
     server = ServerProcess.jupyter_server(work, server_env(work, store.root, "127.0.0.1:1"),
-                                          "--ModelRunner.keep_alive=-1").start()
+                                          "--Scheduler.keep_alive=-1").start()
     try:
         proxied = server.client()
         for client, path in ((direct.client, "/v1/chat/completions"), (proxied, "v1/chat/completions")):

@@ -228,7 +228,7 @@ def jupyter(tmp_path_factory, live_store, registry) -> Iterator[ServerProcess]:
     """A real `jupyter server` with the extension (enabled by the config file the package installs)."""
     workdir = tmp_path_factory.mktemp("jupyter")
     with ServerProcess.jupyter_server(workdir, server_env(workdir, live_store.root, registry.host),
-                                      "--ModelRunner.keep_alive=10m") as server:
+                                      "--Scheduler.keep_alive=10m") as server:
         yield server
 
 

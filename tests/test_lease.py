@@ -91,7 +91,7 @@ def two_servers(tmp_path_factory, live_store, registry):
     for name in ("first", "second"):
         workdir = tmp_path_factory.mktemp(name)
         server = ServerProcess.jupyter_server(workdir, server_env(workdir, live_store.root, registry.host),
-                                              "--ModelRunner.keep_alive=10m")
+                                              "--Scheduler.keep_alive=10m")
         servers.append(server.start())
     yield servers
     for server in servers:

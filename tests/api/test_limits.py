@@ -24,7 +24,7 @@ def limited(tmp_path_factory, live_store, registry):
     """`serve` with small limits: 256 KiB bodies, 1 request waiting per model, 1 pull at a time."""
     workdir = tmp_path_factory.mktemp("limited")
     with ServerProcess.standalone(workdir, server_env(workdir, live_store.root, registry.host),
-                                  f"--ModelRunner.max_body_bytes={MAX_BODY}", "--ModelRunner.max_waiting_requests=1",
+                                  f"--ModelRunner.max_body_bytes={MAX_BODY}", "--Scheduler.max_waiting_requests=1",
                                   "--ModelRunner.max_concurrent_pulls=1") as server:
         yield server
 

@@ -29,7 +29,7 @@ def server(tmp_path_factory, live_store, registry, reasoning_models) -> Iterator
     (LLAMA_SERVER_SLOTS_DEBUG), so a test can see what the chat template rendered for a request."""
     workdir = tmp_path_factory.mktemp("reasoning-jupyter")
     env = {**server_env(workdir, live_store.root, registry.host), "LLAMA_SERVER_SLOTS_DEBUG": "1"}
-    with ServerProcess.jupyter_server(workdir, env, "--ModelRunner.keep_alive=10m") as process:
+    with ServerProcess.jupyter_server(workdir, env, "--Scheduler.keep_alive=10m") as process:
         yield process
 
 

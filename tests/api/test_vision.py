@@ -48,7 +48,7 @@ def vision_store(tmp_path_factory, registry, seeded, tiny_vision) -> Store:
 def server(tmp_path_factory, vision_store, registry) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("vision-jupyter")
     with ServerProcess.jupyter_server(workdir, server_env(workdir, vision_store.root, registry.host),
-                                      "--ModelRunner.keep_alive=10m",
+                                      "--Scheduler.keep_alive=10m",
                                       f"--ModelRunner.max_image_bytes={MAX_IMAGE_BYTES}",
                                       "--ModelRunner.image_fetch_timeout=2",
                                       # The image server is on 127.0.0.1, as a LAN server a user trusts would be.

@@ -188,7 +188,7 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model, 
 def run_script(workdir: Path, env: dict[str, str], slow: SlowProxy, big_model: str, tiny_vision,
                tmp_path: Path) -> tuple[subprocess.CompletedProcess, float, str]:
     """JupyterLab with `env`, and the browser script against it: its result, how long it took, the server's log."""
-    with ServerProcess.jupyter_lab(workdir, env, "--ModelRunner.keep_alive=10m") as lab:
+    with ServerProcess.jupyter_lab(workdir, env, "--Scheduler.keep_alive=10m") as lab:
         script_env = {**os.environ, "LAB_URL": lab.origin, "LAB_TOKEN": lab.token, "MODEL": "ai/tiny",
                       "VISION_MODEL": "ai/tiny-vision", "VISION_GGUF": str(tiny_vision.gguf),
                       "VISION_MMPROJ": str(tiny_vision.mmproj), "IMAGE": "red square.png",

@@ -47,7 +47,7 @@ def server(tmp_path_factory, store, registry) -> Iterator[ServerProcess]:
     """`serve` as a user starts it: private image URLs refused (the default)."""
     workdir = tmp_path_factory.mktemp("attacks-serve")
     with ServerProcess.standalone(workdir, server_env(workdir, store.root, registry.host),
-                                  "--ModelRunner.keep_alive=10m", f"--ModelRunner.max_images_per_request={MAX_IMAGES}"
+                                  "--Scheduler.keep_alive=10m", f"--ModelRunner.max_images_per_request={MAX_IMAGES}"
                                   ) as process:
         yield process
 
