@@ -21,6 +21,7 @@ import pytest
 
 from jupyter_modelrunner.engines.install import InstalledEngine, installed
 from jupyter_modelrunner.engines.llamacpp import install as llama_install
+from jupyter_modelrunner.engines.llamacpp import source as llama_source
 from jupyter_modelrunner.errors import InstallError
 from jupyter_modelrunner.paths import jupyter_data_dir, user_cache_dir
 
@@ -241,6 +242,6 @@ def test_source_archive_that_escapes_is_refused(tmp_path) -> None:
         dest = tmp_path / "src"
         shutil.rmtree(dest, ignore_errors=True)
         with pytest.raises(InstallError, match="Refusing"):
-            llama_install._extract_llama_cpp(archive, dest, lambda _: None)
+            llama_source.extract_llama_cpp(archive, dest, lambda _: None)
         assert not (tmp_path / "escaped.txt").exists()
         assert not (dest / "common" / "evil").exists()

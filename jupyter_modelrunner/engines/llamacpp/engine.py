@@ -501,7 +501,7 @@ def _borrowed_libraries(version: str | None) -> Path | None:
     if os.environ.get("LLAMA_CPP_LIB_PATH"):
         return Path(os.environ["LLAMA_CPP_LIB_PATH"])
     from ..installing import installed
-    from .install import LLAMA_CPP_PYTHON_VERSION
+    from .source import LLAMA_CPP_PYTHON_VERSION
 
     record = installed("llama.cpp")
     if record is None or record.lib_dir is None:
