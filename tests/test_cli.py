@@ -295,12 +295,12 @@ def test_key_create_list_revoke(tmp_path):
 def test_ls_hf_cache_and_search(cli_env, monkeypatch, tiny_gguf):
     """`ls --hf-cache` lists the HF cache the runner sees (HF_HOME); `search` asks the Hub at HF_ENDPOINT (the
     suite's named fake hub: olah has no search route)."""
-    from .support.fake_hub_search import FakeHubSearch, fill_hf_cache, hub_model
+    from .support.fakehub import FakeHub, fill_hf_cache, hub_model
 
     monkeypatch.setenv("HF_HOME", str(cli_env / "hf"))
-    with FakeHubSearch(models=[hub_model("Org/Tiny-GGUF", downloads=1234, likes=5, library="gguf", tags=["gguf"],
+    with FakeHub(models=[hub_model("Org/Tiny-GGUF", downloads=1234, likes=5, library="gguf", tags=["gguf"],
                                          used_storage=2 * 1024**2, gguf_parameters=494_032_768)]) as hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         assert "holds no GGUF or safetensors model" in run_cli("ls", "--hf-cache").stdout
         fill_hf_cache(hub, cli_env / "hf" / "hub", "Org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_gguf.read_bytes()})
         listing = run_cli("ls", "--hf-cache").stdout

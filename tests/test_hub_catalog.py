@@ -1,6 +1,6 @@
 """The HF cache as `ls --hf-cache` lists it, and the Hub's search, through the real `huggingface_hub` client.
 
-The cache is filled by `huggingface_hub`'s own downloader from the suite's fake hub (tests/support/fake_hub_search.py),
+The cache is filled by `huggingface_hub`'s own downloader from the suite's fake hub (tests/support/fakehub.py),
 so its layout (blobs named by their hash, snapshots of links, refs) is the client's own.
 """
 
@@ -19,7 +19,7 @@ from jupyter_modelrunner.hub_catalog import (
     search,
 )
 
-from .support.fake_hub_search import FakeHubSearch, fill_hf_cache, hub_model
+from .support.fakehub import FakeHub, fill_hf_cache, hub_model
 from .support.models import make_tiny_gguf, make_tiny_safetensors
 
 
@@ -36,7 +36,7 @@ def safetensors_files(tmp_path_factory) -> dict[str, bytes]:
 
 @pytest.fixture
 def hub():
-    with FakeHubSearch() as fake:
+    with FakeHub() as fake:
         yield fake
 
 
@@ -145,7 +145,7 @@ def search_hub(hub, monkeypatch):
         hub_model("someone/llama-tiny", downloads=10, likes=0, library="transformers",
                   tags=["transformers", "safetensors"]),
     ]
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     return hub
@@ -199,8 +199,8 @@ def test_offline_mode_asks_nothing(search_hub, monkeypatch):
 
 
 def test_a_hub_that_is_down_is_said_so(monkeypatch):
-    with FakeHubSearch() as stopped:
-        url = stopped.url
+    with FakeHub() as stopped:
+        url = stopped.endpoint
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(RegistryUnavailable, match="cannot be reached"):

@@ -1,6 +1,6 @@
 """`GET huggingface/cache` and `GET huggingface/search` through a real Jupyter server: the HF cache filled by
 `huggingface_hub`'s own downloader, the search answered by the suite's named fake hub
-(tests/support/fake_hub_search.py)."""
+(tests/support/fakehub.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from ..support.fake_hub_search import FakeHubSearch, fill_hf_cache, hub_model
+from ..support.fakehub import FakeHub, fill_hf_cache, hub_model
 from ..support.models import make_tiny_gguf
 
 pytestmark = pytest.mark.timeout(180)
@@ -22,8 +22,8 @@ async def get(jp_fetch, *parts, **kwargs):
 
 @pytest.fixture
 def hub(monkeypatch):
-    with FakeHubSearch() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
         yield fake
 
 

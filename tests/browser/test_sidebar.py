@@ -7,7 +7,7 @@ checks that the Running view follows an unload and a load made through the REST 
 (within seconds, no read of `engines/ps`), unloads and deletes the model, saving a screenshot of every step in
 `tests/browser/artifacts/` (set UPDATE_DOCS_SCREENSHOT=1 to refresh the README's `docs/sidebar.png`). First it sees the
 Hugging Face cache section list a GGUF of the server's HF cache, and the pull box suggest a model from the Hub (the
-suite's named fake hub, tests/support/fake_hub_search.py).
+suite's named fake hub, tests/support/fakehub.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import server_env
-from ..support.fake_hub_search import FakeHubSearch, fill_hf_cache, hub_model
+from ..support.fakehub import FakeHub, fill_hf_cache, hub_model
 from ..support.jupyter import ServerProcess
 from ..support.publish import publish_gguf
 from ..support.vision import png
@@ -169,9 +169,9 @@ def test_sidebar_pull_chat_unload_delete(tmp_path, registry, seeded, big_model, 
     # A Hugging Face cache holding a GGUF (filled by huggingface_hub from the fake hub, which also answers search).
     hub_models = [hub_model("Org/Tiny-GGUF", downloads=4321, likes=12, library="gguf", tags=["gguf"],
                             gguf_parameters=300_000)]
-    with (FakeHubSearch(models=hub_models) as hub, SlowProxy(registry.host) as slow):
+    with (FakeHub(models=hub_models) as hub, SlowProxy(registry.host) as slow):
         fill_hf_cache(hub, workdir / "hf" / "hub", "Org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_gguf.read_bytes()})
-        env.update({"HF_HOME": str(workdir / "hf"), "HF_ENDPOINT": hub.url})
+        env.update({"HF_HOME": str(workdir / "hf"), "HF_ENDPOINT": hub.endpoint})
         result, elapsed, server_log = run_script(workdir, env, slow, big_model, tiny_vision, tmp_path)
     report = f"--- browser script ({elapsed:.1f} s) ---\n{result.stdout}\n{result.stderr}"
     print(report)

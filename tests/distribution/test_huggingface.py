@@ -119,7 +119,7 @@ def test_offline_without_the_revision_in_the_cache_says_so(hf_env, monkeypatch, 
 
 def test_a_private_repo_needs_hf_token(hf_env, monkeypatch, hf_files, tmp_path):
     with FakeHub() as hub:
-        hub.repos["TestOrg/Private"] = {"tiny-Q4_K_M.gguf": hf_files[GGUF_REPO]["tiny-Q4_K_M.gguf"].read_bytes()}
+        hub.add_repo("TestOrg/Private", {"tiny-Q4_K_M.gguf": hf_files[GGUF_REPO]["tiny-Q4_K_M.gguf"].read_bytes()})
         hub.token = "hf_secret_token_0123456789"
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         store = Store(tmp_path / "store")
@@ -130,13 +130,13 @@ def test_a_private_repo_needs_hf_token(hf_env, monkeypatch, hf_files, tmp_path):
         monkeypatch.delenv("HF_TOKEN")
         hub.requests.clear()  # the caller's token (a client's, sent with its pull) is used when the runner has none
         assert pull("hf.co/TestOrg/Private:Q4_K_M", Store(tmp_path / "s2"), hf_token=hub.token).model
-        assert hub.requests[0][2].get("authorization") == f"Bearer {hub.token}"
+        assert hub.requests[0].headers.get("authorization") == f"Bearer {hub.token}"
 
 
 def test_a_rate_limited_hub_is_retried(hf_env, monkeypatch, hf_files, tmp_path):
     with FakeHub() as hub:
         q4 = hf_files[GGUF_REPO]["tiny-Q4_K_M.gguf"]
-        hub.repos["TestOrg/Busy"] = {"tiny-Q4_K_M.gguf": q4.read_bytes()}
+        hub.add_repo("TestOrg/Busy", {"tiny-Q4_K_M.gguf": q4.read_bytes()})
         hub.rate_limited = 2
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         model = pull("hf.co/TestOrg/Busy", Store(tmp_path / "store")).model
@@ -150,7 +150,7 @@ def test_a_download_cut_by_a_dying_hub_resumes_on_the_next_pull(hf_env, monkeypa
     q4.write_bytes(hf_files[GGUF_REPO]["tiny-Q4_K_M.gguf"].read_bytes() + os.urandom(24 * 2**20))
     size = q4.stat().st_size
     with FakeHub() as hub:
-        hub.repos["TestOrg/Flaky"] = {"tiny-Q4_K_M.gguf": q4.read_bytes()}
+        hub.add_repo("TestOrg/Flaky", {"tiny-Q4_K_M.gguf": q4.read_bytes()})
         hub.cut_after = 21 * 2**20
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         store = Store(tmp_path / "store")
@@ -158,7 +158,7 @@ def test_a_download_cut_by_a_dying_hub_resumes_on_the_next_pull(hf_env, monkeypa
             pull("hf.co/TestOrg/Flaky", store)
         model = pull("hf.co/TestOrg/Flaky", store).model
         assert sha256(model.bundle / "model.gguf") == sha256(q4)
-        ranges = [h.get("range") for m, p, h in hub.requests if m == "GET" and "/resolve/" in p]
+        ranges = [r.headers.get("range") for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
         assert ranges[0] is None and ranges[1] == f"bytes={20 * 2**20}-"  # resumed where it was cut, not from 0
         assert hub.bytes_served == 21 * 2**20 + size - 20 * 2**20
 

@@ -1,5 +1,5 @@
 """Attacks through `GET huggingface/search` and `GET huggingface/cache`, against a real Jupyter server whose
-HF_ENDPOINT is the suite's named fake hub (tests/support/fake_hub_search.py), which records every request it gets.
+HF_ENDPOINT is the suite's named fake hub (tests/support/fakehub.py), which records every request it gets.
 
 The search query comes from anyone with a credential (an inference key too) and goes on to another server: it must
 reach the Hub only as the value of the `search` parameter of `/api/models` (never as a path, another parameter, or a
@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from ..conftest import TEST_API_KEY, server_env
-from ..support.fake_hub_search import FakeHubSearch, hub_model
+from ..support.fakehub import FakeHub, hub_model
 from ..support.jupyter import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
@@ -23,9 +23,9 @@ KEY = {"Authorization": f"Bearer {TEST_API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def hub() -> Iterator[FakeHubSearch]:
+def hub() -> Iterator[FakeHub]:
     tiny = hub_model("org/tiny-GGUF", downloads=1, likes=0, library="gguf", tags=["gguf"])
-    with FakeHubSearch(models=[tiny]) as fake:
+    with FakeHub(models=[tiny]) as fake:
         yield fake
 
 
@@ -35,7 +35,7 @@ def server(tmp_path_factory, hub) -> Iterator[ServerProcess]:
     env = server_env(workdir, workdir / "store", "127.0.0.1:9")
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
         env.pop(name, None)
-    env.update({"HF_ENDPOINT": hub.url, "HF_HOME": str(workdir / "hf")})
+    env.update({"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(workdir / "hf")})
     with ServerProcess.jupyter_server(workdir, env) as process:
         yield process
 
@@ -56,10 +56,10 @@ def test_the_query_reaches_the_hub_only_as_the_search_parameter(http, hub, query
     answer = http.get("huggingface/search", params={"q": query})
     assert answer.status_code == 200, answer.text
     assert len(hub.requests) == 1, hub.requests
-    [(method, path, asked)] = hub.requests
-    assert (method, path) == ("GET", "/api/models")
-    assert asked["search"] == [query.strip()]
-    assert asked["limit"] == ["40"] and "filter" not in asked  # the runner's own, not the query's
+    [request] = hub.requests
+    assert (request.method, request.path) == ("GET", "/api/models")
+    assert request.query["search"] == [query.strip()]
+    assert request.query["limit"] == ["40"] and "filter" not in request.query  # the runner's own, not the query's
 
 
 @pytest.mark.parametrize("query", ["tiny\r\nX-Injected: 1", "tiny\nGET /api/whoami-v2", "tiny\tgguf",
@@ -89,7 +89,7 @@ def test_an_absurd_limit_is_a_400_and_no_request(http, hub, limit):
 def test_the_hubs_link_to_a_next_page_is_not_followed(http, hub):
     hub.search_link = "/api/whoami-v2"
     assert http.get("huggingface/search", params={"q": "tiny"}).status_code == 200
-    assert [path for _, path, _ in hub.requests] == ["/api/models"]
+    assert [request.path for request in hub.requests] == ["/api/models"]
 
 
 @pytest.mark.parametrize("body", [b"not json", b'{"error": "an object"}', b'[{"no": "id"}, 42, null]',

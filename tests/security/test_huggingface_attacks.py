@@ -38,7 +38,7 @@ def files_under(folder: Path) -> set[Path]:
                                   "..\\win-Q4_K_M.gguf", "mmproj/../../../x-mmproj-f16.gguf"])
 def test_file_names_that_escape_are_refused_and_write_nothing(hostile, tmp_path, name):
     gguf = make_tiny_gguf(tmp_path / "tiny.gguf")
-    hostile.repos["Evil/Repo"] = {name: gguf.read_bytes(), "ok-Q8_0.gguf": gguf.read_bytes()}
+    hostile.add_repo("Evil/Repo", {name: gguf.read_bytes(), "ok-Q8_0.gguf": gguf.read_bytes()})
     before = files_under(tmp_path.parent)
     with pytest.raises(UnsafePath, match="Refusing"):
         pull("hf.co/Evil/Repo", Store(tmp_path / "store"))
@@ -46,7 +46,7 @@ def test_file_names_that_escape_are_refused_and_write_nothing(hostile, tmp_path,
     allowed = (tmp_path / "store", tmp_path / "hf-home")
     assert all(any(p.is_relative_to(root) for root in allowed) for p in created), created
     assert not [p for p in created if p.is_file() and p.suffix == ".gguf"]
-    assert not any(p for p in hostile.requests if "/resolve/" in p[1])  # refused before any download
+    assert not any(r for r in hostile.requests if "/resolve/" in r.path)  # refused before any download
 
 
 def test_a_cache_snapshot_link_out_of_the_cache_is_ignored_offline(hostile, monkeypatch, tmp_path):
@@ -70,8 +70,8 @@ def test_a_download_redirected_elsewhere_is_not_taken_for_the_model(hostile, tmp
     sha256 the listing promised: bytes fetched from wherever the redirect points never become the model."""
     gguf = make_tiny_gguf(tmp_path / "tiny.gguf")
     other = make_tiny_gguf(tmp_path / "other.gguf", context_length=64)
-    hostile.repos["Evil/Redirect"] = {"tiny-Q4_K_M.gguf": gguf.read_bytes()}
-    hostile.repos["Evil/Internal"] = {"secret.gguf": other.read_bytes()}
+    hostile.add_repo("Evil/Redirect", {"tiny-Q4_K_M.gguf": gguf.read_bytes()})
+    hostile.add_repo("Evil/Internal", {"secret.gguf": other.read_bytes()})
     hostile.redirects["Evil/Redirect"] = f"{hostile.endpoint}/Evil/Internal/resolve/main/secret.gguf"
     store = Store(tmp_path / "store")
     with pytest.raises(DigestMismatch, match="the Hub says sha256:"):
@@ -81,7 +81,7 @@ def test_a_download_redirected_elsewhere_is_not_taken_for_the_model(hostile, tmp
 
 def test_the_token_is_in_no_log_and_nowhere_in_the_store(hostile, monkeypatch, tmp_path, caplog):
     gguf = make_tiny_gguf(tmp_path / "tiny.gguf")
-    hostile.repos["Evil/Private"] = {"tiny-Q4_K_M.gguf": gguf.read_bytes()}
+    hostile.add_repo("Evil/Private", {"tiny-Q4_K_M.gguf": gguf.read_bytes()})
     hostile.token = TOKEN
     store = Store(tmp_path / "store")
     caplog.set_level(logging.DEBUG)
