@@ -61,11 +61,13 @@ def _spm_vocab(special_tokens: Sequence[str] = ()) -> tuple[list[str], list[floa
 
 
 def make_tiny_gguf(path: Path, *, context_length: int | None = 512, chat_template: str = CHATML_TEMPLATE,
-                   special_tokens: Sequence[str] = ()) -> Path:
+                   special_tokens: Sequence[str] = (), split_max_tensors: int = 0) -> Path:
     """A random-weight llama (hidden 64, 2 layers, 4 heads / 2 KV heads, f32) that llama.cpp loads.
 
     `context_length` is its training context (None: the GGUF does not say); `chat_template` the one it embeds;
     `special_tokens` are made single control tokens of its vocabulary (as real reasoning models have `<think>`).
+    With `split_max_tensors`, it is written as shards (`<stem>-0000N-of-0000M.gguf` beside `path`, as llama.cpp's
+    gguf-split names them).
     """
     import gguf
 
@@ -78,7 +80,7 @@ def make_tiny_gguf(path: Path, *, context_length: int | None = 512, chat_templat
     def weight(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     writer.add_name("tiny-llama")
     if context_length is not None:
         writer.add_context_length(context_length)
