@@ -264,6 +264,13 @@ class ModelRunnerService:
         self._store_changed("added", described)
         return described
 
+    def added(self, model: Model) -> dict[str, Any]:
+        """A model a route put in the store itself (an imported archive): described as `models` lists it, and
+        announced to every sidebar."""
+        described = self._describe(model)
+        self._store_changed("added", described)
+        return described
+
     async def remove(self, name: str, *, force: bool = False) -> dict[str, Any]:
         """Remove a model or one of its tags; a loaded model's engine is stopped first when the model goes."""
         model = await asyncio.to_thread(self.store.resolve, name)
