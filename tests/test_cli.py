@@ -290,3 +290,15 @@ def test_key_create_list_revoke(tmp_path):
     assert "No inference keys" in run_cli("key", "list", env=env).stdout
     unknown = run_cli("key", "revoke", "dashboard", env=env, check=False)
     assert unknown.returncode == 1 and "No key named 'dashboard'" in unknown.stderr
+
+
+def test_export_import_and_package_from_on_the_command_line(cli_env, seeded, tmp_path):
+    """DMR's archive moves through `export`/`import`; `package --from` makes a variant sharing the weights."""
+    run_cli("pull", "-q", "ai/tiny")
+    archive = tmp_path / "tiny.tar"
+    assert run_cli("export", "ai/tiny", str(archive)).stdout.startswith("Exported ai/tiny")
+    run_cli("rm", "ai/tiny")
+    assert run_cli("import", str(archive)).stdout.startswith("Imported ai/tiny:latest")
+    run_cli("package", "--from", "ai/tiny", "--context-size", "2048", "ai/tiny-2k")
+    variant = json.loads(run_cli("inspect", "ai/tiny-2k").stdout)
+    assert variant["config"]["context_size"] == 2048

@@ -143,12 +143,13 @@ class ModelPackageHandler(ModelRunnerHandler):
         gguf = body.get("gguf")
         if isinstance(gguf, str):
             gguf = [gguf]
-        if not isinstance(tag, str) or not tag or not (gguf or body.get("safetensors_dir")):
-            raise web.HTTPError(400, 'Say what to package and its name: {"tag": "ai/mine", "gguf": ["/path/m.gguf"]} '
-                                'or {"tag": ..., "safetensors_dir": "/path/folder"}.')
+        if not isinstance(tag, str) or not tag or not (gguf or body.get("safetensors_dir") or body.get("from")):
+            raise web.HTTPError(400, 'Say what to package and its name: {"tag": "ai/mine", "gguf": ["/path/m.gguf"]}, '
+                                '{"tag": ..., "safetensors_dir": "/path/folder"} or {"tag": ..., "from": "ai/model"}.')
         model = await self.service.package(
             tag, gguf=gguf, safetensors_dir=body.get("safetensors_dir"), license_files=body.get("license"),
             chat_template=body.get("chat_template"), context_size=body.get("context_size"), mmproj=body.get("mmproj"),
+            from_model=body.get("from"),
         )
         self.send_json(model, status=201)
 
