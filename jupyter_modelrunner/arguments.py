@@ -66,6 +66,8 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     source.add_argument("--gguf", metavar="FILE", type=Path, action="append",
                         help="GGUF weights (repeat for the shards of one model, in order)")
     source.add_argument("--safetensors-dir", metavar="DIR", type=Path, help="folder with *.safetensors and side files")
+    source.add_argument("--from", dest="from_model", metavar="MODEL",
+                        help="a stored model to vary (new context size, template or license; weights shared)")
     p.add_argument("--license", metavar="FILE", type=Path, action="append", default=[], help="license file to include")
     p.add_argument("--chat-template", metavar="FILE", type=Path, help="Jinja chat template to include")
     p.add_argument("--mmproj", metavar="FILE", type=Path,
@@ -73,6 +75,14 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--context-size", metavar="N", type=int, help="default context size recorded in the config")
     p.add_argument("--push", action="store_true", help="push to the registry after packaging")
     p.add_argument("tag", help="reference to store (and push) it as")
+
+    p = verbs.add_parser("export", help="write a stored model to a tar archive (DMR's format; `import` reads it)")
+    p.add_argument("model")
+    p.add_argument("file", type=Path, help="where to write the archive (.tar)")
+
+    p = verbs.add_parser("import", help="store the model in an archive written by `export` or Docker Model Runner")
+    p.add_argument("file", type=Path)
+    p.add_argument("--tag", metavar="NAME", help="name it (required for DMR's archives, which carry no name)")
 
     p = verbs.add_parser("tag", help="give a stored model another name")
     p.add_argument("source")

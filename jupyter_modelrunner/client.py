@@ -233,8 +233,10 @@ class RunnerClient:
 
     def package(self, tag: str, *, gguf: Sequence[str | Path] = (), safetensors_dir: str | Path | None = None,
                 license_files: Sequence[str | Path] = (), chat_template: str | Path | None = None,
-                context_size: int | None = None, mmproj: str | Path | None = None) -> dict[str, Any]:
-        """Make a model from files on the runner's machine (paths are made absolute here)."""
+                context_size: int | None = None, mmproj: str | Path | None = None,
+                from_model: str | None = None) -> dict[str, Any]:
+        """Make a model from files on the runner's machine (paths are made absolute here), or a variant of the
+        stored `from_model` (new context size, template or license; its weights are shared, not copied)."""
         def absolute(path: str | Path) -> str:
             return str(Path(path).expanduser().absolute())
 
@@ -246,6 +248,8 @@ class RunnerClient:
             body["chat_template"] = absolute(chat_template)
         if mmproj:
             body["mmproj"] = absolute(mmproj)
+        if from_model:
+            body["from"] = from_model
         return self.post("models/package", body)
 
     def hf_cache(self) -> dict[str, Any]:
@@ -258,6 +262,36 @@ class RunnerClient:
         downloads, likes, size, parameters}`)."""
         params = {"q": query, "limit": str(limit), **({"format": fmt} if fmt else {})}
         return self._send("GET", "huggingface/search", params=params)["models"]
+
+    def export(self, model: str, destination: str | Path) -> int:
+        """Write the model's archive (`GET models/{name}/export`, DMR's tar) to `destination`, streamed; its size."""
+        import httpx
+
+        written, target = 0, Path(destination).expanduser()
+        partial = target.with_name(f".{target.name}.partial")
+        with self._http.stream("GET", f"models/{model}/export", timeout=httpx.Timeout(30.0, read=None)) as response:
+            if response.status_code >= 400:
+                self._raise_for_status(response.status_code, response.read())
+            with partial.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    written += out.write(chunk)
+        partial.replace(target)  # a broken transfer leaves no file that looks whole
+        return written
+
+    def import_archive(self, source: str | Path, *, tag: str | None = None) -> dict[str, Any]:
+        """Store the model in an archive `export` (or DMR) wrote (`POST models/load`, a tar body, streamed)."""
+        import httpx
+
+        def chunks() -> Iterator[bytes]:
+            with Path(source).expanduser().open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    yield chunk
+
+        response = self._request("POST", "models/load", content=chunks(), params={"tag": tag} if tag else None,
+                                 headers={"Content-Type": "application/x-tar"},
+                                 timeout=httpx.Timeout(30.0, read=None))
+        self._raise_for_status(response.status_code, response.content)
+        return response.json()
 
     # -- engines --------------------------------------------------------------------------------------
 

@@ -110,13 +110,25 @@ def push(client: Any, args: argparse.Namespace, console: Console) -> None:
 def package(client: Any, args: argparse.Namespace, console: Console) -> None:
     model = client.package(args.tag, gguf=args.gguf or (), safetensors_dir=args.safetensors_dir,
                            license_files=args.license, chat_template=args.chat_template,
-                           context_size=args.context_size, mmproj=args.mmproj)
+                           context_size=args.context_size, mmproj=args.mmproj, from_model=args.from_model)
     config = model.get("config") or {}
     sees = ", with a multimodal projector (it takes images)" if model.get("multimodal") else ""
     console.print(f"Packaged {args.tag} ({_short(model)}): {config.get('format')}, "
                   f"{config.get('parameters') or '?'} parameters{sees}\n  {engine_line(model)}")
     if args.push:
         push(client, argparse.Namespace(model=args.tag, to=None, quiet=False), console)
+
+
+def export(client: Any, args: argparse.Namespace, console: Console) -> None:
+    """A model as one tar archive (DMR's `GET models/{name}/export`), to carry to another store or runner."""
+    size = client.export(args.model, args.file)
+    console.print(f"Exported {args.model} to {args.file} ({size / 1024**2:,.1f} MiB)")
+
+
+def import_(client: Any, args: argparse.Namespace, console: Console) -> None:
+    """Store the model an archive holds (DMR's `POST models/load` with a tar body)."""
+    model = client.import_archive(args.file, tag=args.tag)
+    console.print(f"Imported {', '.join(model.get('tags') or [])} ({_short(model)}) from {args.file}")
 
 
 def tag(client: Any, args: argparse.Namespace, console: Console) -> None:
@@ -287,5 +299,5 @@ def _short(model: dict[str, Any]) -> str:
 VERBS: dict[str, Callable[[Any, argparse.Namespace, Console], Any]] = {
     "pull": pull, "push": push, "package": package, "tag": tag, "ls": ls, "inspect": inspect, "rm": rm,
     "purge": purge, "df": df, "gc": gc, "fsck": fsck, "load": load, "ps": ps, "unload": unload, "configure": configure,
-    "logs": logs, "status": status, "search": search,
+    "logs": logs, "status": status, "search": search, "export": export, "import": import_,
 }

@@ -214,3 +214,16 @@ class PullCancelled(ModelRunnerError):
     """The caller cancelled the pull; partial downloads are kept for the next attempt."""
 
     http_status = 499
+
+
+class ArchiveTooLarge(ArtifactTooLarge):
+    """An imported model archive larger than the import cap (`ModelRunner.max_import_bytes`); nothing of it is kept."""
+
+    http_status = 413
+
+
+class ArchiveDigestMismatch(DigestMismatch):
+    """A blob of an imported archive whose bytes do not hash to the name it came under: the archive is corrupt or
+    forged, the client's fault rather than a registry's."""
+
+    http_status = 422

@@ -34,7 +34,7 @@ ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
 #: At most this many display updates per second while an answer streams (the last one always shows all).
 UPDATES_PER_SECOND = 16
 MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "load", "ps", "unload", "logs",
-               "configure", "df", "gc", "fsck", "status", "search")
+               "configure", "df", "gc", "fsck", "status", "search", "export", "import")
 #: `%%chat` options that take a value (the rest of a line-form `%chat` is the prompt, kept verbatim).
 CHAT_VALUE_OPTIONS = {"--system", "--temperature", "--max-tokens", "--engine", "--json", "--image"}
 

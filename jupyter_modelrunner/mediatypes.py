@@ -30,7 +30,28 @@ MMPROJ = "application/vnd.docker.ai.mmproj"
 MMPROJ_SPEC = "application/vnd.docker.ai.gguf.v3.mmproj"
 LICENSE = "application/vnd.docker.ai.license"
 CHAT_TEMPLATE = "application/vnd.docker.ai.chat.template.jinja"
-TAR_LAYERS = (VLLM_CONFIG_TAR, DIR_TAR)
+# CNCF ModelPack (github.com/modelpack/model-spec): every file is a layer of its kind (weight, weight config, doc,
+# code, dataset), `.raw` (the file itself, its path in `org.cncf.model.filepath`) or a tar of files (`.tar`,
+# `.tar+gzip`; `.tar+zstd` is refused: Python 3.11 cannot read zstd). DMR also reads its own older
+# `weight.v1.gguf` / `weight.v1.safetensors`.
+CNCF_WEIGHT_PREFIX = "application/vnd.cncf.model.weight.v1."
+CNCF_WEIGHT_RAW = CNCF_WEIGHT_PREFIX + "raw"
+CNCF_WEIGHT_TAR = CNCF_WEIGHT_PREFIX + "tar"
+CNCF_WEIGHT_GGUF = CNCF_WEIGHT_PREFIX + "gguf"
+CNCF_WEIGHT_SAFETENSORS = CNCF_WEIGHT_PREFIX + "safetensors"
+CNCF_KINDS = ("weight", "weight.config", "doc", "code", "dataset")
+CNCF_RAW = (*(f"application/vnd.cncf.model.{kind}.v1.raw" for kind in CNCF_KINDS), CNCF_WEIGHT_GGUF,
+            CNCF_WEIGHT_SAFETENSORS)
+CNCF_TARS = tuple(f"application/vnd.cncf.model.{kind}.v1.{packing}" for kind in CNCF_KINDS
+                  for packing in ("tar", "tar+gzip"))
+CNCF_ZSTD = tuple(f"application/vnd.cncf.model.{kind}.v1.tar+zstd" for kind in CNCF_KINDS)
+#: Layers the bundle unpacks (safely: store/tar_layers.py) rather than links.
+TAR_LAYERS = (VLLM_CONFIG_TAR, DIR_TAR, *CNCF_TARS)
+
+
+def is_cncf_weight(media_type: str) -> bool:
+    """A ModelPack weights layer (`weight.v1.*`; `weight.config.v1.*` is not one: it holds tokenizers and configs)."""
+    return media_type.startswith(CNCF_WEIGHT_PREFIX)
 
 # Annotations
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"

@@ -27,6 +27,7 @@ from ._version import __version__
 from .api import metrics, routes
 from .api.base import KEYS_SETTING, MAX_BODY_SETTING, SERVICE_SETTING
 from .api.engines import KIND_SETTING
+from .api.models import MAX_IMPORT_SETTING
 from .api.openapi import ROUTES_SETTING
 from .api.owner_proxy import PREFIX_SETTING
 from .client import ENV_HOST, ENV_TOKEN
@@ -100,6 +101,11 @@ class ModelRunner(ExtensionApp):
         64 * 1024**2, config=True,
         help="""The largest request body the model runner's routes accept, in bytes (a larger one is refused with 413
         before it is read). Chats with images are the large ones: raise it if you send big pictures inline.""",
+    )
+    max_import_bytes = Integer(
+        256 * 1024**3, config=True,
+        help="""The largest model archive `POST models/load` imports (DMR's `load`, our `import`), in bytes; streamed to
+        the store, so `max_body_bytes` does not bound it. A larger one is refused and nothing of it is kept.""",
     )
     max_concurrent_pulls = Integer(
         3, config=True,
@@ -248,6 +254,7 @@ class ModelRunner(ExtensionApp):
         self.settings[SERVICE_SETTING] = service
         self.settings[KEYS_SETTING] = KeyRing(fixed=[*self.api_keys, *self.extra_api_keys])
         self.settings[MAX_BODY_SETTING] = self.max_body_bytes
+        self.settings[MAX_IMPORT_SETTING] = self.max_import_bytes
         self.settings[PREFIX_SETTING] = self.api_path
         self.settings[KIND_SETTING] = self.runner_kind
         self.settings[ROUTES_SETTING] = tuple(routes(""))  # what openapi.json describes

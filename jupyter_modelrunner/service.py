@@ -228,13 +228,15 @@ class ModelRunnerService:
 
     async def package(self, target: str, *, gguf: list[str] | None = None, safetensors_dir: str | None = None,
                       license_files: list[str] | None = None, chat_template: str | None = None,
-                      context_size: int | None = None, mmproj: str | None = None) -> dict[str, Any]:
-        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel).
+                      context_size: int | None = None, mmproj: str | None = None,
+                      from_model: str | None = None) -> dict[str, Any]:
+        """Make a model from files on this machine (`jupyter modelrunner package`, for clients such as a kernel), or a
+        variant of a stored one (`from_model`: DMR's `--from`).
 
         `mmproj` is a GGUF vision model's multimodal projector; safetensors models carry their vision tower in their
         weights, so it is refused with them. With `package_roots` set, every path must lie inside one of them once
         its links are resolved (403 otherwise), and the resolved path is the one read."""
-        from .distribution import package_gguf, package_safetensors
+        from .distribution import package_gguf, package_safetensors, repackage
         from .package_roots import confine_files
         from .reference import parse_reference
 
@@ -250,6 +252,8 @@ class ModelRunnerService:
             options: dict[str, Any] = {"license_files": [Path(p) for p in license_files or []],
                                        "chat_template": Path(chat_template) if chat_template else None,
                                        "context_size": context_size}
+            if from_model:
+                return repackage(self.store, from_model, ref, **options)
             if gguf:
                 return package_gguf(self.store, [Path(p) for p in gguf], ref, mmproj=Path(mmproj) if mmproj else None,
                                     **options)
@@ -261,6 +265,13 @@ class ModelRunnerService:
             raise ModelRunnerError("Give the weights: a GGUF file or a folder of safetensors.")
 
         described = self._describe(await asyncio.to_thread(work))
+        self._store_changed("added", described)
+        return described
+
+    def added(self, model: Model) -> dict[str, Any]:
+        """A model a route put in the store itself (an imported archive): described as `models` lists it, and
+        announced to every sidebar."""
+        described = self._describe(model)
         self._store_changed("added", described)
         return described
 

@@ -312,3 +312,15 @@ def test_ls_hf_cache_and_search(cli_env, monkeypatch, tiny_gguf):
         assert json.loads(run_cli("search", "tiny", "--json").stdout)[0]["repo"] == "Org/Tiny-GGUF"
         refused = run_cli("search", "x" * 300, check=False)
         assert refused.returncode == 1 and "at most 256" in refused.stderr
+
+
+def test_export_import_and_package_from_on_the_command_line(cli_env, seeded, tmp_path):
+    """DMR's archive moves through `export`/`import`; `package --from` makes a variant sharing the weights."""
+    run_cli("pull", "-q", "ai/tiny")
+    archive = tmp_path / "tiny.tar"
+    assert run_cli("export", "ai/tiny", str(archive)).stdout.startswith("Exported ai/tiny")
+    run_cli("rm", "ai/tiny")
+    assert run_cli("import", str(archive)).stdout.startswith("Imported ai/tiny:latest")
+    run_cli("package", "--from", "ai/tiny", "--context-size", "2048", "ai/tiny-2k")
+    variant = json.loads(run_cli("inspect", "ai/tiny-2k").stdout)
+    assert variant["config"]["context_size"] == 2048

@@ -1,9 +1,11 @@
-"""Models: `models/create` (pull, streamed), list, inspect, delete, tag and push — DMR's routes (FORMAT §4) — and
-ours: package, load, purge, gc, fsck."""
+"""Models: `models/create` (pull, streamed), list, inspect, delete, tag, push, export and load (import) — DMR's
+routes (FORMAT §4) — and ours: package, purge, gc, fsck."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,11 +15,22 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..distribution.huggingface import HF_TOKEN_HEADER
+from ..errors import InvalidReference, ModelRunnerError
 from ..package_roots import confine_files
+from ..reference import parse_reference
+from ..sizes import format_bytes
+from ..store.exchange import export_archive, import_archive, too_large
 from . import schemas
-from .base import ModelRunnerHandler
+from .base import DRAIN_BYTES, ModelRunnerHandler
+from .uploads import BodyPipe
 
 NDJSON = "application/x-ndjson"
+TAR = "application/x-tar"
+#: Bodies of `models/load` that are a model archive to import (anything else is the JSON preload).
+ARCHIVE_TYPES = (TAR, "application/tar")
+#: Key of the largest model archive `models/load` imports (bytes) in the settings (`c.ModelRunner.max_import_bytes`).
+MAX_IMPORT_SETTING = "modelrunner_max_import_bytes"
+DEFAULT_MAX_IMPORT_BYTES = 256 * 1024**3
 
 
 class ProgressStreamMixin:
@@ -134,12 +147,13 @@ class ModelPackageHandler(ModelRunnerHandler):
         gguf = body.get("gguf")
         if isinstance(gguf, str):
             gguf = [gguf]
-        if not isinstance(tag, str) or not tag or not (gguf or body.get("safetensors_dir")):
-            raise web.HTTPError(400, 'Say what to package and its name: {"tag": "ai/mine", "gguf": ["/path/m.gguf"]} '
-                                'or {"tag": ..., "safetensors_dir": "/path/folder"}.')
+        if not isinstance(tag, str) or not tag or not (gguf or body.get("safetensors_dir") or body.get("from")):
+            raise web.HTTPError(400, 'Say what to package and its name: {"tag": "ai/mine", "gguf": ["/path/m.gguf"]}, '
+                                '{"tag": ..., "safetensors_dir": "/path/folder"} or {"tag": ..., "from": "ai/model"}.')
         model = await self.service.package(
             tag, gguf=gguf, safetensors_dir=body.get("safetensors_dir"), license_files=body.get("license"),
             chat_template=body.get("chat_template"), context_size=body.get("context_size"), mmproj=body.get("mmproj"),
+            from_model=body.get("from"),
         )
         self.send_json(model, status=201)
 
@@ -185,17 +199,150 @@ class ModelPushHandler(ProgressStreamMixin, ModelRunnerHandler):
         await self.relay_progress(self.service.push(name, target, cancel=self.transfer_cancel))
 
 
+class ModelExportHandler(ModelRunnerHandler):
+    """`GET models/{name}/export`: the model as a tar archive (DMR's, plus an OCI layout naming it: store/exchange.py),
+    streamed from its blobs. Read from the store's files, which any server sharing the store may do: not relayed to
+    the owner, whose relay would hold the archive in memory."""
+
+    relayed = False
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        model, chunks = await asyncio.to_thread(export_archive, self.service.store, name)
+        filename = re.sub(r"[^A-Za-z0-9._-]+", "_", model.to_json()["tags"][0] if model.tags else model.short_id)
+        self.set_header("Content-Type", TAR)
+        self.set_header("Content-Disposition", f'attachment; filename="{filename}.tar"')
+        end = object()
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, end)) is not end:
+                self.write(chunk)  # type: ignore[arg-type]
+                await self.flush()
+        except StreamClosedError:
+            return  # the client went away; the blobs were only read
+        finally:
+            chunks.close()
+        self.finish()
+
+
 class ModelLoadHandler(ModelRunnerHandler):
-    """`POST models/load {"model", "engine"?, "mode"?}` (mode: completion, embedding or rerank): start the model's
-    engine now (Docker's preload), so the first question does not wait; answers with the runner as `engines/ps` shows
-    it, and how long the load took."""
+    """`POST models/load`, two requests told apart by their `Content-Type`:
+
+    - `application/x-tar`: DMR's import (`docker model load`, and how its `package` hands a model over): the body is
+      an archive as `export` writes it (or DMR does), streamed into the store as it arrives, every blob verified,
+      named `?tag=NAME` or by the names the archive holds. Bounded by `c.ModelRunner.max_import_bytes`, not
+      `max_body_bytes`; management only (an inference key is refused before a byte is read).
+    - JSON `{"model", "engine"?, "mode"?}` (mode: completion, embedding or rerank): our preload, kept for the clients
+      that use it. DMR preloads with `X-Preload-Only: true` on `chat/completions`, which this runner answers too.
+      Answers with the runner as `engines/ps` shows it, and how long the load took.
+    """
+
+    _pipe: BodyPipe | None = None
+    _import: asyncio.Future[Any] | None = None
+    _received = 0
+
+    @property
+    def archive(self) -> bool:
+        kind = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        return kind in ARCHIVE_TYPES
+
+    @property
+    def relayed(self) -> bool:  # type: ignore[override]
+        """A preload runs on the store's owner; an import writes the shared store from here, streamed."""
+        return not self.archive
+
+    @property
+    def import_cap(self) -> int:
+        return int(self.settings.get(MAX_IMPORT_SETTING) or DEFAULT_MAX_IMPORT_BYTES)
+
+    def _limit_body(self) -> None:
+        if not self.archive:
+            super()._limit_body()
+            return
+        length = self.request.headers.get("Content-Length", "")
+        announced = int(length) if length.isdigit() else None
+        refusal = None
+        if announced is not None and announced > self.import_cap:
+            refusal = too_large(self.import_cap)
+        elif announced is not None and announced > self.service.store.free_bytes():
+            refusal = web.HTTPError(507, f"The archive is {format_bytes(announced)}, more than the "
+                                         f"{format_bytes(self.service.store.free_bytes())} free under the model store.")
+        if refusal is None:
+            # A chunked body is counted as it comes (data_received); tornado cuts one that runs far past the cap.
+            self.request.connection.set_max_body_size(self.import_cap + DRAIN_BYTES)  # type: ignore[union-attr]
+            return
+        if announced is None or announced > DRAIN_BYTES:  # answered at once, the connection closed unread
+            self.send_error(413 if not isinstance(refusal, web.HTTPError) else 507,
+                            exc_info=(type(refusal), refusal, None))
+            raise web.Finish()
+        self.request.connection.set_max_body_size(announced)  # type: ignore[union-attr]
+        raise refusal if isinstance(refusal, web.HTTPError) else web.HTTPError(413, str(refusal))
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        if not self.archive or self._dropping_body or self._finished or self.current_user is None:
+            return
+        tag = self.get_argument("tag", "") or None
+        try:
+            if tag:
+                parse_reference(tag, registry=self.service.store.registry)
+        except InvalidReference as exc:  # refused before the body is read, like the base's refusals
+            self._dropping_body = True
+            refusal = exc
+
+            async def refuse(*_args: Any, **_kwargs: Any) -> None:
+                raise refusal
+
+            self.post = refuse  # type: ignore[method-assign]
+            return
+        pipe = self._pipe = BodyPipe()
+        store, cap = self.service.store, self.import_cap
+
+        def work() -> Any:
+            try:
+                return import_archive(store, pipe, tag=tag, limit=cap)  # type: ignore[arg-type]
+            finally:
+                pipe.reader_done()
+
+        self._import = asyncio.ensure_future(asyncio.to_thread(work))
+
+    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+        if self._pipe is None:
+            super().data_received(chunk)
+            return
+        if self._dropping_body:
+            return
+        self._received += len(chunk)
+        if self._received > self.import_cap:
+            self._dropping_body = True  # the rest is read and dropped; the import deletes what it wrote
+            self._pipe.abort(too_large(self.import_cap))
+            return
+        await self._pipe.feed(chunk)
+
+    def on_connection_close(self) -> None:
+        if self._pipe is not None and self._import is not None and not self._import.done():
+            self._pipe.abort(ModelRunnerError("The upload ended before the archive did (the client went away); "
+                                              "nothing of it was kept."))
+        super().on_connection_close()
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body(schemas.LOAD)
-        self.send_json(await self.service.load(body["model"], engine=body.get("engine") or None,
-                                               mode=body.get("mode", "completion")))
+        if self._import is None or self._pipe is None:
+            body = self.json_body(schemas.LOAD)
+            self.send_json(await self.service.load(body["model"], engine=body.get("engine") or None,
+                                                   mode=body.get("mode", "completion")))
+            return
+        if not self._dropping_body:
+            await self._pipe.close()
+        model = await self._import
+        self.send_json(self.service.added(model), status=201)
+
+    def on_finish(self) -> None:
+        if self._import is not None and not self._import.done():  # answered early (a refusal): stop the reader
+            assert self._pipe is not None
+            self._pipe.abort(ModelRunnerError("The import was refused."))
+        super().on_finish()
 
 
 class ModelPurgeHandler(ModelRunnerHandler):
@@ -253,5 +400,6 @@ default_handlers = [
     (r"models/fsck", ModelFsckHandler),
     (rf"models/{_NAME}/tag", ModelTagHandler),
     (rf"models/{_NAME}/push", ModelPushHandler),
+    (rf"models/{_NAME}/export", ModelExportHandler),
     (rf"models/{_NAME}", ModelHandler),
 ]

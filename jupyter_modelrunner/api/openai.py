@@ -62,6 +62,12 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
     @web.authenticated
     @authorized
     async def post(self, endpoint: str, engine: str | None = None) -> None:
+        if self.request.headers.get("X-Preload-Only", "").lower() == "true":  # DMR's preload: load, answer nothing
+            model = self.json_body().get("model")
+            if not isinstance(model, str) or not model:
+                raise web.HTTPError(400, "Name the model to preload: {\"model\": \"ai/smollm2\"}.")
+            self.send_json(await self.service.load(model, engine=engine, caller=self.caller))
+            return
         body = self.json_body(_BODIES[endpoint])
         model = body.get("model")
         if not isinstance(model, str) or not model:

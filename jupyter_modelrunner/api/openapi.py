@@ -91,7 +91,15 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "models"): _op("Every model in the store", DMR, ok=_json({"type": "array", "items": MODEL})),
     ("post", "models/create"): _op("Pull a model from its registry", DMR, body=PULL, ok=PROGRESS),
     ("post", "models/package"): _op("Package local GGUF or safetensors files as a model", DMR, body=PACKAGE),
-    ("post", "models/load"): _op("Start a model's engine now (preload)", RUNNER, body=LOAD),
+    ("post", "models/load"): {**_op("Import a model archive (`Content-Type: application/x-tar`, DMR's `load`), or "
+                                    "with a JSON body start a model's engine now (preload)", DMR, body=LOAD,
+                                    query=(("tag", {"type": "string"}, False),)),
+                              "requestBody": {"required": True, "content": {
+                                  "application/json": {"schema": LOAD},
+                                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}},
+    ("get", "models/{name}/export"): {**_op("The model as a tar archive (DMR's, plus an OCI layout naming it)", DMR),
+                                      "responses": {"200": {"description": "the archive", "content": {
+                                          "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}}},
     ("delete", "models/purge"): _op("Remove every model (engines first)", RUNNER),
     ("post", "models/gc"): _op("Delete blobs no model uses and abandoned partial downloads", RUNNER, body=GC),
     ("post", "models/fsck"): _op("Check the store (and with `repair`, drop what cannot be used)", RUNNER,

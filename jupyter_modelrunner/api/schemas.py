@@ -114,7 +114,7 @@ PULL = obj({"from": NAME, "model": NAME, "name": NAME})
 PACKAGE = obj({"tag": NAME, "gguf": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
                "safetensors_dir": {"type": "string"}, "chat_template": {"type": "string"},
                "context_size": {"type": ["integer", "null"], "minimum": 1}, "mmproj": {"type": "string"},
-               "license": {"type": "array", "items": {"type": "string"}}}, ("tag",))
+               "license": {"type": "array", "items": {"type": "string"}}, "from": NAME}, ("tag",))
 LOAD = obj({"model": NAME, "engine": {"type": ["string", "null"]},
             "mode": {"type": "string", "enum": list(MODES)}}, ("model",))
 GC = obj({"min_age": {"type": "number", "minimum": 0}})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..errors import PullCancelled
-    from .package import package_gguf, package_safetensors
+    from .package import package_gguf, package_safetensors, repackage
     from .progress import ProgressEvent
     from .pulling import PullResult, pull
     from .pushing import PushResult, push
@@ -28,9 +28,11 @@ _EXPORTS = {
     "package_safetensors": "package",
     "pull": "pulling",
     "push": "pushing",
+    "repackage": "package",
 }
 __all__ = [
     "ProgressEvent", "PullCancelled", "PullResult", "PushResult", "package_gguf", "package_safetensors", "pull", "push",
+    "repackage",
 ]
 
 

@@ -113,6 +113,13 @@ class Manifest:
             return mt.FORMAT_GGUF
         if mt.SAFETENSORS in types:
             return mt.FORMAT_SAFETENSORS
+        for layer in self.layers:  # ModelPack: the weights' media type says nothing of their format, their name does
+            if mt.is_cncf_weight(layer.media_type):
+                name = (layer.filepath or layer.title or "").lower()
+                if layer.media_type == mt.CNCF_WEIGHT_GGUF or name.endswith(".gguf"):
+                    return mt.FORMAT_GGUF
+                if layer.media_type == mt.CNCF_WEIGHT_SAFETENSORS or name.endswith(".safetensors"):
+                    return mt.FORMAT_SAFETENSORS
         return None
 
 
@@ -158,9 +165,16 @@ def parse_manifest(raw: bytes) -> Manifest:
     for layer in layers:
         # Validate every path now, before anything is downloaded.
         _ = layer.filepath, layer.title
-    # Weights in Docker's media types, or model files of a format another engine runs (its config says which).
-    if not any(layer.media_type in (mt.GGUF, mt.SAFETENSORS, mt.MODEL_FILE) for layer in layers):
-        raise UnsupportedArtifact("The model manifest has no weights layer (GGUF, safetensors or model files).")
+    zstd = next((layer for layer in layers if layer.media_type in mt.CNCF_ZSTD), None)
+    if zstd is not None:
+        raise UnsupportedArtifact(f"Layer {zstd.digest[:19]} is a zstd-compressed tar ({zstd.media_type}), which this "
+                                  "runner cannot unpack; repackage the model with raw or tar+gzip layers.")
+    # Weights in Docker's media types or ModelPack's, or model files of a format another engine runs (its config
+    # says which).
+    if not any(layer.media_type in (mt.GGUF, mt.SAFETENSORS, mt.MODEL_FILE) or mt.is_cncf_weight(layer.media_type)
+               for layer in layers):
+        raise UnsupportedArtifact("The model manifest has no weights layer (GGUF, safetensors, ModelPack weights or "
+                                  "model files).")
     return Manifest(raw=raw, media_type=media_type, config=config, layers=layers, artifact_type=doc.get("artifactType"))
 
 

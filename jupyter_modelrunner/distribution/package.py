@@ -2,7 +2,8 @@
 
 GGUF files become a v0.1 artifact (config JSON with the GGUF's key/values, like `docker model package`), with
 a vision model's multimodal projector (a GGUF of its own) as a layer of Docker's `mmproj` type; a safetensors folder
-becomes a v0.2 artifact with one layer per file and its relative path annotated.
+becomes a v0.2 artifact with one layer per file and its relative path annotated; `repackage` makes a variant of a
+stored model (new context size, template or license) that shares its weight blobs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from .. import mediatypes as mt
 from ..errors import UnsafePath, UnsupportedArtifact
 from ..reference import Reference
-from .artifact import safe_relative_path
+from .artifact import parse_manifest, safe_relative_path
 from .gguf_header import read_gguf_header
 from .sink import BlobStore
 
@@ -122,6 +123,43 @@ def package_safetensors(
         if chat_template is not None:
             layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
         return _store_artifact(store, reference, mt.MODEL_CONFIG_V02, config_inner, layers)
+
+
+def repackage(
+    store: BlobStore,
+    source: str,
+    reference: Reference,
+    *,
+    license_files: Sequence[Path] = (),
+    chat_template: Path | None = None,
+    context_size: int | None = None,
+) -> Any:
+    """A variant of the stored model `source` as `reference` (DMR's `package --from`): the same weight blobs, not
+    copied (the new manifest names the same digests), with a new config carrying `context_size`, the chat template
+    replaced by `chat_template`, and `license_files` added."""
+    raw, _ = store.manifest_bytes(source)
+    manifest = parse_manifest(raw)
+    config = json.loads(store.blob_path(manifest.config.digest).read_bytes() or b"{}")
+    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    if context_size is not None:
+        inner["context_size"] = _positive(context_size)
+    with store.adding():  # the source's blobs stay until the variant is indexed (see Store.adding)
+        layers = [layer.descriptor() for layer in manifest.layers
+                  if chat_template is None or layer.media_type != mt.CHAT_TEMPLATE]
+        layers += [_file_layer(store, path, mt.LICENSE) for path in license_files]
+        if chat_template is not None:
+            layers.append(_file_layer(store, chat_template, mt.CHAT_TEMPLATE))
+        config["config"] = inner
+        if isinstance(config.get("rootfs"), dict):
+            config["rootfs"]["diff_ids"] = [layer["digest"] for layer in layers]
+        config_bytes = json.dumps(config, separators=(",", ":")).encode()
+        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": manifest.media_type}
+        if manifest.artifact_type:
+            doc["artifactType"] = manifest.artifact_type
+        doc["config"] = {"mediaType": manifest.config.media_type, "digest": store.add_blob_bytes(config_bytes),
+                         "size": len(config_bytes)}
+        doc["layers"] = layers
+        return store.add_model(reference, json.dumps(doc, separators=(",", ":")).encode())
 
 
 def gguf_facts(files: Sequence[Path]) -> dict[str, Any]:
@@ -280,4 +318,4 @@ def _store_artifact(
     return store.add_model(reference, raw)
 
 
-__all__ = ["gguf_facts", "human_parameters", "human_size", "package_gguf", "package_safetensors"]
+__all__ = ["gguf_facts", "human_parameters", "human_size", "package_gguf", "package_safetensors", "repackage"]

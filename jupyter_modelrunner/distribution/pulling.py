@@ -37,7 +37,7 @@ READ_CHUNK_BYTES = 4 * 1024 * 1024
 RESUME_ATTEMPTS = 3
 KNOWN_LAYER_TYPES = frozenset(
     {mt.GGUF, mt.SAFETENSORS, mt.VLLM_CONFIG_TAR, mt.DIR_TAR, mt.MODEL_FILE, mt.MMPROJ, mt.MMPROJ_SPEC,
-     mt.LICENSE, mt.CHAT_TEMPLATE}
+     mt.LICENSE, mt.CHAT_TEMPLATE, *mt.CNCF_RAW, *mt.CNCF_TARS}
 )
 _TRANSPORT_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, RegistryUnavailable)
 

@@ -99,16 +99,24 @@ class Bundles(TagIndex):
 
 
 def bundle_plan(manifest: Manifest) -> list[tuple[Layer, str]]:
-    """Which file each layer becomes inside `model/` (DMR's names: `model.gguf`, `template.jinja`, …)."""
+    """Which file each layer becomes inside `model/` (DMR's names: `model.gguf`, `template.jinja`, …).
+
+    ModelPack's layers carry their file's path; its GGUF weights get DMR's names all the same (the engine opens
+    `model.gguf`, or the first of `model-0000N-of-0000M.gguf` and llama.cpp finds the others beside it), and a GGUF
+    named like a projector (`mmproj-*.gguf`: ModelPack has no media type of its own for it) becomes `model.mmproj`.
+    Layers of a type nobody reads (a ModelPack doc without a path) are left out.
+    """
     ggufs = [layer for layer in manifest.layers if layer.media_type == mt.GGUF]
+    ggufs += sorted((layer for layer in manifest.layers if _cncf_kind(layer) == "gguf"),
+                    key=lambda layer: layer.filepath or layer.title or "")
     weights = [layer for layer in manifest.layers if layer.media_type == mt.SAFETENSORS]
     plan: list[tuple[Layer, str]] = []
     for layer in manifest.layers:
         kind = layer.media_type
-        if kind == mt.GGUF:
+        if kind == mt.GGUF or _cncf_kind(layer) == "gguf":
             n = len(ggufs)
             plan.append((layer, "model.gguf" if n == 1 else f"model-{ggufs.index(layer) + 1:05d}-of-{n:05d}.gguf"))
-        elif kind in (mt.MMPROJ, mt.MMPROJ_SPEC):
+        elif kind in (mt.MMPROJ, mt.MMPROJ_SPEC) or _cncf_kind(layer) == "mmproj":
             plan.append((layer, "model.mmproj"))
         elif kind == mt.CHAT_TEMPLATE:
             plan.append((layer, "template.jinja"))
@@ -116,14 +124,29 @@ def bundle_plan(manifest: Manifest) -> list[tuple[Layer, str]]:
             n = len(weights)
             default = "model.safetensors" if n == 1 else f"model-{weights.index(layer) + 1:05d}-of-{n:05d}.safetensors"
             plan.append((layer, layer.filepath or layer.title or default))
-        elif kind == mt.MODEL_FILE:
+        elif kind == mt.MODEL_FILE or (kind in mt.CNCF_RAW and mt.is_cncf_weight(kind)):
             name = layer.filepath or layer.title
             if not name:
                 raise UnsupportedArtifact(f"Layer {layer.digest[:19]} is a model file without a file path annotation.")
             plan.append((layer, name))
+        elif kind in mt.CNCF_RAW:
+            if name := layer.filepath or layer.title:
+                plan.append((layer, name))
         elif kind in mt.TAR_LAYERS:
-            plan.append((layer, layer.filepath or ""))
+            # A ModelPack tar's entries carry their whole relative path already (modctl); Docker's dir.tar unpacks
+            # into the folder its annotation names.
+            plan.append((layer, "" if kind in mt.CNCF_TARS else layer.filepath or ""))
     return plan
+
+
+def _cncf_kind(layer: Layer) -> str | None:
+    """"gguf" or "mmproj" for a ModelPack weights file that is one (by its media type or its name), else None."""
+    if layer.media_type not in (mt.CNCF_WEIGHT_RAW, mt.CNCF_WEIGHT_GGUF):
+        return None
+    name = (layer.filepath or layer.title or "").rsplit("/", 1)[-1].lower()
+    if not (name.endswith(".gguf") or layer.media_type == mt.CNCF_WEIGHT_GGUF):
+        return None
+    return "mmproj" if "mmproj" in name else "gguf"
 
 
 def _inside(root: Path, relative: str) -> Path:

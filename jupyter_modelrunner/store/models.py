@@ -21,7 +21,7 @@ from .. import mediatypes as mt
 from ..distribution.artifact import Manifest, ModelConfig, digest_hex, parse_config, parse_manifest
 from ..errors import ModelNotFound, StoreError
 from ..reference import Reference, parse_reference
-from .bundles import Bundles
+from .bundles import Bundles, bundle_plan
 from .index import Entry, referenced, take_tag
 from .names import SHORT_ID_LENGTH, as_reference, familiar_name, find, find_by_tag, matching_tag, try_parse
 from .usage import DiskAccounting
@@ -78,13 +78,19 @@ class Model:
         }
 
     def gguf_files(self) -> list[Path]:
-        return sorted(self.bundle.glob("model*.gguf"))
+        """The GGUF weights an engine opens, the first shard first: DMR's names (`model.gguf`, `model-0000N-of-…`),
+        or, for weights that came in a ModelPack tar layer, the GGUF files it unpacked (no projector)."""
+        named = sorted(self.bundle.glob("model*.gguf"))
+        if named or not any(layer.media_type in mt.CNCF_TARS for layer in self.manifest.layers):
+            return named
+        return sorted(p for p in self.bundle.rglob("*.gguf") if "mmproj" not in p.name.lower() and p.is_file())
 
     @property
     def projector(self) -> Path | None:
         """The multimodal projector an engine loads to see images (`model.mmproj` in the bundle), when the artifact
-        has one (a layer of either of Docker's mmproj media types); read from the manifest, no disk access."""
-        if any(layer.media_type in (mt.MMPROJ, mt.MMPROJ_SPEC) for layer in self.manifest.layers):
+        has one (a layer of either of Docker's mmproj media types, or ModelPack's `mmproj-*.gguf`); read from the
+        manifest, no disk access."""
+        if any(relative == "model.mmproj" for _, relative in bundle_plan(self.manifest)):
             return self.bundle / "model.mmproj"
         return None
 

@@ -84,6 +84,27 @@ def publish_raw(
     return sha256_digest(raw)
 
 
+def publish_modelpack(host: str, repository: str, files: dict[str, Path], *, tag: str = "latest",
+                      packing: str = "raw", fmt: str | None = "gguf") -> str:
+    """Push files as a CNCF ModelPack artifact (what modctl writes): ModelPack's config and manifest `artifactType`,
+    each weights file a `weight.v1.raw` layer with its path in `org.cncf.model.filepath` (`packing="raw"`), or all of
+    them in one `weight.v1.tar` layer (`packing="tar"`). `fmt` None leaves the config's format out (the files' names
+    then say it)."""
+    config: dict[str, Any] = {"descriptor": {"createdAt": "2025-01-01T00:00:00Z", "name": repository},
+                              "config": {"architecture": "llama", "paramSize": "1M", "precision": "f32"},
+                              "modelfs": {"type": "layers", "diffIds": []}}
+    if fmt:
+        config["config"]["format"] = fmt
+    if packing == "raw":
+        layers = [(path, mt.CNCF_WEIGHT_RAW, {mt.ANNOTATION_FILEPATH: name, mt.ANNOTATION_TITLE: name})
+                  for name, path in files.items()]
+    else:
+        archive = tar_bytes({name: path.read_bytes() for name, path in files.items()})
+        layers = [(archive, mt.CNCF_WEIGHT_TAR, {mt.ANNOTATION_FILEPATH: "weights"})]
+    return publish_raw(host, repository, tag, json.dumps(config).encode(), mt.CNCF_MODEL_CONFIG_V1, layers,
+                       artifact_type=mt.CNCF_MODEL_MANIFEST_ARTIFACT)
+
+
 def tar_bytes(files: dict[str, bytes], *, links: dict[str, str] | None = None) -> bytes:
     """A tar archive of `files` (name → bytes), plus symbolic links (name → target) if asked."""
     buffer = io.BytesIO()
