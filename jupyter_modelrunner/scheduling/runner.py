@@ -81,6 +81,7 @@ class Runner:
     idle_timer: asyncio.TimerHandle | None = None
     sleep_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    _reason_cache: tuple[tuple[Any, ...], str | None] | None = field(default=None, repr=False)
 
     @property
     def vram_held(self) -> int:
@@ -138,15 +139,33 @@ class Runner:
         code = self.exit_code if self.exit_code is not None else self.process.returncode
         how = f"exit code {code}" if code is not None and code >= 0 else f"killed by signal {-(code or 0)}"
         tail = self.log_tail(15) or "(no output)"
-        reason = reason_line(self.log)
+        reason = self._reason()
         first = f"{reason}\n" if reason else ""
         note = f" {note}." if note else ""
         return EngineFailed(f"{first}{self.key.engine} {what} for {self.name} ({how}).{note} Last lines of its "
                             f"log:\n{tail}")
 
+    def _reason(self) -> str | None:
+        """`reason_line` of the log, worked out once per state of the log: every request in flight when an engine
+        dies asks for it, and each scan is a regular expression over up to LOG_LINES lines on the event loop."""
+        key = (len(self.log), self.log[-1] if self.log else None, self.exit_code)
+        if self._reason_cache is None or self._reason_cache[0] != key:
+            self._reason_cache = (key, reason_line(self.log))
+        return self._reason_cache[1]
+
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send one request to the engine; an engine that dies meanwhile becomes an `EngineFailed`."""
+        """Send one request to the engine; an engine that dies meanwhile becomes an `EngineFailed`.
+
+        A JSON body (every inference and token count) goes the streams' way (engine_stream.py) and is read whole:
+        httpx's connection set-up and parser cost several times as much of the event loop per request, which under
+        load is what the notebook server's own requests wait behind. Anything else (a GET of metrics) uses httpx."""
         assert self.client is not None
+        if set(kwargs) == {"json"}:
+            async with self.stream(method, path, json=kwargs["json"]) as answer:
+                content = b"".join([chunk async for chunk in answer])
+            headers = [(name, value) for name, value in answer.headers.multi_items()
+                       if name.lower() not in ("transfer-encoding", "content-length")]  # the body is whole now
+            return httpx.Response(answer.status_code, headers=headers, content=content)
         try:
             return await self.client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
