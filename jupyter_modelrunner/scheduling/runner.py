@@ -165,7 +165,9 @@ class Runner:
                 content = b"".join([chunk async for chunk in answer])
             headers = [(name, value) for name, value in answer.headers.multi_items()
                        if name.lower() not in ("transfer-encoding", "content-length")]  # the body is whole now
-            return httpx.Response(answer.status_code, headers=headers, content=content)
+            # With its request, as httpx's own responses have it (raise_for_status needs it).
+            request = httpx.Request(method, self.client.base_url.join(path))
+            return httpx.Response(answer.status_code, headers=headers, content=content, request=request)
         try:
             return await self.client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
