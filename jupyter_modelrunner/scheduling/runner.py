@@ -18,6 +18,7 @@ from ..engine_stream import EngineResponse, open_stream
 from ..engines.base import Launch, LoadPlan
 from ..engines.select import EngineChoice
 from ..store import Model
+from ..store.names import familiar_name
 from .errors import EngineFailed
 from .logs import LOG_LINES, reason_line
 
@@ -95,7 +96,10 @@ class Runner:
 
     @property
     def name(self) -> str:
-        return self.model.to_json()["tags"][0] if self.model.tags else self.model.short_id
+        """The model's first tag as `ls` shows it (what `to_json` gives, without building the rest of it: every
+        request's metrics label asks, on the event loop)."""
+        return familiar_name(self.model.tags[0], self.model.default_registry) if self.model.tags \
+            else self.model.short_id
 
     @property
     def implementation(self) -> str:
