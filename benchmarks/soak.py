@@ -15,8 +15,11 @@ Every request ends as one of: completed; failed with a clear error (a JSON error
 error event); hung up by the client on purpose; or LOST — no answer within the timeout, a stream that stopped
 without `[DONE]` or an error event, or JSON that does not parse. Lost must be 0: the script exits 1 otherwise, or
 when `fsck` finds the store damaged at the end. It prints the counts, latency p50/p99 of completed requests,
-`/api/status` p99 while all this goes on, the server's memory at the start and at the end, and fsck's verdict.
-The baseline is the same server at rest: `/api/status` latency before the load starts, in the same run.
+`/api/status` p99 while all this goes on (timed from a process of its own), how long the server's event loop ran and
+how long it waited for a CPU meanwhile (on two cores shared with the engines, the clients and anything else the machine
+runs, that wait, not the loop, is what a slow `/api/status` usually means), the server's memory at the start and at
+the end, and fsck's verdict. The baseline is the same server at rest: `/api/status` latency before the load starts,
+in the same run. `SOAK_PROFILE=FILE` records a py-spy profile of the server under load (py-spy on PATH).
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -247,14 +253,25 @@ async def client_loop(server: ServerProcess, models: list[str], tally: Tally, de
             await one_request(client, models, tally, rng)
 
 
-async def status_poller(server: ServerProcess, deadline: float, samples: list[float]) -> None:
-    async with httpx.AsyncClient(base_url=server.origin, headers=server.headers, trust_env=False,
-                                 timeout=30) as client:
+def poll_status(origin: str, headers: dict[str, str], deadline: float) -> list[float]:
+    """`/api/status` every 0.25 s until `deadline` (time.monotonic, which is system-wide): the seconds each took."""
+    samples = []
+    with httpx.Client(base_url=origin, headers=headers, trust_env=False, timeout=30) as client:
         while time.monotonic() < deadline:
-            started = time.monotonic()
-            (await client.get("api/status")).raise_for_status()
-            samples.append(time.monotonic() - started)
-            await asyncio.sleep(0.25)
+            started = time.perf_counter()
+            client.get("api/status").raise_for_status()
+            samples.append(time.perf_counter() - started)
+            time.sleep(0.25)
+    return samples
+
+
+async def status_poller(server: ServerProcess, pool: concurrent.futures.Executor, deadline: float,
+                        samples: list[float]) -> None:
+    """Time `/api/status` from a process of its own (`pool`): this process's event loop also runs the 32 clients,
+    and a sample taken on it would count the time that loop took to get round to it (seconds while the clients
+    start, tens of ms per stream event parsed) as the server's."""
+    samples.extend(await asyncio.get_running_loop().run_in_executor(pool, poll_status, server.origin,
+                                                                    server.headers, deadline))
 
 
 async def chaos(server: ServerProcess, registry: LocalRegistry, deadline: float, every: float, events: list[str],
@@ -309,6 +326,16 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """Seconds the process's main thread (the server's event loop) has run, and waited runnable for a CPU (Linux's
+    /proc schedstat; zeros elsewhere): a stall the second explains is the machine's, not the loop's."""
+    try:
+        ran, waited = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(ran) / 1e9, int(waited) / 1e9
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -369,14 +396,21 @@ async def soak(server: ServerProcess, registry: LocalRegistry, args: argparse.Na
             if loaded.status_code != 200:
                 raise RuntimeError(f"{name} did not load: {loaded.text}")
         (await client.post("models/load", json={"model": GGUF_MODEL, "mode": "embedding"})).raise_for_status()
+    # The poller's process starts (and imports) before the clock does.
+    poller = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    await asyncio.get_running_loop().run_in_executor(poller, int)
     at_rest: list[float] = []
-    await status_poller(server, time.monotonic() + 3, at_rest)
+    await status_poller(server, poller, time.monotonic() + 3, at_rest)
     rss_start = rss(server.process.pid)
+    cpu_start = cpu_times(server.process.pid)
     if os.environ.get("SOAK_PROFILE"):  # py-spy on the server while the load runs (a developer's aid)
         import subprocess
 
-        subprocess.Popen(["py-spy", "record", "-d", "40", "-o", os.environ["SOAK_PROFILE"], "-f", "speedscope",
-                          "-p", str(server.process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # --nonblocking: py-spy's default pauses the server for every sample, which shows up in /api/status.
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        subprocess.Popen([py_spy, "record", "--nonblocking", "-d", "40", "-o", os.environ["SOAK_PROFILE"], "-f",
+                          "speedscope", "-p", str(server.process.pid)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
 
     tally, status_samples, chaos_events = Tally(), [], []
     attack_outcomes: collections.Counter[str] = collections.Counter()
@@ -387,12 +421,14 @@ async def soak(server: ServerProcess, registry: LocalRegistry, args: argparse.Na
     private_url = f"http://{registry.host}/v2/"
     await asyncio.gather(
         *(client_loop(server, models, tally, deadline, seed) for seed in range(args.clients)),
-        status_poller(server, deadline, status_samples),
+        status_poller(server, poller, deadline, status_samples),
         chaos(server, registry, deadline, args.kill_every, chaos_events, "ai/soak-big"),
         attacker(server, deadline, attack_outcomes, let_through, private_url),
     )
     elapsed = time.monotonic() - started
+    poller.shutdown()
     rss_end = rss(server.process.pid)
+    ran, waited = (end - start for start, end in zip(cpu_start, cpu_times(server.process.pid), strict=True))
     async with httpx.AsyncClient(base_url=server.url, headers=server.headers, trust_env=False,
                                  timeout=600) as client:
         report = (await client.post("models/fsck", json={})).json()
@@ -412,6 +448,8 @@ async def soak(server: ServerProcess, registry: LocalRegistry, args: argparse.Na
     print(f"{'/api/status p50 loaded (ms)':<36}{percentile(status_samples, 0.5) * 1000:>10.1f}")
     print(f"{'/api/status p99 at rest / loaded (ms)':<36}{at_rest_p99 * 1000:>10.1f}{loaded_p99 * 1000:>10.1f}"
           f"   ratio {loaded_p99 / at_rest_p99:.1f}")
+    print(f"{'server loop ran / waited for CPU (s)':<36}{ran:>10.1f}{waited:>10.1f}   machine load "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"{'server RSS start / end (MiB)':<36}{rss_start / 2**20:>10.1f}{rss_end / 2**20:>10.1f}")
     clean = not report.get("problems")
     print(f"{'fsck at the end':<36}{'clean' if clean else 'PROBLEMS: ' + json.dumps(report['problems'])[:200]:>10}")

@@ -18,6 +18,7 @@ from ..engine_stream import EngineResponse, open_stream
 from ..engines.base import Launch, LoadPlan
 from ..engines.select import EngineChoice
 from ..store import Model
+from ..store.names import familiar_name
 from .errors import EngineFailed
 from .logs import LOG_LINES, reason_line
 
@@ -81,6 +82,7 @@ class Runner:
     idle_timer: asyncio.TimerHandle | None = None
     sleep_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    _reason_cache: tuple[tuple[Any, ...], str | None] | None = field(default=None, repr=False)
 
     @property
     def vram_held(self) -> int:
@@ -94,7 +96,10 @@ class Runner:
 
     @property
     def name(self) -> str:
-        return self.model.to_json()["tags"][0] if self.model.tags else self.model.short_id
+        """The model's first tag as `ls` shows it (what `to_json` gives, without building the rest of it: every
+        request's metrics label asks, on the event loop)."""
+        return familiar_name(self.model.tags[0], self.model.default_registry) if self.model.tags \
+            else self.model.short_id
 
     @property
     def implementation(self) -> str:
@@ -138,15 +143,35 @@ class Runner:
         code = self.exit_code if self.exit_code is not None else self.process.returncode
         how = f"exit code {code}" if code is not None and code >= 0 else f"killed by signal {-(code or 0)}"
         tail = self.log_tail(15) or "(no output)"
-        reason = reason_line(self.log)
+        reason = self._reason()
         first = f"{reason}\n" if reason else ""
         note = f" {note}." if note else ""
         return EngineFailed(f"{first}{self.key.engine} {what} for {self.name} ({how}).{note} Last lines of its "
                             f"log:\n{tail}")
 
+    def _reason(self) -> str | None:
+        """`reason_line` of the log, worked out once per state of the log: every request in flight when an engine
+        dies asks for it, and each scan is a regular expression over up to LOG_LINES lines on the event loop."""
+        key = (len(self.log), self.log[-1] if self.log else None, self.exit_code)
+        if self._reason_cache is None or self._reason_cache[0] != key:
+            self._reason_cache = (key, reason_line(self.log))
+        return self._reason_cache[1]
+
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send one request to the engine; an engine that dies meanwhile becomes an `EngineFailed`."""
+        """Send one request to the engine; an engine that dies meanwhile becomes an `EngineFailed`.
+
+        A JSON body (every inference and token count) goes the streams' way (engine_stream.py) and is read whole:
+        httpx's connection set-up and parser cost several times as much of the event loop per request, which under
+        load is what the notebook server's own requests wait behind. Anything else (a GET of metrics) uses httpx."""
         assert self.client is not None
+        if set(kwargs) == {"json"}:
+            async with self.stream(method, path, json=kwargs["json"]) as answer:
+                content = b"".join([chunk async for chunk in answer])
+            headers = [(name, value) for name, value in answer.headers.multi_items()
+                       if name.lower() not in ("transfer-encoding", "content-length")]  # the body is whole now
+            # With its request, as httpx's own responses have it (raise_for_status needs it).
+            request = httpx.Request(method, self.client.base_url.join(path))
+            return httpx.Response(answer.status_code, headers=headers, content=content, request=request)
         try:
             return await self.client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
