@@ -130,7 +130,7 @@ def bench_implementations(tmp: Path, gguf: Path, runs: int, streams: list[int]) 
                 for label, server in servers.items():
                     rates[label][n].append(asyncio.run(aggregate_rate(server, n)))
         with ours.client() as http:
-            (runner,) = http.get("engines/ps").json()
+            (runner,) = [e for e in http.get("engines/ps").json() if e.get("mode") != "standby"]
     ours_load, theirs_load = min(loads["llama-server"]), min(loads["llama-cpp-python"])
     print(f"llama.cpp, SmolLM2-135M Q4_1, through the endpoint (llama-server: {runner['slots']} slots of "
           f"{runner['context_size']} tokens)")
