@@ -78,6 +78,8 @@ class InferenceRequest:
     keep_alive: float | None = None
     #: The dialect must know which stop sequence ended the answer (Anthropic's `stop_sequence`).
     wants_matched_stop: bool = False
+    #: Work on data (`map`, a batch): it takes only the engine slots interactive requests leave free.
+    background: bool = False
 
     @property
     def mode(self) -> str:
@@ -263,7 +265,8 @@ async def infer(host: InferenceHost, request: InferenceRequest) -> AsyncIterator
         body = await admitted_body(host, request)
         context_size, keep_alive = allowed_lifetime(host, request)
         async with host.scheduler.use(request.model, mode=request.mode, engine=request.engine,
-                                      context_size=context_size, keep_alive=keep_alive) as runner:
+                                      context_size=context_size, keep_alive=keep_alive,
+                                      background=request.background) as runner:
             host.metrics.requests.labels(route, runner.name).inc()
             if request.endpoint != "rerank":
                 body = runner.choice.engine.adapt_request(

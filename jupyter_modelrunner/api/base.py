@@ -85,6 +85,10 @@ def openai_error(status: int, message: str) -> dict[str, Any]:
 # defined in keys.py and imported from here by the handlers (`api_scope`).
 
 
+#: The header a client marks its work on data with (`background`): see scheduling/priority.py.
+PRIORITY_HEADER = "X-Model-Runner-Priority"
+
+
 class _KeyAwareIdentity:
     """The server's identity provider, and our keys after it: a `Bearer` credential that is not the Jupyter token
     (nor anything else Jupyter accepts) is checked as one of this server's relay keys (a server relaying to this
@@ -332,6 +336,13 @@ class ModelRunnerHandler(APIHandler):
         # A relay key of the manage scope speaks for the relaying server's token holders. Jupyter names a token-only
         # request's user anew each time: the token (or the server's own user) is one owner.
         return Caller("token", SCOPE_MANAGE)
+
+    @property
+    def background_work(self) -> bool:
+        """The client says the request is work on data (`X-Model-Runner-Priority: background`, as `map` sends it):
+        it takes only the slots interactive requests leave free. Any caller may lower its own priority; none can
+        raise it above an interactive request's."""
+        return self.request.headers.get(PRIORITY_HEADER, "").strip().lower() == "background"
 
     def name_the_engine(self, inference: Inference) -> None:
         """Say which engine answers (`X-Model-Runner-Engine`, `-Device`): the %%chat footer and the sidebar show it."""

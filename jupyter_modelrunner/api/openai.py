@@ -72,7 +72,8 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise web.HTTPError(400, "Name the model in the request body, e.g. {\"model\": \"ai/smollm2\", ...}.")
-        request = InferenceRequest(model, endpoint, body, route=endpoint, engine=engine, caller=self.caller)
+        request = InferenceRequest(model, endpoint, body, route=endpoint, engine=engine, caller=self.caller,
+                                   background=self.background_work)
         exc = await self.run_answer(self._proxy(request))
         if isinstance(exc, EngineRefused) and exc.content and not self._headers_written:
             # The engine's own error body, as OpenAI clients read it (its type and fields kept).

@@ -21,6 +21,7 @@ from ..store import Model
 from ..store.names import familiar_name
 from .errors import EngineFailed
 from .logs import LOG_LINES, reason_line
+from .priority import SlotShare
 
 
 class RunnerState(enum.StrEnum):
@@ -82,6 +83,8 @@ class Runner:
     idle_timer: asyncio.TimerHandle | None = None
     sleep_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    #: Its slots, shared between interactive requests and work on data (priority.py).
+    share: SlotShare = field(default_factory=lambda: SlotShare(1))
     _reason_cache: tuple[tuple[Any, ...], str | None] | None = field(default=None, repr=False)
 
     @property
@@ -132,6 +135,7 @@ class Runner:
             "reasoning_budget": self.plan.reasoning_budget if self.plan else None,
             "implementation": self.implementation,
             "load": self.phases,
+            **self.share.status(),
         }
 
     def log_tail(self, lines: int = 20) -> str:

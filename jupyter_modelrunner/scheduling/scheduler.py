@@ -35,6 +35,7 @@ from .errors import EngineFailed
 from .idle import KeepAlive
 from .loading import FailedStarts, SingleFlight, check_mode, plan_inputs, start_process, wait_ready
 from .logs import EngineLogs
+from .priority import SlotShare
 from .runner import Runner, RunnerKey, RunnerState, client_for
 from .settings import SettingsFile, apply_to_runners
 from .standby import Standby, StandbyKeeper
@@ -103,14 +104,16 @@ class Scheduler(SchedulerConfig):
 
     @contextlib.asynccontextmanager
     async def use(self, name: str, *, mode: str = MODE_COMPLETION, engine: str | None = None,
-                  context_size: int | None = None, keep_alive: float | None = None) -> AsyncIterator[Runner]:
+                  context_size: int | None = None, keep_alive: float | None = None,
+                  background: bool = False) -> AsyncIterator[Runner]:
         """Hold a ready runner for `name` for the duration of one request, loading it if needed.
 
         `context_size` is a request's own wish (Ollama's `options.num_ctx`): it starts the engine with that
         context unless the model has a configured one, and restarts a loaded engine with another context once
         its requests in flight are done, as Ollama does. `keep_alive` (seconds; negative: for good) is how long this
         request wants the model kept after it: it can only make the runner stay longer, never shorten what another
-        client's request asked for.
+        client's request asked for. A `background` request (work on data: `map`, a batch) then waits for a slot
+        interactive requests leave free (priority.py).
         """
         if mode not in MODES:
             raise ModelRunnerError(f"Unknown mode {mode!r}; expected one of {', '.join(MODES)}.")
@@ -121,7 +124,8 @@ class Scheduler(SchedulerConfig):
         self._check_queue(model, mode)
         self._inside[queue_key] = self._inside.get(queue_key, 0) + 1
         try:
-            async with self._use(model, name, mode, engine, context_size, keep_alive) as runner:
+            async with self._use(model, name, mode, engine, context_size, keep_alive) as runner, \
+                    runner.share.hold(background=background):
                 yield runner
         finally:
             self._inside[queue_key] -= 1
@@ -208,7 +212,8 @@ class Scheduler(SchedulerConfig):
             process = await start_process(engine, launch, standby, model.short_id)
             keep_alive = config.keep_alive if config.keep_alive is not None else self.keep_alive
             runner = Runner(key, model, choice, launch, workdir, process, plan.memory, keep_alive, plan=plan,
-                            context_size=plan.context_size, vram=plan.vram, started_monotonic=started)
+                            context_size=plan.context_size, vram=plan.vram, started_monotonic=started,
+                            share=SlotShare(engine.capacity(plan)))
             runner.phases = {"started_from": "standby" if standby else "new process",
                              "imports_done_ahead_seconds": standby.import_seconds if standby else None}
             if standby is not None:
