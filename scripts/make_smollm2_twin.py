@@ -19,15 +19,14 @@ so a reader never sees half a model and concurrent builds do the work once.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: loaded by path from the tests too
+from atomic_folder import publish_folder
 
 #: Inside OUTDIR; hidden files are not packaged, so it never reaches the registry.
 MARKER = ".twin.json"
@@ -81,30 +80,11 @@ def build(gguf: Path, folder: Path) -> None:
 
 def make_twin(gguf: Path, outdir: Path) -> bool:
     """Make the twin unless a complete one is there; True when it was built now."""
-    if is_complete(outdir, gguf):
-        return False
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    with (outdir.parent / f".{outdir.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_complete(outdir, gguf):  # built by another process while we waited
-            return False
-        scratch = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.building-"))
-        try:
-            build(gguf, scratch)
-            (scratch / MARKER).write_text(json.dumps(expected_marker(gguf)) + "\n")
-            # mkdtemp and safetensors' temporary file are private (0700/0600); a model cache is not.
-            scratch.chmod(0o755)
-            for path in scratch.iterdir():
-                path.chmod(0o644)
-            if outdir.exists():  # an older or broken twin: move it away first, rename() needs the name free
-                stale = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.stale-"))
-                outdir.rename(stale / "old")
-                shutil.rmtree(stale, ignore_errors=True)
-            scratch.rename(outdir)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(scratch)
-    return True
+    def build_twin(scratch: Path) -> None:
+        build(gguf, scratch)
+        (scratch / MARKER).write_text(json.dumps(expected_marker(gguf)) + "\n")
+
+    return publish_folder(outdir, build_twin, lambda folder: is_complete(folder, gguf))
 
 
 def main(argv: list[str] | None = None) -> int:

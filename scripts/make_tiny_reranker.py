@@ -21,15 +21,14 @@ happens under a lock in a scratch folder renamed into place when complete.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import runpy
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: loaded by path from the tests too
+from atomic_folder import publish_folder
 
 MARKER = ".reranker.json"
 #: Raise when the output changes, so cached builds are rebuilt.
@@ -109,29 +108,12 @@ def convert(llama_cpp: Path, folder: Path, gguf: Path) -> None:
 
 def make(llama_cpp: Path, outdir: Path) -> bool:
     """Build unless a complete build is there; True when it was built now."""
-    if is_complete(outdir):
-        return False
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    with (outdir.parent / f".{outdir.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_complete(outdir):
-            return False
-        scratch = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.building-"))
-        try:
-            build_hf(scratch / "hf")
-            convert(llama_cpp, scratch / "hf", scratch / GGUF_NAME)
-            (scratch / MARKER).write_text(json.dumps({"version": VERSION}) + "\n")
-            for path in [scratch, *scratch.rglob("*")]:
-                path.chmod(0o755 if path.is_dir() else 0o644)
-            if outdir.exists():
-                stale = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.stale-"))
-                outdir.rename(stale / "old")
-                shutil.rmtree(stale, ignore_errors=True)
-            scratch.rename(outdir)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(scratch)
-    return True
+    def build(scratch: Path) -> None:
+        build_hf(scratch / "hf")
+        convert(llama_cpp, scratch / "hf", scratch / GGUF_NAME)
+        (scratch / MARKER).write_text(json.dumps({"version": VERSION}) + "\n")
+
+    return publish_folder(outdir, build, is_complete)
 
 
 def main(argv: list[str] | None = None) -> int:

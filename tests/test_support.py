@@ -219,3 +219,54 @@ def test_smollm2_is_published_as_ai_smollm2(smollm2_file, registry, tmp_path):
     assert model.id == digest
     assert (model.config.architecture, model.config.quantization) == ("llama", "Q4_1")
     assert model.config.parameters == "134.52M"
+
+
+def _atomic_folder():
+    """scripts/atomic_folder.py, loaded by path as the builders load it (scripts/ is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "atomic_folder.py"
+    spec = importlib.util.spec_from_file_location("atomic_folder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_publish_folder_builds_once_for_concurrent_builders(tmp_path):
+    publish_folder = _atomic_folder().publish_folder
+    target, builds = tmp_path / "model", []
+
+    def build(scratch):
+        builds.append(scratch)
+        time.sleep(0.2)  # long enough for the other builders to queue on the lock
+        (scratch / "weights.bin").write_bytes(b"w" * 10)
+        (scratch / ".complete").write_text("1")
+
+    def complete(folder):
+        return (folder / ".complete").is_file()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: publish_folder(target, build, complete), range(4)))
+    assert sorted(results) == [False, False, False, True] and len(builds) == 1
+    assert (target / "weights.bin").stat().st_mode & 0o777 == 0o644 and target.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]  # no scratch left behind
+
+
+def test_publish_folder_leaves_nothing_half_built_when_the_build_fails(tmp_path):
+    publish_folder = _atomic_folder().publish_folder
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.bin").write_text("an older, incomplete build")
+
+    def broken(scratch):
+        (scratch / "half.bin").write_text("half")
+        raise RuntimeError("converter crashed")
+
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        publish_folder(target, broken, lambda folder: (folder / ".complete").is_file())
+    assert [p.name for p in target.iterdir()] == ["old.bin"]  # the old folder untouched, no half build published
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
+    assert publish_folder(target, lambda s: (s / ".complete").write_text("1"),
+                          lambda folder: (folder / ".complete").is_file())
+    assert [p.name for p in target.iterdir()] == [".complete"]  # the stale folder replaced whole

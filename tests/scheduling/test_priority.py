@@ -43,9 +43,9 @@ async def _test_background_work_leaves_one_slot_free():
     assert share.background == 3 and share.waiting == 3
     chat = _Holder(share, background=False)  # an interactive request never waits here
     await asyncio.wait_for(chat.entered.wait(), 1)
-    for holder in batch + [chat]:
+    for holder in [*batch, chat]:
         holder.release.set()
-    await asyncio.gather(*(h.task for h in batch + [chat]))
+    await asyncio.gather(*(h.task for h in [*batch, chat]))
     assert (share.background, share.interactive, share.waiting) == (0, 0, 0)
     assert share.background_admitted == 6 and share.background_waited == 3
 
@@ -65,9 +65,9 @@ async def _test_no_background_request_enters_while_interactive_ones_fill_the_res
     assert not second.entered.is_set()
     chats[0].release.set()  # a chat ends: its slot goes to the waiting background request
     await _until(second.entered.is_set, "the waiting background request admitted")
-    for holder in chats + [first, second]:
+    for holder in [*chats, first, second]:
         holder.release.set()
-    await asyncio.gather(*(h.task for h in chats + [first, second]))
+    await asyncio.gather(*(h.task for h in [*chats, first, second]))
 
 
 def test_waiting_background_requests_are_admitted_in_arrival_order():

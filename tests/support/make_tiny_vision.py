@@ -24,8 +24,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the shared folder publish
+from atomic_folder import publish_folder
 
 #: Raise when the output changes, so cached models are rebuilt.
 VERSION = 1
@@ -132,9 +134,8 @@ def main() -> None:
         return
     # Nothing may reach for the network: the model is made here.
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}-"))
-    try:
+
+    def build(scratch: Path) -> None:
         folder = scratch / "hf"
         folder.mkdir()
         build_hf_folder(folder)
@@ -142,10 +143,8 @@ def main() -> None:
         convert(llama_cpp, folder, scratch / MMPROJ_FILE, mmproj=True)
         shutil.rmtree(folder)
         (scratch / MARKER).write_text(json.dumps(marker()))
-        shutil.rmtree(outdir, ignore_errors=True)
-        scratch.rename(outdir)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+    publish_folder(outdir, build, is_complete)
 
 
 if __name__ == "__main__":
