@@ -52,7 +52,8 @@ class RelayingHandler(Protocol):
 #: Where the mount prefix of the routes (`{base_url}modelrunner/`) is kept in the tornado settings.
 PREFIX_SETTING = "modelrunner_prefix"
 #: `x-hf-token`: a client's own Hugging Face token goes with its pull to the runner that downloads (api/models.py).
-_REQUEST_HEADERS = ("content-type", "accept", "x-hf-token")
+#: A relayed request keeps its priority (work on data stays behind chats in the owner's engines too).
+_REQUEST_HEADERS = ("content-type", "accept", "x-hf-token", "x-model-runner-priority")
 _RESPONSE_HEADERS = ("content-type", "cache-control", "x-accel-buffering", "retry-after")
 
 
