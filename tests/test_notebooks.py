@@ -9,6 +9,7 @@ same registry); it is stopped at the end of the module, and with it every engine
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +129,31 @@ def test_engines_notebook_runs_one_model_on_llamacpp_and_vllm(kernel_env):
     assert "Refused:" in output(notebook, "from jupyter_modelrunner.errors import ModelRunnerError")
     assert "Unloaded 2 models" in output(notebook, "%model unload --all")
     print(f"03-engines: {time.monotonic() - started:.1f} s")
+
+
+def _outputs_of(notebook: nbformat.NotebookNode, source_start: str) -> list[dict]:
+    cells = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith(source_start)]
+    assert len(cells) == 1, f"{len(cells)} cells start with {source_start!r}"
+    return cells[0].outputs
+
+
+def test_data_notebook_labels_a_column_batches_it_and_benches(kernel_env):
+    started = time.monotonic()
+    notebook = execute("04-data.ipynb", kernel_env)
+
+    assert "kettle" in output(notebook, "import jupyter_modelrunner as mr")  # the shipped dataset
+    labelled = output(notebook, "from typing import Literal")
+    assert "sentiment" in labelled
+    sentiments = [word for word in ("positive", "negative", "mixed") if word in labelled]
+    assert sentiments, labelled  # the schema's labels, in the DataFrame
+    cached = output(notebook, "import time\n\nstarted = time.perf_counter()")
+    assert "40 answers from the cache" in cached
+    assert "batch completed: 40 of 40 requests answered" in output(notebook, "import json")
+    assert "batch_answer" in output(notebook, "answers = {}")
+    bench = _outputs_of(notebook, "%model bench ai/smollm2")
+    pngs = [out["data"]["image/png"] for out in bench if "image/png" in out.get("data", {})]
+    assert len(pngs) == 1  # the chart: tokens/s and TTFT against concurrency
+    assert base64.b64decode(pngs[0]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert "ai/smollm2" in output(notebook, "%model bench ai/smollm2")  # and its table
+    assert "Unloaded" in output(notebook, "%model unload --all")
+    print(f"04-data: {time.monotonic() - started:.1f} s")
