@@ -73,10 +73,20 @@ def runners_table(runners: Sequence[dict[str, Any]]) -> str:
              "LAST USED") + (("THINKING",) if thinking else ())]
     for r in runners:
         rows.append((r["model_name"], r["backend_name"], r["mode"], r.get("device", ""), r.get("state", ""),
-                     "yes" if r["in_use"] else "no", context_cell(r), format_bytes(r.get("memory", 0)),
+                     in_use_text(r), context_cell(r), format_bytes(r.get("memory", 0)),
                      expires_text(r), ago(r["last_used"]))
                     + ((thinking_text(r).removesuffix(", ").removeprefix("thinking "),) if thinking else ()))
     return format_table(rows)
+
+
+def in_use_text(runner: dict[str, Any]) -> str:
+    """`no`, `yes`, or how many requests and how many of them are work on data (`3 (2 on data)`, with those
+    waiting for a slot a chat leaves free): what tells a user why their chat shares the engine."""
+    if not runner["in_use"]:
+        return "no"
+    data = runner.get("background_requests", 0) + runner.get("background_waiting", 0)
+    count = runner.get("requests") or 1
+    return f"{count} ({data} on data)" if data else ("yes" if count == 1 else str(count))
 
 
 def keep_alive_text(seconds: float | None) -> str:
