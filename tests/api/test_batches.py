@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from jupyter_modelrunner.batches.records import UNFINISHED
+from jupyter_modelrunner.keys import KeyRing
 
 from ..conftest import TEST_API_KEY, server_env
 from ..support.jupyter import ServerProcess
@@ -220,3 +221,23 @@ def test_a_batch_survives_its_runner_and_each_row_is_answered_once(own_store, tm
         assert batch.request_counts.completed == 40 and batch.request_counts.failed == 0
         counted = Counter(row["custom_id"] for row in output(client, batch.output_file_id))
         assert counted == Counter(f"long-{i}" for i in range(40))  # every row, each exactly once
+
+
+def test_through_a_server_that_relays_to_the_owner_each_key_keeps_its_own_batches(own_store, tmp_path, registry):
+    """A second server on the store (JupyterLab beside a `serve`) writes files to the store itself and relays batch
+    requests to the owner, saying which key its client used: the batch is that key's, not every relayed key's."""
+    with standalone(tmp_path, own_store, registry, "owner") as owner:
+        workdir = tmp_path / "relay"
+        workdir.mkdir()
+        with ServerProcess.jupyter_server(workdir, server_env(workdir, own_store, registry.host)) as relay:
+            client = openai.OpenAI(base_url=relay.url + "v1", api_key=TEST_API_KEY, max_retries=0)
+            batch = finished(client, submit(client, chats(2)).id)
+            assert batch.status == "completed" and batch.request_counts.completed == 2
+            assert sorted(r["custom_id"] for r in output(client, batch.output_file_id)) == ["row-0", "row-1"]
+            record = json.loads((own_store / "batches" / batch.id / "batch.json").read_text())
+            assert record["owner"] == "key:key 1 from the configuration"  # the key's name, as the owner sees it
+            other = KeyRing(Path(relay.env["JUPYTER_CONFIG_DIR"]) / "modelrunner" / "keys.json").create("other")
+            stranger = openai.OpenAI(base_url=relay.url + "v1", api_key=other, max_retries=0)
+            with pytest.raises(openai.NotFoundError):  # relayed too, yet not the same caller
+                stranger.batches.retrieve(batch.id)
+            assert owner.process.poll() is None
