@@ -178,3 +178,16 @@ def test_the_key_does_not_leak_into_the_store(jupyter, live_store):
     found += [p for p in (live_store.root / "batches").glob("*/batch.json") if TEST_API_KEY in p.read_text()]
     assert found == []
     assert (live_store.root / "files").stat().st_mode & 0o077 == 0  # user-only, as the rest of the store
+
+
+def test_a_key_cannot_claim_another_keys_name_with_the_relay_header(jupyter, mallory_key):
+    """`X-Model-Runner-Caller` is believed only from a server relaying with a relay key: a client sending it with its
+    own key is still itself."""
+    mallory = sdk(jupyter, mallory_key)
+    theirs = mallory.files.create(file=("m.jsonl", jsonl([chat("m")])), purpose="batch")
+    impostor = openai.OpenAI(base_url=jupyter.url + "v1", api_key=TEST_API_KEY, max_retries=0,
+                             default_headers={"X-Model-Runner-Caller": "key:mallory"})
+    with pytest.raises(openai.NotFoundError):
+        impostor.files.retrieve(theirs.id)
+    with pytest.raises(openai.NotFoundError):
+        impostor.batches.create(input_file_id=theirs.id, endpoint=CHAT, completion_window="24h")
