@@ -210,6 +210,7 @@ class BatchExecutor:
     async def resume(self) -> list[str]:
         """Carry on every unfinished batch in the store (when the runner starts, or takes the store over); their
         ids."""
+        await asyncio.to_thread(self.files.remove_abandoned)
         stored = await asyncio.to_thread(self.batches.all)
         resumed = [b for b in stored if b.status in UNFINISHED and b.id not in self._jobs]
         for batch in reversed(resumed):  # the oldest first

@@ -34,6 +34,8 @@ DEFAULT_MAX_FILE_BYTES = 200 * 1024**2
 _FILE_ID = re.compile(r"file-[0-9a-f]{24}")
 #: The longest file name kept (a client's upload name is only shown back).
 MAX_FILENAME_CHARS = 255
+#: A partial upload older than this belongs to no upload in progress (a runner killed while receiving it).
+ABANDONED_SECONDS = 3600
 
 
 def new_file_id() -> str:
@@ -177,6 +179,18 @@ class FileStore:
         record = self.get(file_id, caller)
         self.record_path(record.id).unlink(missing_ok=True)
         self.data_path(record.id).unlink(missing_ok=True)
+
+    def remove_abandoned(self, min_age: float = ABANDONED_SECONDS) -> int:
+        """Delete what a killed runner left of uploads and adoptions (not those of a live one: they are younger
+        than `min_age`); how many."""
+        removed = 0
+        cutoff = time.time() - min_age
+        for path in [*self.root.glob(".upload-*"), *self.root.glob(".adopt-*")]:
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def _read(self, file_id: str) -> FileRecord | None:
         if not _FILE_ID.fullmatch(file_id):

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from jupyter_modelrunner.batches import FileStore
@@ -78,3 +81,13 @@ def test_an_adopted_output_is_linked_once_even_if_adopted_again(files, tmp_path)
     again = files.adopt(output, "file-" + "1" * 24, filename="out.jsonl", purpose="batch_output", owner=ALICE.name)
     assert first == again and first.bytes == output.stat().st_size
     assert files.data_path(first.id).read_text() == output.read_text()
+
+
+def test_what_a_killed_runner_left_of_an_upload_is_removed_once_abandoned(files):
+    upload = files.upload(limit=100)
+    upload.write(b"half")  # the runner dies here
+    leftover = next(files.root.glob(".upload-*"))
+    assert files.remove_abandoned() == 0 and leftover.exists()  # a live upload is young: kept
+    an_hour_ago = time.time() - 3700
+    os.utime(leftover, (an_hour_ago, an_hour_ago))
+    assert files.remove_abandoned() == 1 and list(files.root.iterdir()) == []
