@@ -227,3 +227,28 @@ class ArchiveDigestMismatch(DigestMismatch):
     forged, the client's fault rather than a registry's."""
 
     http_status = 422
+
+
+class FileNotFound(ModelRunnerError, LookupError):
+    """A file of the Files API that does not exist, or that belongs to another caller (the same answer, so an id
+    tells nobody else anything)."""
+
+    http_status = 404
+
+
+class BatchNotFound(ModelRunnerError, LookupError):
+    """A batch that does not exist, or that belongs to another caller (the same answer, as for files)."""
+
+    http_status = 404
+
+
+class FileTooLarge(ModelRunnerError):
+    """An upload to the Files API larger than `c.ModelRunner.max_batch_file_bytes`; nothing of it is kept."""
+
+    http_status = 413
+
+
+class BatchConflict(ModelRunnerError):
+    """What a batch's state does not allow (cancelling one that has ended)."""
+
+    http_status = 409

@@ -26,6 +26,7 @@ from traitlets.config import Configurable
 from ._version import __version__
 from .api import metrics, routes
 from .api.base import KEYS_SETTING, MAX_BODY_SETTING, SERVICE_SETTING
+from .api.batches import MAX_BATCH_FILE_SETTING, body_problem
 from .api.engines import KIND_SETTING
 from .api.models import MAX_IMPORT_SETTING
 from .api.openapi import ROUTES_SETTING
@@ -106,6 +107,12 @@ class ModelRunner(ExtensionApp):
         256 * 1024**3, config=True,
         help="""The largest model archive `POST models/load` imports (DMR's `load`, our `import`), in bytes; streamed to
         the store, so `max_body_bytes` does not bound it. A larger one is refused and nothing of it is kept.""",
+    )
+    max_batch_file_bytes = Integer(
+        200 * 1024**2, config=True,
+        help="""The largest file `POST v1/files` accepts for the Batch API, in bytes (OpenAI's cap: 200 MiB).
+        Streamed to the store, so `max_body_bytes` does not bound it; a larger one is refused with 413 and nothing of
+        it is kept.""",
     )
     max_concurrent_pulls = Integer(
         3, config=True,
@@ -255,6 +262,8 @@ class ModelRunner(ExtensionApp):
         self.settings[KEYS_SETTING] = KeyRing(fixed=[*self.api_keys, *self.extra_api_keys])
         self.settings[MAX_BODY_SETTING] = self.max_body_bytes
         self.settings[MAX_IMPORT_SETTING] = self.max_import_bytes
+        self.settings[MAX_BATCH_FILE_SETTING] = self.max_batch_file_bytes
+        service.batches.body_problem = body_problem  # a batch's lines are held to what the routes accept
         self.settings[PREFIX_SETTING] = self.api_path
         self.settings[KIND_SETTING] = self.runner_kind
         self.settings[ROUTES_SETTING] = tuple(routes(""))  # what openapi.json describes
@@ -280,6 +289,7 @@ class ModelRunner(ExtensionApp):
         if self.service.owns_store:
             self._publish()
             self._prepare_standby()
+            self._resume_batches()
         if self.mount_at_root:
             self._announce()
         self._watchers = [PeriodicCallback(self._watch_owner, OWNER_CHECK_SECONDS * 1000),
@@ -315,6 +325,7 @@ class ModelRunner(ExtensionApp):
         if service.claim_store():
             self._publish()
             self._prepare_standby()
+            self._resume_batches()
             self.log.warning("Model runner: the store's owner is gone; this server runs its engines now")
         elif service.remote_owner is None:
             self.log.debug("Model runner: the store's owner has not published its address yet")
@@ -376,6 +387,21 @@ class ModelRunner(ExtensionApp):
         if self.service.scheduler.vllm_standby:
             task = asyncio.get_running_loop().create_task(self.service.scheduler.prepare_standby())
             self._standby_task = task  # keep a reference until it is done
+
+    def _resume_batches(self) -> None:
+        """Carry on the batches the store's previous owner left unfinished (in the background)."""
+        task = asyncio.get_running_loop().create_task(self.service.resume_batches())
+        task.add_done_callback(self._batches_resumed)
+        self._resume_task = task  # keep a reference until it is done
+
+    def _batches_resumed(self, task: asyncio.Task[list[str]]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            self.log.error("Model runner: resuming the store's batches failed: %s", task.exception())
+        elif task.result():
+            self.log.info("Model runner: resumed %d unfinished batch(es): %s", len(task.result()),
+                          ", ".join(task.result()))
 
     def _record_activity(self) -> None:
         """While work is in progress, tell Jupyter (and so JupyterHub's culler, through /api/status) it is active."""

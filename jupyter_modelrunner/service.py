@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ._version import __version__
+from .batches import BatchExecutor
 from .errors import ModelRunnerError, PolicyRefused, UnsupportedArtifact
 from .images import (
     DEFAULT_FETCH_TIMEOUT,
@@ -105,6 +106,9 @@ class ModelRunnerService:
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         #: Pulls and pushes in worker threads, at most `max_concurrent_pulls` pulls downloading at once.
         self.transfers = Transfers(store, registry, self.metrics, self._describe, max_concurrent_pulls)
+        #: The Batch API's files and batches (in the store), run by the store's owner: `resume_batches` once it holds
+        #: the store, and stopped where they are by `shutdown`.
+        self.batches = BatchExecutor(self, store.root)
 
     @classmethod
     def create(cls, store: Store, *, registry: str | None = None,
@@ -467,6 +471,11 @@ class ModelRunnerService:
                 with contextlib.suppress(Exception):
                     await task
 
+    async def resume_batches(self) -> list[str]:
+        """Carry on the batches a previous runner on this store left unfinished (the store's owner only)."""
+        return await self.batches.resume() if self.owns_store else []
+
     async def shutdown(self) -> None:
+        await self.batches.stop()  # before the engines: their requests in flight are sent again on resume
         await self.scheduler.shutdown()
         self.lease.release()

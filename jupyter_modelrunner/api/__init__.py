@@ -12,10 +12,11 @@ from typing import Any
 
 def routes(prefix: str) -> list[tuple[str, Any]]:
     """Every route, its pattern prefixed with `prefix` (no leading slash: the server adds its base URL)."""
-    from . import anthropic, engines, huggingface, metrics, models, ollama, openai, openapi, rerank, responses
+    from . import anthropic, batches, engines, huggingface, metrics, models, ollama, openai, openapi, rerank, responses
 
     tables = (models.default_handlers, engines.default_handlers, openai.default_handlers,
               rerank.default_handlers, anthropic.default_handlers, responses.default_handlers, ollama.default_handlers,
-              metrics.default_handlers, huggingface.default_handlers, openapi.default_handlers)
+              metrics.default_handlers, huggingface.default_handlers, batches.default_handlers,
+              openapi.default_handlers)
     start = f"/{prefix.strip('/')}/" if prefix.strip("/") else "/"
     return [(start + pattern, handler) for table in tables for pattern, handler in table]

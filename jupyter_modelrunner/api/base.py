@@ -24,7 +24,7 @@ from ..inference import Caller, Inference
 from ..keys import SCOPE_INFERENCE, SCOPE_MANAGE, relay_scope
 from ..service import ModelRunnerService
 from ..sizes import format_bytes
-from .owner_proxy import DOT_SEGMENT_MESSAGE, has_dot_segment, proxy_to_owner
+from .owner_proxy import CALLER_HEADER, DOT_SEGMENT_MESSAGE, has_dot_segment, proxy_to_owner
 
 #: The authorizer's resource for every route: `c.ServerApp.authorizer_class` may grant or deny it as a whole.
 AUTH_RESOURCE = "modelrunner"
@@ -113,6 +113,7 @@ class _KeyAwareIdentity:
         scope = relay_scope(getattr(self._inner, "token", "") or "", credential)
         if scope is not None:
             self._handler.key_name, self._handler.key_scope = f"relay ({scope})", scope
+            self._handler._relayed_request = True
             return User(username=f"relay:{scope}", name=f"relay-{scope}",
                         display_name=f"a server relaying to this one ({scope})")
         keys = handler.settings.get(KEYS_SETTING)
@@ -167,6 +168,8 @@ class ModelRunnerHandler(APIHandler):
     key_name: str | None = None
     key_scope: str | None = None
     _refused_key = False
+    #: The request came with a relay key: from a server on this store relaying its client's request (keys.py).
+    _relayed_request = False
 
     @property
     def identity_provider(self) -> Any:  # type: ignore[override]
@@ -332,6 +335,9 @@ class ModelRunnerHandler(APIHandler):
     def caller(self) -> Caller:
         """Who asks, for the inference path's policy: an inference key asks only; the token's user manages."""
         if self.key_scope == SCOPE_INFERENCE:
+            relayed_for = self.request.headers.get(CALLER_HEADER, "") if self._relayed_request else ""
+            if relayed_for.startswith("key:") and 4 < len(relayed_for) <= 200 and relayed_for.isprintable():
+                return Caller(relayed_for, SCOPE_INFERENCE)  # the key the relaying server's client used
             return Caller(f"key:{self.key_name}", SCOPE_INFERENCE)
         # A relay key of the manage scope speaks for the relaying server's token holders. Jupyter names a token-only
         # request's user anew each time: the token (or the server's own user) is one owner.

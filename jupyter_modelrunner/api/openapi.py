@@ -23,11 +23,15 @@ from ..hub_catalog import MAX_QUERY_CHARS, MAX_SEARCH_LIMIT
 from .base import SCOPE_INFERENCE, ModelRunnerHandler
 from .schemas import (
     ANTHROPIC_ERROR,
+    BATCH,
+    BATCH_OBJECT,
     CHAT,
     COMPLETION,
     CONFIGURE,
     COUNT_TOKENS,
     EMBEDDING,
+    FILE,
+    FILE_UPLOAD,
     FSCK,
     GC,
     HF_CACHE,
@@ -176,6 +180,25 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         ("q", {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}, True),
         ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT}, False),
         ("format", {"type": "string", "enum": ["gguf", "safetensors"]}, False))),
+    ("get", "v1/files"): _op("The caller's files (Batch API)", OPENAI, ok=_json({"type": "object"}), query=(
+        ("purpose", {"type": "string"}, False), ("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, False),
+        ("after", {"type": "string"}, False), ("order", {"type": "string", "enum": ["asc", "desc"]}, False))),
+    ("post", "v1/files"): {**_op("Upload a batch input file (JSONL, purpose `batch`)", OPENAI, ok=_json(FILE)),
+                           "requestBody": {"required": True, "content": {"multipart/form-data": {
+                               "schema": FILE_UPLOAD}}}},
+    ("get", "v1/files/{file_id}"): _op("One of the caller's files", OPENAI, ok=_json(FILE)),
+    ("delete", "v1/files/{file_id}"): _op("Delete one of the caller's files", OPENAI),
+    ("get", "v1/files/{file_id}/content"): {**_op("A file's bytes (a batch's output: one JSON line per answer)",
+                                                  OPENAI), "responses": {"200": {
+        "description": "the file", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}}}},
+    ("get", "v1/batches"): _op("The caller's batches, newest first", OPENAI, ok=_json({"type": "object"}), query=(
+        ("limit", {"type": "integer", "minimum": 1, "maximum": 100}, False), ("after", {"type": "string"}, False))),
+    ("post", "v1/batches"): _op("Run the requests of an uploaded file as a batch (interactive requests first)",
+                                OPENAI, body=BATCH, ok=_json(BATCH_OBJECT)),
+    ("get", "v1/batches/{batch_id}"): _op("One of the caller's batches", OPENAI, ok=_json(BATCH_OBJECT)),
+    ("post", "v1/batches/{batch_id}/cancel"): _op("Cancel a batch: requests in flight stop, the answers so far are "
+                                                  "kept", OPENAI, ok=_json(BATCH_OBJECT)),
 }
 _MOUNT = re.compile(r"^(engines/(\{engine\}/)?(?=v1/)|anthropic/(?=v1/)|(engines/)?(?=responses))")
 

@@ -22,7 +22,7 @@ import httpx
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..keys import SCOPE_MANAGE, read_relay_key
+from ..keys import SCOPE_INFERENCE, SCOPE_MANAGE, read_relay_key
 from ..lease import Owner
 
 
@@ -39,6 +39,9 @@ class RelayingHandler(Protocol):
     @property
     def key_scope(self) -> str | None: ...
 
+    @property
+    def caller(self) -> Any: ...
+
     def set_status(self, status_code: int, reason: str | None = None) -> None: ...
 
     def set_header(self, name: str, value: Any) -> None: ...
@@ -54,6 +57,10 @@ PREFIX_SETTING = "modelrunner_prefix"
 #: `x-hf-token`: a client's own Hugging Face token goes with its pull to the runner that downloads (api/models.py).
 #: A relayed request keeps its priority (work on data stays behind chats in the owner's engines too).
 _REQUEST_HEADERS = ("content-type", "accept", "x-hf-token", "x-model-runner-priority")
+#: Which inference key the relayed request's client used (`key:NAME`), so that the owner keeps each key's batches
+#: apart (api/batches.py); believed only from a request that carries a relay key, which only this user's processes
+#: can read.
+CALLER_HEADER = "X-Model-Runner-Caller"
 _RESPONSE_HEADERS = ("content-type", "cache-control", "x-accel-buffering", "retry-after")
 
 
@@ -118,6 +125,8 @@ async def proxy_to_owner(handler: RelayingHandler, owner: Owner) -> None:
                                  "(it may run an older jupyter-modelrunner): use that server directly, or restart it.")
     if key:
         headers["Authorization"] = f"Bearer {key}"
+    if handler.key_scope == SCOPE_INFERENCE:
+        headers[CALLER_HEADER] = handler.caller.name
     request = _client(handler).build_request(handler.request.method, target, headers=headers,
                                              content=bytes(handler.request.body) or None)
     try:

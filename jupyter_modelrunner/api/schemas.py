@@ -221,3 +221,20 @@ HF_SEARCH_RESULT = obj({"name": {"type": "string"}, "repo": {"type": "string"},
                         "size": {"type": ["integer", "null"]}, "parameters": {"type": ["integer", "null"]}},
                        ("name", "repo", "format", "downloads", "likes"))
 HF_SEARCH = obj({"models": {"type": "array", "items": HF_SEARCH_RESULT}}, ("models",))
+BATCH_ENDPOINT = {"type": "string", "enum": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]}
+BATCH = obj({"input_file_id": {"type": "string", "minLength": 1}, "endpoint": BATCH_ENDPOINT,
+             "completion_window": {"type": "string", "enum": ["24h"]},
+             "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string", "maxLength": 512},
+                          "maxProperties": 16}}, ("input_file_id", "endpoint"),
+            example={"input_file_id": "file-0123456789abcdef01234567", "endpoint": "/v1/chat/completions",
+                     "completion_window": "24h"})
+FILE_UPLOAD = obj({"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": ["batch"]}},
+                  ("file", "purpose"))
+FILE = obj({"id": {"type": "string"}, "object": {"const": "file"}, "bytes": {"type": "integer"},
+            "created_at": {"type": "integer"}, "filename": {"type": "string"}, "purpose": {"type": "string"}},
+           ("id", "object", "bytes", "created_at", "filename", "purpose"))
+BATCH_OBJECT = obj({"id": {"type": "string"}, "object": {"const": "batch"}, "endpoint": {"type": "string"},
+                    "status": {"type": "string", "enum": ["validating", "failed", "in_progress", "finalizing",
+                                                          "completed", "expired", "cancelling", "cancelled"]},
+                    "input_file_id": {"type": "string"}, "request_counts": {"type": "object"}},
+                   ("id", "object", "endpoint", "status", "input_file_id"))

@@ -18,7 +18,8 @@ from ..conftest import TEST_API_KEY
 
 pytestmark = pytest.mark.timeout(120)
 #: Values for the URL groups that are not a list of literal alternatives.
-SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp", "response_id": "resp_0", "model_id": "ai/tiny:latest"}
+SAMPLES = {"name": "ai/tiny", "engine": "llama.cpp", "response_id": "resp_0", "model_id": "ai/tiny:latest",
+           "file_id": "file-0123456789abcdef01234567", "batch_id": "batch_0123456789abcdef01234567"}
 VERBS = ("get", "post", "put", "patch", "delete")
 
 
@@ -74,6 +75,8 @@ def handler_of(path: str) -> type:
     ("v1/rerank", SCOPE_INFERENCE), ("engines/llama.cpp/v1/score", SCOPE_INFERENCE),
     ("api/copy", SCOPE_MANAGE), ("api/push", SCOPE_MANAGE),
     ("huggingface/search", SCOPE_INFERENCE), ("huggingface/cache", SCOPE_MANAGE),
+    ("v1/files", SCOPE_INFERENCE), ("engines/v1/files/file-0123456789abcdef01234567/content", SCOPE_INFERENCE),
+    ("v1/batches", SCOPE_INFERENCE), ("engines/v1/batches/batch_0123456789abcdef01234567/cancel", SCOPE_INFERENCE),
 ])
 def test_routes_that_answer_with_a_model_have_the_inference_scope_and_management_does_not(path, scope):
     assert handler_of(path).api_scope == scope
