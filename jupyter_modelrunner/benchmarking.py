@@ -33,6 +33,8 @@ DEFAULT_DURATION = 10.0
 DEFAULT_MAX_TOKENS = 128
 #: Longest one request may take before it counts as an error (DMR's default: 5 minutes).
 DEFAULT_TIMEOUT = 300.0
+#: The warm-up request (prompt processed once, the engine's first-request costs paid) need not be a long one.
+WARM_UP_TOKENS = 16
 #: How long a worker waits after a failed request before the next, so a broken engine is not hammered.
 ERROR_PAUSE_SECONDS = 0.5
 #: How often the main thread redraws the progress line while it waits.
@@ -151,12 +153,11 @@ def run_bench(client: Any, models: Sequence[str], *, concurrency: Sequence[int] 
         runner = client.load(model)
         run = _ModelRun(client, model, runner, levels, duration=duration, prompt=prompt, max_tokens=max_tokens,
                         timeout=timeout)
-        thread = threading.Thread(target=run.main, name=f"bench {model}", daemon=True)
-        thread.start()
+        threading.Thread(target=run.main, name=f"bench {model}", daemon=True).start()
         try:
-            shown: object = None
-            while thread.is_alive():
-                thread.join(STATUS_INTERVAL)
+            shown: object = _UNSET
+            # Not Thread.join: on Python 3.11 a join that Ctrl-C interrupts marks the thread finished while it runs.
+            while not run.finished.wait(STATUS_INTERVAL):
                 point = run.current
                 if point is not shown:  # a new phase (warm-up, the next level) is worth a line even in a log
                     shown = point
@@ -165,9 +166,9 @@ def run_bench(client: Any, models: Sequence[str], *, concurrency: Sequence[int] 
                     say(run.status_text(), transient=True)
         except KeyboardInterrupt:
             run.cancel()
-            _join(thread)
+            _wait(run.finished)
             report.interrupted = True
-        report.points += [p for p in run.points if p.complete or p.samples]
+        report.points += run.points  # a level cut short shows too (incomplete), if only to say where it stopped
         if report.interrupted:
             break
         if run.error is not None:
@@ -176,12 +177,15 @@ def run_bench(client: Any, models: Sequence[str], *, concurrency: Sequence[int] 
     return report
 
 
-def _join(thread: threading.Thread, limit: float = 10.0) -> None:
-    """Wait for a cancelled run's thread (closing its streams takes a moment); another Ctrl-C does not cut it short."""
+_UNSET = object()
+
+
+def _wait(finished: threading.Event, limit: float = 10.0) -> None:
+    """Wait for a cancelled run to end (closing its streams takes a moment); another Ctrl-C does not cut it short."""
     deadline = time.monotonic() + limit
-    while thread.is_alive() and time.monotonic() < deadline:
+    while not finished.is_set() and time.monotonic() < deadline:
         with contextlib.suppress(KeyboardInterrupt):
-            thread.join(0.1)
+            finished.wait(0.1)
 
 
 class _ModelRun:
@@ -199,6 +203,7 @@ class _ModelRun:
         self.started = time.monotonic()
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self.finished = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -218,6 +223,7 @@ class _ModelRun:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            self.finished.set()
 
     def cancel(self) -> None:
         """From the main thread: stop now; the requests in flight are closed (which stops their generation)."""
@@ -239,7 +245,7 @@ class _ModelRun:
     async def _measure(self) -> None:
         api = self.client.async_openai()
         try:
-            warm = await self._request(api)
+            warm = await self._request(api, max_tokens=min(self.max_tokens, WARM_UP_TOKENS))
             if warm.error is not None:
                 raise ModelRunnerError(f"{self.model} did not answer the warm-up request: {warm.error}")
             for level in self.levels:
@@ -270,7 +276,7 @@ class _ModelRun:
         finally:
             point.seconds = time.perf_counter() - started
 
-    async def _request(self, api: Any) -> Sample:
+    async def _request(self, api: Any, max_tokens: int | None = None) -> Sample:
         """One streamed chat request, timed; a failure is a sample with its error (the runner's own message)."""
         from .client import _openai_error
 
@@ -280,7 +286,7 @@ class _ModelRun:
         try:
             async with asyncio.timeout(self.timeout):
                 stream = await api.chat.completions.create(
-                    model=self.model, messages=self.messages, max_tokens=self.max_tokens, stream=True,
+                    model=self.model, messages=self.messages, max_tokens=max_tokens or self.max_tokens, stream=True,
                     stream_options={"include_usage": True})
                 async with stream:
                     async for chunk in stream:
