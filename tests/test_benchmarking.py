@@ -94,6 +94,15 @@ def test_bad_flags_are_usage_errors(flag, value, says):
     assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_help_documents_bench():
+    listed = run_cli("--help", env={}).stdout
+    assert "bench" in listed and "tokens/s" in listed
+    shown = run_cli("bench", "--help", env={}).stdout
+    for flag in ("--concurrency", "--duration", "--prompt", "--max-tokens", "--timeout", "--json"):
+        assert flag in shown
+    assert "Ctrl-C" in shown
+
+
 def test_durations_read_as_dmr_writes_them():
     assert [duration_seconds(text) for text in ("5", "5s", "1.5s", "2m", "500ms", "1h")] == [
         5.0, 5.0, 1.5, 120.0, 0.5, 3600.0]
@@ -155,13 +164,15 @@ def text_of(outputs: list[nbformat.NotebookNode]) -> str:
 
 
 def test_model_bench_in_a_notebook_shows_the_table_and_a_chart(runner_env, tmp_path):
-    loaded, charted, as_json, kept = execute([
+    loaded, helped, charted, as_json, kept = execute([
         "%load_ext jupyter_modelrunner",
+        "%model bench --help",
         "%model bench ai/tiny ai/tiny-long " + " ".join(SHORT),
         "%model bench ai/tiny --concurrency 1 --duration 1 --max-tokens 8 --json",
         "print(len(_bench), _bench[0]['model'], _bench[0]['tokens_per_second'] > 0)",
     ], runner_env, tmp_path)
     assert not [out for out in loaded if out.output_type == "error"]
+    assert "usage: %model bench" in text_of(helped) and "--concurrency" in text_of(helped)
     assert not [out for out in charted if out.output_type == "error"], text_of(charted)
     table = text_of(charted)
     assert "TTFT P50" in table and "\nai/tiny " in table and "\nai/tiny-long " in table, table
