@@ -148,33 +148,39 @@ def run_bench(client: Any, models: Sequence[str], *, concurrency: Sequence[int] 
     for model in models:
         client.inspect(model)
     report = BenchReport(prompt=prompt, duration=duration, max_tokens=max_tokens)
-    for model in models:
-        say(f"Loading {model}…")
-        runner = client.load(model)
-        run = _ModelRun(client, model, runner, levels, duration=duration, prompt=prompt, max_tokens=max_tokens,
-                        timeout=timeout)
-        threading.Thread(target=run.main, name=f"bench {model}", daemon=True).start()
-        try:
-            shown: object = _UNSET
-            # Not Thread.join: on Python 3.11 a join that Ctrl-C interrupts marks the thread finished while it runs.
-            while not run.finished.wait(STATUS_INTERVAL):
-                point = run.current
-                if point is not shown:  # a new phase (warm-up, the next level) is worth a line even in a log
-                    shown = point
-                    say(run.status_text())
-                else:
-                    say(run.status_text(), transient=True)
-        except KeyboardInterrupt:
-            run.cancel()
-            _wait(run.finished)
-            report.interrupted = True
-        report.points += run.points  # a level cut short shows too (incomplete), if only to say where it stopped
-        if report.interrupted:
-            break
-        if run.error is not None:
-            raise run.error
-    say("", transient=True)
+    try:
+        for model in models:
+            say(f"Loading {model}…")
+            run = _ModelRun(client, model, client.load(model), levels, duration=duration, prompt=prompt,
+                            max_tokens=max_tokens, timeout=timeout)
+            report.interrupted = _follow(run, say)
+            report.points += run.points  # a level cut short shows too (incomplete), if only to say where it stopped
+            if report.interrupted:
+                break
+            if run.error is not None:
+                raise run.error
+    finally:
+        say("", transient=True)  # the progress line ends, whatever ended the run
     return report
+
+
+def _follow(run: _ModelRun, say: Callable[..., None]) -> bool:
+    """Start `run` in its worker thread and draw its progress from this one until it ends; whether Ctrl-C stopped it.
+    Not `Thread.join`: on Python 3.11 a join that Ctrl-C interrupts marks the thread finished while it still runs."""
+    threading.Thread(target=run.main, name=f"bench {run.model}", daemon=True).start()
+    try:
+        shown: object = _UNSET
+        while not run.finished.wait(STATUS_INTERVAL):
+            if run.current is not shown:  # a new phase (warm-up, the next level) is worth a line even in a log
+                shown = run.current
+                say(run.status_text())
+            else:
+                say(run.status_text(), transient=True)
+    except KeyboardInterrupt:
+        run.cancel()
+        _wait(run.finished)
+        return True
+    return False
 
 
 _UNSET = object()
