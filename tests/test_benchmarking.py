@@ -121,7 +121,7 @@ def test_ctrl_c_shows_what_was_measured_and_frees_the_engine(runner_env, standal
     log = tmp_path / "stderr"
     with log.open("w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "jupyter_modelrunner", "bench", "ai/tiny-long",
-                                    "--concurrency", "1,2", "--duration", "3", "--max-tokens", "4000"],
+                                    "--concurrency", "1,2", "--duration", "3", "--max-tokens", "1000"],
                                    stdout=subprocess.PIPE, stderr=stderr, text=True,
                                    env={**os.environ, **runner_env})
         try:
@@ -208,7 +208,7 @@ def test_kernel_interrupt_stops_bench_and_shows_what_was_measured(runner_env, st
     try:
         client.execute_interactive("%load_ext jupyter_modelrunner", timeout=60)
         reply = client.execute_interactive(
-            "%model bench ai/tiny-long --concurrency 1,2 --duration 3 --max-tokens 4000",
+            "%model bench ai/tiny-long --concurrency 1,2 --duration 3 --max-tokens 1000",
             output_hook=interrupt_at_the_second_level, timeout=120)
     finally:
         client.stop_channels()
