@@ -169,7 +169,8 @@ def test_model_bench_in_a_notebook_shows_the_table_and_a_chart(runner_env, tmp_p
         "%model bench --help",
         "%model bench ai/tiny ai/tiny-long " + " ".join(SHORT),
         "%model bench ai/tiny --concurrency 1 --duration 1 --max-tokens 8 --json",
-        "print(len(_bench), _bench[0]['model'], _bench[0]['tokens_per_second'] > 0)",
+        "import sys; print(len(_bench), _bench[0]['model'], _bench[0]['tokens_per_second'] > 0, "
+        "'matplotlib.pyplot' in sys.modules)",
     ], runner_env, tmp_path)
     assert not [out for out in loaded if out.output_type == "error"]
     assert "usage: %model bench" in text_of(helped) and "--concurrency" in text_of(helped)
@@ -186,7 +187,9 @@ def test_model_bench_in_a_notebook_shows_the_table_and_a_chart(runner_env, tmp_p
     stdout = "".join(out.get("text", "") for out in as_json if out.output_type == "stream" and out.name == "stdout")
     points = json.loads(stdout)
     assert [(p["model"], p["concurrency"]) for p in points] == [("ai/tiny", 1)] and points[0]["errors"] == 0
-    assert text_of(kept).strip() == "1 ai/tiny True"  # the last run's measurements, for pandas & co.
+    # The last run's measurements, for pandas & co.; the chart was drawn without pyplot (no figure left open, the
+    # kernel's matplotlib backend untouched).
+    assert text_of(kept).strip() == "1 ai/tiny True False"
 
 
 def test_kernel_interrupt_stops_bench_and_shows_what_was_measured(runner_env, standalone):
