@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from . import benchmarking as bench
 from ._version import __version__
 
 
@@ -120,6 +121,24 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--temperature", type=float, help="sampling temperature")
     p.add_argument("--max-tokens", type=int, help="longest answer, in tokens")
 
+    p = verbs.add_parser("bench", help="measure time to first token and tokens/s at several requests at once",
+                         description="Measure how fast models answer (Docker Model Runner's `bench`): each model is "
+                         "loaded and warmed up, then kept busy with N streamed requests at once for each concurrency "
+                         "level. Shows time to first token (p50, p95), tokens/s of one request and of all together; "
+                         "in a notebook also a chart. Ctrl-C stops and shows what was measured.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="one model, or several to compare")
+    p.add_argument("--concurrency", type=concurrency_levels, default=bench.DEFAULT_CONCURRENCY, metavar="N,N,…",
+                   help="requests at once, a level each (default 1,2,4,8)")
+    p.add_argument("--duration", type=duration_seconds, default=bench.DEFAULT_DURATION, metavar="DURATION",
+                   help=f"how long each level runs: 30s, 2m, 500ms or seconds (default {bench.DEFAULT_DURATION:g}s)")
+    p.add_argument("--prompt", default=bench.DEFAULT_PROMPT, help="the prompt every request sends "
+                   "(default: Docker Model Runner's, a 100-word summary on whales)")
+    p.add_argument("--max-tokens", type=positive_int, default=bench.DEFAULT_MAX_TOKENS, metavar="N",
+                   help=f"longest answer, in tokens (default {bench.DEFAULT_MAX_TOKENS})")
+    p.add_argument("--timeout", type=duration_seconds, default=bench.DEFAULT_TIMEOUT, metavar="DURATION",
+                   help="longest one request may take before it counts as an error (default 5m)")
+    p.add_argument("--json", action="store_true", help="print the measurements as JSON, an object per model and level")
+
     p = verbs.add_parser("load", help="start a model's engine now, so the first question does not wait")
     p.add_argument("model")
     p.add_argument("--engine", help="force an engine (llama.cpp or vllm)")
@@ -207,3 +226,40 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     p.add_argument("--purge-cache", action="store_true",
                    help="also delete its cached source and builds (the next install compiles again)")
     return parser
+
+
+def concurrency_levels(text: str) -> tuple[int, ...]:
+    """`--concurrency 1,2,4,8`: whole numbers of 1 or more (argparse shows the error with the flag's name)."""
+    try:
+        levels = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers of 1 or more, e.g. 1,2,4,8")
+    return levels
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """`30s`, `2m`, `500ms`, `1h` or plain seconds (`5`, `0.5`), as Go's durations DMR takes; more than 0."""
+    stripped = text.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h") if stripped.endswith(u)), "")
+    try:
+        seconds = float(stripped.removesuffix(unit)) * _UNITS.get(unit, 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration of more than 0, e.g. 30s, 2m, 500ms or 5")
+    return seconds
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value

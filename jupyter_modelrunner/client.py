@@ -366,6 +366,14 @@ class RunnerClient:
                                                  timeout=600.0)
         return self._openai[engine]
 
+    def async_openai(self, engine: str | None = None) -> Any:
+        """A new `openai.AsyncOpenAI` client for this runner, for the event loop it is first used in (its connections
+        belong to that loop, so it is not kept here); the caller closes it. `bench` uses one per run."""
+        import openai
+
+        base = self.url + (f"engines/{engine}/v1" if engine else "engines/v1")
+        return openai.AsyncOpenAI(base_url=base, api_key=self.token or "none", max_retries=0, timeout=600.0)
+
     def chat(self, model: str, messages: Sequence[dict[str, Any]], *, engine: str | None = None,
              temperature: float | None = None, max_tokens: int | None = None, **options: Any) -> ChatStream:
         """Start a streamed chat completion; iterate the result for text as it arrives."""

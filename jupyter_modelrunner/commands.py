@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from .errors import ModelRunnerError
 from .presentation import (
+    bench_text,
     df_text,
     engine_line,
     format_bytes,
@@ -62,6 +63,8 @@ def exit_status(verb: str, result: Any) -> int:
     problems left), else 0. Failures raise instead."""
     if verb == "fsck" and isinstance(result, dict) and not result.get("clean", True):
         return 1
+    if verb == "bench" and getattr(result, "interrupted", False):
+        return 130  # as an interrupted command's (the CLI's EXIT_INTERRUPTED), after showing what was measured
     return 0
 
 
@@ -243,6 +246,21 @@ def load(client: Any, args: argparse.Namespace, console: Console) -> dict[str, A
     return runner
 
 
+def bench(client: Any, args: argparse.Namespace, console: Console) -> Any:
+    """Measure models at several concurrency levels (benchmarking.py) and show a table, or JSON with `--json`; the
+    report (a `BenchReport`), so a notebook can chart it. Progress goes to `console.status` where there is one."""
+    from .benchmarking import run_bench
+
+    report = run_bench(client, args.models, concurrency=args.concurrency, duration=args.duration, prompt=args.prompt,
+                       max_tokens=args.max_tokens, timeout=args.timeout, status=getattr(console, "status", None))
+    if args.json:
+        console.print(json.dumps(report.to_json(), indent=2))
+    else:
+        console.print(bench_text(report.to_json(), prompt=report.prompt, duration=report.duration,
+                                 max_tokens=report.max_tokens, interrupted=report.interrupted))
+    return report
+
+
 def ps(client: Any, args: argparse.Namespace, console: Console) -> None:
     runners = client.ps()
     if args.json:
@@ -299,5 +317,5 @@ def _short(model: dict[str, Any]) -> str:
 VERBS: dict[str, Callable[[Any, argparse.Namespace, Console], Any]] = {
     "pull": pull, "push": push, "package": package, "tag": tag, "ls": ls, "inspect": inspect, "rm": rm,
     "purge": purge, "df": df, "gc": gc, "fsck": fsck, "load": load, "ps": ps, "unload": unload, "configure": configure,
-    "logs": logs, "status": status, "search": search, "export": export, "import": import_,
+    "logs": logs, "status": status, "search": search, "export": export, "import": import_, "bench": bench,
 }

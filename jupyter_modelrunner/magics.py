@@ -34,7 +34,7 @@ ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
 #: At most this many display updates per second while an answer streams (the last one always shows all).
 UPDATES_PER_SECOND = 16
 MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "load", "ps", "unload", "logs",
-               "configure", "df", "gc", "fsck", "status", "search", "export", "import")
+               "configure", "df", "gc", "fsck", "status", "search", "export", "import", "bench")
 #: `%%chat` options that take a value (the rest of a line-form `%chat` is the prompt, kept verbatim).
 CHAT_VALUE_OPTIONS = {"--system", "--temperature", "--max-tokens", "--engine", "--json", "--image"}
 
@@ -148,7 +148,8 @@ class ModelRunnerMagics(Magics):
     @line_magic
     def model(self, line: str) -> Any:
         """Manage models like `docker model`: pull, ls, ps, rm, inspect, tag, push, package, unload, logs,
-        configure, df, gc, fsck, status; and connect, use, picker, runners. `%model VERB --help` for each."""
+        configure, df, gc, fsck, status, bench (a table and a chart); and connect, use, picker, runners.
+        `%model VERB --help` for each."""
         try:
             argv = shlex.split(line)
         except ValueError as exc:
@@ -224,6 +225,24 @@ class ModelRunnerMagics(Magics):
         from .widgets import RunnerStatus
 
         return RunnerStatus(client=self.client)
+
+    def _model_bench(self, args: argparse.Namespace) -> None:
+        """The shared verb's table (or JSON), the measurements in `_bench` (a list of dicts: `pd.DataFrame(_bench)`),
+        and in a notebook a chart of them below the table, as a PNG."""
+        from .commands import run_verb
+
+        report = run_verb("bench", self.client, args, _NotebookConsole(self))
+        if self.shell is not None:
+            self.shell.user_ns["_bench"] = report.to_json()
+        if self.rich and not args.json and report.points:
+            from IPython.display import Image, display
+
+            from .benchmarking import chart_png
+
+            try:
+                display(Image(data=chart_png(report.to_json()), format="png"))
+            except ModelRunnerError as exc:  # no matplotlib: the table says it all
+                print(exc, file=sys.stderr)
 
     def _progress_view(self, title: str) -> Any:
         """A progress bar widget in a notebook, a self-rewriting line in a terminal."""
@@ -386,6 +405,7 @@ class _NotebookConsole:
 
     def __init__(self, magics: ModelRunnerMagics) -> None:
         self._magics = magics
+        self._status: Callable[..., None] | None = None
 
     def print(self, text: str = "") -> None:
         print(text)
@@ -395,6 +415,21 @@ class _NotebookConsole:
 
     def progress(self, title: str) -> Any:
         return self._magics._progress_view(title)
+
+    def status(self, text: str, *, transient: bool = False) -> None:
+        """A long verb's progress (`bench`): one line of output replaced in place in a notebook, the CLI's line in a
+        terminal IPython."""
+        if self._status is None:
+            if self._magics.rich:
+                from IPython.display import display
+
+                handle = display({"text/plain": text}, raw=True, display_id=True)
+                self._status = lambda line, transient=False: handle.update({"text/plain": line}, raw=True)
+                return
+            from .terminal import StatusLine
+
+            self._status = StatusLine(sys.stdout)
+        self._status(text, transient=transient)
 
 
 class _MarkdownAnswer:

@@ -13,8 +13,8 @@ from typing import Any
 
 from .sizes import format_bytes
 
-__all__ = ["ago", "df_text", "engine_line", "format_bytes", "fsck_text", "hf_cache_table", "hf_search_table",
-           "model_summary", "models_table", "runners_table", "settings_line", "status_text"]
+__all__ = ["ago", "bench_text", "df_text", "engine_line", "format_bytes", "fsck_text", "hf_cache_table",
+           "hf_search_table", "model_summary", "models_table", "runners_table", "settings_line", "status_text"]
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -35,6 +35,51 @@ def models_table(models: Sequence[dict[str, Any]]) -> str:
                          config.get("quantization") or "", config.get("architecture") or "", short_id,
                          ago(model.get("created") or 0), format_bytes(model.get("size") or 0)))
     return format_table(rows)
+
+
+def bench_text(points: Sequence[dict[str, Any]], *, prompt: str, duration: float, max_tokens: int,
+               interrupted: bool = False) -> str:
+    """`bench`: what was asked, a row per model and concurrency level (`BenchPoint.to_json()`'s), then per model its
+    fastest level against its lowest (DMR's "rel. speed"), the errors, and whether an interrupt cut the run short."""
+    shown = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+    lines = [f"Prompt: {shown!r}; {duration:g} s per level, at most {max_tokens} tokens an answer", ""]
+    rows = [("MODEL", "AT ONCE", "REQUESTS", "TTFT P50", "TTFT P95", "TOKENS/S EACH", "TOKENS/S TOTAL", "SPEEDUP",
+             "ERRORS")]
+    summary, problems = [], []
+    for model in dict.fromkeys(p["model"] for p in points):
+        mine = [p for p in points if p["model"] == model]
+        base = mine[0].get("tokens_per_second") or 0
+        for p in mine:
+            total = p.get("tokens_per_second")
+            rows.append((model, f"{p['concurrency']}{'' if p.get('complete', True) else '*'}", str(p["requests"]),
+                         _ms(p.get("ttft_p50_ms")), _ms(p.get("ttft_p95_ms")),
+                         _rate(p.get("request_tokens_per_second")), _rate(total),
+                         f"{total / base:.2f}x" if total and base else "-", str(p["errors"])))
+            if p["errors"]:
+                problems.append(f"{model} at {p['concurrency']}: {p['errors']} failed ({p.get('error')})")
+        best = max(mine, key=lambda p: p.get("tokens_per_second") or 0)
+        if best.get("tokens_per_second"):
+            where = " on ".join(x for x in (best.get("engine"), best.get("device")) if x)
+            where += f", {best['slots']} slots" if best.get("slots") else ""
+            gain = f", {best['tokens_per_second'] / base:.2f}x {mine[0]['concurrency']} at once" \
+                if best is not mine[0] and base else ""
+            summary.append(f"{model}{f' ({where})' if where else ''}: fastest at {best['concurrency']} at once, "
+                           f"{best['tokens_per_second']:.1f} tokens/s{gain}")
+    lines.append(format_table(rows) if len(rows) > 1 else "Nothing was measured.")
+    lines += ["", *summary] if summary else []
+    lines += problems
+    if interrupted:
+        lines.append("Interrupted: the table shows what was measured until then"
+                     + (" (* a level cut short)." if any(not p.get("complete", True) for p in points) else "."))
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def hf_cache_table(models: Sequence[dict[str, Any]]) -> str:

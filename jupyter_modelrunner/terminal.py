@@ -93,6 +93,7 @@ class TerminalConsole:
 
     def __init__(self, out: TextIO | None = None) -> None:
         self._out = out  # None: sys.stdout as it is when printing
+        self._status_line: StatusLine | None = None
 
     def print(self, text: str = "") -> None:
         print(text, file=self._out or sys.stdout, flush=True)
@@ -102,6 +103,30 @@ class TerminalConsole:
 
     def progress(self, title: str) -> TerminalView:
         return TerminalView(title)
+
+    def status(self, text: str, *, transient: bool = False) -> None:
+        """A long verb's progress (`bench`), on stderr."""
+        if self._status_line is None:
+            self._status_line = StatusLine(sys.stderr)
+        self._status_line(text, transient=transient)
+
+
+class StatusLine:
+    """Where a long verb (`bench`) says what it is doing: one self-rewriting line on a terminal; in a log only the
+    lines that are not `transient` (a new phase). `""` ends it, rubbed out on a terminal so what follows starts
+    clean."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._line = RewritingLine(stream)
+
+    def __call__(self, text: str, *, transient: bool = False) -> None:
+        if not text:
+            if self._line.tty:
+                self._line.show("")
+                self._line.stream.write("\r")
+            self._line.close()
+        elif self._line.tty or not transient:
+            self._line.show(text)
 
 
 class InstallProgressLine:
