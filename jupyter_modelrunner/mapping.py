@@ -35,7 +35,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,19 +223,33 @@ class _Finished:
     error: BaseException | None = None
 
 
+class _RowFailed(Exception):
+    """One request's failure that is the row's own (not the whole run's)."""
+
+    def __init__(self, error: RowError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+#: How one request is sent and its answer read: (the run, its HTTP client, the request) → (values, tokens).
+Ask = Callable[["_Run", Any, _Request], Coroutine[Any, Any, tuple[list[Any], int]]]
+
+
 @dataclass
 class _Run:
     """The requests of one `map` or `embed`, sent from a worker thread with its own event loop, at most
-    `concurrency` at once; each outcome is put on `outcomes` (answers cached first), then a `_Finished`."""
+    `concurrency` at once; each outcome is put on `outcomes` (answers cached first), then a `_Finished`.
+    `tokens` counts the tokens generated so far, as they stream (the progress view's rate)."""
 
     url: str
     token: str
     path: str
     requests: list[_Request]
     concurrency: int
-    extract: Callable[[dict[str, Any], _Request], tuple[list[Any], int]]
+    ask: Ask
     cache: tuple[Path | None, str, str, str] | None  # (store root, model, model id, endpoint), or no caching
     outcomes: queue.Queue[_Outcome | _Finished] = field(default_factory=queue.Queue)
+    tokens: int = 0
 
     def start(self) -> None:
         self._ready = threading.Event()
@@ -294,22 +308,27 @@ class _Run:
             if cache is not None:
                 cache.close()
 
-    async def _worker(self, http: Any, pending: Any, cache: AnswerCache | None) -> None:
+    async def _worker(self, http: Any, pending: Iterator[_Request], cache: AnswerCache | None) -> None:
         for request in pending:  # one iterator shared by the workers: each takes the next request
-            response = await http.post(self.path, json=request.body)
-            if response.status_code >= 400:
-                message, status = _error_message(response.content), response.status_code
-                if status in _WHOLE_RUN_STATUSES:
-                    error: ModelRunnerError = ModelNotFound(message) if status == 404 else ModelRunnerError(message)
-                    error.http_status = status
-                    raise error
-                self.outcomes.put(_Outcome(request, error=RowError(message, status)))
+            try:
+                values, tokens = await self.ask(self, http, request)
+            except _RowFailed as failed:
+                self.outcomes.put(_Outcome(request, error=failed.error))
                 continue
-            values, tokens = self.extract(response.json(), request)
             if cache is not None and self.cache is not None:
                 _, model, model_id, endpoint = self.cache
                 cache.put_many(model, model_id, endpoint, zip(request.keys, values, strict=True))
             self.outcomes.put(_Outcome(request, values=values, tokens=tokens))
+
+
+def _refused(status: int, content: bytes) -> Exception:
+    """An error answer: the row's own (`_RowFailed`), or the whole run's (`_WHOLE_RUN_STATUSES`)."""
+    message = _error_message(content)
+    if status in _WHOLE_RUN_STATUSES:
+        error: ModelRunnerError = ModelNotFound(message) if status == 404 else ModelRunnerError(message)
+        error.http_status = status
+        return error
+    return _RowFailed(RowError(message, status))
 
 
 def _error_message(content: bytes) -> str:
@@ -322,23 +341,48 @@ def _error_message(content: bytes) -> str:
     return text or "the request failed"
 
 
-def _chat_answer(doc: dict[str, Any], request: _Request) -> tuple[list[Any], int]:
-    choice = (doc.get("choices") or [{}])[0]
-    tokens = int((doc.get("usage") or {}).get("completion_tokens") or 0)
-    answer = {"content": (choice.get("message") or {}).get("content") or "",
-              "finish_reason": choice.get("finish_reason"), "completion_tokens": tokens}
-    return [answer], tokens
+async def _ask_chat(run: _Run, http: Any, request: _Request) -> tuple[list[Any], int]:
+    """One chat completion, streamed: leaving mid-answer (an interrupt) closes the connection, and the runner then
+    stops the engine's generation at its next token (a non-streamed request would leave the engine at it)."""
+    body = {**request.body, "stream": True, "stream_options": {"include_usage": True}}
+    pieces: list[str] = []
+    finish_reason, tokens = None, 0
+    async with http.stream("POST", run.path, json=body) as response:
+        if response.status_code >= 400:
+            raise _refused(response.status_code, await response.aread())
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if isinstance(event.get("error"), dict):  # the engine failed after the answer began
+                raise _RowFailed(RowError(str(event["error"].get("message") or event["error"]),
+                                          int(event["error"].get("code") or 500)))
+            for choice in event.get("choices") or ():
+                if piece := (choice.get("delta") or {}).get("content"):
+                    pieces.append(piece)
+                    run.tokens += 1
+                finish_reason = choice.get("finish_reason") or finish_reason
+            if event.get("usage"):
+                tokens = int(event["usage"].get("completion_tokens") or 0)
+    return [{"content": "".join(pieces), "finish_reason": finish_reason, "completion_tokens": tokens}], tokens
 
 
-def _embeddings(doc: dict[str, Any], request: _Request) -> tuple[list[Any], int]:
+async def _ask_embeddings(run: _Run, http: Any, request: _Request) -> tuple[list[Any], int]:
+    """One `/v1/embeddings` request for several inputs; the vectors as float32 (base64), in the inputs' order."""
     import numpy as np
 
+    response = await http.post(run.path, json=request.body)
+    if response.status_code >= 400:
+        raise _refused(response.status_code, response.content)
+    doc = response.json()
     data = sorted(doc.get("data") or [], key=lambda item: item.get("index", 0))
     if len(data) != len(request.keys):
         raise ModelRunnerError(f"The engine answered {len(data)} embeddings for {len(request.keys)} inputs.")
     values = [{"f32": base64.b64encode(np.asarray(item["embedding"], dtype=np.float32).tobytes()).decode()}
               for item in data]
-    return values, int((doc.get("usage") or {}).get("prompt_tokens") or 0)
+    tokens = int((doc.get("usage") or {}).get("prompt_tokens") or 0)
+    run.tokens += tokens
+    return values, tokens
 
 
 # -- the shared run -------------------------------------------------------------------------------------------
@@ -388,22 +432,24 @@ def _concurrency(status: Mapping[str, Any], pending: int) -> int:
 
 
 def _execute(*, client: Any, model: str, mode: str, path: str, endpoint: str, model_id: str,
-             requests: list[_Request], extract: Callable[[dict[str, Any], _Request], tuple[list[Any], int]],
+             requests: list[_Request], ask: Ask,
              results: list[Any], cached: int, total: int, cache: bool, view: Any, errors: str,
              row_label: Callable[[int], Any], unit: str) -> None:
     """Send `requests` (the rows the cache did not answer), fill `results` as answers come, draw `view`."""
     started = time.monotonic()
-    done, failed, tokens = cached, 0, 0
+    done, failed = cached, 0
+    run: _Run | None = None
 
-    def rates() -> dict[str, Any]:
-        return {"cached": cached, "tokens": tokens, "seconds": time.monotonic() - started, "unit": unit}
+    def rates() -> dict[str, Any]:  # the tokens as they stream, for a rate that moves within long rows too
+        return {"cached": cached, "tokens": run.tokens if run else 0, "seconds": time.monotonic() - started,
+                "unit": unit}
 
     view.update(done, failed, total, **rates())
     if not requests:
         view.done(f"All {total} answered from the cache.")
         return
     status = client.load(model, mode=mode)
-    run = _Run(client.url, client.token, path, requests, _concurrency(status, len(requests)), extract,
+    run = _Run(client.url, client.token, path, requests, _concurrency(status, len(requests)), ask,
                (_store_root(client), model, model_id, endpoint) if cache else None)
     run.start()
     redraw = 0.0
@@ -433,7 +479,6 @@ def _execute(*, client: Any, model: str, mode: str, path: str, endpoint: str, mo
                     for position in group:
                         results[position] = value
                 done += len(rows)
-                tokens += outcome.tokens
             now = time.monotonic()
             if now >= redraw:
                 redraw = now + 1 / _REDRAWS_PER_SECOND
@@ -518,7 +563,7 @@ def map(model: str, inputs: Any, *, prompt: str | None = None, schema: Any = Non
     labels = list(index) if index is not None else None
     view = _progress_view(progress, f"Mapping {model} over {len(rows)} rows", len(rows))
     _execute(client=client, model=model, mode="completion", path="engines/v1/chat/completions", endpoint=endpoint,
-             model_id=model_id, requests=list(requests.values()), extract=_chat_answer, results=results,
+             model_id=model_id, requests=list(requests.values()), ask=_ask_chat, results=results,
              cached=cached, total=len(rows), cache=cache, view=view, errors=errors,
              row_label=lambda p: labels[p] if labels is not None else p, unit="tokens/s")
     answers = [r if isinstance(r, RowError) else (structured.parse(r) if structured else r.get("content", ""))
@@ -561,7 +606,7 @@ def embed(model: str, inputs: Any, *, cache: bool = True, progress: bool = True)
                 for i in range(0, len(batches), EMBED_BATCH)]
     view = _progress_view(progress, f"Embedding {len(texts)} texts with {model}", len(texts))
     _execute(client=client, model=model, mode="embedding", path="engines/v1/embeddings", endpoint=endpoint,
-             model_id=model_id, requests=requests, extract=_embeddings, results=results, cached=cached,
+             model_id=model_id, requests=requests, ask=_ask_embeddings, results=results, cached=cached,
              total=len(texts), cache=cache, view=view, errors="raise", row_label=lambda p: p, unit="tokens/s in")
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
