@@ -446,7 +446,7 @@ def _execute(*, client: Any, model: str, mode: str, path: str, endpoint: str, mo
 
     view.update(done, failed, total, **rates())
     if not requests:
-        view.done(f"All {total} answered from the cache.")
+        view.done(f"All {total} answered from the cache." if total else "No inputs.")
         return
     status = client.load(model, mode=mode)
     run = _Run(client.url, client.token, path, requests, _concurrency(status, len(requests)), ask,
