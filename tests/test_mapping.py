@@ -65,10 +65,10 @@ def test_map_answers_32_inputs_in_order_and_a_rerun_asks_the_engine_nothing(runn
     assert len(answers) == 32 and all(isinstance(a, str) and a for a in answers)
     shown = capfd.readouterr().err  # the terminal's progress line, on stderr
     assert "Mapping ai/tiny over 32 rows" in shown and "32 of 32 done" in shown
-    # Each answer is its own input's: asked alone, one input gets the answer it got among the 32 (temperature 0).
-    assert mr.map("ai/tiny", [inputs[17]], max_tokens=4, cache=False, progress=False) == [answers[17]]
-
     before = engine_requests(standalone)
+    # Each answer stays with its input: the same inputs in another order come back (from the cache) in that order.
+    order = [*range(31, -1, -2), *range(0, 32, 2)]
+    assert mr.map("ai/tiny", [inputs[i] for i in order], max_tokens=4, progress=False) == [answers[i] for i in order]
     again = mr.map("ai/tiny", inputs, max_tokens=4)
     assert again == answers and engine_requests(standalone) == before
     assert "32 cached" in capfd.readouterr().err
@@ -160,6 +160,15 @@ def test_a_schema_gives_instances_or_dicts_from_smollm2_and_a_cut_answer_is_an_e
     answers = mr.map("ai/smollm2-map", reviews.tolist(), schema=schema, max_tokens=24, progress=False,
                      prompt="Is this review positive or negative?\n\n{}")
     assert [answer["label"] for answer in answers] == [label.label for label in labels]
+    # Each row's answer is its own input's: the model copies each row's word, and rows are answered 8 at once.
+    words = ["apple", "river", "pencil", "tiger", "guitar", "window", "rocket", "garden", "candle", "bridge",
+             "violin", "carpet", "planet", "button", "forest", "ladder"]
+    copies = mr.map("ai/smollm2-map", words, prompt="Repeat this word and nothing else: {}", max_tokens=6,
+                    progress=False)
+    owned = [word for word, copy in zip(words, copies, strict=True) if word in copy.lower()]
+    strays = [copy for word, copy in zip(words, copies, strict=True)
+              if any(other in copy.lower() for other in words if other != word)]
+    assert len(owned) >= 12 and not strays, copies
     cut = mr.map("ai/smollm2-map", reviews.tolist()[:2], schema=schema, max_tokens=2, progress=False)
     assert all(isinstance(a, mr.RowError) and a.status is None and "cut at max_tokens" in a.message
                for a in cut), cut
