@@ -221,6 +221,13 @@ def build_parser(prog: str = "jupyter modelrunner", *, verbs_only: Collection[st
     revoke = actions.add_parser("revoke", help="stop accepting a key (at once, no restart)")
     revoke.add_argument("name")
 
+    p = verbs.add_parser("cache", help="the answers `map` and `embed` cached: their size per model, or clear them")
+    actions = p.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
+    actions.add_parser("df", help="entries and size per model, and the file's size").add_argument(
+        "--json", action="store_true", help="print JSON")
+    actions.add_parser("clear", help="delete cached answers (the next run asks the model again)").add_argument(
+        "--model", metavar="MODEL", help="only this model's (its name as asked, or its id)")
+
     p = verbs.add_parser("uninstall-runner", help="remove an engine install-runner installed")
     p.add_argument("engine", nargs="?", default="llama.cpp", metavar="ENGINE", help="llama.cpp (default), vllm or all")
     p.add_argument("--purge-cache", action="store_true",

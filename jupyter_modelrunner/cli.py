@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _TRAITLET_OPTION = re.compile(r"--[A-Z]\w*\.\w+=.*")
 #: Verbs that are this process's own business; every other one asks the runner.
-_LOCAL_VERBS = ("serve", "install-runner", "uninstall-runner", "key")
+_LOCAL_VERBS = ("serve", "install-runner", "uninstall-runner", "key", "cache")
 #: Verbs that say nothing useful about a runner started only to answer them.
 _NO_START_VERBS = ("ps", "unload")
 
@@ -155,6 +155,14 @@ def _cmd_key(args) -> int:
     else:
         ring.revoke(args.name)
         print(f"Revoked {args.name!r}: runners refuse it from now on.")
+    return 0
+
+
+def _cmd_cache(args) -> int:
+    """The answer cache lives in the store (`--store`, or the default one): no runner is asked, or started."""
+    from .commands import run_verb
+
+    run_verb("cache", None, args, TerminalConsole())
     return 0
 
 

@@ -26,7 +26,7 @@ from .discovery import (
     locate,
 )
 from .distribution.huggingface import HF_TOKEN_HEADER
-from .errors import HandingOver, ModelNotFound, ModelRunnerError, RunnerUnreachable
+from .errors import HandingOver, InvalidReference, ModelNotFound, ModelRunnerError, RunnerUnreachable
 
 __all__ = ["ENV_HOST", "ENV_REGISTRY", "ENV_TOKEN", "ChatStream", "RunnerClient", "RunnerLocation", "api_key",
            "base_url", "connect", "host", "locate", "runner"]
@@ -143,6 +143,14 @@ class ChatStream:
         self.close()
 
 
+def model_segment(name: str) -> str:
+    """A model name as it goes into a route's path (`models/{name}`): names hold `/` and `:`, but a `.` or `..`
+    segment (or an empty one) would make the URL another route's, so such a name is refused, never sent."""
+    if not name or any(segment in ("", ".", "..") for segment in name.split("/")):
+        raise InvalidReference(f"{name!r} is not a model name (e.g. ai/smollm2 or ai/smollm2:latest).")
+    return name
+
+
 def _openai_error(exc: Exception) -> ModelRunnerError:
     """The SDK's exceptions as our one-line errors, with the runner's own message."""
     import openai
@@ -211,7 +219,7 @@ class RunnerClient:
         return self.get("models")
 
     def inspect(self, name: str) -> dict[str, Any]:
-        return self.get(f"models/{name}")
+        return self.get(f"models/{model_segment(name)}")
 
     def pull(self, reference: str) -> Iterator[dict[str, Any]]:
         """Pull, yielding progress events (`type` progress/warning/success); a failure raises instead of yielding.
@@ -223,13 +231,13 @@ class RunnerClient:
         return self._progress("models/create", {"from": reference}, headers={HF_TOKEN_HEADER: token} if token else None)
 
     def push(self, name: str, target: str | None = None) -> Iterator[dict[str, Any]]:
-        return self._progress(f"models/{name}/push", {"target": target} if target else {})
+        return self._progress(f"models/{model_segment(name)}/push", {"target": target} if target else {})
 
     def remove(self, name: str, *, force: bool = False) -> dict[str, Any]:
-        return self._send("DELETE", f"models/{name}", params={"force": "true"} if force else None)
+        return self._send("DELETE", f"models/{model_segment(name)}", params={"force": "true"} if force else None)
 
     def tag(self, source: str, target: str) -> dict[str, Any]:
-        return self.post(f"models/{source}/tag", {"target": target})
+        return self.post(f"models/{model_segment(source)}/tag", {"target": target})
 
     def package(self, tag: str, *, gguf: Sequence[str | Path] = (), safetensors_dir: str | Path | None = None,
                 license_files: Sequence[str | Path] = (), chat_template: str | Path | None = None,
@@ -269,7 +277,8 @@ class RunnerClient:
 
         written, target = 0, Path(destination).expanduser()
         partial = target.with_name(f".{target.name}.partial")
-        with self._http.stream("GET", f"models/{model}/export", timeout=httpx.Timeout(30.0, read=None)) as response:
+        path = f"models/{model_segment(model)}/export"
+        with self._http.stream("GET", path, timeout=httpx.Timeout(30.0, read=None)) as response:
             if response.status_code >= 400:
                 self._raise_for_status(response.status_code, response.read())
             with partial.open("wb") as out:
@@ -403,6 +412,8 @@ class RunnerClient:
 
         try:
             return self._http.request(method, path, **kwargs)
+        except httpx.InvalidURL as exc:  # a name with control characters, say: never sent
+            raise InvalidReference(f"{path.split('/', 1)[-1]!r} cannot be asked for ({exc})") from None
         except httpx.TransportError as exc:
             raise RunnerUnreachable(
                 f"No model runner answers at {self.url} ({exc.__class__.__name__}; found via "

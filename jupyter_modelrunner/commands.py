@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ModelRunnerError
@@ -310,6 +311,38 @@ def status(client: Any, args: argparse.Namespace, console: Console) -> None:
     console.print(f"Runner: {client.url} (found via {client.location.source})\n{status_text(status)}")
 
 
+# -- the answer cache -----------------------------------------------------------------------------------------
+
+
+def cache(client: Any, args: argparse.Namespace, console: Console) -> None:
+    """`cache df|clear`: the answers `map` and `embed` cached, in the store of this client's runner (`--store` or the
+    default store when no client is given). Local: no runner is needed, nor started."""
+    from .answer_cache import AnswerCache
+    from .paths import answer_cache_file
+    from .presentation import answer_cache_text
+
+    root = getattr(args, "store", None) or getattr(getattr(client, "location", None), "store", None)
+    path = answer_cache_file(Path(root).expanduser() if root else None)
+    if args.cache_action == "clear":
+        deleted = 0
+        if path.exists():
+            with AnswerCache(path.parent.parent) as answers:
+                deleted = answers.clear(args.model)
+        whose = f" of {args.model}" if args.model else ""
+        console.print(f"Deleted {deleted} cached answer{'s' if deleted != 1 else ''}{whose} ({path})")
+        return
+    usage, size = [], 0
+    if path.exists():  # `df` on a fresh store makes no file
+        with AnswerCache(path.parent.parent) as answers:
+            usage, size = answers.usage(), answers.file_size()
+    if args.json:
+        console.print(json.dumps({"path": str(path), "file_size": size, "models": [
+            {"model": u.model, "model_id": u.model_id, "entries": u.entries, "size": u.size} for u in usage]},
+            indent=2))
+    else:
+        console.print(answer_cache_text(str(path), usage, size))
+
+
 def _short(model: dict[str, Any]) -> str:
     return str(model.get("id", "")).removeprefix("sha256:")[:12]
 
@@ -318,4 +351,5 @@ VERBS: dict[str, Callable[[Any, argparse.Namespace, Console], Any]] = {
     "pull": pull, "push": push, "package": package, "tag": tag, "ls": ls, "inspect": inspect, "rm": rm,
     "purge": purge, "df": df, "gc": gc, "fsck": fsck, "load": load, "ps": ps, "unload": unload, "configure": configure,
     "logs": logs, "status": status, "search": search, "export": export, "import": import_, "bench": bench,
+    "cache": cache,
 }

@@ -16,7 +16,6 @@ import argparse
 import html
 import io
 import json
-import os
 import shlex
 import sys
 import time
@@ -27,14 +26,13 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from .arguments import build_parser, split_passthrough
 from .errors import ModelRunnerError
+from .presentation import rich_output
 from .terminal import AnswerWriter
 
-#: Environment override of the output style: `rich` (widgets, Markdown) or `text`.
-ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
 #: At most this many display updates per second while an answer streams (the last one always shows all).
 UPDATES_PER_SECOND = 16
 MODEL_VERBS = ("pull", "push", "ls", "list", "rm", "inspect", "tag", "package", "load", "ps", "unload", "logs",
-               "configure", "df", "gc", "fsck", "status", "search", "export", "import", "bench")
+               "configure", "df", "gc", "fsck", "status", "search", "export", "import", "bench", "cache")
 #: `%%chat` options that take a value (the rest of a line-form `%chat` is the prompt, kept verbatim).
 CHAT_VALUE_OPTIONS = {"--system", "--temperature", "--max-tokens", "--engine", "--json", "--image"}
 
@@ -131,8 +129,7 @@ class ModelRunnerMagics(Magics):
         self._client = client
         self.conversations: dict[str, list[dict[str, Any]]] = {}
         self.default_model: str | None = None
-        style = os.environ.get(ENV_OUTPUT, "")
-        self.rich = style == "rich" or (style != "text" and "ZMQ" in type(shell).__name__)
+        self.rich = rich_output(shell)
 
     @property
     def client(self) -> Any:
@@ -173,7 +170,8 @@ class ModelRunnerMagics(Magics):
         from .commands import run_verb
 
         def shared(parsed: argparse.Namespace) -> None:
-            run_verb(verb, self.client, parsed, _NotebookConsole(self))
+            # `cache` reads the store's answer cache here: it needs no runner, so none is looked for (or started).
+            run_verb(verb, None if verb == "cache" else self.client, parsed, _NotebookConsole(self))
             if verb == "rm":
                 for name in parsed.models:
                     self.conversations.pop(name, None)

@@ -32,6 +32,12 @@ def default_store_path() -> Path:
     return jupyter_data_dir() / "modelrunner" / "store"
 
 
+def answer_cache_file(store: Path | None = None) -> Path:
+    """The answer cache of `map` and `embed` (answer_cache.py): `<store>/cache/answers.sqlite`, in the user's store
+    (by default `default_store_path()`) because it is theirs, like the models it holds answers of."""
+    return (store if store is not None else default_store_path()) / "cache" / "answers.sqlite"
+
+
 def engines_dir() -> Path:
     """Where `install-runner` puts engines (`<jupyter data dir>/modelrunner/engines`), one folder per engine."""
     return jupyter_data_dir() / "modelrunner" / "engines"

@@ -7,14 +7,26 @@ notebook show the same words for the same answer.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from .sizes import format_bytes
 
-__all__ = ["ago", "bench_text", "df_text", "engine_line", "format_bytes", "fsck_text", "hf_cache_table",
-           "hf_search_table", "model_summary", "models_table", "runners_table", "settings_line", "status_text"]
+__all__ = ["ago", "answer_cache_text", "bench_text", "df_text", "engine_line", "format_bytes", "fsck_text",
+           "hf_cache_table", "hf_search_table", "in_use_text", "map_progress_text", "model_summary", "models_table",
+           "rich_output", "runners_table", "settings_line", "status_text"]
+
+#: Environment override of the output style (the magics', `map`'s progress): `rich` (widgets, Markdown) or `text`.
+ENV_OUTPUT = "MODEL_RUNNER_MAGICS_OUTPUT"
+
+
+def rich_output(shell: object) -> bool:
+    """Whether output goes to a notebook front end (JupyterLab, Notebook 7, VS Code, nbclient: a ZMQ kernel), where
+    progress is a widget and answers Markdown, rather than to a terminal IPython or a script (`shell` None)."""
+    style = os.environ.get(ENV_OUTPUT, "")
+    return style == "rich" or (style != "text" and shell is not None and "ZMQ" in type(shell).__name__)
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -287,3 +299,47 @@ def thinking_text(settings: dict[str, Any]) -> str:
     if budget is not None:
         parts.append("reasoning budget " + ("unlimited" if budget < 0 else f"{budget} tokens"))
     return "".join(f"{part}, " for part in parts)
+
+
+def duration_text(seconds: float) -> str:
+    """`0:42`, `12:05`, `1:02:09`: a duration as a progress bar's ETA shows it."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def map_progress_text(done: int, failed: int, total: int, *, cached: int = 0, tokens: int = 0,
+                      seconds: float = 0.0, unit: str = "tokens/s") -> str:
+    """`map`'s and `embed`'s progress in words: `12/32 done · 1 failed · 3 cached · 45.2 tokens/s · ETA 0:12`.
+
+    The rate and the ETA count the rows the engine answered (the cached ones cost nothing), once there is one."""
+    parts = [f"{done}/{total} done"]
+    if failed:
+        parts.append(f"{failed} failed")
+    if cached:
+        parts.append(f"{cached} cached")
+    asked = done + failed - cached
+    if seconds > 0 and asked > 0:
+        if tokens:
+            parts.append(f"{tokens / seconds:.1f} {unit}")
+        left = total - done - failed
+        if left:
+            parts.append(f"ETA {duration_text(seconds / asked * left)}")
+    elif seconds > 0:
+        parts.append(f"{duration_text(seconds)} elapsed")
+    return " · ".join(parts)
+
+
+def answer_cache_text(path: str, usage: Sequence[Any], file_size: int) -> str:
+    """`cache df`: where the cache is, a row per model (entries and bytes of answers), the file's size on disk."""
+    lines = [f"Answer cache: {path}"]
+    if usage:
+        rows = [("MODEL", "MODEL ID", "ENTRIES", "SIZE")]
+        rows += [(u.model, u.model_id.removeprefix("sha256:")[:12], str(u.entries), format_bytes(u.size))
+                 for u in usage]
+        lines.append(format_table(rows))
+    else:
+        lines.append("No answers cached yet (`map` and `embed` cache theirs here).")
+    entries = sum(u.entries for u in usage)
+    lines.append(f"{entries} entr{'y' if entries == 1 else 'ies'}, {format_bytes(file_size)} on disk")
+    return "\n".join(lines)

@@ -85,6 +85,41 @@ class TerminalView:
         self._line.close()
 
 
+class MapProgressLine:
+    """`map`'s and `embed`'s progress on a terminal (stderr: stdout is the cell's or the script's), tqdm-style:
+    `Mapping ai/smollm2 [######              ]  12/32 done · 45.2 tokens/s · ETA 0:12`; in a log, a line every few
+    seconds. Same calls as the notebook's `MapProgress` widget."""
+
+    def __init__(self, title: str, total: int, stream: TextIO | None = None) -> None:
+        self._line = RewritingLine(stream or sys.stderr)
+        self._title = title
+        self._last = 0.0
+        self._shown = ""
+
+    def update(self, done: int, failed: int, total: int, **rates: Any) -> None:
+        from .presentation import map_progress_text
+
+        now = time.monotonic()
+        if not self._line.tty and now - self._last < LOG_INTERVAL_SECONDS and done + failed < total:
+            return
+        self._last = now
+        self._shown = f"{self._title} {bar((done + failed) / total if total else 1.0, 20)} " \
+                      f"{map_progress_text(done, failed, total, **rates)}"
+        self._line.show(self._shown)
+
+    def done(self, message: str = "") -> None:
+        self._close(message)
+
+    def fail(self, message: str) -> None:
+        self._close(message)
+
+    def _close(self, message: str) -> None:
+        self._line.close()
+        if message:
+            self._line.stream.write(message + "\n")
+            self._line.stream.flush()
+
+
 class TerminalConsole:
     """Where the shared verbs (commands.py) write for the CLI: stdout (or `out`), warnings and progress lines on
     stderr (so stdout can be piped)."""

@@ -11,7 +11,7 @@ import pytest
 from jupyter_modelrunner.client import RunnerClient
 from jupyter_modelrunner.errors import ModelRunnerError
 from jupyter_modelrunner.sizes import format_bytes
-from jupyter_modelrunner.widgets import ModelPicker, PullProgress, RunnerStatus, picker
+from jupyter_modelrunner.widgets import MapProgress, ModelPicker, PullProgress, RunnerStatus, picker
 
 from .conftest import server_env
 from .support.jupyter import ServerProcess
@@ -196,3 +196,19 @@ def test_an_unreachable_runner_is_said_inline():
     assert widget.value == "" and widget.load_button.disabled
     status = RunnerStatus(widget.client)
     assert "No model runner answers at" in status.error.value and status.runners == []
+
+
+def test_map_progress_counts_rows_and_says_how_it_ended():
+    """`map`'s widget as `map` drives it (tests/test_mapping.py sees it appear in a real kernel's cell)."""
+    view = MapProgress("Mapping ai/tiny over 32 rows", 32)
+    view.update(12, 1, 32, cached=3, tokens=452, seconds=10.0)
+    assert view.bar.value == 13 and view.bar.max == 32 and view.bar.bar_style == "warning"  # a row failed
+    assert view.label.value == "12/32 done · 1 failed · 3 cached · 45.2 tokens/s · ETA 0:19"
+    view.update(31, 1, 32, cached=3, tokens=1200, seconds=30.0)
+    view.done("31 of 32 done, 1 failed in 30.0 s")
+    assert view.phase == "done" and view.bar.value == 32 and "1 failed in 30.0 s" in view.message.value
+    interrupted = MapProgress("Mapping ai/tiny over 8 rows", 8)
+    interrupted.update(2, 0, 8, seconds=1.0)
+    interrupted.fail("Interrupted: 2 of 8 rows done and cached; run it again to resume.")
+    assert interrupted.phase == "failed" and interrupted.bar.value == 2 and interrupted.bar.bar_style == "danger"
+    assert "run it again to resume" in interrupted.message.value

@@ -7,13 +7,15 @@ thread: the kernel stays free for other cells, and ipykernel sends the widgets' 
 Failures are shown inside the widget as the runner's one-line message, never as a traceback.
 
 One module per widget: `progress` (`PullProgress`), `model_picker` (`ModelPicker`, `picker()`), `status`
-(`RunnerStatus`); `_common` holds what they share. The public names stay importable from here.
+(`RunnerStatus`), `map_progress` (`MapProgress`, `map`'s and `embed`'s); `_common` holds what they share. The
+public names stay importable from here.
 """
 
 from __future__ import annotations
 
+from .map_progress import MapProgress
 from .model_picker import ModelPicker, picker
 from .progress import PullProgress
 from .status import RunnerStatus
 
-__all__ = ["ModelPicker", "PullProgress", "RunnerStatus", "picker"]
+__all__ = ["MapProgress", "ModelPicker", "PullProgress", "RunnerStatus", "picker"]
