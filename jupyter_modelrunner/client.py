@@ -221,6 +221,17 @@ class RunnerClient:
     def inspect(self, name: str) -> dict[str, Any]:
         return self.get(f"models/{model_segment(name)}")
 
+    def model_id(self, name: str) -> str:
+        """The stored model's digest, through the OpenAI model route: an inference key may ask it (`inspect` is
+        management), and it loads no engine."""
+        return str(self.get(f"engines/v1/models/{model_segment(name)}")["model_id"])
+
+    def preload(self, model: str, *, endpoint: str = "chat/completions") -> dict[str, Any]:
+        """Start the engine that answers `endpoint` for `model` (DMR's `X-Preload-Only`, which an inference key may
+        send) and say how it runs: the runner as `ps` shows it, with its slots."""
+        return self.post(f"engines/v1/{endpoint}", {"model": model}, headers={"X-Preload-Only": "true"},
+                         timeout=None)
+
     def pull(self, reference: str) -> Iterator[dict[str, Any]]:
         """Pull, yielding progress events (`type` progress/warning/success); a failure raises instead of yielding.
 

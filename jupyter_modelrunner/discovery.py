@@ -84,7 +84,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _answers(url: str, token: str) -> str | None:
-    """None when the runner at `url` answers `engines/status` with this token, else why not (one phrase)."""
+    """None when the runner at `url` answers `engines/status` with this token (or, for an inference key, its model
+    list), else why not (one phrase)."""
     import httpx
 
     headers = {"Authorization": f"token {token}"} if token else {}
@@ -94,6 +95,13 @@ def _answers(url: str, token: str) -> str | None:
         return f"no answer ({exc.__class__.__name__})"
     if response.status_code == 200:
         return None
+    if response.status_code == 403 and token:  # a key that may only ask (an inference key) may still use it
+        try:
+            asked = httpx.get(url + "engines/v1/models", headers=headers, timeout=PROBE_TIMEOUT, trust_env=False)
+        except httpx.HTTPError as exc:
+            return f"no answer ({exc.__class__.__name__})"
+        if asked.status_code == 200:
+            return None
     if response.status_code == 404:
         return "no model runner there (is the jupyter_modelrunner server extension enabled?)"
     if response.status_code in (401, 403):

@@ -4,7 +4,7 @@
 
 What a hand-written loop of `openai` calls lacks, each in one place here:
 
-- **As many requests at once as the engine has slots**, asked of the runner (`RunnerClient.load` preloads the model
+- **As many requests at once as the engine has slots**, asked of the runner (`RunnerClient.preload` loads the model
   and says how many), and never more. Each is marked as work on data (`X-Model-Runner-Priority: background`), so the
   runner lets it take only the slots interactive requests leave free: a chat typed meanwhile still gets one.
 - **Cached** (answer_cache.py): each answer under (model digest, endpoint, parameters, input). A re-run is answered
@@ -431,7 +431,7 @@ def _concurrency(status: Mapping[str, Any], pending: int) -> int:
     return max(1, min(int(slots), MAX_CONCURRENCY, pending))
 
 
-def _execute(*, client: Any, model: str, mode: str, path: str, endpoint: str, model_id: str,
+def _execute(*, client: Any, model: str, path: str, endpoint: str, model_id: str,
              requests: list[_Request], ask: Ask,
              results: list[Any], cached: int, total: int, cache: bool, view: Any, errors: str,
              row_label: Callable[[int], Any], unit: str) -> None:
@@ -448,7 +448,7 @@ def _execute(*, client: Any, model: str, mode: str, path: str, endpoint: str, mo
     if not requests:
         view.done(f"All {total} answered from the cache." if total else "No inputs.")
         return
-    status = client.load(model, mode=mode)
+    status = client.preload(model, endpoint=endpoint)  # an inference key may preload, as it may ask
     run = _Run(client.url, client.token, path, requests, _concurrency(status, len(requests)), ask,
                (_store_root(client), model, model_id, endpoint) if cache else None)
     run.start()
@@ -502,10 +502,10 @@ def _execute(*, client: Any, model: str, mode: str, path: str, endpoint: str, mo
 
 def _model_id(client: Any, model: str) -> str:
     """The stored model's digest: what answers are cached under (asking it loads no engine)."""
-    model_id = client.inspect(model).get("id")
+    model_id = client.model_id(model)
     if not model_id:
         raise ModelNotFound(f"The runner does not say which model {model} is (no id).")
-    return str(model_id)
+    return model_id
 
 
 # -- map and embed --------------------------------------------------------------------------------------------
@@ -562,7 +562,7 @@ def map(model: str, inputs: Any, *, prompt: str | None = None, schema: Any = Non
             requests[key] = _Request(bodies[position], [key], [[position]])
     labels = list(index) if index is not None else None
     view = _progress_view(progress, f"Mapping {model} over {len(rows)} rows", len(rows))
-    _execute(client=client, model=model, mode="completion", path="engines/v1/chat/completions", endpoint=endpoint,
+    _execute(client=client, model=model, path="engines/v1/chat/completions", endpoint=endpoint,
              model_id=model_id, requests=list(requests.values()), ask=_ask_chat, results=results,
              cached=cached, total=len(rows), cache=cache, view=view, errors=errors,
              row_label=lambda p: labels[p] if labels is not None else p, unit="tokens/s")
@@ -605,7 +605,7 @@ def embed(model: str, inputs: Any, *, cache: bool = True, progress: bool = True)
                          [group for _, group in batches[i : i + EMBED_BATCH]])
                 for i in range(0, len(batches), EMBED_BATCH)]
     view = _progress_view(progress, f"Embedding {len(texts)} texts with {model}", len(texts))
-    _execute(client=client, model=model, mode="embedding", path="engines/v1/embeddings", endpoint=endpoint,
+    _execute(client=client, model=model, path="engines/v1/embeddings", endpoint=endpoint,
              model_id=model_id, requests=requests, ask=_ask_embeddings, results=results, cached=cached,
              total=len(texts), cache=cache, view=view, errors="raise", row_label=lambda p: p, unit="tokens/s in")
     if not texts:

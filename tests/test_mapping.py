@@ -24,7 +24,7 @@ from jupyter_modelrunner.distribution import package_gguf, pull
 from jupyter_modelrunner.reference import parse_reference
 from jupyter_modelrunner.store import Store
 
-from .conftest import server_env
+from .conftest import TEST_API_KEY, server_env
 from .support.jupyter import ServerProcess
 from .support.waiting import wait_for
 
@@ -74,6 +74,19 @@ def test_map_answers_32_inputs_in_order_and_a_rerun_asks_the_engine_nothing(runn
     assert "32 cached" in capfd.readouterr().err
     mr.map("ai/tiny", inputs, max_tokens=5, progress=False)  # another parameter, other answers: asked
     assert engine_requests(standalone) == before + 32
+
+
+def test_an_inference_key_may_map_and_embed(standalone, models, monkeypatch):
+    """A kernel holding only an inference key (a team runner's user) works on data too: `map` asks the model's id
+    and preloads through the OpenAI routes, which a key may use, not through management routes."""
+    monkeypatch.setattr(client_module, "_active", None)
+    client_module.connect(standalone.url, TEST_API_KEY)
+    answers = mr.map("ai/tiny", ["a key's first row", "a key's second row"], max_tokens=3, progress=False,
+                     cache=False)
+    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
+    assert mr.embed("ai/tiny", ["one", "two", "three"], progress=False, cache=False).shape[0] == 3
+    with pytest.raises(mr.client.ModelRunnerError, match="ai/no-such-model"):
+        mr.map("ai/no-such-model", ["x"], progress=False)
 
 
 def test_requests_at_once_never_exceed_the_engines_slots(runner, standalone):

@@ -119,7 +119,10 @@ class _KeyAwareIdentity:
         keys = handler.settings.get(KEYS_SETTING)
         name = keys.match(credential) if keys is not None else None
         if name is None:
-            self._handler._refused_key = keys is not None
+            # A wrong `Bearer` credential is a refused API key (401, as OpenAI's API says it); a wrong `token` stays
+            # Jupyter's wrong token (403), as Jupyter clients expect.
+            self._handler._refused_key = keys is not None and handler.request.headers.get(
+                "Authorization", "").lower().startswith("bearer")
             return None
         self._handler.key_name, self._handler.key_scope = name, SCOPE_INFERENCE
         return User(username=f"key:{name}", name=name, display_name=f"inference key {name}")
@@ -147,8 +150,10 @@ def _nesting_exceeds(value: Any, limit: int) -> bool:
 
 
 def _bearer(header: str) -> str | None:
+    """The credential of an `Authorization` header: `Bearer KEY` as OpenAI clients send it, or `token KEY` as
+    Jupyter clients (ours included: a kernel given an inference key instead of a token) send it."""
     scheme, _, credential = header.partition(" ")
-    return credential.strip() or None if scheme.lower() == "bearer" else None
+    return credential.strip() or None if scheme.lower() in ("bearer", "token") else None
 
 
 @web.stream_request_body

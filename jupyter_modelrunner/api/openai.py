@@ -18,7 +18,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..errors import EngineRefused, InvalidReference
-from ..inference import Inference, InferenceRequest
+from ..inference import ENDPOINT_MODES, Inference, InferenceRequest
 from ..reference import parse_reference
 from ..store import Model
 from . import schemas
@@ -66,7 +66,8 @@ class OpenAIProxyHandler(StreamRelayMixin, ModelRunnerHandler):
             model = self.json_body().get("model")
             if not isinstance(model, str) or not model:
                 raise web.HTTPError(400, "Name the model to preload: {\"model\": \"ai/smollm2\"}.")
-            self.send_json(await self.service.load(model, engine=engine, caller=self.caller))
+            self.send_json(await self.service.load(model, engine=engine, mode=ENDPOINT_MODES[endpoint],
+                                                   caller=self.caller))
             return
         body = self.json_body(_BODIES[endpoint])
         model = body.get("model")

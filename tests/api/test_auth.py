@@ -156,6 +156,20 @@ def test_an_inference_key_asks_models_and_nothing_else(server):
             assert status in (401, 403, 404), f"{method} {path} -> {status}"
 
 
+def test_a_key_sent_as_a_jupyter_token_asks_models_and_nothing_else(server):
+    """Our own client sends `Authorization: token …`; a kernel given an inference key instead of the token may ask
+    models with it, and the key's scope holds the same (a wrong one stays Jupyter's 403 for a wrong token)."""
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"token {TEST_API_KEY}"}, trust_env=False,
+                      timeout=120) as http:
+        assert http.get("v1/models").status_code == 200
+        assert http.get("engines/v1/models/ai/tiny").json()["model_id"].startswith("sha256:")
+        for method, path in (("GET", "engines/status"), ("POST", "models/create"), ("GET", "models")):
+            refused = http.request(method, path, json={"from": "ai/tiny"} if method == "POST" else None)
+            assert refused.status_code == 403 and "needs the Jupyter token" in refused.json()["message"], path
+    wrong = httpx.get(server.url + "v1/models", headers={"Authorization": "token mrk-not-a-key"}, trust_env=False)
+    assert wrong.status_code == 403
+
+
 def test_a_wrong_key_is_401_as_openai_says_it(server):
     response = httpx.get(server.url + "v1/models", headers={"Authorization": "Bearer mrk-not-a-key"},
                          trust_env=False)
