@@ -23,12 +23,12 @@ from tornado.iostream import StreamClosedError
 
 from ..batches import DEFAULT_MAX_FILE_BYTES, PURPOSE_BATCH, FileRecord, FileStore
 from ..batches.executor import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from ..errors import MalformedRequest, ModelRunnerError
+from ..errors import MalformedRequest
 from ..sizes import format_bytes
 from . import schemas
 from .base import DRAIN_BYTES, SCOPE_INFERENCE, ModelRunnerHandler, _validator
 from .multipart import boundary_of, read_parts
-from .uploads import BodyPipe
+from .uploads import BodyPipe, PipedBodyMixin
 
 #: Key of the largest batch file accepted (bytes) in the settings (`c.ModelRunner.max_batch_file_bytes`).
 MAX_BATCH_FILE_SETTING = "modelrunner_max_batch_file_bytes"
@@ -116,14 +116,12 @@ class BatchAPIHandler(ModelRunnerHandler):
     api_scope = SCOPE_INFERENCE
 
 
-class FilesHandler(BatchAPIHandler):
+class FilesHandler(PipedBodyMixin, BatchAPIHandler):
     """`GET v1/files` (the caller's files; `purpose`, `limit`, `after`, `order`), `POST v1/files` (upload a batch
     input file: multipart/form-data with `file` and `purpose=batch`)."""
 
     relayed = False  # the store's files: written and read from here, the upload streamed
-    _pipe: BodyPipe | None = None
-    _receiving: asyncio.Future[FileRecord] | None = None
-    _received = 0
+    piped_what = "file"
 
     @property
     def cap(self) -> int:
@@ -163,29 +161,8 @@ class FilesHandler(BatchAPIHandler):
 
             self.post = refuse  # type: ignore[method-assign]
             return
-        pipe = self._pipe = BodyPipe()
         files, owner, cap = self.service.batches.files, self.caller.name, self.cap
-        self._receiving = asyncio.ensure_future(asyncio.to_thread(receive_upload, pipe, boundary, files, owner, cap))
-
-    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
-        if self._pipe is None:
-            super().data_received(chunk)
-            return
-        if self._dropping_body:
-            return
-        await self._pipe.feed(chunk)
-
-    def on_connection_close(self) -> None:
-        if self._pipe is not None and self._receiving is not None and not self._receiving.done():
-            self._pipe.abort(ModelRunnerError("The upload ended before the file did (the client went away); "
-                                              "nothing of it was kept."))
-        super().on_connection_close()
-
-    def on_finish(self) -> None:
-        if self._receiving is not None and not self._receiving.done():  # answered early: stop the reader
-            assert self._pipe is not None
-            self._pipe.abort(ModelRunnerError("The upload was refused."))
-        super().on_finish()
+        self.start_reader(lambda pipe: receive_upload(pipe, boundary, files, owner, cap))
 
     @web.authenticated
     @authorized
@@ -200,10 +177,7 @@ class FilesHandler(BatchAPIHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        assert self._pipe is not None and self._receiving is not None
-        if not self._dropping_body:
-            await self._pipe.close()
-        record = await self._receiving
+        record = await self.finish_reading()
         self.send_json(record.to_json())
 
 

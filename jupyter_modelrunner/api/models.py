@@ -15,14 +15,14 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..distribution.huggingface import HF_TOKEN_HEADER
-from ..errors import InvalidReference, ModelRunnerError
+from ..errors import InvalidReference
 from ..package_roots import confine_files
 from ..reference import parse_reference
 from ..sizes import format_bytes
 from ..store.exchange import export_archive, import_archive, too_large
 from . import schemas
 from .base import DRAIN_BYTES, ModelRunnerHandler
-from .uploads import BodyPipe
+from .uploads import PipedBodyMixin
 
 NDJSON = "application/x-ndjson"
 TAR = "application/x-tar"
@@ -225,7 +225,7 @@ class ModelExportHandler(ModelRunnerHandler):
         self.finish()
 
 
-class ModelLoadHandler(ModelRunnerHandler):
+class ModelLoadHandler(PipedBodyMixin, ModelRunnerHandler):
     """`POST models/load`, two requests told apart by their `Content-Type`:
 
     - `application/x-tar`: DMR's import (`docker model load`, and how its `package` hands a model over): the body is
@@ -237,8 +237,7 @@ class ModelLoadHandler(ModelRunnerHandler):
       Answers with the runner as `engines/ps` shows it, and how long the load took.
     """
 
-    _pipe: BodyPipe | None = None
-    _import: asyncio.Future[Any] | None = None
+    piped_what = "archive"
     _received = 0
 
     @property
@@ -295,54 +294,28 @@ class ModelLoadHandler(ModelRunnerHandler):
 
             self.post = refuse  # type: ignore[method-assign]
             return
-        pipe = self._pipe = BodyPipe()
         store, cap = self.service.store, self.import_cap
+        self.start_reader(lambda pipe: import_archive(store, pipe, tag=tag, limit=cap))
 
-        def work() -> Any:
-            try:
-                return import_archive(store, pipe, tag=tag, limit=cap)  # type: ignore[arg-type]
-            finally:
-                pipe.reader_done()
-
-        self._import = asyncio.ensure_future(asyncio.to_thread(work))
-
-    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
-        if self._pipe is None:
-            super().data_received(chunk)
-            return
-        if self._dropping_body:
-            return
+    def admit_chunk(self, chunk: bytes) -> bool:
         self._received += len(chunk)
         if self._received > self.import_cap:
             self._dropping_body = True  # the rest is read and dropped; the import deletes what it wrote
+            assert self._pipe is not None
             self._pipe.abort(too_large(self.import_cap))
-            return
-        await self._pipe.feed(chunk)
-
-    def on_connection_close(self) -> None:
-        if self._pipe is not None and self._import is not None and not self._import.done():
-            self._pipe.abort(ModelRunnerError("The upload ended before the archive did (the client went away); "
-                                              "nothing of it was kept."))
-        super().on_connection_close()
+            return False
+        return True
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        if self._import is None or self._pipe is None:
+        if self._reader is None:
             body = self.json_body(schemas.LOAD)
             self.send_json(await self.service.load(body["model"], engine=body.get("engine") or None,
                                                    mode=body.get("mode", "completion")))
             return
-        if not self._dropping_body:
-            await self._pipe.close()
-        model = await self._import
+        model = await self.finish_reading()
         self.send_json(self.service.added(model), status=201)
-
-    def on_finish(self) -> None:
-        if self._import is not None and not self._import.done():  # answered early (a refusal): stop the reader
-            assert self._pipe is not None
-            self._pipe.abort(ModelRunnerError("The import was refused."))
-        super().on_finish()
 
 
 class ModelPurgeHandler(ModelRunnerHandler):

@@ -13,6 +13,8 @@ import contextlib
 import queue
 from typing import Any
 
+from ..errors import ModelRunnerError
+
 #: How many chunks (tornado's are up to 64 KiB) may wait for the reader.
 PIPE_CHUNKS = 64
 _END = object()
@@ -83,3 +85,65 @@ class BodyPipe:
                 self._pending = item
         out, self._pending = self._pending[:n], self._pending[n:]
         return out
+
+
+class PipedBodyMixin:
+    """For a handler (with `stream_request_body`) whose body a worker thread reads as it arrives: the import of a
+    model archive, a Batch API file. `start_reader` starts the reader on a `BodyPipe`; chunks are fed to it as they
+    come (`admit_chunk` may drop them, past a cap), `finish_reading` ends the body and waits for the reader's result;
+    a client that leaves, or an answer sent before the body ended (a refusal), stops the reader — nothing it wrote
+    is kept. The reader always says when it stops, so the rest of a refused body is dropped, never waited on."""
+
+    _pipe: BodyPipe | None = None
+    _reader: asyncio.Future[Any] | None = None
+    _dropping_body: bool
+    #: What the body is, in the reader's error when the client leaves (`archive`, `file`).
+    piped_what = "upload"
+
+    def start_reader(self, read: Any) -> None:
+        """Run `read(pipe)` in a worker thread on the body as it comes."""
+        pipe = self._pipe = BodyPipe()
+
+        def work() -> Any:
+            try:
+                return read(pipe)
+            finally:
+                pipe.reader_done()
+
+        self._reader = asyncio.ensure_future(asyncio.to_thread(work))
+
+    @property
+    def reading(self) -> bool:
+        return self._pipe is not None and self._reader is not None and not self._reader.done()
+
+    def admit_chunk(self, chunk: bytes) -> bool:
+        """Whether to feed `chunk` to the reader (a subclass counts it against its cap, and aborts the pipe)."""
+        return True
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._pipe is None:
+            super().data_received(chunk)  # type: ignore[misc]
+            return
+        if self._dropping_body or not self.admit_chunk(chunk):
+            return
+        await self._pipe.feed(chunk)
+
+    async def finish_reading(self) -> Any:
+        """The whole body was received: end it for the reader and return what the reader returns (or raise)."""
+        assert self._pipe is not None and self._reader is not None
+        if not self._dropping_body:
+            await self._pipe.close()
+        return await self._reader
+
+    def on_connection_close(self) -> None:
+        if self.reading:
+            assert self._pipe is not None
+            self._pipe.abort(ModelRunnerError(f"The upload ended before the {self.piped_what} did (the client went "
+                                              "away); nothing of it was kept."))
+        super().on_connection_close()  # type: ignore[misc]
+
+    def on_finish(self) -> None:
+        if self.reading:  # answered before the body ended (a refusal): stop the reader
+            assert self._pipe is not None
+            self._pipe.abort(ModelRunnerError(f"The {self.piped_what} was refused."))
+        super().on_finish()  # type: ignore[misc]

@@ -191,3 +191,18 @@ def test_a_key_cannot_claim_another_keys_name_with_the_relay_header(jupyter, mal
         impostor.files.retrieve(theirs.id)
     with pytest.raises(openai.NotFoundError):
         impostor.batches.create(input_file_id=theirs.id, endpoint=CHAT, completion_window="24h")
+
+
+def test_a_refused_upload_never_holds_the_connection(jupyter, live_store):
+    """A form whose purpose is refused before its file arrives: the reader stops at the purpose, and the 8 MiB that
+    follow (far more than the pipe holds) are dropped, not waited on — the answer is a 400, not a hung request."""
+    boundary = "purpose-first-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+            f"Content-Type: application/jsonl\r\n\r\n").encode() + b"x" * (8 * 2**20) \
+        + f"\r\n--{boundary}--\r\n".encode()
+    headers = {**jupyter.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    chunks = iter([body[i:i + 65536] for i in range(0, len(body), 65536)])
+    answer = httpx.post(jupyter.url + "v1/files", content=chunks, headers=headers, trust_env=False, timeout=120)
+    assert answer.status_code == 400 and "purpose" in answer.json()["error"]["message"]
+    assert not any(p.stat().st_size > 2**20 for p in (live_store.root / "files").glob("*"))  # nothing of it kept
